@@ -1,0 +1,66 @@
+"""The `scylla` command. Subcommands live in their own modules and load lazily, so
+`scylla --help` does not import torch, and each layer keeps its own command."""
+
+import importlib
+import os
+import sys
+
+import click
+
+from workloads.errors import ScyllaError
+
+# name -> "module:attribute" of a click command. One registry, no if-chains.
+COMMANDS = {
+    "generate": "harness.commands.generate:generate",
+    "models": "harness.commands.models:models",
+    "datasets": "harness.commands.datasets:datasets",
+    "profile": "harness.commands.profile:profile",
+    "train": "harness.commands.train:train",
+    "sweep": "harness.commands.sweep:sweep",
+    "report": "reports.cli:report",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as err:
+            if not err.name or not err.name.startswith(module.split(".")[0]):
+                raise
+            raise click.ClickException(f"'scylla {name}' is not available in this build") from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """scylla-bench: speculative decoding benchmarks (Scylla, EAGLE-2, EAGLE-3) and roofline profiling."""
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 1."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except ScyllaError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

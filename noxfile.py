@@ -1,0 +1,37 @@
+"""Sessions: `tests` (fast suite), `slow` (long end-to-end tests), `bench` (the main job), `lint`."""
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# The CPU wheel of this version lies on the project's machines' disk; an unpinned
+# torch would pull a multi-GB CUDA build there. On a GPU machine the same pin from
+# PyPI is a CUDA build. Override with SCYLLA_TORCH="torch==X" (or "" to keep yours).
+TORCH = os.environ.get("SCYLLA_TORCH", "torch==2.13.0")
+
+
+def _install(session: nox.Session, extras: str = "test") -> None:
+    if TORCH:
+        session.install(TORCH)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    _install(session)
+    session.run("pytest", "-m", "not slow and not bench", *session.posargs)
+
+
+@nox.session(python="3.11")
+def slow(session: nox.Session) -> None:
+    _install(session)
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
