@@ -1,0 +1,31 @@
+"""Shared fixtures. Real things only: the embedded default model, the shared eval files."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+# ../shared beside the checkout (the developers' machines and CI lay it there).
+SHARED_EVAL = REPO.parent / "shared" / "data" / "eagle-eval"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Two cores: keep torch from oversubscribing them, and make timings comparable.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_eval_dir() -> Path:
+    if not SHARED_EVAL.is_dir():
+        pytest.skip(f"shared eval data not found at {SHARED_EVAL}")
+    return SHARED_EVAL
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The embedded default target, fetched and converted once per SCYLLA_HOME."""
+    from scylla_impl.embedded import ensure_default_model
+
+    return ensure_default_model()
