@@ -1,0 +1,188 @@
+"""Spec -> cells: the product of the spec's lists, pruned with reasons, with AR partners.
+
+A cell is one measurement: (target, method, draft, dataset, batch size, tree, temperature)
+plus the settings shared by the whole sweep. Its `cell_id` is a stable hash of exactly the
+parameters that change what is measured, so re-running the same sweep finds the same ids
+(resume), and two sweeps that share a cell agree on its id.
+
+Every (dataset, batch size, temperature) group gets one AR cell, placed first in the
+group, so each speculative cell has a partner for speedup and the lossless check,
+measured in the same run and close in time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from harness.spec import AUTO, SweepSpec
+from workloads.errors import ScyllaError
+
+PLANNED = "planned"
+PRUNED = "pruned"
+
+# (batch_size, depth) -> (top_k, total_tokens), from the roofline profile.
+TopKPolicy = Callable[[int, int], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    method: str
+    draft: str | None
+    dataset: str
+    batch_size: int
+    top_k: int | None
+    top_k_setting: str | None
+    depth: int | None
+    total_tokens: int | None
+    temperature: float
+    # settings shared by the sweep, part of the identity
+    target: str
+    dtype: str
+    device: str
+    max_new_tokens: int
+    prompts: int
+    turns: str
+    top_p: float
+    seed: int
+    system_prompt: str | None
+    # planning outcome
+    status: str = PLANNED
+    reason: str | None = None
+    ar_partner: str | None = None
+
+    @property
+    def is_ar(self) -> bool:
+        return self.method == "ar"
+
+    @property
+    def group(self) -> tuple:
+        """Cells that share an AR partner."""
+        return (self.dataset, self.batch_size, self.temperature)
+
+    def label(self) -> str:
+        if self.is_ar:
+            return f"ar {self.dataset} b={self.batch_size} T={self.temperature:g}"
+        k = f"{self.top_k_setting}->{self.top_k}" if self.top_k_setting == AUTO else str(self.top_k)
+        return (
+            f"{self.method} {self.dataset} b={self.batch_size} k={k} d={self.depth} "
+            f"n={self.total_tokens} T={self.temperature:g}"
+        )
+
+
+IDENTITY = (
+    "target", "method", "draft", "dataset", "batch_size", "top_k", "top_k_setting", "depth",
+    "total_tokens", "temperature", "top_p", "max_new_tokens", "prompts", "turns", "seed",
+    "system_prompt", "dtype", "device",
+)
+
+
+def cell_id(params: dict) -> str:
+    """Stable 16-hex-digit hash of a cell's identity parameters."""
+    ident = {k: params.get(k) for k in IDENTITY}
+    ident["temperature"] = float(ident["temperature"])
+    ident["top_p"] = float(ident["top_p"])
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def tree_pool(top_k: int, depth: int) -> int:
+    """Draft tokens the EAGLE-2 tree can choose from: k + (D-1) k^2."""
+    return top_k + (depth - 1) * top_k * top_k
+
+
+def prune_reason(spec: SweepSpec, method: str, batch_size: int, top_k: int | None, depth: int | None,
+                 total_tokens: int | None) -> str | None:
+    """Why a combination cannot run, or None."""
+    if batch_size > spec.prompts:
+        return f"batch_size {batch_size} is larger than prompts ({spec.prompts}): no full batch to run"
+    if method == "ar":
+        return None
+    assert top_k is not None and depth is not None and total_tokens is not None
+    pool = tree_pool(top_k, depth)
+    if total_tokens - 1 > pool:
+        return (
+            f"total_tokens {total_tokens} exceeds the tree: top_k {top_k} and depth {depth} "
+            f"give at most 1 + {pool} tokens"
+        )
+    return None
+
+
+def plan(spec: SweepSpec, policy: TopKPolicy | None = None) -> list[Cell]:
+    """All cells of the spec in run order, pruned ones included (status PRUNED, with reason)."""
+    if AUTO in spec.top_k and policy is None:
+        policy = policy_from_profile(spec.profile)
+    shared = dict(
+        target=spec.target, dtype=spec.dtype, device=spec.device, max_new_tokens=spec.max_new_tokens,
+        prompts=spec.prompts, turns=spec.turns, top_p=spec.top_p, seed=spec.seed,
+        system_prompt=spec.system_prompt,
+    )
+    cells: dict[str, Cell] = {}
+
+    def add(**params) -> Cell:
+        params.update(shared)
+        cid = cell_id(params)
+        if cid not in cells:
+            cells[cid] = Cell(cell_id=cid, **params)
+        return cells[cid]
+
+    for dataset in spec.datasets:
+        for temperature in spec.temperatures:
+            for batch in spec.batch_sizes:
+                base = dict(dataset=dataset, batch_size=batch, temperature=float(temperature))
+                reason = prune_reason(spec, "ar", batch, None, None, None)
+                ar = add(method="ar", draft=None, top_k=None, top_k_setting=None, depth=None,
+                         total_tokens=None, status=PRUNED if reason else PLANNED, reason=reason,
+                         ar_partner=None, **base)
+                for method in spec.all_methods:
+                    if method == "ar":
+                        continue
+                    for draft in spec.draft[method]:
+                        for setting in spec.top_k:
+                            for depth in spec.depths:
+                                if setting == AUTO:
+                                    trees = [_auto(policy, batch, depth)]
+                                else:
+                                    trees = [(int(setting), n) for n in spec.total_tokens]
+                                for k, n in trees:
+                                    reason = prune_reason(spec, method, batch, k, depth, n)
+                                    add(method=method, draft=draft, top_k=k, top_k_setting=str(setting),
+                                        depth=depth, total_tokens=n,
+                                        status=PRUNED if reason else PLANNED, reason=reason,
+                                        ar_partner=ar.cell_id, **base)
+    return list(cells.values())
+
+
+def _auto(policy: TopKPolicy | None, batch: int, depth: int) -> tuple[int, int]:
+    assert policy is not None
+    try:
+        k, n = policy(batch, depth)
+    except ScyllaError:
+        raise
+    except Exception as err:  # a broken profile is bad input, not a crash
+        raise ScyllaError(f"top_k auto: the profile's policy failed for batch {batch}, depth {depth}: {err}") from None
+    return int(k), int(n)
+
+
+def policy_from_profile(profile_dir: str | None) -> TopKPolicy:
+    """The roofline top-k policy of a profile folder, as a (batch, depth) -> (k, n) function."""
+    if profile_dir is None:
+        raise ScyllaError("top_k 'auto' needs a device profile: run `scylla profile --quick --out PROFILE_DIR` and pass --profile PROFILE_DIR")
+    from roofline.policy import load_profile, topk_for_batch
+
+    try:
+        profile = load_profile(profile_dir)
+    except ScyllaError:
+        raise
+    except Exception as err:
+        raise ScyllaError(f"profile {profile_dir}: cannot be read ({type(err).__name__}: {err})") from None
+    return lambda batch, depth: topk_for_batch(profile, batch, depth)
+
+
+def cell_params(cell: Cell) -> dict:
+    """The cell's parameters as a dict (for rows and the dry-run table)."""
+    d = asdict(cell)
+    return d

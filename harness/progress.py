@@ -1,0 +1,51 @@
+"""The sweep's progress bar: cells done, ETA, and the last cell's tau and tokens/s.
+
+Drawn with tqdm on stderr when stderr is a terminal; silent otherwise (CI logs, pipes),
+where the command prints its summary table at the end instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from harness.runner import Progress
+
+
+class BarProgress(Progress):
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        self.failed = 0
+
+    def start(self, total: int, skipped: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        desc = "cells" + (f" ({skipped} done before)" if skipped else "")
+        self.bar = tqdm(total=total, desc=desc, unit="cell", file=sys.stderr, dynamic_ncols=True)
+
+    def cell_started(self, cell) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(cell.label(), refresh=True)
+
+    def cell_done(self, cell, row: dict[str, Any]) -> None:
+        if row.get("status") == "failed":
+            self.failed += 1
+        if self.bar is None:
+            return
+        post = {}
+        if row.get("tau") is not None:
+            post["tau"] = f"{row['tau']:.2f}"
+        if row.get("tokens_per_s") is not None:
+            post["tok/s"] = f"{row['tokens_per_s']:.1f}"
+        if self.failed:
+            post["failed"] = self.failed
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

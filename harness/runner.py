@@ -1,0 +1,552 @@
+"""The sweep's main loop: plan cells, run them through an executor, store every outcome.
+
+Two halves:
+- `CellWorker` runs cells where the executor puts it. It loads the target once, each
+  draft once and each dataset once; per cell it warms up, runs the prompts in batches
+  (all turns, MT-bench's second turn after the model's own first answer), collects the
+  engine's raw counters and returns a `CellOutcome` of plain data. A cell that raises,
+  out-of-memory included, comes back as status `failed` with the error; it never stops
+  the sweep.
+- `run_sweep` (the driver) plans, skips finished cells, writes each outcome atomically
+  as it arrives, and derives what needs two cells (speedup over the AR partner, the
+  lossless check at temperature 0) from stored results, so the order in which cells
+  finish, or an earlier killed invocation, changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import json
+import math
+import os
+import secrets
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from harness import environment, metrics
+from harness.cells import PLANNED, PRUNED, Cell, plan
+from harness.executors import get_executor
+from harness.schema import (
+    OUTPUT_SCHEMA,
+    RESULT_COLUMNS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PRUNED,
+    STEP_SCHEMA,
+    empty_row,
+)
+from harness.spec import SweepSpec
+from harness.storage import ResultStore, atomic_write_bytes
+from workloads.errors import ScyllaError
+
+MAX_ERROR_CHARS = 2000
+
+
+# ---------------------------------------------------------------------- worker
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs besides the cells; plain data, so it can travel to another process."""
+
+    target: str
+    dtype: str
+    device: str
+    threads: int | None
+    data_dir: str | None
+    system_prompt: str | None
+    warmup: int
+    step_table: bool
+
+    @classmethod
+    def from_spec(cls, spec: SweepSpec) -> WorkerSettings:
+        return cls(spec.target, spec.dtype, spec.device, spec.threads, spec.data_dir, spec.system_prompt,
+                   spec.warmup, spec.step_table)
+
+
+@dataclass
+class CellOutcome:
+    row: dict[str, Any]
+    outputs: pa.Table | None = None
+    steps: pa.Table | None = None
+
+
+@dataclass
+class _Collected:
+    stats: list[Any] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _phase(name: str):
+    """NVTX range from roofline (a no-op on the CPU)."""
+    try:
+        from roofline.nvtx_ranges import phase
+    except ImportError:
+        return contextlib.nullcontext()
+    return phase(name)
+
+
+class _DeviceSampler:
+    """Background NVML sampling during a cell, through roofline; empty without a GPU."""
+
+    def __init__(self, device: str):
+        self._sampler = None
+        if not device.startswith("cuda"):
+            return
+        try:
+            from roofline.nvml_sampler import NvmlSampler
+        except ImportError:
+            return
+        try:
+            index = int(device.split(":")[1]) if ":" in device else 0
+            self._sampler = NvmlSampler(index=index)
+        except Exception:
+            self._sampler = None
+
+    def __enter__(self) -> _DeviceSampler:
+        if self._sampler is not None:
+            with contextlib.suppress(Exception):
+                self._sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._sampler is not None:
+            with contextlib.suppress(Exception):
+                self._sampler.stop()
+
+    def medians(self) -> dict[str, float | None]:
+        keys = {"sm_clock_mhz_median": "sm_clock_mhz", "power_w_median": "power_w", "gpu_util_median": "gpu_util"}
+        out: dict[str, float | None] = dict.fromkeys(keys)
+        if self._sampler is None:
+            return out
+        try:
+            samples = self._sampler.samples()
+        except Exception:
+            return out
+        for col, name in keys.items():
+            if isinstance(samples, dict):
+                values = samples.get(name)
+            else:
+                values = [getattr(s, name, None) if not isinstance(s, dict) else s.get(name) for s in samples]
+            out[col] = metrics.median_or_none(values)
+        return out
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+
+
+def _error_text(err: BaseException) -> str:
+    msg = " ".join(str(err).split()) or type(err).__name__
+    text = f"{type(err).__name__}: {msg}"
+    if _is_oom(err) and "out of memory" not in text.lower():
+        text = "out of memory: " + text
+    tb = traceback.extract_tb(err.__traceback__)
+    if tb:
+        last = tb[-1]
+        text += f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
+    return text[:MAX_ERROR_CHARS]
+
+
+class CellWorker:
+    """Runs cells in this process; keeps the target, drafts and datasets loaded between cells."""
+
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.device = environment.resolve_device(settings.device)
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
+        self._target = None
+        self._drafts: dict[str, Any] = {}
+        self._datasets: dict[tuple[str, int], tuple[list[Any], Any]] = {}
+        self._template_hash: str | None = None
+
+    # -- resources, loaded once ------------------------------------------------------
+
+    def target(self):
+        if self._target is None:
+            from scylla_impl.target import Target
+
+            self._target = Target.load(self.settings.target, dtype=self.settings.dtype, device=self.device)
+        return self._target
+
+    def draft(self, spec: str):
+        if spec not in self._drafts:
+            from scylla_impl.drafts import load_draft
+
+            self._drafts[spec] = load_draft(spec, self.target())
+        return self._drafts[spec]
+
+    def dataset(self, name: str, n: int) -> tuple[list[Any], Any]:
+        key = (name, n)
+        if key not in self._datasets:
+            import workloads
+
+            prompts = workloads.load_dataset(name, data_dir=self.settings.data_dir, n=n)
+            info = workloads.dataset_info(name, data_dir=self.settings.data_dir)
+            self._datasets[key] = (list(prompts)[:n], info)
+        return self._datasets[key]
+
+    def template_hash(self) -> str | None:
+        if self._template_hash is None:
+            from workloads.chat import template_hash
+
+            self._template_hash = template_hash(self.target().tokenizer, self.settings.system_prompt)
+        return self._template_hash
+
+    def close(self) -> None:
+        self._drafts.clear()
+        self._target = None
+        gc.collect()
+
+    # -- the engine's decode, one place (tests plant faults here) ----------------------
+
+    def _generate(self, target, prompts: list[list[int]], draft, config):
+        from scylla_impl.decode import generate
+
+        return generate(target, prompts, draft, config)
+
+    @staticmethod
+    def _config(cell: Cell, max_new_tokens: int, seed: int):
+        from scylla_impl.decode import DecodeConfig
+
+        kw: dict[str, Any] = dict(temperature=cell.temperature, top_p=cell.top_p,
+                                  max_new_tokens=max_new_tokens, seed=seed)
+        if not cell.is_ar:
+            kw.update(top_k=cell.top_k, depth=cell.depth, total_tokens=cell.total_tokens)
+        return DecodeConfig(**kw)
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    # -- one cell ----------------------------------------------------------------------
+
+    def run(self, cell: Cell) -> CellOutcome:
+        row = base_row(cell)
+        row["started_at"] = datetime.now(UTC)
+        row["device"] = self.device
+        row["dtype"] = self.settings.dtype
+        row["system_prompt"] = self.settings.system_prompt
+        t0 = time.perf_counter()
+        try:
+            outcome = self._run(cell, row)
+        except Exception as err:  # failure isolation: the sweep goes on
+            row.update(status=STATUS_FAILED, error=_error_text(err))
+            outcome = CellOutcome(row)
+            if _is_oom(err):
+                self._free_memory()
+        self._sync_quietly()
+        row["duration_s"] = time.perf_counter() - t0
+        return outcome
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _sync_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self._sync()
+
+    def _run(self, cell: Cell, row: dict[str, Any]) -> CellOutcome:
+        import torch
+
+        row["threads"] = torch.get_num_threads()
+        row["device_name"] = environment.device_name(self.device)
+        target = self.target()
+        row["target"] = target.info.name
+        row["target_fingerprint"] = target.info.fingerprint
+        draft = None
+        if not cell.is_ar:
+            draft = self.draft(cell.draft)
+            if draft is None:
+                raise ScyllaError(f"draft {cell.draft!r} loaded as no draft")
+            info = draft.info
+            row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens)
+        prompts, info = self.dataset(cell.dataset, cell.prompts)
+        if len(prompts) < cell.batch_size:
+            raise ScyllaError(f"dataset {cell.dataset} has {len(prompts)} prompts, fewer than batch_size {cell.batch_size}")
+        row.update(dataset_source=info.source, dataset_checksum=info.checksum, n_prompts=len(prompts),
+                   chat_template_hash=self.template_hash())
+
+        tokenizer = target.tokenizer
+        from workloads.chat import prompt_token_ids
+
+        def ids_for(i: int, turn: int, answers: list[list[str]]) -> list[int]:
+            return prompt_token_ids(tokenizer, prompts[i], system_prompt=self.settings.system_prompt,
+                                    turn=turn, previous_answers=tuple(answers[i][:turn]))
+
+        answers: list[list[str]] = [[] for _ in prompts]
+        if self.settings.warmup > 0:
+            first = [ids_for(i, 0, answers) for i in range(cell.batch_size)]
+            with _phase("warmup"):
+                self._generate(target, first, draft, self._config(cell, self.settings.warmup, cell.seed))
+            self._sync()
+
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+        n_turns = max(len(p.turns) for p in prompts) if cell.turns == "all" else 1
+        got = _Collected()
+        call = 0
+        with _DeviceSampler(self.device) as sampler, _phase(f"cell {cell.cell_id}"):
+            for turn in range(n_turns):
+                todo = [i for i, p in enumerate(prompts) if len(p.turns) > turn]
+                for start in range(0, len(todo), cell.batch_size):
+                    chunk = todo[start:start + cell.batch_size]
+                    batch_ids = [ids_for(i, turn, answers) for i in chunk]
+                    cfg = self._config(cell, cell.max_new_tokens, cell.seed + call)
+                    with _phase(f"batch {call}"):
+                        result = self._generate(target, batch_ids, draft, cfg)
+                    self._collect(cell, got, result, chunk, prompts, turn, call)
+                    for r, i in enumerate(chunk):
+                        answers[i].append(result.texts[r])
+                    call += 1
+            self._sync()
+        row.update(metrics.summarize(got.stats, None if cell.is_ar else cell.depth))
+        row.update(sampler.medians())
+        row["n_requests"] = len(got.outputs)
+        row.update(_peak_memory(self.device))
+        row["status"] = STATUS_OK
+        outputs = pa.Table.from_pylist(got.outputs, schema=OUTPUT_SCHEMA)
+        steps = pa.Table.from_pylist(got.steps, schema=STEP_SCHEMA) if self.settings.step_table else None
+        return CellOutcome(row, outputs, steps)
+
+    def _collect(self, cell: Cell, got: _Collected, result, chunk: list[int], prompts, turn: int, call: int) -> None:
+        import numpy as np
+
+        stats = result.stats
+        got.stats.append(stats)
+        for r, i in enumerate(chunk):
+            got.outputs.append(dict(cell_id=cell.cell_id, prompt_id=str(prompts[i].id), turn=turn, batch=call, row=r,
+                                    token_ids=[int(t) for t in result.token_ids[r]]))
+        if not self.settings.step_table:
+            return
+        active = np.asarray(stats.active, dtype=bool)
+        if active.ndim == 1:
+            active = active[:, None]
+        arrays = {}
+        for name in ("drafted", "accepted", "emitted"):
+            v = getattr(stats, name, None)
+            a = np.zeros(active.shape, dtype=np.int64) if v is None else np.asarray(v, dtype=np.int64)
+            arrays[name] = a.reshape(active.shape)
+        step_s = np.asarray(stats.step_s, dtype=float).ravel()
+        for s in range(active.shape[0]):
+            for r in range(active.shape[1]):
+                got.steps.append(dict(cell_id=cell.cell_id, turn=turn, batch=call, step=s, row=r,
+                                      active=bool(active[s, r]), drafted=int(arrays["drafted"][s, r]),
+                                      accepted=int(arrays["accepted"][s, r]), emitted=int(arrays["emitted"][s, r]),
+                                      step_s=float(step_s[s]) if s < step_s.size else None))
+
+
+def _peak_memory(device: str) -> dict[str, Any]:
+    if device.startswith("cuda"):
+        import torch
+
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_max_allocated"}
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"peak_memory_bytes": int(kb) * 1024, "peak_memory_kind": "process_max_rss"}
+    except (ImportError, OSError):
+        return {"peak_memory_bytes": None, "peak_memory_kind": None}
+
+
+def base_row(cell: Cell) -> dict[str, Any]:
+    """A row holding the cell's parameters; metrics null."""
+    row = empty_row()
+    row.update(
+        cell_id=cell.cell_id, status=STATUS_PRUNED if cell.status == PRUNED else None, error=cell.reason,
+        target=cell.target, method=cell.method, draft=cell.draft, dataset=cell.dataset, batch_size=cell.batch_size,
+        top_k=cell.top_k, top_k_setting=cell.top_k_setting, depth=cell.depth, total_tokens=cell.total_tokens,
+        temperature=cell.temperature, top_p=cell.top_p, max_new_tokens=cell.max_new_tokens, n_prompts=cell.prompts,
+        turns=cell.turns, seed=cell.seed, system_prompt=cell.system_prompt, dtype=cell.dtype, device=cell.device,
+        ar_cell_id=cell.ar_partner,
+    )
+    return row
+
+
+# ---------------------------------------------------------------------- driver
+
+
+class Progress:
+    """Callbacks the driver calls; the CLI supplies a progress bar, tests nothing."""
+
+    def start(self, total: int, skipped: int) -> None: ...
+
+    def cell_started(self, cell: Cell) -> None: ...
+
+    def cell_done(self, cell: Cell, row: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SweepReport:
+    out: Path
+    run_id: str
+    cells: list[Cell]
+    ran: int = 0
+    skipped: int = 0
+    results_path: Path | None = None
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+    worker_factory: Callable[[WorkerSettings], Any] = CellWorker,
+    consolidate_every_s: float = 10.0,
+) -> SweepReport:
+    """Run (or resume) a sweep into `out`. Bad input raises ScyllaError before any model loads."""
+    cells = plan(spec)
+    executor = get_executor(spec.executor)
+    progress = progress or Progress()
+    store = ResultStore(out)
+    run_id = new_run_id()
+    report = SweepReport(Path(out), run_id, cells)
+    order = [c.cell_id for c in cells]
+    with store.locked():
+        if store.has_results() and not resume:
+            raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, or choose another --out")
+        store.prepare()
+        done = store.done()
+        env = _driver_environment(spec)
+        store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),
+                                 "environment": env, "cells": len(cells)})
+        import yaml
+
+        atomic_write_bytes(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode(), store.out / "spec.yaml")
+        common = {k: env[k] for k in ("git_commit", "package_versions", "profile_id")}
+
+        for c in cells:
+            if c.status == PRUNED and c.cell_id not in done:
+                row = base_row(c)
+                row.update(common, run_id=run_id, status=STATUS_PRUNED)
+                store.write_cell(row)
+        todo = [
+            c for c in cells
+            if c.status == PLANNED and (c.cell_id not in done or (retry_failed and done[c.cell_id] == STATUS_FAILED))
+        ]
+        report.skipped = sum(1 for c in cells if c.status == PLANNED) - len(todo)
+        by_id = {c.cell_id: c for c in cells}
+        dependents: dict[str, list[Cell]] = {}
+        for c in cells:
+            if c.ar_partner:
+                dependents.setdefault(c.ar_partner, []).append(c)
+        last_consolidated = time.monotonic()
+
+        def on_result(cell: Cell, outcome: CellOutcome) -> None:
+            nonlocal last_consolidated
+            row = {k: v for k, v in outcome.row.items() if k in RESULT_COLUMNS}
+            row.update(common, run_id=run_id)
+            store.write_cell(row, outcome.outputs, outcome.steps)
+            report.ran += 1
+            for c in [cell] if not cell.is_ar else [cell, *dependents.get(cell.cell_id, [])]:
+                row_now = derive(store, c, by_id)
+                if c is cell and row_now is not None:
+                    row = row_now
+            progress.cell_done(cell, row)
+            if time.monotonic() - last_consolidated > consolidate_every_s:
+                store.consolidate(order)
+                last_consolidated = time.monotonic()
+
+        progress.start(len(todo), report.skipped)
+        try:
+            executor.run(todo, functools.partial(worker_factory, WorkerSettings.from_spec(spec)),
+                         progress.cell_started, on_result)
+        finally:
+            progress.close()
+            with contextlib.suppress(Exception):
+                for c in cells:
+                    if c.status == PLANNED and not c.is_ar:
+                        derive(store, c, by_id, only_missing=True)
+            report.results_path = store.consolidate(order)
+    return report
+
+
+def derive(store: ResultStore, cell: Cell, by_id: dict[str, Cell], only_missing: bool = False) -> dict[str, Any] | None:
+    """Fill the columns that need the AR partner: ar_tokens_per_s, speedup_vs_ar, lossless."""
+    path = store.row_path(cell.cell_id)
+    if not path.exists():
+        return None
+    row = store.read_row(cell.cell_id)
+    if row["status"] != STATUS_OK:
+        return row
+    if cell.is_ar:
+        changes = {"ar_cell_id": cell.cell_id, "ar_tokens_per_s": row["tokens_per_s"],
+                   "speedup_vs_ar": 1.0 if row["tokens_per_s"] else None}
+    else:
+        if only_missing and row["speedup_vs_ar"] is not None and (cell.temperature != 0 or row["lossless"] is not None):
+            return row
+        partner = cell.ar_partner
+        if not partner or not store.row_path(partner).exists():
+            return row
+        ar_row = store.read_row(partner)
+        if ar_row["status"] != STATUS_OK:
+            return row
+        changes = {"ar_cell_id": partner, "ar_tokens_per_s": ar_row["tokens_per_s"],
+                   "speedup_vs_ar": metrics.speedup(row["tokens_per_s"], ar_row["tokens_per_s"])}
+        if cell.temperature == 0:
+            mine, theirs = store.read_outputs(cell.cell_id), store.read_outputs(partner)
+            if mine is not None and theirs is not None:
+                changes["lossless"], changes["lossless_mismatches"] = metrics.compare_outputs(mine, theirs)
+    if any(not _same(row.get(k), v) for k, v in changes.items()):
+        return store.update_row(cell.cell_id, **changes)
+    return row
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def _driver_environment(spec: SweepSpec) -> dict[str, Any]:
+    return {
+        "git_commit": environment.git_commit(),
+        "package_versions": json.dumps(environment.package_versions(), sort_keys=True),
+        "profile_id": environment.profile_id(spec.profile),
+        "host": os.uname().nodename,
+        "pid": os.getpid(),
+    }
+
+
+def iter_rows(cells: Sequence[Cell]) -> Iterator[dict[str, Any]]:
+    """The dry-run view: each cell's parameters, status and reason."""
+    for c in cells:
+        yield {
+            "cell_id": c.cell_id, "status": c.status, "method": c.method, "draft": c.draft, "dataset": c.dataset,
+            "batch_size": c.batch_size, "top_k": c.top_k, "top_k_setting": c.top_k_setting, "depth": c.depth,
+            "total_tokens": c.total_tokens, "temperature": c.temperature, "reason": c.reason,
+        }

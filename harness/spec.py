@@ -1,0 +1,419 @@
+"""The sweep spec: a typed, validated description of a benchmark grid.
+
+One registry of keys (`KEYS`) drives both the YAML file and the CLI flags, so every
+spec key is a flag (`batch_sizes` <-> `--batch-sizes`), lists are comma-separated on
+the command line, and an unknown key is rejected with a suggestion. CLI values override
+the file's. Bad input raises `ScyllaError` with a one-line message that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workloads.errors import ScyllaError
+
+AUTO = "auto"
+KNOWN_METHODS = ("ar", "eagle2", "eagle3", "scylla")
+RANDOM_DRAFTS = ("random:eagle2", "random:eagle3", "random:scylla")
+DTYPES = ("bfloat16", "float16", "float32")
+TURNS = ("all", "first")
+_METHOD_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a sweep needs. Lists are tuples; `draft` maps method -> draft specs."""
+
+    target: str = "default"
+    methods: tuple[str, ...] = ()
+    draft: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    datasets: tuple[str, ...] = ("mt_bench",)
+    batch_sizes: tuple[int, ...] = (1,)
+    top_k: tuple[int | str, ...] = (10,)
+    depths: tuple[int, ...] = (5,)
+    total_tokens: tuple[int, ...] = (60,)
+    temperatures: tuple[float, ...] = (0.0,)
+    top_p: float = 1.0
+    prompts: int = 8
+    max_new_tokens: int = 128
+    turns: str = "all"
+    data_dir: str | None = None
+    profile: str | None = None
+    dtype: str = "bfloat16"
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    system_prompt: str | None = None
+    warmup: int = 8
+    step_table: bool = False
+    executor: str = "local"
+    out: str | None = None
+
+    @property
+    def all_methods(self) -> tuple[str, ...]:
+        """Methods in run order: `ar` first (always present: every cell needs its partner)."""
+        rest = [m for m in self.methods if m != "ar"]
+        return ("ar", *rest)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-able dict (round-trips through `from_mapping`)."""
+        d = dataclasses.asdict(self)
+        d["draft"] = {m: list(v) for m, v in self.draft.items()}
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def _items(key: str, value: Any) -> list[Any]:
+    """A list from a YAML list, a scalar, or a comma-separated string."""
+    if value is None:
+        raise ScyllaError(f"{key}: a value is required")
+    if isinstance(value, str):
+        items = [s.strip() for s in value.split(",")]
+        if any(not s for s in items):
+            raise ScyllaError(f"{key}: empty item in {value!r}")
+        return items
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ScyllaError(f"{key}: the list is empty")
+        return list(value)
+    return [value]
+
+
+def _dedupe(items: list[Any]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _int(key: str, v: Any, minimum: int) -> int:
+    if isinstance(v, bool):
+        raise ScyllaError(f"{key}: {v!r} is not an integer")
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, str):
+        try:
+            v = int(v.strip())
+        except ValueError:
+            raise ScyllaError(f"{key}: {v!r} is not an integer") from None
+    if not isinstance(v, int):
+        raise ScyllaError(f"{key}: {v!r} is not an integer")
+    if v < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ScyllaError(f"{key}: {v} is not {what}")
+    return v
+
+
+def _float(key: str, v: Any, minimum: float | None = None, maximum: float | None = None) -> float:
+    if isinstance(v, bool):
+        raise ScyllaError(f"{key}: {v!r} is not a number")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ScyllaError(f"{key}: {v!r} is not a number") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ScyllaError(f"{key}: {v!r} is not a finite number")
+    if minimum is not None and x < minimum:
+        raise ScyllaError(f"{key}: {x:g} is below {minimum:g}")
+    if maximum is not None and x > maximum:
+        raise ScyllaError(f"{key}: {x:g} is above {maximum:g}")
+    return x
+
+
+def _str(key: str, v: Any) -> str:
+    if v is None or isinstance(v, (list, dict)):
+        raise ScyllaError(f"{key}: expected a single value, got {v!r}")
+    s = str(v).strip()
+    if not s:
+        raise ScyllaError(f"{key}: empty value")
+    return s
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, Any, Path | None], str]:
+    def parse(key: str, v: Any, base: Path | None) -> str:
+        s = _str(key, v)
+        if s not in choices:
+            raise ScyllaError(f"{key}: {s!r} is not one of {', '.join(choices)}")
+        return s
+
+    return parse
+
+
+def _path(key: str, v: Any, base: Path | None) -> str:
+    p = Path(_str(key, v)).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    return str(p.resolve()) if p.exists() else str(p)
+
+
+def _pos_ints(key: str, v: Any, base: Path | None) -> tuple[int, ...]:
+    return _dedupe([_int(key, x, 1) for x in _items(key, v)])
+
+
+def _top_k(key: str, v: Any, base: Path | None) -> tuple[int | str, ...]:
+    out: list[int | str] = []
+    for x in _items(key, v):
+        if isinstance(x, str) and x.strip().lower() == AUTO:
+            out.append(AUTO)
+            continue
+        try:
+            out.append(_int(key, x, 1))
+        except ScyllaError:
+            raise ScyllaError(f"{key}: {x!r} is neither a positive integer nor 'auto'") from None
+    return _dedupe(out)
+
+
+def _total_tokens(key: str, v: Any, base: Path | None) -> tuple[int, ...]:
+    vals = [_int(key, x, 1) for x in _items(key, v)]
+    for t in vals:
+        if t < 2:
+            raise ScyllaError(f"{key}: {t} is too small (the tree holds the root plus at least one draft token: use >= 2)")
+    return _dedupe(vals)
+
+
+def _temperatures(key: str, v: Any, base: Path | None) -> tuple[float, ...]:
+    return _dedupe([_float(key, x, minimum=0.0) for x in _items(key, v)])
+
+
+def _methods(key: str, v: Any, base: Path | None) -> tuple[str, ...]:
+    out = []
+    for x in _items(key, v):
+        m = _str(key, x).lower()
+        if not _METHOD_RE.match(m):
+            raise ScyllaError(f"{key}: {m!r} is not a method name (known: {', '.join(KNOWN_METHODS)})")
+        out.append(m)
+    return _dedupe(out)
+
+
+def _datasets(key: str, v: Any, base: Path | None) -> tuple[str, ...]:
+    """Names as given; EAGLE's folder names (sum, qa) become the registry's names."""
+    try:
+        from workloads.datasets import ALIASES
+    except ImportError:
+        ALIASES = {}
+    return _dedupe([ALIASES.get(n, n) for n in (_str(key, x) for x in _items(key, v))])
+
+
+def _draft_value(method: str, value: str, base: Path | None) -> str:
+    value = value.strip()
+    if value == "oracle" or value.startswith("random:"):
+        if value.startswith("random:") and value not in RANDOM_DRAFTS:
+            raise ScyllaError(f"draft for {method}: unknown {value!r} (known: {', '.join(RANDOM_DRAFTS)}, oracle, or a checkpoint folder)")
+        return value
+    p = Path(value).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.is_dir():
+        raise ScyllaError(f"draft for {method}: no checkpoint folder at {p} (give a folder with config.json, random:{method if method in ('eagle2', 'eagle3', 'scylla') else 'scylla'}, or oracle)")
+    if not (p / "config.json").exists():
+        raise ScyllaError(f"draft for {method}: {p} has no config.json (not a draft checkpoint folder)")
+    return str(p.resolve())
+
+
+def _drafts(key: str, v: Any, base: Path | None) -> dict[str, tuple[str, ...]]:
+    """YAML: {method: spec | [spec, ...]}; CLI: ["method=spec[,spec]", ...]."""
+    pairs: list[tuple[str, str]] = []
+    if isinstance(v, Mapping):
+        for m, specs in v.items():
+            for s in _items(f"{key}.{m}", specs):
+                pairs.append((str(m), _str(f"{key}.{m}", s)))
+    else:
+        for item in _items(key, v) if not isinstance(v, str) else [v]:
+            item = _str(key, item)
+            if "=" not in item:
+                raise ScyllaError(f"{key}: {item!r} is not METHOD=DRAFT (e.g. scylla=random:scylla)")
+            m, _, specs = item.partition("=")
+            for s in _items(f"{key} {m}", specs):
+                pairs.append((m.strip(), s))
+    out: dict[str, list[str]] = {}
+    for m, s in pairs:
+        m = m.lower()
+        if not _METHOD_RE.match(m):
+            raise ScyllaError(f"{key}: {m!r} is not a method name")
+        if m == "ar":
+            raise ScyllaError(f"{key}: the ar baseline takes no draft")
+        resolved = _draft_value(m, s, base)
+        if resolved not in out.setdefault(m, []):
+            out[m].append(resolved)
+    return {m: tuple(v) for m, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    parse: Callable[[str, Any, Path | None], Any]
+    help: str
+    metavar: str = "V"
+    flag: bool = False  # boolean switch on the CLI
+    multiple: bool = False  # repeatable on the CLI
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _bool(key: str, v: Any, base: Path | None) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = _str(key, v).lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ScyllaError(f"{key}: {v!r} is not true or false")
+
+
+def _opt_int(minimum: int) -> Callable[[str, Any, Path | None], int]:
+    return lambda key, v, base: _int(key, v, minimum)
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        Key("target", lambda k, v, b: _str(k, v), "target model: 'default' (embedded SmolLM2-135M-Instruct) or a Hugging Face path", "TARGET"),
+        Key("methods", _methods, "methods to run, comma-separated (ar is always added as the baseline)", "LIST"),
+        Key("draft", _drafts, "draft per method, METHOD=DRAFT; DRAFT is a checkpoint folder, random:eagle2|eagle3|scylla or oracle; repeatable", "METHOD=DRAFT", multiple=True),
+        Key("datasets", _datasets, "datasets, comma-separated", "LIST"),
+        Key("batch_sizes", _pos_ints, "batch sizes, comma-separated", "LIST"),
+        Key("top_k", _top_k, "tree top-k values, comma-separated; 'auto' takes it from --profile", "LIST"),
+        Key("depths", _pos_ints, "tree depths, comma-separated", "LIST"),
+        Key("total_tokens", _total_tokens, "tree sizes (root included), comma-separated", "LIST"),
+        Key("temperatures", _temperatures, "sampling temperatures, comma-separated (0 = greedy)", "LIST"),
+        Key("top_p", lambda k, v, b: _float(k, v, minimum=0.0, maximum=1.0), "nucleus top-p for temperature > 0", "P"),
+        Key("prompts", _opt_int(1), "prompts per dataset", "N"),
+        Key("max_new_tokens", _opt_int(1), "new tokens per request", "N"),
+        Key("turns", _choice(TURNS), "multi-turn datasets (MT-bench): 'all' turns or the 'first' only", "all|first"),
+        Key("data_dir", _path, "folder of EAGLE-format eval files (<dir>/<name>/question.jsonl)", "DIR"),
+        Key("profile", _path, "roofline profile folder (from `scylla profile`), needed by top_k auto", "DIR"),
+        Key("dtype", _choice(DTYPES), "target and draft dtype", "DTYPE"),
+        Key("device", lambda k, v, b: _str(k, v), "device: auto, cpu, cuda, cuda:N", "DEVICE"),
+        Key("threads", _opt_int(1), "torch CPU threads (default: torch's)", "N"),
+        Key("seed", _opt_int(0), "random seed", "N"),
+        Key("system_prompt", lambda k, v, b: str(v) if v is not None else None, "system prompt for the chat template", "TEXT"),
+        Key("warmup", _opt_int(0), "warm-up new tokens per cell before timing (0: none)", "N"),
+        Key("step_table", _bool, "also write the per-step table (steps.parquet)", flag=True),
+        Key("executor", lambda k, v, b: _str(k, v), "executor: local", "NAME"),
+        Key("out", _path, "results folder", "DIR"),
+    ]
+}
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(KEYS), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_mapping(raw: Mapping[str, Any], base: Path | None, where: str) -> dict[str, Any]:
+    """Parse a raw mapping of spec keys into typed values, rejecting unknown keys."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = str(k).replace("-", "_")
+        if key not in KEYS:
+            raise ScyllaError(f"{where}: unknown key {k!r}{_suggest(key)}; known keys: {', '.join(KEYS)}")
+        if key in out:
+            raise ScyllaError(f"{where}: key {key!r} given twice")
+        if v is None and key in ("data_dir", "profile", "threads", "system_prompt", "out"):
+            out[key] = None
+            continue
+        out[key] = KEYS[key].parse(key, v, base)
+    return out
+
+
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
+    p = Path(path)
+    if not p.is_file():
+        raise ScyllaError(f"sweep spec {p}: no such file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ScyllaError(f"sweep spec {p}: not valid YAML{at}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ScyllaError(f"sweep spec {p}: expected a mapping of keys, got {type(raw).__name__}")
+    return dict(raw), p.resolve().parent
+
+
+def build_spec(yaml_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Spec from an optional YAML file plus CLI overrides (raw strings), validated."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        raw, base = load_yaml(yaml_path)
+        values.update(parse_mapping(raw, base, f"sweep spec {yaml_path}"))
+    if overrides:
+        given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+        parsed = parse_mapping(given, Path.cwd(), "command line")
+        if "draft" in parsed and "draft" in values:
+            merged = dict(values["draft"])
+            merged.update(parsed.pop("draft"))
+            values["draft"] = merged
+        values.update(parsed)
+    if "methods" not in values:
+        values["methods"] = ("ar", *values.get("draft", {}))
+    spec = SweepSpec(**values)
+    validate(spec)
+    return spec
+
+
+def spec_from_dict(d: Mapping[str, Any]) -> SweepSpec:
+    """Inverse of `SweepSpec.to_dict` (used to re-read a saved spec)."""
+    spec = SweepSpec(**parse_mapping(dict(d), None, "saved spec"))
+    validate(spec)
+    return spec
+
+
+def dataset_names() -> tuple[str, ...]:
+    import workloads
+
+    names = getattr(workloads, "DATASET_NAMES", None)
+    if names is None:  # older layouts kept the registry in the submodule only
+        from workloads.datasets import DATASET_NAMES as names
+    return tuple(names)
+
+
+def validate(spec: SweepSpec) -> None:
+    """Cross-key checks. Raises ScyllaError naming the fix."""
+    known = dataset_names()
+    for d in spec.datasets:
+        if d not in known:
+            raise ScyllaError(f"datasets: unknown dataset {d!r}{_close(d, known)}; known: {', '.join(known)}")
+    methods = spec.methods or ("ar",)
+    for m in methods:
+        if m != "ar" and m not in spec.draft:
+            hint = f"random:{m}" if m in KNOWN_METHODS else "random:scylla"
+            raise ScyllaError(
+                f"method {m!r} has no draft checkpoint: add --draft {m}=PATH (or {m}={hint} / {m}=oracle for an untrained draft)"
+            )
+    for m in spec.draft:
+        if m not in methods:
+            raise ScyllaError(f"draft given for method {m!r}, which is not in methods ({', '.join(methods)}){_close(m, methods)}")
+    if AUTO in spec.top_k and spec.profile is None:
+        raise ScyllaError("top_k 'auto' needs a device profile: run `scylla profile --quick --out PROFILE_DIR` and pass --profile PROFILE_DIR")
+    if spec.profile is not None and not Path(spec.profile).is_dir():
+        raise ScyllaError(f"profile: no profile folder at {spec.profile} (make one with `scylla profile --out DIR`)")
+    if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
+        raise ScyllaError(f"data_dir: no such folder {spec.data_dir}")
+    from harness.executors import EXECUTORS
+
+    if spec.executor not in EXECUTORS:
+        raise ScyllaError(f"executor: unknown {spec.executor!r}; known: {', '.join(EXECUTORS)}")
+    dev = spec.device
+    if not (dev in ("auto", "cpu", "cuda") or re.match(r"^cuda:\d+$", dev) or dev == "mps"):
+        raise ScyllaError(f"device: {dev!r} is not auto, cpu, cuda or cuda:N")
+
+
+def _close(word: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
