@@ -1,0 +1,410 @@
+"""Assemble the report: sections of tables and figures -> one self-contained HTML file.
+
+Self-contained means the file makes no request when opened: CSS is inline, figures are
+SVG in data: URIs, there is no script and no external font. Layout is one column at most
+1100 px wide, so a laptop screen never scrolls sideways; wide tables scroll inside their
+own box instead of widening the page.
+
+Every table carries `data-table="<id>"`, and rows of the cells table carry
+`data-cell-id`, so a browser test can read the numbers back and compare them with the
+Parquet file they came from.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from reports import figures, profiles, tables
+from reports.load import Profile, Results
+from reports.published import SCYLLA_CITATION
+from reports.tables import dataset_label, method_label
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+ color:#1d1d1f;background:#fff;margin:0;line-height:1.45;font-size:15px}
+main{max-width:1100px;margin:0 auto;padding:24px 20px 60px}
+h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:36px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:16px;margin:22px 0 6px}
+p.sub{color:#555;margin:0 0 16px}
+nav{font-size:14px;margin:10px 0 18px} nav a{margin-right:14px;color:#2859a8;text-decoration:none}
+.glance{background:#f5f7fa;border:1px solid #dde3ea;border-radius:6px;padding:10px 16px}
+.glance li{margin:3px 0}
+.note{color:#555;font-size:13px;margin:6px 0 2px}
+.warn{background:#fff6e5;border:1px solid #f0d9a8;border-radius:6px;padding:8px 12px;font-size:14px}
+.ok{color:#2e7d32;font-weight:600} .bad{color:#b3261e;font-weight:600}
+figure{margin:12px 0 18px} figure img{width:100%;height:auto;display:block}
+figcaption{font-size:13px;color:#444;margin-top:4px}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 10px;font-variant-numeric:tabular-nums}
+th,td{border-bottom:1px solid #e3e3e3;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#fafafa;font-weight:600}
+td.num,th.num{text-align:right;white-space:nowrap}
+td.wrap{overflow-wrap:anywhere;max-width:46em}
+tr.published td{color:#555}
+details summary{cursor:pointer;font-weight:600;margin:8px 0}
+"""
+
+
+@dataclass(frozen=True)
+class Col:
+    key: str
+    header: str
+    fmt: Callable[[object], str] = str
+    numeric: bool = False
+    wrap: bool = False
+
+
+def _missing(v) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    try:
+        return isinstance(v, float) and math.isnan(v)
+    except TypeError:
+        return False
+
+
+def fnum(digits: int) -> Callable[[object], str]:
+    return lambda v: "" if _missing(v) else f"{float(v):.{digits}f}"
+
+
+def fint(v) -> str:
+    return "" if _missing(v) else f"{int(v)}"
+
+
+def ftext(v) -> str:
+    return "" if _missing(v) else str(v)
+
+
+def render_table(rows: pd.DataFrame, cols: Sequence[Col], table_id: str, caption: str = "",
+                 row_attrs: Callable[[pd.Series], dict[str, str]] | None = None,
+                 row_class: Callable[[pd.Series], str] | None = None) -> str:
+    head = "".join(f'<th class="{"num" if c.numeric else ""}">{html.escape(c.header)}</th>' for c in cols)
+    body = []
+    for _, r in rows.iterrows():
+        attrs = "".join(f' {k}="{html.escape(str(v))}"' for k, v in (row_attrs(r) if row_attrs else {}).items())
+        cls = f' class="{row_class(r)}"' if row_class and row_class(r) else ""
+        tds = []
+        for c in cols:
+            v = r.get(c.key)
+            text = "" if _missing(v) else c.fmt(v)
+            klass = "num" if c.numeric else "wrap" if c.wrap else ""
+            tds.append(f'<td class="{klass}" data-col="{html.escape(c.key)}">{html.escape(text)}</td>')
+        body.append(f"<tr{attrs}{cls}>{''.join(tds)}</tr>")
+    # The caption goes above the table as a paragraph: a <caption> would wrap to the
+    # table's width, which for narrow tables squeezes a sentence into a column.
+    cap = f'<p class="note">{html.escape(caption)}</p>' if caption else ""
+    return (f'{cap}<div class="scroll"><table data-table="{html.escape(table_id)}">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+
+
+def kv_table(pairs: list[tuple[str, str]], table_id: str) -> str:
+    df = pd.DataFrame(pairs, columns=["key", "value"])
+    return render_table(df, [Col("key", "", ftext), Col("value", "", ftext, wrap=True)], table_id)
+
+
+def figure(svg: str | None, fig_id: str, alt: str, caption: str, absent: str) -> str:
+    if not svg:
+        return f'<p class="note" data-figure-absent="{html.escape(fig_id)}">{html.escape(absent)}</p>'
+    data = base64.b64encode(svg.encode()).decode()
+    return (f'<figure data-figure="{html.escape(fig_id)}"><img src="data:image/svg+xml;base64,{data}" '
+            f'alt="{html.escape(alt)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+def _glance(res: Results, h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame,
+            tt: pd.DataFrame, loss: pd.DataFrame) -> str:
+    items = [f"Compared at the headline configuration: {html.escape(h.describe())}."]
+    if "all" in tau.index:
+        parts = [f"{method_label(m)} {tau.loc['all', m]:.2f}" for m in tau.columns if not pd.isna(tau.loc["all", m])]
+        items.append("tau over all datasets: " + ", ".join(parts) + ".")
+    for base in ("eagle2", "eagle3"):
+        c = claims[(claims["baseline"] == base) & (claims["dataset"] == "all")] if len(claims) else claims
+        if len(c):
+            r = c.iloc[0]
+            cls = "ok" if r["verdict"] == "within claim" else "bad"
+            items.append(f"Scylla vs {method_label(base)}: measured {r['delta']:+.2f} tau; the paper reports "
+                         f"{html.escape(r['claim'])} (<span class=\"{cls}\">{r['verdict']}</span>).")
+    spec = tt[tt["method"] != "ar"] if len(tt) else tt
+    if len(spec):
+        best = spec.loc[spec["speedup"].idxmax()]
+        items.append(f"Best speedup: {best['speedup']:.2f}x ({method_label(best['method'])}, batch "
+                     f"{best['batch_size']}, top_k {best['top_k_setting']}).")
+    if len(loss):
+        bad = int(loss["mismatched"].sum())
+        good = int(loss["passed"].sum())
+        cls = "ok" if bad == 0 else "bad"
+        items.append(f'Lossless check at T=0: <span class="{cls}">{good} passed, {bad} mismatched</span>.')
+    nf = len(res.failed)
+    items.append(f'Failed cells: <span class="{"bad" if nf else "ok"}">{nf}</span>'
+                 + (f"; pruned combinations: {len(res.pruned)}" if len(res.pruned) else "") + ".")
+    return '<div class="glance"><ul>' + "".join(f"<li>{i}</li>" for i in items) + "</ul></div>"
+
+
+def _metadata(res: Results, profs: list[Profile]) -> str:
+    out = [kv_table(tables.metadata_rows(res.cells, res.dirs), "metadata")]
+    ds = tables.dataset_sources(res.cells)
+    out.append("<h3>Datasets</h3>" + render_table(ds, [
+        Col("dataset", "dataset", dataset_label), Col("source", "source", wrap=True),
+        Col("checksum", "checksum", wrap=True), Col("prompts", "prompts"), Col("cells", "cells", fint, True),
+    ], "datasets"))
+    pv = tables.package_versions(res.cells)
+    if len(pv):
+        out.append("<details><summary>Package versions</summary>" + render_table(
+            pv, [Col("package", "package"), Col("version", "version", wrap=True)], "packages") + "</details>")
+    if res.missing_columns:
+        out.append(f'<p class="warn">These columns were missing from the results and are shown as empty: '
+                   f"{html.escape(', '.join(res.missing_columns))}.</p>")
+    if not profs:
+        out.append('<p class="note">No roofline profile given (use --profile DIR).</p>')
+    return "".join(out)
+
+
+def _roofline(profs: list[Profile]) -> str:
+    if not profs:
+        return '<p class="note">No roofline profile was given, so there is no roofline or verify knee to show. ' \
+               "Run <code>scylla profile --quick --out DIR</code> and pass <code>--profile DIR</code>.</p>"
+    ceil = [profiles.ceilings(p) for p in profs]
+    pts = [profiles.knee_points(p) for p in profs]
+    fits = [profiles.fit_knee(pt, profiles.knee_tokens(p)) for p, pt in zip(profs, pts)]
+    rows = []
+
+    def si(v, unit):
+        return "not measured" if v is None else figures.fmt_si(v, unit)
+
+    all_dtypes = sorted({d for c in ceil for d in c.compute} | {d for c in ceil for d in c.spec_compute})
+    rows.append(("peak bandwidth (measured)", [si(c.bandwidth, "B/s") + (f" ({c.bandwidth_kernel})" if c.bandwidth_kernel else "") for c in ceil]))
+    rows.append(("peak bandwidth (spec sheet)", [si(c.spec_bandwidth, "B/s") if c.spec_bandwidth else "n/a" for c in ceil]))
+    for dt in all_dtypes:
+        rows.append((f"{dt} FLOP/s (measured)", [si(c.compute.get(dt), "FLOP/s") for c in ceil]))
+        if any(dt in c.spec_compute for c in ceil):
+            rows.append((f"{dt} FLOP/s (spec sheet)", [si(c.spec_compute.get(dt), "FLOP/s") if dt in c.spec_compute else "n/a" for c in ceil]))
+    rows.append(("I_crit measured (FLOP/byte)", [f"{c.i_crit:.3g}" if c.i_crit else "not measured" for c in ceil]))
+    rows.append(("I_crit spec sheet (FLOP/byte)", [f"{c.i_crit_spec:.3g}" if c.i_crit_spec else "n/a" for c in ceil]))
+    rows.append(("verify knee (tokens in flight)", [f"{profiles.knee_tokens(p):g}" if profiles.knee_tokens(p) else "not measured" for p in profs]))
+    rows.append(("fitted T(b, n)", [f"{f.t0 * 1e3:.3g} ms + {f.slope * 1e6:.3g} us x max(0, bn - {f.knee:g})" if f else "too few points" for f in fits]))
+    names = [p.name for p in profs]
+    df = pd.DataFrame([[k, *v] for k, v in rows], columns=["quantity", *names])
+    cols = [Col("quantity", "")] + [Col(n, n, wrap=True) for n in names]
+    out = [render_table(df, cols, "roofline", "Measured ceilings beside the spec sheet's; a spec number is never used in place of a measured one.")]
+    out.append(figure(figures.roofline(profs), "roofline", "Roofline: attainable FLOP/s against arithmetic intensity",
+                      "Roofline per device: measured bandwidth slope and compute roofs per dtype (solid), spec sheet (dashed), ridge I_crit (dotted).",
+                      "No roofline: the profiles lack measured bandwidth or compute peaks."))
+    out.append(figure(figures.knee(profs, pts, fits), "knee", "Verify forward time against tokens in flight",
+                      "Verify knee: one target forward over b rows x n tree tokens on a cached prefix. Time stays flat up to the knee, then grows; the line is the fitted T(b, n).",
+                      "No verify-knee measurements in the profiles."))
+    pol = [(p.name, profiles.topk_policy(p)) for p in profs]
+    pol = [(n, d) for n, d in pol if len(d)]
+    for name, d in pol:
+        out.append(render_table(d, [Col("batch_size", "batch", fint, True), Col("top_k", "top_k", fint, True),
+                                    Col("total_tokens", "total_tokens", fint, True)],
+                                "policy", f"top_k = auto policy of {name}: the widest tree whose b x total_tokens stays at or under the knee."))
+    for p in profs:
+        f = profiles.facts(p)
+        if f:
+            out.append(f"<details><summary>Device facts: {html.escape(p.name)}</summary>{kv_table(f, 'device')}</details>")
+    return "".join(out)
+
+
+def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos: pd.DataFrame) -> str:
+    cap = f"tau = emitted tokens / verify steps, pooled over the cells of each dataset at {h.describe()}."
+    drafts = "; ".join(f"{method_label(m)}: {d}" for m, d in h.drafts.items())
+    out = [figure(figures.tau_bars(tau), "tau", "tau per dataset and method", cap + (f" Drafts: {drafts}." if drafts else ""),
+                  "No speculative cells at the headline configuration.")]
+    df = tau.reset_index()
+    cols = [Col("dataset", "dataset", lambda d: "all datasets" if d == "all" else dataset_label(d))]
+    cols += [Col(m, method_label(m), fnum(2), True) for m in tau.columns]
+    out.append(render_table(df, cols, "tau", "The same numbers: tau per dataset (rows) and method (columns)."))
+    if len(claims):
+        out.append("<h3>Scylla against the paper's claimed deltas (T=0)</h3>")
+        out.append(render_table(claims, [
+            Col("baseline", "vs", method_label), Col("dataset", "dataset", lambda d: "all datasets" if d == "all" else dataset_label(d)),
+            Col("scylla_tau", "Scylla tau", fnum(2), True), Col("baseline_tau", "baseline tau", fnum(2), True),
+            Col("delta", "delta", lambda v: f"{float(v):+.2f}", True), Col("claim", "paper"), Col("verdict", "verdict"),
+        ], "claims", f"{SCYLLA_CITATION}. A check, not a gate: the paper's targets, drafts and hardware differ from these."))
+    out.append("<h3>Per-position acceptance</h3>")
+    out.append(figure(figures.position_curves(pos), "positions", "Acceptance rate per draft position",
+                      "Acceptance at each draft position k, pooled over datasets at the headline configuration: conditional (EAGLE's n-alpha) and unconditional (vLLM's).",
+                      "No per-position acceptance recorded."))
+    return "".join(out)
+
+
+def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame) -> str:
+    out = [figure(figures.throughput_vs_batch(tt), "throughput", "Speedup over AR against batch size per top_k",
+                  f"Speedup over AR (same dataset, batch and temperature, same run) against batch size, mean over datasets; T={h.temperature:g}, depth {h.depth}, "
+                  f"fixed top_k at total_tokens {h.total_tokens}, auto with the profile's own budget. Below the dashed line speculation is slower than AR.",
+                  "No throughput measurements.")]
+    if len(tt):
+        out.append(render_table(tt, [
+            Col("method", "method", method_label), Col("batch_size", "batch", fint, True),
+            Col("top_k_setting", "top_k"), Col("top_k_used", "top_k used"), Col("datasets", "datasets", fint, True),
+            Col("tau", "tau", fnum(2), True), Col("tokens_per_s", "tokens/s", fnum(1), True),
+            Col("speedup", "speedup", fnum(2), True),
+        ], "throughput", "Mean over datasets of each cell's tokens/s and speedup; tau pooled."))
+        best = tables.best_setting_per_batch(tt)
+        if len(best) and best["auto_speedup"].notna().any():
+            best["auto_keeps_up"] = best.apply(
+                lambda r: "" if pd.isna(r["auto_speedup"]) else ("yes" if r["auto_speedup"] >= 0.97 * r["best_fixed_speedup"] else "no"), axis=1)
+            out.append(render_table(best, [
+                Col("method", "method", method_label), Col("batch_size", "batch", fint, True),
+                Col("best_fixed", "best fixed top_k"), Col("best_fixed_speedup", "its speedup", fnum(2), True),
+                Col("auto_speedup", "auto speedup", fnum(2), True), Col("auto_keeps_up", "auto within 3%"),
+            ], "auto_vs_fixed", "Is the roofline policy at least as fast as the best fixed top_k at each batch size?"))
+    m, grid = tables.tree_grid(res.ok, h)
+    out.append("<h3>Tree shape: top_k x depth</h3>")
+    out.append(figure(figures.tree_heatmap(m, grid), "heatmap", "Heatmap of tau and speedup over top_k and depth",
+                      f"{method_label(m) if m else ''} at T={h.temperature:g}, batch {h.batch_size}: pooled tau and mean speedup for each tree shape.",
+                      "No method was run over at least two top_k values and two depths, so there is no tree-shape grid."))
+    return "".join(out)
+
+
+def _scaling(res: Results, h: tables.Headline) -> str:
+    series = tables.scaling_series(res.ok, h)
+    out = [figure(figures.scaling(series), "scaling", "Scaling-law fits of tau",
+                  "tau against pretraining tokens or draft layers with the fit tau = alpha log10(x) + beta; each point pools the datasets every draft in the series has.",
+                  "The results do not span pretraining tokens or draft layers (a series needs at least two drafts that differ only in one of them).")]
+    if series:
+        rows = [{
+            "method": s.method, "x": "pretraining tokens" if s.variable == "pretrain_tokens" else "draft layers",
+            "fixed": s.fixed, "n": len(s.points),
+            "alpha": s.fit.alpha if s.fit else float("nan"), "beta": s.fit.beta if s.fit else float("nan"),
+            "r2": s.fit.r2 if s.fit else float("nan"),
+            "points": ", ".join(f"{x:.3g}: {t:.2f}" for x, t in zip(s.points["x"], s.points["tau"])),
+        } for s in series]
+        out.append(render_table(pd.DataFrame(rows), [
+            Col("method", "method", method_label), Col("x", "x"), Col("fixed", "held fixed", wrap=True), Col("n", "points", fint, True),
+            Col("alpha", "alpha", fnum(3), True), Col("beta", "beta", fnum(3), True), Col("r2", "R^2", fnum(3), True),
+            Col("points", "x: tau", wrap=True),
+        ], "scaling", "Least-squares fit of tau = alpha log10(x) + beta."))
+    return "".join(out)
+
+
+def _published(tau: pd.DataFrame, speed: pd.DataFrame, h: tables.Headline) -> str:
+    pub = tables.published_table(tau, speed, h.temperature)
+    if pub.empty:
+        return '<p class="note">No published numbers at this temperature.</p>'
+    datasets = [c for c in pub.columns if c not in ("source", "model", "method") and not c.endswith("__speedup")]
+
+    def cell(d):
+        def fmt_row(r):
+            t, s = r.get(d), r.get(f"{d}__speedup")
+            if _missing(t):
+                return ""
+            return f"{t:.2f}" + ("" if _missing(s) else f" ({s:.2f}x)")
+        return fmt_row
+
+    show = pub.copy()
+    for d in datasets:
+        show[f"{d}__text"] = show.apply(cell(d), axis=1)
+    cols = [Col("model", "model"), Col("method", "method", method_label)]
+    cols += [Col(f"{d}__text", dataset_label(d), ftext, True) for d in datasets]
+    cites = sorted(set(pub.loc[pub["source"] != "measured here", "source"]))
+    note = (f'<p class="warn">Published numbers are <b>other target models on other hardware</b> (the first rows are this run, '
+            f"at {html.escape(h.describe())}). They show the paper's scale, not a target for this run. Cells: tau (speedup over AR). "
+            f"Sources: {html.escape('; '.join(cites))}.</p>")
+    return note + render_table(show, cols, "published", f"tau (speedup) at T={h.temperature:g}",
+                               row_class=lambda r: "" if r["source"] == "measured here" else "published")
+
+
+def _checks(res: Results, loss: pd.DataFrame) -> str:
+    out = []
+    if len(loss):
+        out.append(render_table(loss, [
+            Col("method", "method", method_label), Col("cells_t0", "cells at T=0", fint, True),
+            Col("passed", "identical to AR", fint, True), Col("mismatched", "mismatched", fint, True),
+            Col("not_checked", "not checked", fint, True),
+        ], "lossless", "At T=0 every speculative output must equal the AR output of the same prompts, token for token."))
+    bad = tables.lossless_failures(res.ok)
+    if len(bad):
+        out.append('<p class="bad">Cells whose output differed from AR:</p>')
+        out.append(render_table(bad, _cell_cols(short=True), "lossless_failures", row_attrs=lambda r: {"data-cell-id": r["cell_id"]}))
+    out.append("<h3>Failed cells</h3>")
+    if len(res.failed):
+        out.append(render_table(tables.sort_cells(res.failed), [
+            Col("method", "method", method_label), Col("dataset", "dataset", dataset_label),
+            Col("batch_size", "batch", fint, True), Col("top_k_setting", "top_k", ftext), Col("depth", "depth", fint, True),
+            Col("temperature", "T", fnum(1), True), Col("error", "error", ftext, wrap=True),
+        ], "failed", row_attrs=lambda r: {"data-cell-id": r["cell_id"]}))
+    else:
+        out.append('<p class="ok">No failed cells.</p>')
+    if len(res.pruned):
+        out.append("<details><summary>Pruned combinations</summary>" + render_table(res.pruned, [
+            Col("method", "method", method_label), Col("dataset", "dataset", dataset_label),
+            Col("top_k_setting", "top_k", ftext), Col("depth", "depth", fint, True),
+            Col("error", "reason", ftext, wrap=True),
+        ], "pruned") + "</details>")
+    return "".join(out)
+
+
+def _cell_cols(short: bool = False) -> list[Col]:
+    cols = [
+        Col("method", "method", method_label), Col("dataset", "dataset", dataset_label),
+        Col("batch_size", "b", fint, True), Col("top_k", "top_k", fint, True), Col("top_k_setting", "setting", ftext),
+        Col("depth", "depth", fint, True), Col("total_tokens", "N", fint, True), Col("temperature", "T", fnum(1), True),
+        Col("tau", "tau", fnum(2), True), Col("tokens_per_s", "tokens/s", fnum(1), True),
+        Col("speedup_vs_ar", "speedup", fnum(2), True),
+    ]
+    if not short:
+        cols.insert(1, Col("draft", "draft", ftext, wrap=True))
+        cols.append(Col("lossless", "lossless", lambda v: "yes" if v else "NO"))
+    return cols
+
+
+def _cells(res: Results) -> str:
+    ok = tables.sort_cells(res.ok)
+    return (f"<details><summary>All measured cells ({len(ok)} rows)</summary>"
+            + render_table(ok, _cell_cols(), "cells", "One row per cell of results.parquet (status ok).",
+                           row_attrs=lambda r: {"data-cell-id": r["cell_id"]})
+            + "</details>")
+
+
+def build_report(res: Results, profs: list[Profile], title: str | None = None) -> str:
+    ok = res.ok
+    h = tables.choose_headline(ok) if len(ok) else tables.Headline(0.0, 1, None, None, None, {})
+    hc = tables.headline_cells(ok, h) if len(ok) else ok
+    tau = tables.tau_table(hc) if len(hc) else pd.DataFrame()
+    claims = tables.claims_table(tau) if len(tau) else pd.DataFrame()
+    pos = tables.position_acceptance(hc) if len(hc) else pd.DataFrame(columns=["method", "position", "cond", "uncond"])
+    tt = tables.throughput_table(tables.throughput_cells(ok, h)) if len(ok) else pd.DataFrame()
+    loss = tables.lossless_table(ok)
+
+    title = title or "scylla-bench report"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in (
+        ("meta", "Run"), ("roofline", "Roofline"), ("acceptance", "Acceptance"), ("throughput", "Throughput"),
+        ("scaling", "Scaling"), ("published", "Published"), ("checks", "Checks"), ("cells", "Cells")))
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="sub">Speculative decoding: Scylla, EAGLE-2 and EAGLE-3 against autoregressive decoding. '
+        f"Generated {stamp} from {len(res.cells)} cells.</p>",
+        f"<nav>{nav}</nav>",
+        _glance(res, h, tau if len(tau) else pd.DataFrame(), claims, tt, loss) if len(ok) else
+        '<p class="warn">No cell finished (status ok): only the failures can be shown.</p>',
+        _section("meta", "Run", _metadata(res, profs)),
+        _section("roofline", "Roofline and verify knee", _roofline(profs)),
+        _section("acceptance", "Acceptance", _acceptance(h, tau, claims, pos) if len(tau) else '<p class="note">No finished cells.</p>'),
+        _section("throughput", "Throughput against batch size", _throughput(res, h, tt) if len(ok) else ""),
+        _section("scaling", "Scaling laws", _scaling(res, h) if len(ok) else ""),
+        _section("published", "Published reference numbers", _published(tau, tables.speedup_table(hc), h) if len(tau) else ""),
+        _section("checks", "Lossless check and failures", _checks(res, loss)),
+        _section("cells", "Cells", _cells(res)),
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            # Belt and braces for "no network": even a stray URL in a figure could not load.
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
+            f"<body><main>{''.join(body)}</main></body></html>\n")
