@@ -244,8 +244,11 @@ def throughput_cells(ok: pd.DataFrame, h: Headline) -> pd.DataFrame:
     return pd.concat([base[base["method"] == "ar"], spec])
 
 
-def _setting_key(s: str) -> tuple:
-    return (1, 0) if s == "auto" else (0, int(s)) if str(s).isdigit() else (2, 0)
+def _setting_key(s) -> float:
+    """Sort key for top_k settings: fixed values ascending, then auto, then anything else."""
+    if not isinstance(s, str):
+        return -1.0
+    return 1e6 if s == "auto" else float(s) if s.isdigit() else 2e6
 
 
 def throughput_table(tcells: pd.DataFrame) -> pd.DataFrame:
@@ -273,7 +276,7 @@ def throughput_table(tcells: pd.DataFrame) -> pd.DataFrame:
         return out
     order = {m: i for i, m in enumerate(ordered(out["method"], METHOD_ORDER))}
     out["_m"] = out["method"].map(order)
-    out["_s"] = out["top_k_setting"].map(lambda s: _setting_key(s) if s != "-" else (-1, 0))
+    out["_s"] = [_setting_key(s) for s in out["top_k_setting"]]
     return out.sort_values(["_m", "batch_size", "_s"]).drop(columns=["_m", "_s"]).reset_index(drop=True)
 
 
@@ -389,7 +392,7 @@ def sort_cells(cells: pd.DataFrame) -> pd.DataFrame:
     c = cells.copy()
     c["_m"] = c["method"].map(m_order)
     c["_d"] = c["dataset"].map(d_order)
-    c["_s"] = c["top_k_setting"].map(lambda s: _setting_key(s) if isinstance(s, str) else (-1, 0))
+    c["_s"] = [_setting_key(s) for s in c["top_k_setting"]]
     keys = ["_m", "draft", "_d", "batch_size", "_s", "depth", "total_tokens", "temperature", "cell_id"]
     return c.sort_values(keys, na_position="first").drop(columns=["_m", "_d", "_s"])
 

@@ -1,0 +1,79 @@
+"""The arithmetic behind the report: pooling, fits, claims, headline choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports import tables
+from reports.load import load_profile, load_results
+from reports.profiles import ceilings, fit_knee, knee_points
+from reports.published import published_baselines
+from reports.scaling import fit_log10
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_pooled_tau_is_ratio_of_totals_not_mean_of_ratios():
+    cells = pd.DataFrame({"emitted_tokens": [100, 300], "verify_steps": [50, 100], "tau": [2.0, 3.0]})
+    assert tables.pooled_tau(cells) == pytest.approx(400 / 150)
+
+
+def test_log10_fit_recovers_known_line():
+    x = np.array([1e8, 3e8, 1e9, 3e9])
+    fit = fit_log10(x, 0.25 * np.log10(x) + 0.5)
+    assert fit.alpha == pytest.approx(0.25)
+    assert fit.beta == pytest.approx(0.5)
+    assert fit.r2 == pytest.approx(1.0)
+    assert fit_log10([1e9, 1e9], [2.0, 2.1]) is None  # one distinct x: no fit
+
+
+def test_knee_fit_recovers_two_piece_model():
+    pts = pd.DataFrame({"tokens": [1, 4, 16, 32, 64, 128, 256]})
+    pts["time_s"] = 0.02 + 0.001 * np.maximum(0, pts["tokens"] - 32)
+    fit = fit_knee(pts, None)
+    assert fit.knee == 32
+    assert fit.t0 == pytest.approx(0.02)
+    assert fit.slope == pytest.approx(0.001)
+
+
+def test_claims_verdicts():
+    tau = pd.DataFrame({"eagle2": [2.0, 2.0], "eagle3": [3.5, 3.0], "scylla": [3.7, 4.5]}, index=["a", "b"])
+    c = tables.claims_table(tau).set_index(["baseline", "dataset"])
+    assert c.loc[("eagle2", "a"), "verdict"] == "within claim"  # +1.7
+    assert c.loc[("eagle2", "b"), "verdict"] == "above claim"  # +2.5
+    assert c.loc[("eagle3", "a"), "verdict"] == "below claim"  # +0.2
+    assert c.loc[("eagle3", "b"), "verdict"] == "within claim"  # +1.5 (claim is "at least")
+
+
+def test_fixture_headline_and_series():
+    res = load_results([FIXTURES / "report_results"])
+    h = tables.choose_headline(res.ok)
+    assert (h.temperature, h.batch_size, h.top_k_setting, h.depth, h.total_tokens) == (0.0, 1, "10", 5, 60)
+    assert h.drafts == {m: f"drafts/{m}-L1-1B" for m in ("eagle2", "eagle3", "scylla")}
+    series = {s.variable: s for s in tables.scaling_series(res.ok, h)}
+    assert set(series) == {"pretrain_tokens", "draft_layers"}
+    # The failed L8/humaneval cell drops humaneval from every point of the layer series.
+    assert set(series["draft_layers"].points["datasets"]) == {5}
+    assert series["pretrain_tokens"].fit.alpha > 0
+
+
+def test_profiles_read():
+    p = load_profile(FIXTURES / "report_profile_gpu")
+    c = ceilings(p)
+    assert c.bandwidth_kernel == "read"
+    assert c.i_crit_spec == pytest.approx(9.89e14 / 4.8e12)
+    assert len(knee_points(p)) == 25
+
+
+def test_published_baselines_are_labelled():
+    pub = published_baselines()
+    assert set(pub["method"]) == {"eagle2", "eagle3"}
+    assert pub["citation"].str.contains("arXiv:2503.01840").all()
+    assert pub["tau"].between(1, 10).all() and pub["speedup"].between(1, 10).all()
+    # Spot checks against the paper's Table 1 (Vicuna 13B, T=0, MT-bench).
+    row = pub[(pub["target_model"] == "Vicuna-13B") & (pub["temperature"] == 0) & (pub["dataset"] == "mt_bench")]
+    assert dict(zip(row["method"], row["tau"])) == {"eagle2": 4.83, "eagle3": 6.65}
