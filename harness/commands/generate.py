@@ -1,0 +1,73 @@
+"""`scylla generate`: decode prompts with the AR baseline or speculative decoding."""
+
+import json
+
+import click
+
+DRAFT_HELP = "checkpoint folder, oracle, or random:eagle2|random:eagle3|random:scylla"
+
+
+@click.command()
+@click.option("--prompt", "prompts", multiple=True, required=True, help="user message; repeat for a batch")
+@click.option("--target", default="default", show_default=True, help="'default' or a HF model path/id")
+@click.option("--method", type=click.Choice(["ar", "spec"]), default="spec", show_default=True)
+@click.option("--draft", default=None, help=DRAFT_HELP + " (default: the trained Scylla draft)")
+@click.option("--layers", type=int, default=None, help="decoder layers of a random scylla draft")
+@click.option("--top-k", type=int, default=10, show_default=True)
+@click.option("--depth", type=int, default=5, show_default=True)
+@click.option("--total-tokens", type=int, default=60, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--dtype", type=click.Choice(["bfloat16", "float32", "float16"]), default="bfloat16", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--system-prompt", default=None, help="system message for the chat template")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens, temperature, top_p,
+             max_new_tokens, dtype, device, seed, system_prompt, as_json) -> None:
+    """Generate replies to --prompt with the target, speculatively or not."""
+    import torch
+
+    from harness.quiet import quiet_libraries
+    from scylla_impl.decode import DecodeConfig
+    from scylla_impl.decode import generate as run
+    from scylla_impl.drafts import load_draft
+    from scylla_impl.target import Target
+    from workloads.errors import ScyllaError
+
+    quiet_libraries()
+    if any(not p.strip() for p in prompts):
+        raise ScyllaError("empty prompt: give each --prompt some text")
+    config = DecodeConfig(top_k=top_k, depth=depth, total_tokens=total_tokens, temperature=temperature,
+                          top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    config.validate(speculative=method == "spec")
+    torch.manual_seed(seed)
+    tgt = Target.load(target, dtype=dtype, device=device)
+    drafter = None
+    if method == "spec":
+        drafter = load_draft(draft or _default_draft(tgt), tgt, layers=layers, seed=seed)
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    if system_prompt:
+        messages = [[{"role": "system", "content": system_prompt}, *m] for m in messages]
+    ids = [tgt.tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"]
+           for m in messages]
+    result = run(tgt, ids, drafter, config)
+    if as_json:
+        click.echo(json.dumps({
+            "outputs": [{"text": t, "token_ids": i} for t, i in zip(result.texts, result.token_ids)],
+            "steps": result.stats.steps,
+            "tau": result.stats.tau,
+            "tokens_per_s": result.tokens_per_s,
+        }))
+        return
+    for text in result.texts:
+        click.echo(text)
+        click.echo("-" * 40)
+    click.echo(f"steps {result.stats.steps}  tau {result.stats.tau:.2f}  tokens/s {result.tokens_per_s:.1f}", err=True)
+
+
+def _default_draft(target) -> str:
+    from scylla_impl.trained import default_draft_spec
+
+    return default_draft_spec(target, "scylla")

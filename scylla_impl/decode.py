@@ -1,0 +1,211 @@
+"""Batched decoding: the autoregressive baseline and speculative decoding, one loop.
+
+Every step feeds each row's last emitted token (the root) plus, when a draft is given, its
+draft tree to one target forward; verification keeps a path per row, the cache commits
+it, and the row emits the accepted draft tokens plus the target's bonus token. With no
+draft the tree is the root alone, so AR and speculative decoding share the target
+adapter, the cache and this loop, and a speedup compares like with like.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from scylla_impl.tree import Tree, build_tree, check_shape
+from scylla_impl.verify import next_token, verify
+from workloads.errors import ScyllaError
+
+PHASES = ("draft", "tree", "verify", "accept", "commit")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    top_k: int = 10
+    depth: int = 5
+    total_tokens: int = 60
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+
+    def validate(self, speculative: bool) -> None:
+        if speculative:
+            check_shape(self.top_k, self.depth, self.total_tokens)
+        if self.temperature < 0:
+            raise ScyllaError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ScyllaError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ScyllaError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class DecodeStats:
+    """Raw counters, one entry per verify step (and row). Ratios are derived by readers."""
+
+    drafted: np.ndarray  # [steps, b] draft nodes scored
+    accepted: np.ndarray  # [steps, b] draft tokens accepted (0..depth)
+    emitted: np.ndarray  # [steps, b] tokens that count: accepted + bonus, cut at EOS / max_new_tokens
+    active: np.ndarray  # [steps, b] row still decoding at this step
+    phase_s: dict[str, np.ndarray]  # PHASES -> [steps] seconds
+    step_s: np.ndarray  # [steps] seconds
+    prefill_s: float
+    decode_s: float  # wall time of the decode loop
+    first_tokens: np.ndarray  # [b] 1 if prefill emitted a token that counts (not part of tau)
+
+    @property
+    def steps(self) -> int:
+        return int(self.step_s.shape[0])
+
+    @property
+    def tau(self) -> float:
+        """Emitted tokens per verify step, over every active row-step."""
+        steps = self.active.sum()
+        return float(self.emitted.sum() / steps) if steps else 0.0
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[list[int]]
+    texts: list[str]
+    stats: DecodeStats
+    config: DecodeConfig = field(default_factory=DecodeConfig)
+
+    @property
+    def tokens_per_s(self) -> float:
+        total = self.stats.emitted.sum()
+        return float(total / self.stats.decode_s) if self.stats.decode_s > 0 else 0.0
+
+
+class _PhaseTimer:
+    """Attributes wall time to phases; synchronises the device so GPU work lands where it ran."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.current: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.mark = time.perf_counter()
+        self.phase = "commit"
+
+    def __call__(self, phase: str) -> None:
+        """End the running phase and start `phase`."""
+        self.sync()
+        now = time.perf_counter()
+        self.current[self.phase] += now - self.mark
+        self.mark, self.phase = now, phase
+
+    def take(self) -> dict[str, float]:
+        self("commit")
+        out, self.current = self.current, dict.fromkeys(PHASES, 0.0)
+        return out
+
+
+def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig = DecodeConfig()) -> GenerationResult:
+    """Decode a batch of token-id prompts; `draft=None` is the autoregressive baseline."""
+    config.validate(speculative=draft is not None)
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ScyllaError("every prompt needs at least one token")
+    device, b = target.device, len(prompts)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    layers = tuple(draft.feature_layers) if draft is not None else ()
+    tree_tokens = config.total_tokens if draft is not None else 1
+    capacity = max(len(p) for p in prompts) + config.max_new_tokens + tree_tokens + config.depth + 8
+    cache = target.new_cache(b, capacity)
+    eos = target.eos_ids
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = target.prefill(cache, prompts, layers)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    rows = torch.arange(b, device=device)
+    roots = next_token(out.logits[rows, lengths - 1], config.temperature, config.top_p, gen)
+    if draft is not None:
+        draft.start(prompts, capacity)
+        features = out.layer_inputs if layers else out.hidden
+        # Pair t is (token t+1, feature t): the prompt shifted by one, then the first new token.
+        longest = int(lengths.max())
+        pair_tokens = torch.tensor([p[1:] + [int(roots[r])] + [0] * (longest - len(p))
+                                    for r, p in enumerate(prompts)], device=device)
+        root_logprobs, root_out = draft.extend(pair_tokens, features, lengths)
+    sync()
+    prefill_s = time.perf_counter() - t0
+
+    outputs = [[int(t)] for t in roots.tolist()]
+    done = [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()]
+    records: dict[str, list] = {"drafted": [], "accepted": [], "emitted": [], "active": [], "step_s": []}
+    phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    timer = _PhaseTimer(device)
+    t_loop = time.perf_counter()
+    while not all(done):
+        step_start = time.perf_counter()
+        if draft is not None:
+            timer("tree")
+            tree = build_tree(draft, root_logprobs, root_out, roots, config.top_k, config.depth,
+                              config.total_tokens, timer)
+        else:
+            tree = Tree.root_only(roots)
+        timer("verify")
+        scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask, layers)
+        timer("accept")
+        verdict = verify(tree, scored.logits, config.temperature, config.top_p, gen)
+        timer("commit")
+        target.commit(cache, verdict.path, verdict.path_len)
+        path_tokens = tree.tokens.gather(1, verdict.path)  # [b, depth+1], root first
+        # Accepted draft tokens then the bonus: row r's first path_len[r] entries count.
+        new_tokens = torch.cat([path_tokens[:, 1:], path_tokens[:, :1]], 1)
+        new_tokens.scatter_(1, (verdict.path_len - 1)[:, None], verdict.bonus[:, None])
+        emitted_row = _emit(outputs, done, new_tokens.tolist(), verdict.path_len.tolist(), eos,
+                            config.max_new_tokens)
+        records["active"].append([e is not None for e in emitted_row])
+        records["emitted"].append([e or 0 for e in emitted_row])
+        records["accepted"].append(verdict.accepted.tolist())
+        records["drafted"].append([tree.size - 1] * b)
+        roots = verdict.bonus
+        if draft is not None and not all(done):
+            timer("draft")
+            feats = scored.layer_inputs if layers else scored.hidden
+            path_feats = feats.gather(1, verdict.path[:, :, None].expand(-1, -1, feats.shape[-1]))
+            root_logprobs, root_out = draft.extend(new_tokens, path_feats, verdict.path_len)
+        for name, seconds in timer.take().items():
+            phases[name].append(seconds)
+        records["step_s"].append(time.perf_counter() - step_start)
+    sync()
+    decode_s = time.perf_counter() - t_loop
+
+    steps = len(records["step_s"])
+    shape = (steps, b)
+    stats = DecodeStats(
+        drafted=np.array(records["drafted"], dtype=np.int64).reshape(shape),
+        accepted=np.array(records["accepted"], dtype=np.int64).reshape(shape),
+        emitted=np.array(records["emitted"], dtype=np.int64).reshape(shape),
+        active=np.array(records["active"], dtype=bool).reshape(shape),
+        phase_s={k: np.array(v) for k, v in phases.items()},
+        step_s=np.array(records["step_s"]),
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        first_tokens=np.ones(b, dtype=np.int64),
+    )
+    texts = [target.tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
+    return GenerationResult(outputs, texts, stats, config)
+
+
+def _emit(outputs, done, new_tokens, path_len, eos, max_new_tokens) -> list[int | None]:
+    """Append each active row's accepted tokens and bonus, stopping at EOS or the limit.
+
+    Returns per row the number of tokens that count (None for a row already finished)."""
+    counted: list[int | None] = []
+    for r, tokens in enumerate(new_tokens):
+        if done[r]:
+            counted.append(None)
+            continue
+        n = 0
+        for t in tokens[: path_len[r]]:  # path_len - 1 accepted draft tokens + the bonus
+            outputs[r].append(t)
+            n += 1
+            if t in eos or len(outputs[r]) >= max_new_tokens:
+                done[r] = True
+                break
+        counted.append(n)
+    return counted

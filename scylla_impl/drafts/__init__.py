@@ -1,0 +1,59 @@
+"""Draft models behind one interface, and the one way to get one: `load_draft(spec, target)`."""
+
+from pathlib import Path
+
+import torch
+
+from scylla_impl.drafts.base import Draft, DraftConfig, DraftInfo, check_target, load_weights, read_config
+from scylla_impl.drafts.eagle2 import Eagle2Draft
+from scylla_impl.drafts.eagle3 import Eagle3Draft
+from scylla_impl.drafts.oracle import OracleDraft
+from scylla_impl.drafts.scylla import ScyllaDraft
+from workloads.errors import ScyllaError
+
+# One registry of trainable draft architectures.
+METHODS: dict[str, type[Draft]] = {"eagle2": Eagle2Draft, "eagle3": Eagle3Draft, "scylla": ScyllaDraft}
+EAGLE3_DRAFT_VOCAB = 32000
+
+
+def new_draft(method: str, target, layers: int | None = None, seed: int = 0, **overrides) -> Draft:
+    """A freshly initialised draft of `method` for `target` (random weights, seeded)."""
+    if method not in METHODS:
+        raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(METHODS)}")
+    if method == "eagle3":
+        from scylla_impl.target import default_layer_choice
+
+        overrides.setdefault("feature_layers", list(default_layer_choice(target.info.num_layers)))
+        overrides.setdefault("draft_vocab_size", min(EAGLE3_DRAFT_VOCAB, target.info.vocab_size))
+    if layers is not None:
+        if method != "scylla" and layers != 1:
+            raise ScyllaError(f"--layers applies to scylla drafts; {method} has one decoder layer")
+        overrides["num_layers"] = layers
+    config = DraftConfig.from_target(method, target, **overrides)
+    torch.manual_seed(seed)
+    draft = METHODS[method](config, target)
+    return draft.to(device=target.device, dtype=target.dtype).eval()
+
+
+def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 0):
+    """None/'none' -> None (AR); 'oracle'; 'random:<method>'; or a checkpoint folder."""
+    if spec in (None, "", "none", "ar"):
+        return None
+    if spec == "oracle":
+        return OracleDraft(target)
+    if spec.startswith("random:"):
+        return new_draft(spec.split(":", 1)[1], target, layers=layers, seed=seed)
+    folder = Path(spec)
+    if not folder.exists():
+        raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, 'oracle' or random:{{{','.join(METHODS)}}}")
+    config = read_config(folder)
+    check_target(config, target, folder)
+    if config.method not in METHODS:
+        raise ScyllaError(f"draft '{folder}' has unknown method '{config.method}'")
+    draft = METHODS[config.method](config, target)
+    load_weights(draft, folder)
+    draft.checkpoint = str(folder)
+    return draft.to(device=target.device, dtype=target.dtype).eval()
+
+
+__all__ = ["Draft", "DraftConfig", "DraftInfo", "METHODS", "OracleDraft", "load_draft", "new_draft"]

@@ -1,0 +1,191 @@
+"""What every draft shares: its config, the decode-time interface, and checkpoint folders.
+
+A draft sees pairs (token t+1, feature t): the next token's embedding beside the target's
+feature at t, and predicts the feature and token at t+1. During decoding it keeps its own
+RowKVCache: `extend` commits pairs whose features came from the target, `expand` scores a
+tree level from the draft's own predicted features (tentative), `rollback` drops them.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from scylla_impl.drafts.layers import rotary
+from scylla_impl.kv_cache import RowKVCache
+from workloads.errors import ScyllaError
+
+
+@dataclass
+class DraftConfig:
+    method: str
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    vocab_size: int  # the target's
+    num_layers: int = 1
+    draft_vocab_size: int = 0  # EAGLE-3's reduced vocabulary; 0 = the target's
+    feature_layers: list[int] = field(default_factory=list)  # target layers whose inputs feed the draft
+    target_name: str = ""
+    target_hidden_size: int = 0
+    target_fingerprint: str = ""
+    pretrain_tokens: int | None = None
+    sft_tokens: int | None = None
+
+    @classmethod
+    def from_target(cls, method: str, target, **overrides) -> "DraftConfig":
+        cfg = target.model.config
+        heads = cfg.num_attention_heads
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        values = dict(
+            method=method,
+            hidden_size=cfg.hidden_size,
+            num_heads=heads,
+            num_kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size,
+            rms_norm_eps=getattr(cfg, "rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))),
+            vocab_size=target.info.vocab_size,
+            target_name=target.info.name,
+            target_hidden_size=target.info.hidden_size,
+            target_fingerprint=target.info.fingerprint,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DraftInfo:
+    method: str
+    layers: int
+    checkpoint: str  # folder, or "random:<method>" / "oracle"
+    pretrain_tokens: int | None = None
+
+
+class Draft(nn.Module):
+    """Base of the trainable drafts. Subclasses define `_inputs` and `_head`."""
+
+    def __init__(self, config: DraftConfig, target):
+        super().__init__()
+        self.config = config
+        # The target's embedding (and LM head) are frozen and belong to the target:
+        # kept out of the module tree so they are neither trained nor saved.
+        self._target_parts = (target.embed, target.lm_head)
+        self.checkpoint = f"random:{config.method}"
+        self.cache: RowKVCache | None = None
+
+    # -- model ----------------------------------------------------------------------
+    @property
+    def embed(self) -> nn.Embedding:
+        return self._target_parts[0]
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        return tuple(self.config.feature_layers)
+
+    @property
+    def info(self) -> DraftInfo:
+        return DraftInfo(self.config.method, self.config.num_layers, self.checkpoint, self.config.pretrain_tokens)
+
+    def _inputs(self, tokens, features, from_target: bool):
+        """-> (residual stream input [b,q,h], attention input of layer 0 or None)."""
+        raise NotImplementedError
+
+    def _head(self, out: torch.Tensor) -> torch.Tensor:
+        """Draft output [.., h] -> logits over the draft vocabulary."""
+        raise NotImplementedError
+
+    def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Map draft-vocabulary ids to target token ids (identity unless the vocab is reduced)."""
+        return draft_ids
+
+    def hidden_states(self, tokens, features, from_target: bool, positions, mask, cache=None):
+        x, attn_input = self._inputs(tokens, features, from_target)
+        cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i, attn_input if i == 0 else None)
+        return x
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        return self._head(out)
+
+    # -- decoding ---------------------------------------------------------------------
+    def start(self, prompts: list[list[int]], capacity: int = 256) -> None:
+        param = next(self.parameters())
+        self.cache = RowKVCache(len(self.layers), len(prompts), param.device, capacity)
+
+    @torch.no_grad()
+    def extend(self, tokens, features, counts):
+        """Commit counts[r] pairs per row; return log-probs and output at each row's last pair."""
+        b, q = tokens.shape
+        cache = self.cache
+        idx = torch.arange(q, device=cache.device)
+        causal = (idx[:, None] >= idx[None, :]).expand(b, q, q)
+        positions = cache.positions(idx.expand(b, q))
+        dtype = next(self.parameters()).dtype
+        out = self.hidden_states(tokens, features.to(dtype), True, positions, cache.attention_mask(causal), cache)
+        cache.advance()
+        counts = counts.to(cache.device)
+        cache.commit(idx.expand(b, q), counts)
+        last = out[torch.arange(b, device=out.device), counts - 1]
+        return F.log_softmax(self.logits(last).float(), dim=-1), last
+
+    @torch.no_grad()
+    def expand(self, tokens, hidden, depths, new_mask):
+        """Score one tree level (tentative): tokens [b,k] fed with their parents' outputs."""
+        cache = self.cache
+        out = self.hidden_states(tokens, hidden, False, cache.positions(depths), cache.attention_mask(new_mask), cache)
+        cache.advance()
+        return F.log_softmax(self.logits(out).float(), dim=-1), out
+
+    def rollback(self) -> None:
+        self.cache.rollback()
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"architectures": [type(self).__name__], **asdict(self.config)}
+        tmp = folder / "config.json.tmp"
+        tmp.write_text(json.dumps(config, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors.tmp"), metadata={"format": "pt"})
+        (folder / "model.safetensors.tmp").replace(folder / "model.safetensors")
+        tmp.replace(folder / "config.json")
+        return folder
+
+
+def read_config(folder: Path) -> DraftConfig:
+    path = folder / "config.json"
+    if not path.is_file() or not (folder / "model.safetensors").is_file():
+        raise ScyllaError(f"'{folder}' is not a draft checkpoint (needs config.json and model.safetensors)")
+    try:
+        raw = json.loads(path.read_text())
+        raw.pop("architectures", None)
+        return DraftConfig(**raw)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ScyllaError(f"bad draft config {path}: {err}") from None
+
+
+def check_target(config: DraftConfig, target, folder) -> None:
+    if config.target_fingerprint != target.info.fingerprint:
+        raise ScyllaError(
+            f"draft '{folder}' was trained for target '{config.target_name}' "
+            f"(fingerprint {config.target_fingerprint}), not '{target.info.name}' ({target.info.fingerprint})"
+        )
+
+
+def load_weights(draft: Draft, folder: Path) -> None:
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = draft.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ScyllaError(f"draft '{folder}' does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")

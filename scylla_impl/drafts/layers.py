@@ -1,0 +1,92 @@
+"""The decoder layer every draft is built from: RMSNorm, rotary GQA attention, SwiGLU MLP.
+
+Attention reads and writes a RowKVCache (the same class the target uses) when decoding,
+or runs over whole sequences with a given mask when training.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scylla_impl.kv_cache import RowKVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin [b, 1, q, head_dim] for absolute positions [b, q]."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    freqs = positions.float()[..., None] * inv
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class DraftAttention(nn.Module):
+    def __init__(self, in_dim: int, hidden: int, heads: int, kv_heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(in_dim, heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(in_dim, kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(in_dim, kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: RowKVCache | None, layer: int):
+        b, q, _ = x.shape
+        qs = self.q_proj(x).view(b, q, self.heads, self.head_dim).transpose(1, 2)
+        ks = self.k_proj(x).view(b, q, self.kv_heads, self.head_dim).transpose(1, 2)
+        vs = self.v_proj(x).view(b, q, self.kv_heads, self.head_dim).transpose(1, 2)
+        qs = qs * cos + _rotate_half(qs) * sin
+        ks = ks * cos + _rotate_half(ks) * sin
+        if cache is not None:
+            ks, vs = cache.update(layer, ks, vs)
+        if self.kv_heads != self.heads:
+            rep = self.heads // self.kv_heads
+            ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, q, -1))
+
+
+class DraftMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DraftLayer(nn.Module):
+    """Pre-norm decoder layer. `input_norm=False` is EAGLE-1/2's first layer; `attn_in`
+    wider than `hidden` is EAGLE-3's layer that attends over cat(embedding, feature)."""
+
+    def __init__(self, hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int,
+                 eps: float, input_norm: bool = True, attn_in: int | None = None):
+        super().__init__()
+        self.input_layernorm = RMSNorm(hidden, eps) if input_norm else None
+        self.self_attn = DraftAttention(attn_in or hidden, hidden, heads, kv_heads, head_dim)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+        self.mlp = DraftMLP(hidden, intermediate)
+
+    def forward(self, hidden, cos, sin, mask, cache, layer, attn_input=None):
+        if attn_input is None:
+            attn_input = self.input_layernorm(hidden) if self.input_layernorm is not None else hidden
+        hidden = hidden + self.self_attn(attn_input, cos, sin, mask, cache, layer)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))

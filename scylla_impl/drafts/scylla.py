@@ -1,0 +1,31 @@
+"""Scylla draft (arXiv 2505.07858): the EAGLE-2 input path with RMSNorm on the token
+embedding and on the output before the target's LM head, and 1..10 decoder layers."""
+
+import torch
+from torch import nn
+
+from scylla_impl.drafts.base import Draft, DraftConfig
+from scylla_impl.drafts.eagle2 import decoder_stack
+from scylla_impl.drafts.layers import RMSNorm
+from workloads.errors import ScyllaError
+
+MAX_LAYERS = 10
+
+
+class ScyllaDraft(Draft):
+    def __init__(self, config: DraftConfig, target):
+        if not 1 <= config.num_layers <= MAX_LAYERS:
+            raise ScyllaError(f"Scylla drafts have 1..{MAX_LAYERS} layers, not {config.num_layers}")
+        super().__init__(config, target)
+        h = config.hidden_size
+        self.embed_norm = RMSNorm(h, config.rms_norm_eps)
+        self.fc = nn.Linear(2 * h, h, bias=True)
+        self.layers = decoder_stack(config, first_input_norm=False)
+        self.norm = RMSNorm(h, config.rms_norm_eps)
+
+    def _inputs(self, tokens, features, from_target):
+        emb = self.embed_norm(self.embed(tokens).to(features.dtype))
+        return self.fc(torch.cat([emb, features], dim=-1)), None
+
+    def _head(self, out):
+        return self._target_parts[1](self.norm(out))

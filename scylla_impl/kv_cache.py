@@ -1,0 +1,109 @@
+"""A KV cache whose batch rows keep their own lengths, with a tentative region for trees.
+
+Layout per layer: keys/values [batch, kv_heads, capacity, head_dim]. Physical slots
+[0, committed_end) hold each row's committed tokens from slot 0 up to `lengths[row]`;
+slots between a row's length and `committed_end` are holes, masked out. Tokens scored
+but not yet accepted (a draft tree) sit after `committed_end` in the tentative region.
+`commit` moves each row's accepted tentative tokens down to that row's own length;
+`rollback` forgets the tentative region. Both the target and the drafts use this class,
+so the AR baseline and speculative decoding share one cache implementation.
+"""
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+class RowKVCache:
+    def __init__(self, num_layers: int, batch_size: int, device: torch.device | str, capacity: int = 256):
+        self.num_layers = num_layers
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.capacity = capacity
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.committed_end = 0  # first slot after every row's committed tokens
+        self.tentative = 0  # tentative tokens appended after committed_end
+        self._pending = 0  # tokens of the forward in flight (written by update())
+
+    # -- used by attention layers ------------------------------------------------
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this forward's keys/values [b, h, q, d]; return views over all live slots."""
+        q = key.shape[-2]
+        start = self.committed_end + self.tentative
+        end = start + q
+        if self.keys[layer] is None:
+            shape = (self.batch_size, key.shape[1], max(self.capacity, end + 1), key.shape[-1])
+            self.keys[layer] = key.new_zeros(shape)
+            self.values[layer] = value.new_zeros(shape)
+        elif end + 1 > self.keys[layer].shape[2]:
+            self._grow(layer, end + 1)
+        self.keys[layer][:, :, start:end] = key
+        self.values[layer][:, :, start:end] = value
+        self._pending = q
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def _grow(self, layer: int, needed: int) -> None:
+        old_k, old_v = self.keys[layer], self.values[layer]
+        size = max(needed, 2 * old_k.shape[2])
+        new_k = old_k.new_zeros(*old_k.shape[:2], size, old_k.shape[-1])
+        new_v = old_v.new_zeros(*old_v.shape[:2], size, old_v.shape[-1])
+        new_k[:, :, : old_k.shape[2]] = old_k
+        new_v[:, :, : old_v.shape[2]] = old_v
+        self.keys[layer], self.values[layer] = new_k, new_v
+
+    # -- bookkeeping around one forward ---------------------------------------------
+    def attention_mask(self, new_mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Mask for the next forward of q tokens.
+
+        new_mask: bool [b, q, tentative + q], what each new token may see among the
+        tentative tokens and the new ones (ancestors and itself). Committed tokens of
+        the row are always visible; holes never. Returns bool [b, 1, q, kv] (True =
+        attend), or an additive float mask when `dtype` is given.
+        """
+        b, q, t = new_mask.shape
+        if t != self.tentative + q:
+            raise ValueError(f"new_mask covers {t} slots, expected {self.tentative + q}")
+        slots = torch.arange(self.committed_end, device=self.device)
+        prefix = (slots[None, :] < self.lengths[:, None])[:, None, :].expand(b, q, -1)
+        mask = torch.cat([prefix, new_mask.to(self.device)], dim=-1)[:, None]
+        if dtype is None:
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+    def positions(self, depths: torch.Tensor) -> torch.Tensor:
+        """Absolute positions of new tokens at `depths` [b, q] below each row's next slot."""
+        return self.lengths[:, None] + depths.to(self.device)
+
+    def advance(self) -> None:
+        """Called after each forward: the tokens just written join the tentative region."""
+        self.tentative += self._pending
+        self._pending = 0
+
+    def commit(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
+        """Keep, per row, tentative slots keep[row, :counts[row]] (ascending) and drop the rest."""
+        if keep.numel() and keep.shape[1] > 0:
+            b, m = keep.shape
+            keep = keep.to(self.device)
+            counts = counts.to(self.device)
+            valid = torch.arange(m, device=self.device)[None, :] < counts[:, None]
+            src = self.committed_end + keep
+            dst = self.lengths[:, None] + torch.arange(m, device=self.device)[None, :]
+            scratch = self.committed_end + self.tentative  # a free slot: padded entries copy onto it
+            src = torch.where(valid, src, scratch)
+            dst = torch.where(valid, dst, scratch)
+            for layer in range(self.num_layers):
+                for buf in (self.keys[layer], self.values[layer]):
+                    if buf is None:
+                        continue
+                    h, d = buf.shape[1], buf.shape[3]
+                    moved = buf.gather(2, src[:, None, :, None].expand(b, h, m, d))
+                    buf.scatter_(2, dst[:, None, :, None].expand(b, h, m, d), moved)
+            self.lengths = self.lengths + counts
+        self.committed_end = int(self.lengths.max()) if self.batch_size else 0
+        self.tentative = 0
+
+    def rollback(self) -> None:
+        self.tentative = 0
+        self._pending = 0

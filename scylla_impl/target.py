@@ -1,0 +1,186 @@
+"""The target adapter: any Hugging Face decoder-only LM, scoring whole draft trees per row.
+
+One forward takes new tokens for every row with their positions (row length + depth)
+and an ancestor mask among them; committed tokens of the row are visible, padding holes
+are not. It returns logits plus the hidden states drafts need, and the cache then keeps
+only what `commit` says. The AR baseline is the same forward with a one-token "tree".
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.cache_utils import Cache, DynamicLayer
+
+from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
+from scylla_impl.kv_cache import RowKVCache
+from workloads.errors import ScyllaError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ScyllaError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str
+    path: str
+    hidden_size: int
+    vocab_size: int
+    num_layers: int
+    fingerprint: str  # identifies the weights, whatever dtype they were loaded in
+
+
+@dataclass
+class TargetOutput:
+    logits: torch.Tensor  # [b, q, vocab] float32
+    hidden: torch.Tensor  # [b, q, hidden] last hidden state after the final norm
+    layer_inputs: torch.Tensor | None = None  # [b, q, len(layers) * hidden]: inputs of chosen layers
+
+
+class _RowLayer(DynamicLayer):
+    """Routes one transformer layer's KV updates into the shared RowKVCache."""
+
+    def __init__(self, store: RowKVCache, index: int):
+        super().__init__()
+        self.store, self.index = store, index
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return self.store.update(self.index, key_states, value_states)
+
+    def get_seq_length(self) -> int:
+        return self.store.committed_end + self.store.tentative
+
+
+class TargetCache(RowKVCache):
+    """RowKVCache plus the transformers Cache view the model writes through."""
+
+    def __init__(self, num_layers: int, batch_size: int, device, capacity: int = 256):
+        super().__init__(num_layers, batch_size, device, capacity)
+        self.hf = Cache(layers=[_RowLayer(self, i) for i in range(num_layers)])
+
+
+class Target:
+    def __init__(self, model, tokenizer, info: TargetInfo):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.info = info
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.embed = model.get_input_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        eos = model.generation_config.eos_token_id if model.generation_config else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+    @classmethod
+    def load(cls, name: str = "default", dtype: str | torch.dtype = "bfloat16", device: str = "cpu") -> "Target":
+        torch_dtype = resolve_dtype(dtype)
+        path = str(ensure_default_model()) if name == "default" else name
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ScyllaError(f"cannot load target '{name}': {first}") from None
+        model.to(device)
+        display = DEFAULT_NAME if name == "default" else name
+        cfg = model.config
+        info = TargetInfo(
+            name=display,
+            path=path,
+            hidden_size=cfg.hidden_size,
+            vocab_size=model.get_output_embeddings().weight.shape[0],
+            num_layers=cfg.num_hidden_layers,
+            fingerprint=_fingerprint(model),
+        )
+        return cls(model, tokenizer, info)
+
+    # -- cache ----------------------------------------------------------------------
+    def new_cache(self, batch_size: int, capacity: int = 256) -> TargetCache:
+        return TargetCache(self.info.num_layers, batch_size, self.device, capacity)
+
+    def rollback(self, cache: TargetCache) -> None:
+        cache.rollback()
+
+    def commit(self, cache: TargetCache, keep: torch.Tensor, counts: torch.Tensor) -> None:
+        cache.commit(keep, counts)
+
+    # -- forwards -------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, cache: TargetCache, prompts: list[list[int]], layers: tuple[int, ...] = ()) -> TargetOutput:
+        """Run the prompts (rows may differ in length) and commit them.
+
+        Returns outputs for every prompt position, padded to the longest prompt; the
+        logits of row r's last token are at index len(prompts[r]) - 1.
+        """
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        q = int(lengths.max())
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        tokens = torch.tensor([p + [pad] * (q - len(p)) for p in prompts], device=self.device)
+        idx = torch.arange(q, device=self.device)
+        real = idx[None, :] < lengths[:, None]
+        causal = idx[None, :, None] >= idx[None, None, :]
+        # Padding queries see only themselves so no row of the mask is empty.
+        mask = (causal & real[:, None, :]) | (torch.eye(q, dtype=torch.bool, device=self.device) & ~real[:, :, None])
+        out = self.forward(cache, tokens, idx.expand(len(prompts), q), mask, layers)
+        keep = idx.expand(len(prompts), q)
+        cache.commit(keep, lengths)
+        return out
+
+    @torch.no_grad()
+    def forward_tree(self, cache: TargetCache, tokens: torch.Tensor, depths: torch.Tensor,
+                     mask: torch.Tensor, layers: tuple[int, ...] = ()) -> TargetOutput:
+        """Score a tree per row: tokens/depths [b, n], mask [b, n, n] (True = ancestor or self)."""
+        return self.forward(cache, tokens, depths, mask, layers)
+
+    def forward(self, cache: TargetCache, tokens: torch.Tensor, depths: torch.Tensor,
+                new_mask: torch.Tensor, layers: tuple[int, ...] = ()) -> TargetOutput:
+        """Append q tokens per row; new_mask [b, q, tentative + q] says which tentative and
+        new tokens each may see (committed tokens of its row are always visible)."""
+        out = self.decoder(
+            input_ids=tokens.to(self.device),
+            attention_mask=cache.attention_mask(new_mask, dtype=self.dtype),
+            position_ids=cache.positions(depths),
+            cache=cache.hf,
+            use_cache=True,
+            output_hidden_states=bool(layers),
+        )
+        cache.advance()
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        layer_inputs = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None
+        return TargetOutput(logits=logits, hidden=hidden, layer_inputs=layer_inputs)
+
+
+def _fingerprint(model) -> str:
+    """Hash of the architecture and a slice of the embedding, independent of load dtype."""
+    cfg = {k: v for k, v in model.config.to_dict().items()
+           if k not in ("dtype", "torch_dtype", "transformers_version", "_name_or_path", "name_or_path")}
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    embed = model.get_input_embeddings().weight
+    digest.update(embed[:8].detach().to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def default_layer_choice(num_layers: int) -> tuple[int, int, int]:
+    """EAGLE-3's feature layers: inputs of layers 2, L//2 and L-3."""
+    return (2, num_layers // 2, num_layers - 3)
+
+
+__all__ = ["Target", "TargetInfo", "TargetOutput", "TargetCache", "resolve_dtype", "default_layer_choice", "Path"]

@@ -1,0 +1,143 @@
+"""EAGLE-2's dynamic draft tree, one per batch row, built with batched tensor ops.
+
+k = top_k, D = depth, N = total_tokens - 1. Level 1 is the top-k of the root's log-probs.
+Each further level runs the k frontier nodes together, takes the top-k children of each
+(k*k candidates scored by cumulative log-prob), adds all of them to the pool and keeps
+the global top-k as the next frontier. The pool holds k + (D-1)k^2 candidates; the tree
+is the root plus the pool's top-N, sorted by pool index so parents precede children.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from workloads.errors import ScyllaError
+
+
+def pool_size(top_k: int, depth: int) -> int:
+    return top_k + (depth - 1) * top_k * top_k
+
+
+def check_shape(top_k: int, depth: int, total_tokens: int) -> None:
+    if top_k < 1:
+        raise ScyllaError(f"top_k must be >= 1, got {top_k}")
+    if depth < 1:
+        raise ScyllaError(f"depth must be >= 1, got {depth}")
+    if total_tokens < 2:
+        raise ScyllaError(f"total_tokens must be >= 2 (the root and one draft token), got {total_tokens}")
+    if total_tokens - 1 > pool_size(top_k, depth):
+        raise ScyllaError(
+            f"total_tokens {total_tokens} is larger than the tree's pool: top_k {top_k} and depth {depth} "
+            f"give {pool_size(top_k, depth)} candidates, so at most {pool_size(top_k, depth) + 1} tokens"
+        )
+
+
+@dataclass
+class Tree:
+    tokens: torch.Tensor  # [b, n] target token ids; node 0 is the root
+    parents: torch.Tensor  # [b, n] index of the parent node; -1 for the root
+    depths: torch.Tensor  # [b, n] 0 for the root
+    mask: torch.Tensor  # [b, n, n] bool: node i may attend to node j (j is i or an ancestor)
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[1]
+
+    @classmethod
+    def root_only(cls, roots: torch.Tensor) -> "Tree":
+        b = roots.shape[0]
+        return cls(roots[:, None], roots.new_full((b, 1), -1), roots.new_zeros(b, 1),
+                   torch.ones(b, 1, 1, dtype=torch.bool, device=roots.device))
+
+
+def ancestor_mask(parents: torch.Tensor, max_depth: int) -> torch.Tensor:
+    """Closure of `parents` [b, n] (-1 = root): mask[b, i, j] = j is i or an ancestor of i."""
+    b, n = parents.shape
+    eye = torch.eye(n, dtype=torch.bool, device=parents.device).expand(b, n, n)
+    mask = eye.clone()
+    up = parents.clamp(min=0)
+    for _ in range(max_depth):  # each pass climbs one more level
+        mask = eye | mask.gather(1, up[:, :, None].expand(b, n, n)) & (parents >= 0)[:, :, None] | mask
+    return mask
+
+
+def retrieve_paths(tree: Tree, row: int) -> list[list[int]]:
+    """One root-to-leaf path (node indices) per leaf of `row`'s tree."""
+    parents = tree.parents[row].tolist()
+    has_child = {p for p in parents if p >= 0}
+    paths = []
+    for leaf in range(len(parents)):
+        if leaf in has_child:
+            continue
+        path = [leaf]
+        while parents[path[-1]] >= 0:
+            path.append(parents[path[-1]])
+        paths.append(path[::-1])
+    return paths
+
+
+def build_tree(draft, root_logprobs: torch.Tensor, root_out: torch.Tensor, roots: torch.Tensor,
+               top_k: int, depth: int, total_tokens: int, timer=None) -> Tree:
+    """Grow the tree with `draft` (after its `extend`), then roll the draft's cache back.
+
+    root_logprobs [b, V'] and root_out [b, h]: the draft's prediction at the root.
+    `timer(phase)` (optional) attributes time to "draft" forwards vs "tree" bookkeeping.
+    """
+    b, k, device = roots.shape[0], top_k, roots.device
+    ar = torch.arange(k, device=device)
+    scores, ids = root_logprobs.topk(k, dim=-1)  # [b, k]
+    pool_scores, pool_tokens = [scores], [draft.to_target(ids)]
+    pool_parents = [torch.full((b, k), -1, dtype=torch.long, device=device)]
+    frontier_pool = ar.expand(b, k)  # pool index of each frontier node
+    frontier_tokens = pool_tokens[0]
+    frontier_out = root_out[:, None, :].expand(b, k, root_out.shape[-1])
+    ancestors = torch.zeros(b, k, 0, dtype=torch.bool, device=device)  # over the draft's tentative slots
+    for level in range(1, depth):
+        new_mask = torch.cat([ancestors, torch.eye(k, dtype=torch.bool, device=device).expand(b, k, k)], dim=-1)
+        if timer:
+            timer("draft")
+        logprobs, out = draft.expand(frontier_tokens, frontier_out, torch.full((b, k), level - 1, device=device), new_mask)
+        if timer:
+            timer("tree")
+        child_scores, child_ids = logprobs.topk(k, dim=-1)  # [b, k, k]
+        cand_scores = (scores[:, :, None] + child_scores).reshape(b, k * k)
+        cand_parent = frontier_pool[:, :, None].expand(b, k, k).reshape(b, k * k)
+        pool_scores.append(cand_scores)
+        pool_tokens.append(draft.to_target(child_ids).reshape(b, k * k))
+        pool_parents.append(cand_parent)
+        scores, best = cand_scores.topk(k, dim=-1)
+        parent_slot = best // k  # which frontier node each new frontier node hangs from
+        offset = k + (level - 1) * k * k
+        frontier_pool = offset + best
+        frontier_tokens = pool_tokens[-1].gather(1, best)
+        frontier_out = out.gather(1, parent_slot[:, :, None].expand(b, k, out.shape[-1]))
+        slot = torch.nn.functional.one_hot(parent_slot, k).bool()  # the parent's own tentative slot
+        ancestors = torch.cat([ancestors.gather(1, parent_slot[:, :, None].expand(b, k, ancestors.shape[-1])), slot], dim=-1)
+    if timer:
+        timer("draft")
+    draft.rollback()
+    if timer:
+        timer("tree")
+    return _select(torch.cat(pool_scores, 1), torch.cat(pool_tokens, 1), torch.cat(pool_parents, 1),
+                   roots, top_k, depth, total_tokens - 1)
+
+
+def _select(scores, tokens, parents, roots, top_k, depth, n_keep) -> Tree:
+    b, pool = scores.shape
+    device = scores.device
+    # Stable descending sort: on equal scores the lower pool index (a parent, never its
+    # child) wins, so the kept set is closed under ancestors.
+    order = torch.sort(-scores, dim=1, stable=True).indices[:, :n_keep]
+    chosen = torch.sort(order, dim=1).values  # [b, N] pool indices, parents first
+    node_of = torch.full((b, pool), -1, dtype=torch.long, device=device)
+    node_of.scatter_(1, chosen, torch.arange(1, n_keep + 1, device=device).expand(b, n_keep))
+    pool_parent = parents.gather(1, chosen)
+    node_parent = torch.where(pool_parent < 0, 0, node_of.gather(1, pool_parent.clamp(min=0)))
+    tree_parents = torch.cat([torch.full((b, 1), -1, dtype=torch.long, device=device), node_parent], 1)
+    tree_tokens = torch.cat([roots[:, None], tokens.gather(1, chosen)], 1)
+    level = torch.cat([torch.zeros(top_k, dtype=torch.long, device=device),
+                       1 + torch.arange(pool - top_k, device=device) // (top_k * top_k)])
+    tree_depths = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=device), 1 + level[chosen]], 1)
+    if (node_parent < 0).any():
+        raise AssertionError("draft tree lost a parent: selection is not ancestor-closed")
+    return Tree(tree_tokens, tree_parents, tree_depths, ancestor_mask(tree_parents, depth))

@@ -1,0 +1,106 @@
+"""Verification of a scored draft tree: which path each row keeps, and the bonus token.
+
+Greedy: the longest root-to-leaf prefix whose draft tokens equal the target's argmax, plus
+the target's argmax after it. Sampling (T > 0): lossless tree rejection. At each depth the
+distinct children of the accepted node are tried in order; child x is accepted with
+probability p(x) under the current target distribution, and on rejection p(x) is set to 0
+and p renormalised; if every child is rejected the bonus is sampled from what remains.
+Because the children are chosen deterministically (top-k), this samples exactly from p.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from scylla_impl.tree import Tree
+
+
+@dataclass
+class Verdict:
+    path: torch.Tensor  # [b, depth+1] node indices of the kept path (root first), padded with 0
+    path_len: torch.Tensor  # [b] nodes kept, root included (accepted draft tokens + 1)
+    bonus: torch.Tensor  # [b] the target's own next token after the path
+
+    @property
+    def accepted(self) -> torch.Tensor:
+        return self.path_len - 1
+
+
+def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution both decoders sample from: softmax(logits / T), nucleus-filtered."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    """One token per row from logits [b, V]: argmax at T=0, else a sample."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = target_probs(logits, temperature, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def verify(tree: Tree, logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> Verdict:
+    if temperature == 0:
+        return verify_greedy(tree, logits)
+    return verify_sampling(tree, logits, temperature, top_p, generator)
+
+
+def verify_greedy(tree: Tree, logits: torch.Tensor) -> Verdict:
+    b, n = tree.tokens.shape
+    best = logits.argmax(-1)  # [b, n] target's choice after each node
+    parent = tree.parents.clamp(min=0)
+    match = tree.tokens == best.gather(1, parent)
+    accepted = tree.parents < 0  # the root is always kept
+    for _ in range(int(tree.depths.max())):
+        accepted = (tree.parents < 0) | (match & accepted.gather(1, parent))
+    # The deepest accepted node; among equals the first (lowest index).
+    score = torch.where(accepted, tree.depths * (n + 1) + (n - torch.arange(n, device=logits.device)), -1)
+    last = score.argmax(1)
+    rows = torch.arange(b, device=logits.device)
+    on_path = tree.mask[rows, last]  # [b, n] ancestors of `last`, itself included
+    path_len = on_path.sum(1)
+    # Ancestors sort before descendants, so ascending indices are root-to-leaf order.
+    path = torch.sort(torch.where(on_path, torch.arange(n, device=logits.device), n), dim=1).values
+    depth = int(tree.depths.max()) + 1
+    path = path[:, :depth].masked_fill(path[:, :depth] >= n, 0)
+    return Verdict(path, path_len, best[rows, last])
+
+
+def verify_sampling(tree: Tree, logits: torch.Tensor, temperature: float, top_p: float,
+                    generator: torch.Generator | None) -> Verdict:
+    b, n = tree.tokens.shape
+    depth = int(tree.depths.max()) + 1
+    probs = target_probs(logits, temperature, top_p)  # [b, n, V]
+    uniform = torch.rand(b, n, generator=generator, device=logits.device).tolist()
+    parents, tokens = tree.parents.tolist(), tree.tokens.tolist()
+    paths, bonus = [], []
+    for row in range(b):
+        children: dict[int, list[int]] = {}
+        for node in range(1, n):
+            children.setdefault(parents[row][node], []).append(node)
+        node, path = 0, [0]
+        while True:
+            p = probs[row, node].clone()
+            for child in children.get(node, []):
+                x = tokens[row][child]
+                if uniform[row][child] < p[x].item():
+                    node = child
+                    break
+                p[x] = 0.0
+                p = p / p.sum()
+            else:
+                bonus.append(int(torch.multinomial(p, 1, generator=generator)))
+                break
+            path.append(node)
+        paths.append(path)
+    path_len = torch.tensor([len(p) for p in paths], device=logits.device)
+    path = torch.tensor([p + [0] * (depth - len(p)) for p in paths], device=logits.device)
+    return Verdict(path, path_len, torch.tensor(bonus, device=logits.device))
