@@ -168,6 +168,19 @@ class Target:
         return TargetOutput(logits=logits, hidden=hidden, layer_inputs=layer_inputs)
 
 
+    @torch.no_grad()
+    def features(self, input_ids: torch.Tensor, layers: tuple[int, ...] = ()) -> TargetOutput:
+        """Plain causal forward over whole sequences [b, T] (no cache): what draft training reads."""
+        out = self.decoder(input_ids=input_ids.to(self.device), use_cache=False,
+                           output_hidden_states=bool(layers))
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        layer_inputs = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None
+        return TargetOutput(logits=logits, hidden=hidden, layer_inputs=layer_inputs)
+
+
 def _fingerprint(model) -> str:
     """Hash of the architecture and a slice of the embedding, independent of load dtype."""
     cfg = {k: v for k, v in model.config.to_dict().items()
