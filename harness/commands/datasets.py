@@ -23,16 +23,28 @@ def datasets() -> None:
 def list_datasets(data_dir: Path | None, as_json: bool) -> None:
     """Name, record count, source and checksum of all six datasets."""
     from workloads import DATASET_NAMES, dataset_info
+    from workloads.datasets import resolve_data_dir
 
-    infos = [dataset_info(name, data_dir) for name in DATASET_NAMES]
+    resolve_data_dir(data_dir)  # a bad --data-dir is one error, not six
+    infos, missing = [], {}
+    for name in DATASET_NAMES:
+        try:
+            infos.append(dataset_info(name, data_dir))
+        except ScyllaError as err:  # list the others anyway: the table shows what is missing
+            missing[name] = str(err)
     if as_json:
-        click.echo(json.dumps([asdict(i) for i in infos], indent=2))
-        return
-    rows = [("dataset", "records", "source", "sha256", "licence")]
-    rows += [(i.name, str(i.n_records), i.source, i.checksum[:12], i.license or "unknown") for i in infos]
-    widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        rows = [asdict(i) for i in infos] + [{"name": n, "error": e} for n, e in missing.items()]
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        rows = [("dataset", "records", "source", "sha256", "licence")]
+        rows += [(i.name, str(i.n_records), i.source, i.checksum[:12], i.license or "unknown") for i in infos]
+        rows += [(name, "-", "unavailable", "-", "") for name in missing]
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        for row in rows:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    if missing:
+        first = next(iter(missing.values()))
+        raise ScyllaError(f"{len(missing)} of {len(DATASET_NAMES)} datasets unavailable; {first}")
 
 
 @datasets.command("show")
