@@ -1,0 +1,63 @@
+"""`scylla profile`: characterise this device (bandwidth, compute, I_crit, verify knee, top-k policy)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+
+def _fmt(value: float | None, unit: str, scale: float = 1.0) -> str:
+    return "n/a" if value is None else f"{value / scale:.3g} {unit}"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--device", default="auto", show_default=True,
+              help="auto | cuda | cpu (or cuda:N): the device to measure.")
+@click.option("--target", default="default", show_default=True,
+              help="Target model for the verify knee: 'default' (embedded SmolLM2-135M) or a Hugging Face model folder.")
+@click.option("--quick", is_flag=True, help="A smaller grid (under two minutes on a 2-core CPU).")
+@click.option("--depth", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Tree depth the top-k policy table in profile.json is computed for.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch CPU threads [default: every CPU this process may use].")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for profile.json, the Parquet tables and the roofline figure.")
+def profile(device: str, target: str, quick: bool, depth: int, threads: int | None, out: Path) -> None:
+    """Measure bandwidth and compute peaks, I_crit, the verify knee and the top-k policy."""
+    import torch
+
+    from roofline.profile import ProfileOptions, run_profile
+
+    # Measure with every core this process may use (torch defaults to physical cores).
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(threads or cpus)
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > cpus:
+        click.echo(f"warning: load average {os.getloadavg()[0]:.1f} on {cpus} CPUs: other processes will slow "
+                   "and skew these timings (consider --threads 1)", err=True)
+    doc = run_profile(ProfileOptions(out=out, device=device, target=target, quick=quick, depth=depth))
+
+    bw = doc.get("bandwidth_bytes_per_s") or {}
+    click.echo(f"device: {doc['device']['name']} ({doc['device']['device']}, "
+               f"{doc['device']['cpu']['threads_used']} CPU threads)")
+    click.echo("bandwidth (" + str(doc.get("bandwidth_backend")) + "): "
+               + ", ".join(f"{k} {_fmt(v, 'GB/s', 1e9)}" for k, v in bw.items()))
+    nt = doc.get("numpy_triad")
+    if nt:
+        click.echo(f"numpy triad: {_fmt(nt['numpy_bytes_per_s'], 'GB/s', 1e9)} "
+                   f"(torch/numpy {nt['ratio_torch_over_numpy']:.2f}, agrees within 20%: {nt['agrees']})")
+    click.echo("compute: " + ", ".join(f"{k} {_fmt(v, 'GFLOP/s', 1e9)}" for k, v in (doc.get("flops_per_s") or {}).items()))
+    ic = doc.get("i_crit") or {}
+    click.echo(f"I_crit ({ic.get('dtype')}): measured {_fmt(ic.get('measured'), 'FLOP/B')}, "
+               f"spec {_fmt(ic.get('spec'), 'FLOP/B')}")
+    knee = doc.get("knee") or {}
+    fit = knee.get("fit") or {}
+    censored = f" (censored {fit['censored']})" if fit.get("censored") else ""
+    click.echo(f"verify knee: {doc.get('knee_tokens') or 'n/a'} tokens in flight{censored}")
+    if doc.get("topk_policy"):
+        click.echo("top-k policy (depth {}): ".format(doc["topk_policy"][0]["depth"]) + ", ".join(
+            f"b={e['batch_size']}: k={e['top_k']}/N={e['total_tokens']}" for e in doc["topk_policy"]))
+    if doc.get("unmeasured"):
+        click.echo(f"not measured: {len(doc['unmeasured'])} item(s), see 'unmeasured' in profile.json")
+    click.echo(f"wrote {out / 'profile.json'}")

@@ -1,0 +1,357 @@
+"""The verify knee: how many tokens one target forward can verify before it stops being free.
+
+Measurement. With the real target (the engine's adapter) and a real cached prefix (a chat
+prompt from the target's own tokenizer, `prefix_tokens` long), time one verify forward
+over b rows x n tree tokens, then roll the cache back to the prefix. The tree is a chain
+(lower-triangular ancestor mask): a dense-attention forward costs the same for any tree
+shape of n nodes, and a chain is the one shape valid at every n. Timed on the wall clock
+with a device synchronise, since a verify step's host overhead is part of its cost.
+
+Model. Time per step as a function of tokens in flight x = b*n:
+
+    T(b, n) = t0 + t_row * b + s * max(0, b*n - K)
+
+flat in x up to the knee K (weights and launch overhead dominate; extra tokens ride along
+for free), then linear (compute-bound). t_row absorbs what grows with rows whatever n is
+(each row's KV-cache reads). Fitted by least squares on relative error, all coefficients
+non-negative, K searched over the measured range. The knee is K: "the largest tokens in
+flight before time leaves its flat region". A K at the end of the measured range is
+reported as censored (the true knee lies beyond what was measured).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from roofline.timing import Timer, Timing
+
+# A long, ordinary user request: the prefix must be real text through the real chat template.
+PREFIX_TEXT = (
+    "I am preparing a short workshop for new engineers about how large language models "
+    "generate text. Please explain, step by step and in plain language, what happens "
+    "between the moment a user sends a prompt and the moment the first answer token "
+    "appears: tokenisation, the embedding lookup, the attention layers and the key-value "
+    "cache, the final projection onto the vocabulary, and how sampling with a temperature "
+    "picks the next token. Then explain why generating each further token is usually "
+    "limited by memory bandwidth rather than arithmetic, and how speculative decoding "
+    "with a small draft model and a tree of candidate tokens can verify several tokens in "
+    "one forward pass of the large model. Finish with three practical tips for measuring "
+    "decoding speed fairly on shared hardware, and a short list of common mistakes that "
+    "make benchmark numbers misleading, such as forgetting to synchronise the device, "
+    "timing the first call, or comparing runs made under different system load. Keep "
+    "the explanation concrete, use one small worked example with actual numbers, and avoid "
+    "jargon where a simpler word will do, because the audience has no machine learning background."
+)
+
+
+# -- the grid -----------------------------------------------------------------------------
+
+
+def knee_grid(batches: Iterable[int], tokens: Iterable[int], max_in_flight: int) -> list[tuple[int, int]]:
+    """(b, n) pairs with b*n <= max_in_flight, ordered by b then n."""
+    return [(b, n) for b in sorted(set(batches)) for n in sorted(set(tokens)) if b * n <= max_in_flight]
+
+
+def chat_prefix(tokenizer, length: int) -> list[int]:
+    """A real chat prompt of at most `length` tokens, as close as whole words allow.
+
+    The user text is cut at a word boundary so the chat template stays intact."""
+    words = PREFIX_TEXT.split()
+    messages = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    try:
+        encode = lambda text: list(tokenizer.apply_chat_template(  # noqa: E731
+            messages(text), add_generation_prompt=True, tokenize=True, return_dict=False))
+        encode("hi")
+    except Exception:  # a tokenizer without a chat template: plain text is still real text
+        encode = lambda text: tokenizer.encode(text)  # noqa: E731
+    text = " ".join(words)
+    while len(encode(text)) < length:  # repeat the request until it is long enough
+        text = text + " " + " ".join(words)
+    # Binary search the longest word prefix whose templated form fits.
+    all_words = text.split()
+    lo, hi = 1, len(all_words)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(encode(" ".join(all_words[:mid]))) <= length:
+            lo = mid
+        else:
+            hi = mid - 1
+    return encode(" ".join(all_words[:lo]))[:length]
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KneePoint:
+    batch_size: int
+    tree_tokens: int  # n: tokens per row verified in one forward (root included)
+    prefix_tokens: int
+    timing: Timing
+    prefill_s: float  # the prefix's prefill, for the record (not part of the step)
+    cache_source: str = "prefill"  # "prefill", or "replicated" from the one-row cache
+
+    @property
+    def tokens_in_flight(self) -> int:
+        return self.batch_size * self.tree_tokens
+
+    @property
+    def seconds(self) -> float:
+        return self.timing.median_s
+
+    def rows(self) -> list[dict]:
+        base = {"batch_size": self.batch_size, "tree_tokens": self.tree_tokens,
+                "tokens_in_flight": self.tokens_in_flight, "prefix_tokens": self.prefix_tokens,
+                "prefill_s": self.prefill_s, "cache_source": self.cache_source, "clock": self.timing.clock, "warmup": self.timing.warmup}
+        return [{**base, "rep": i, "seconds": s} for i, s in enumerate(self.timing.samples_s)]
+
+
+def _new_cache(target, batch_size: int, capacity: int):
+    # Ask for room for prefix + tree up front (if the adapter takes a capacity) so no
+    # timed forward pays for growing the cache.
+    if "capacity" in inspect.signature(target.new_cache).parameters:
+        return target.new_cache(batch_size, capacity=capacity)
+    return target.new_cache(batch_size)
+
+
+def chain_inputs(batch_size: int, n: int, vocab: int, device, seed: int = 0):
+    """tokens [b, n] (random ids), depths [b, n] = 0..n-1, mask [b, n, n] lower-triangular."""
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1000 * batch_size + n)
+    tokens = torch.randint(0, vocab, (batch_size, n), generator=gen).to(device)
+    depths = torch.arange(n).expand(batch_size, n).to(device)
+    mask = torch.tril(torch.ones(n, n, dtype=torch.bool)).expand(batch_size, n, n).to(device)
+    return tokens, depths, mask
+
+
+def measure_knee(
+    target,
+    grid: list[tuple[int, int]],
+    *,
+    prefix_tokens: int,
+    timer: Timer,
+    warmup: int = 1,
+    reps: int = 3,
+    budget_s: float | None = None,
+    on_point: Callable[[KneePoint], None] | None = None,
+) -> tuple[list[KneePoint], list[tuple[int, int]]]:
+    """Time `target.forward_tree` at every (b, n) of the grid.
+
+    The prefix is prefilled once into a one-row cache; other batch sizes get copies of it
+    (`_replicate`), or their own prefill if the engine's cache layout is not the expected one.
+    Points run cheapest first (b, then n, ascending). With `budget_s`, points not started
+    before the budget ran out are skipped and returned as the second value, so a quick
+    profile on a loaded machine still ends in bounded time with the cheap end of the grid.
+    """
+    deadline = None if budget_s is None else time.perf_counter() + budget_s
+    prefix = chat_prefix(target.tokenizer, prefix_tokens)
+    points: list[KneePoint] = []
+    skipped: list[tuple[int, int]] = []
+    one_row: list = []  # [one-row cache, its prefill seconds], once batch 1 has run
+    capacity = len(prefix) + max(n for _, n in grid) + 8  # room for the largest tree in every cache
+    for b, group in itertools.groupby(sorted(grid), key=lambda bn: bn[0]):
+        ns = [n for _, n in group]
+        if deadline is not None and time.perf_counter() > deadline:
+            skipped += [(b, n) for n in ns]
+            continue
+        done = _measure_batch(target, b, ns, prefix, capacity, timer, warmup, reps, on_point, deadline, one_row)
+        points += done
+        skipped += [(b, n) for n in ns[len(done):]]
+    return points, skipped
+
+
+def _replicate(target, source, b: int, capacity: int):
+    """A b-row cache whose rows all hold `source`'s single committed row, or None.
+
+    Prefilling b identical rows costs b prefills; on a CPU that dominates the whole knee
+    grid. Copying the one-row KV cache gives the same cache (same keys, values, lengths)
+    for free. This reads the engine's RowKVCache layout (per-layer [rows, heads, slots,
+    dim] keys/values, `lengths`, `committed_end`); if that layout is not there, the
+    caller prefills instead, so a change in the engine costs time, never correctness.
+    """
+    try:
+        cache = _new_cache(target, b, capacity)
+        if len(source.keys) != len(cache.keys) or source.batch_size != 1:
+            return None
+        for layer, (k, v) in enumerate(zip(source.keys, source.values)):
+            if k is None or v is None or k.dim() != 4:
+                return None
+            cache.keys[layer] = k.expand(b, -1, -1, -1).contiguous()
+            cache.values[layer] = v.expand(b, -1, -1, -1).contiguous()
+        cache.lengths = source.lengths.expand(b).clone()
+        cache.committed_end = source.committed_end
+        cache.tentative = 0
+        return cache
+    except (AttributeError, TypeError):
+        return None
+
+
+def _measure_batch(target, b: int, ns: list[int], prefix: list[int], capacity: int, timer: Timer,
+                   warmup: int, reps: int,
+                   on_point: Callable[[KneePoint], None] | None, deadline: float | None,
+                   one_row: list) -> list[KneePoint]:
+    """One cache of b rows holding the prefix, then every tree size n on it (rolled back after each).
+
+    `one_row` carries the first prefilled one-row cache (and its prefill time) between
+    calls, so that larger batches replicate it instead of prefilling again.
+    """
+    cache = _replicate(target, one_row[0], b, capacity) if one_row else None
+    source = "replicated"
+    if cache is not None:
+        prefill_s = one_row[1]
+    else:
+        source = "prefill"
+        cache = _new_cache(target, b, capacity)
+        prefill_s = timer.once(lambda: target.prefill(cache, [list(prefix)] * b))
+        if b == 1 and not one_row:
+            one_row += [cache, prefill_s]
+    points = []
+    for n in ns:
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        tokens, depths, mask = chain_inputs(b, n, target.info.vocab_size, target.device)
+        timing = timer.measure(
+            lambda tokens=tokens, depths=depths, mask=mask: target.forward_tree(cache, tokens, depths, mask),
+            warmup=warmup, reps=reps, before=lambda: target.rollback(cache),
+        )
+        target.rollback(cache)
+        point = KneePoint(b, n, len(prefix), timing, prefill_s, source)
+        points.append(point)
+        if on_point is not None:
+            on_point(point)
+    return points
+
+
+# -- the fit ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KneeFit:
+    knee_tokens: float  # K
+    t0_s: float
+    per_row_s: float  # t_row
+    per_token_s: float  # s, slope past the knee
+    rel_rmse: float  # root-mean-square relative residual
+    censored: str | None  # None, "above" (K >= largest measured b*n) or "below" (K <= smallest)
+    points: int
+    measured_range: tuple[int, int]  # smallest and largest b*n measured
+
+    def predict(self, batch_size: int, tree_tokens: int) -> float:
+        x = batch_size * tree_tokens
+        return self.t0_s + self.per_row_s * batch_size + self.per_token_s * max(0.0, x - self.knee_tokens)
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        doc["measured_range"] = list(self.measured_range)
+        doc["model"] = "T(b,n) = t0 + per_row*b + per_token*max(0, b*n - knee_tokens)"
+        return doc
+
+
+def _nonneg_lstsq(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares with every coefficient >= 0, exact for a handful of columns.
+
+    Tries each subset of active columns (2^3 = 8 for this model) and keeps the best feasible
+    solution: the NNLS optimum is the unconstrained optimum of one of these subsets.
+    """
+    cols = a.shape[1]
+    best_coef, best_sse = np.zeros(cols), float(np.sum(y**2))
+    for r in range(1, cols + 1):
+        for subset in itertools.combinations(range(cols), r):
+            coef_s, *_ = np.linalg.lstsq(a[:, subset], y, rcond=None)
+            if np.any(coef_s < 0):
+                continue
+            coef = np.zeros(cols)
+            coef[list(subset)] = coef_s
+            sse = float(np.sum((a @ coef - y) ** 2))
+            if sse < best_sse - 1e-15:
+                best_coef, best_sse = coef, sse
+    return best_coef, best_sse
+
+
+def fit_knee(samples: Iterable[tuple[int, int, float]]) -> KneeFit:
+    """Fit T(b, n) to (batch_size, tree_tokens, seconds) samples; see the module docstring."""
+    data = np.array([(b, n, t) for b, n, t in samples], dtype=float)
+    if len(data) < 3:
+        raise ValueError(f"a knee fit needs at least 3 points, got {len(data)}")
+    bs, xs, ts = data[:, 0], data[:, 0] * data[:, 1], data[:, 2]
+    lo, hi = float(xs.min()), float(xs.max())
+    # Candidate knees: every measured b*n plus a fine geometric grid between them, so K
+    # can sit between grid points (the intersection of the flat and the sloped line).
+    candidates = sorted(set(xs.tolist()) | set(np.geomspace(lo, hi, 96).tolist()))
+    weights = 1.0 / ts  # relative residuals: a 10% miss weighs the same at 1 ms and 1 s
+    y = np.ones_like(ts)
+    best = None
+    for k in candidates:
+        a = np.stack([np.ones_like(xs), bs, np.maximum(0.0, xs - k)], axis=1) * weights[:, None]
+        coef, sse = _nonneg_lstsq(a, y)
+        # Prefer the larger knee on (numerical) ties: the flat region extends as far as
+        # the data allows.
+        if best is None or sse < best[2] * (1 - 1e-9) or (sse <= best[2] * (1 + 1e-9) and k > best[0]):
+            best = (k, coef, sse)
+    k, coef, sse = best
+    t0, per_row, slope = (float(c) for c in coef)
+    if slope <= 0.0:  # nothing ever left the flat region within the grid
+        k, censored = hi, "above"
+    elif k >= hi:
+        censored = "above"
+    elif k <= lo:
+        censored = "below"
+    else:
+        censored = None
+    return KneeFit(
+        knee_tokens=float(k), t0_s=t0, per_row_s=per_row, per_token_s=slope,
+        rel_rmse=math.sqrt(sse / len(ts)), censored=censored, points=len(ts),
+        measured_range=(int(lo), int(hi)),
+    )
+
+
+# -- what a verify step costs, for the roofline figure ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Sizes that set a verify forward's FLOPs and bytes."""
+
+    linear_params: int  # weights of every nn.Linear, LM head included (2 FLOPs each per token)
+    weight_bytes: int  # unique parameter bytes read once per forward
+    num_layers: int
+    q_dim: int  # heads x head_dim
+    kv_dim: int  # kv_heads x head_dim
+    element_bytes: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> ModelStats:
+        cfg = model.config
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        unique = {p.data_ptr(): p for p in model.parameters()}.values()  # tied weights once
+        linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+        return cls(
+            linear_params=linear,
+            weight_bytes=sum(p.numel() * p.element_size() for p in unique),
+            num_layers=cfg.num_hidden_layers,
+            q_dim=heads * head_dim,
+            kv_dim=kv_heads * head_dim,
+            element_bytes=next(model.parameters()).element_size(),
+        )
+
+
+def verify_cost(stats: ModelStats, batch_size: int, tree_tokens: int, prefix_tokens: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of one verify forward — an estimate for plotting, not a measurement.
+
+    FLOPs: 2 per linear weight per token, plus attention (QK^T and PV: 4*q_dim per key)
+    over prefix + tree keys. Bytes: the weights once, plus every row's K and V read.
+    """
+    q = batch_size * tree_tokens
+    keys = prefix_tokens + tree_tokens
+    flops = 2.0 * stats.linear_params * q + 4.0 * stats.num_layers * stats.q_dim * q * keys
+    kv = 2.0 * stats.num_layers * stats.kv_dim * stats.element_bytes * batch_size * keys
+    return flops, stats.weight_bytes + kv

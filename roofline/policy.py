@@ -1,0 +1,156 @@
+"""The hardware-aware top-k policy (Scylla, Theorem 1.3), as the harness calls it for top_k="auto".
+
+Verification is almost free while the tokens one forward verifies stay under the device's
+verify knee (knee.py), and costs linearly past it. With batch size b and a tree of
+total_tokens(k) per row, one step verifies b * total_tokens(k) tokens, so the policy is
+
+    top_k(b) = the largest k with  b * total_tokens(k, depth) <= knee_tokens.
+
+The tie between top_k and total_tokens (`total_tokens_for`, the one place it is defined):
+an EAGLE-2 tree of top-k k and depth D draws its nodes from a pool of k + (D-1)k^2
+candidates, and keeps a fixed share of that pool as it widens. We anchor the share on
+EAGLE-2's defaults (top_k=10 -> total_tokens=60, so 0.6 k^2), never below one full-depth
+chain (D+1 tokens, root included) and never above the whole pool plus the root:
+
+    total_tokens(k, D) = min(k + (D-1)k^2 + 1, max(D + 1, round(0.6 k^2)))
+
+Because total_tokens grows as k^2, the policy's top_k falls as 1/sqrt(b) (a tie linear
+in k would make it fall as 1/b, against the paper's scaling law). When not even top_k=1
+fits, the chain is shortened to fit the knee, but never below one draft token
+(total_tokens=2); such an entry reports within_knee=False if it still exceeds the knee.
+
+    profile = load_profile("prof/")              # the folder `scylla profile --out` wrote
+    top_k, total_tokens = topk_for_batch(profile, batch_size=16, depth=5)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from workloads.errors import ScyllaError
+
+# EAGLE-2's defaults: top_k=10 keeps total_tokens=60 -> 60 / 10^2.
+TOKENS_PER_TOPK_SQUARED = 0.6
+MAX_TOP_K = 32  # wider first levels stop paying off long before any knee we have measured
+DEFAULT_DEPTH = 5
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
+PROFILE_FILE = "profile.json"
+
+
+def pool_size(top_k: int, depth: int) -> int:
+    """Candidate nodes an EAGLE-2 tree of this top-k and depth draws from (root excluded)."""
+    return top_k + (depth - 1) * top_k * top_k
+
+
+def total_tokens_for(top_k: int, depth: int) -> int:
+    """Tokens one row verifies per step (root included) for a top-k tree: the tie rule above."""
+    if top_k < 1 or depth < 1:
+        raise ValueError(f"top_k and depth must be >= 1 (got top_k={top_k}, depth={depth})")
+    share = max(depth + 1, round(TOKENS_PER_TOPK_SQUARED * top_k * top_k))
+    return min(pool_size(top_k, depth) + 1, share)
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    batch_size: int
+    depth: int
+    top_k: int
+    total_tokens: int
+    tokens_in_flight: int  # batch_size * total_tokens: what one verify forward scores
+    within_knee: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def policy_entry(knee_tokens: float, batch_size: int, depth: int = DEFAULT_DEPTH,
+                 max_top_k: int = MAX_TOP_K) -> PolicyEntry:
+    """Theorem 1.3 for one batch size: the largest top_k whose tree fits under the knee."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    budget = knee_tokens / batch_size  # tokens per row the knee allows
+    # total_tokens_for is non-decreasing in k, so the first fit from the top is the largest.
+    for k in range(max_top_k, 0, -1):
+        n = total_tokens_for(k, depth)
+        if n <= budget:
+            return PolicyEntry(batch_size, depth, k, n, batch_size * n, True)
+    n = max(2, min(depth + 1, math.floor(budget)))  # a shortened chain, at least one draft token
+    return PolicyEntry(batch_size, depth, 1, n, batch_size * n, batch_size * n <= knee_tokens)
+
+
+def policy_table(knee_tokens: float, batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
+                 depth: int = DEFAULT_DEPTH, max_top_k: int = MAX_TOP_K) -> list[PolicyEntry]:
+    return [policy_entry(knee_tokens, b, depth, max_top_k) for b in batch_sizes]
+
+
+# -- reading a profile ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    """What the policy needs from a profile folder (the whole document is kept in `doc`)."""
+
+    path: Path
+    knee_tokens: float
+    device_name: str
+    doc: dict[str, Any]
+
+    @property
+    def profile_id(self) -> str | None:
+        return self.doc.get("profile_id")
+
+
+def load_profile(directory: str | Path) -> ProfileSummary:
+    """Read `DIR/profile.json`; a missing file or a profile without a measured knee is a ScyllaError."""
+    path = Path(directory)
+    file = path / PROFILE_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ScyllaError(f"no {PROFILE_FILE} at {path} (make one with `scylla profile --out DIR`)")
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ScyllaError(f"{file}: not a readable profile ({err})") from None
+    knee = doc.get("knee_tokens") if isinstance(doc, dict) else None
+    if not isinstance(knee, int | float) or isinstance(knee, bool) or knee <= 0:
+        why = next((u.get("reason") for u in doc.get("unmeasured", []) if str(u.get("what", "")).startswith("knee")),
+                   None) if isinstance(doc, dict) else None
+        raise ScyllaError(f"{file}: the profile has no verify knee, so top_k 'auto' cannot be used"
+                          + (f" ({why})" if why else ""))
+    device = doc.get("device") or {}
+    return ProfileSummary(file.parent, float(knee), str(device.get("name", "unknown")), doc)
+
+
+def _knee_of(profile: ProfileSummary | Mapping[str, Any] | float | int) -> float:
+    if isinstance(profile, ProfileSummary):
+        return profile.knee_tokens
+    if isinstance(profile, Mapping):
+        knee = profile.get("knee_tokens")
+        if not isinstance(knee, int | float) or knee <= 0:
+            raise ScyllaError("the profile has no verify knee (knee_tokens)")
+        return float(knee)
+    if isinstance(profile, int | float) and profile > 0:
+        return float(profile)
+    raise TypeError(f"expected a ProfileSummary, a profile.json mapping or a knee in tokens, got {profile!r}")
+
+
+def topk_for_batch(profile: ProfileSummary | Mapping[str, Any] | float, batch_size: int,
+                   depth: int = DEFAULT_DEPTH) -> tuple[int, int]:
+    """(top_k, total_tokens) for a batch size under a profile's verify knee."""
+    entry = policy_entry(_knee_of(profile), batch_size, depth)
+    return entry.top_k, entry.total_tokens
+
+
+def resolve_top_k(top_k: int | str, profile: ProfileSummary | Mapping[str, Any] | float | None,
+                  batch_size: int, depth: int = DEFAULT_DEPTH) -> tuple[int, int]:
+    """An explicit top_k (with its tied total_tokens), or the policy's for top_k="auto"."""
+    if top_k == "auto":
+        if profile is None:
+            raise ScyllaError("top_k 'auto' needs a device profile (`scylla profile --out DIR`)")
+        return topk_for_batch(profile, batch_size, depth)
+    k = int(top_k)
+    return k, total_tokens_for(k, depth)

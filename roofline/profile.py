@@ -1,0 +1,569 @@
+"""`scylla profile`: measure the device, write profile.json, the raw tables and the roofline figure.
+
+    doc = run_profile(ProfileOptions(device="auto", target="default", quick=True, out=Path("prof")))
+
+Steps: device facts -> bandwidth (read/copy/triad; numpy triad cross-check on CPU) ->
+matmul shape search per dtype -> I_crit -> verify knee on the real target -> top-k policy
+-> files. An NVML sampler runs throughout (no-op without a GPU) and every phase is an NVTX
+range. Nothing that is merely unavailable (driver, Triton, a counter, the target) stops
+the profile: it lands in `unmeasured` with the reason.
+
+profile.json (schema_version 1). Units: bytes, seconds, FLOP; null = not measured.
+{
+  "schema_version": 1,
+  "profile_id": str,                 # sha256 of the document's content, 16 hex digits
+  "created_utc": str,                # ISO 8601
+  "options": {"device", "target", "quick", "depth", "plan"},
+  "device": {                        # device_facts.DeviceFacts.to_json()
+    "kind": "cpu" | "cuda", "name": str, "device": str, "llc_bytes": int | null,
+    "cpu": {model, architecture, logical_cpus, physical_cores, cpus_available, threads_used,
+            mhz, memory_bytes, caches: [{level, type, size_bytes, shared_cpus}], llc_bytes, isa: [str]},
+    "gpu": null | {index, name, compute_capability, sm_count, l2_cache_bytes, memory_bytes,
+                   max_sm_clock_mhz, max_mem_clock_mhz, sm_clock_mhz, mem_clock_mhz,
+                   memory_bus_width_bits, power_limit_w, clock_event_reasons, driver_version,
+                   cuda_driver_version, uuid},
+    "software": {python, torch, torch_cuda, numpy, triton}, "nvml_available": bool, "nvml_reason": str | null,
+    "unmeasured": [{what, reason}]
+  },
+  "bandwidth_bytes_per_s": {"read": float, "copy": float, "triad": float},  # primary backend,
+                                     # best median over buffers >= 4x LLC, verified results only
+  "bandwidth_backend": "triton" | "torch",
+  "bandwidth_by_backend": {backend: {kernel: float}},
+  "bandwidth_peak_bytes_per_s": float,     # max over kernels: the roofline's slope
+  "bandwidth_peak_kernel": str,
+  "numpy_triad": null | {numpy_bytes_per_s, torch_bytes_per_s, ratio_torch_over_numpy,
+                         agrees_within, agrees, elements, buffer_bytes, threads,
+                         numpy_arrays_counted, numpy_verified, method},
+  "flops_per_s": {"bfloat16": float, "float16": float, "float32": float, "float32_tf32"?: float},
+  "best_matmul": {mode: {m, n, k, layout, seconds}},
+  "spec": null | {name, bandwidth_bytes_per_s, flops_per_s: {mode: float | null}, sms, boost_clock_mhz, source},
+  "nvml_derived": null | {"bandwidth_bytes_per_s": float | null, "flops_per_s": {mode: float | null}},
+  "i_crit": {"dtype": str, "units": "FLOP/byte", "measured": float | null, "spec": float | null,
+             "nvml_derived": float | null, "measured_per_dtype": {mode: float},
+             "spec_per_dtype": {mode: float}, "bandwidth_bytes_per_s": float | null},
+  "knee_tokens": int | null,         # floor of the fitted knee: max tokens in flight per verify forward
+  "knee": null | {"target": {name, fingerprint, dtype, num_layers, hidden_size, vocab_size},
+                  "prefix_tokens": int, "grid": [[b, n]], "skipped": [[b, n]], "clock": str,
+                  "fit": {knee_tokens, t0_s, per_row_s, per_token_s, rel_rmse, censored,
+                          points, measured_range, model}},
+  "topk_policy": [{"batch_size", "top_k", "total_tokens", "depth", "tokens_in_flight", "within_knee"}],
+  "topk_policy_rule": {"formula", "tokens_per_topk_squared", "max_top_k", "depth"},
+  "nvml": {available, reason, samples, interval_s, <field>_mean, <field>_max, missing?},
+  "unmeasured": [{"what": str, "reason": str}],   # everything above that is null, and why
+  "tables": {name: file},            # Parquet, one row per timed repetition (nvml: per sample)
+  "figures": [file],                 # roofline.png, roofline.svg
+  "machine_load": {"loadavg_start": [1m, 5m, 15m] | null, "loadavg_end": [...] | null, "cpus_available": int},
+  "phase_seconds": {phase: float}
+}
+
+Parquet tables beside it: bandwidth.parquet (kernel, backend, dtype, elements, buffer_bytes,
+bytes_moved, past_llc, block, num_warps, verified, clock, warmup, rep, seconds, bytes_per_s),
+numpy_triad.parquet (impl, rep, seconds, bytes_moved, bytes_per_s, elements, threads),
+compute.parquet (mode, m, n, k, layout, flops, clock, warmup, rep, seconds, flops_per_s),
+knee.parquet (batch_size, tree_tokens, tokens_in_flight, prefix_tokens, prefill_s, cache_source, clock,
+warmup, rep, seconds, flops_est, bytes_est), nvml.parquet (NvmlSample fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from roofline import bandwidth as bw_mod
+from roofline import compute as mm_mod
+from roofline import knee as knee_mod
+from roofline import policy as policy_mod
+from roofline.device_facts import DeviceFacts, collect_device_facts
+from roofline.nvml_sampler import NvmlSampler
+from roofline.nvtx_ranges import phase
+from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flops_per_s
+from roofline.timing import CacheFlusher, Timer
+from roofline.triton_kernels import LaunchConfig
+from roofline.unmeasured import Unmeasured
+from workloads.errors import ScyllaError
+
+SCHEMA_VERSION = 1
+TARGET_DTYPE = "bfloat16"  # the knee is measured in the dtype targets are served in
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure. One per (device kind, quick), in `PLANS`."""
+
+    bw_llc_multiples: tuple[float, ...]  # buffer sizes per array, in last-level caches
+    bw_min_bytes: int  # floor on the largest buffer, for devices with a tiny or unknown LLC
+    bw_configs: tuple[LaunchConfig, ...]  # Triton launch configs tried (torch uses the first block)
+    bw_warmup: int
+    bw_reps: int
+    mm_sizes: tuple[int, ...]
+    mm_budget_s: float  # per matmul call; larger sizes are skipped past it
+    mm_warmup: int
+    mm_reps: int
+    knee_batches: tuple[int, ...]
+    knee_tokens: tuple[int, ...]
+    knee_max_in_flight: int
+    knee_warmup: int
+    knee_reps: int
+    knee_budget_s: float | None = None  # wall-clock cap on the knee grid (cheap points first)
+    prefix_tokens: int = 200
+
+
+_POW2_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128)
+PLANS: dict[tuple[str, bool], Plan] = {
+    # 2 CPU cores: the knee is a handful of tokens, so the grid stops at 128 in flight;
+    # the whole quick plan takes about a minute.
+    ("cpu", True): Plan(
+        bw_llc_multiples=(4, 8), bw_min_bytes=128 * MiB, bw_configs=(LaunchConfig(4096, 8),),
+        bw_warmup=1, bw_reps=5, mm_sizes=(256, 512, 1024), mm_budget_s=0.25, mm_warmup=1, mm_reps=3,
+        knee_batches=(1, 2, 4, 8), knee_tokens=_POW2_TOKENS[:7], knee_max_in_flight=128,
+        knee_warmup=1, knee_reps=3, knee_budget_s=45.0,
+    ),
+    ("cpu", False): Plan(
+        bw_llc_multiples=(0.25, 1, 4, 8, 16), bw_min_bytes=256 * MiB, bw_configs=(LaunchConfig(4096, 8),),
+        bw_warmup=2, bw_reps=9, mm_sizes=(256, 512, 1024, 2048), mm_budget_s=1.5, mm_warmup=1, mm_reps=5,
+        knee_batches=(1, 2, 4, 8, 16, 32), knee_tokens=_POW2_TOKENS, knee_max_in_flight=512,
+        knee_warmup=1, knee_reps=5,
+    ),
+    ("cuda", True): Plan(
+        bw_llc_multiples=(16, 64), bw_min_bytes=512 * MiB,
+        bw_configs=(LaunchConfig(4096, 4), LaunchConfig(8192, 8), LaunchConfig(16384, 8)),
+        bw_warmup=3, bw_reps=10, mm_sizes=(2048, 4096, 8192), mm_budget_s=0.2, mm_warmup=3, mm_reps=10,
+        knee_batches=(1, 2, 4, 8, 16, 32, 64), knee_tokens=_POW2_TOKENS, knee_max_in_flight=8192,
+        knee_warmup=2, knee_reps=5,
+    ),
+    ("cuda", False): Plan(
+        bw_llc_multiples=(0.5, 1, 4, 16, 64, 128), bw_min_bytes=1024 * MiB,
+        bw_configs=(LaunchConfig(2048, 4), LaunchConfig(4096, 4), LaunchConfig(8192, 8), LaunchConfig(16384, 8)),
+        bw_warmup=5, bw_reps=20, mm_sizes=(1024, 2048, 4096, 6144, 8192, 12288, 16384), mm_budget_s=0.5,
+        mm_warmup=5, mm_reps=20,
+        knee_batches=(1, 2, 4, 8, 16, 32, 64), knee_tokens=_POW2_TOKENS, knee_max_in_flight=8192,
+        knee_warmup=3, knee_reps=10,
+    ),
+}
+
+
+@dataclass
+class ProfileOptions:
+    out: Path
+    device: str = "auto"  # auto | cuda | cpu (or cuda:N)
+    target: str = "default"
+    quick: bool = False
+    depth: int = policy_mod.DEFAULT_DEPTH
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+    plan: Plan | None = None  # override (tests use tiny plans)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ScyllaError(f"--device {spec}: torch sees no CUDA device (torch {torch.__version__}, "
+                              f"CUDA build: {torch.version.cuda or 'no'})")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise ScyllaError(f"--device {spec}: choose auto, cuda or cpu")
+    return device
+
+
+class _Progress:
+    """A tqdm bar on a terminal, silence otherwise."""
+
+    def __init__(self, total: int, enabled: bool | None):
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def step(self, desc: str, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.set_description(desc, refresh=False)
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@dataclass
+class _Run:
+    """Everything measured so far; turned into the document and tables at the end."""
+
+    device: torch.device
+    facts: DeviceFacts
+    plan: Plan
+    unmeasured: list[Unmeasured] = field(default_factory=list)
+    doc: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    knee_rows: list[dict] = field(default_factory=list)
+
+
+# -- phases ---------------------------------------------------------------------------------
+
+
+def _buffer_sizes(run: _Run) -> list[int]:
+    llc = run.facts.llc_bytes
+    if llc is None:
+        run.unmeasured.append(Unmeasured("bandwidth.llc", "last-level cache size unknown; buffers sized "
+                                         "from the plan's floor and none counts as past the LLC"))
+        return [run.plan.bw_min_bytes]
+    sizes = [int(m * llc) for m in run.plan.bw_llc_multiples]
+    sizes[-1] = max(sizes[-1], run.plan.bw_min_bytes)
+    if run.device.type == "cuda":  # three arrays of the largest size must fit comfortably
+        free, _ = torch.cuda.mem_get_info(run.device)
+        sizes = [min(s, free // 8) for s in sizes]
+    return sorted(set(sizes))
+
+
+def _bandwidth(run: _Run, progress: _Progress) -> None:
+    plan, device = run.plan, run.device
+    timer = Timer(device)
+    llc = run.facts.llc_bytes
+    flusher = CacheFlusher(device, llc) if llc else None
+    backends = []
+    for backend in bw_mod.BACKENDS:
+        why = bw_mod.backend_unavailable(backend, device)
+        if why is None:
+            backends.append(backend)
+        else:
+            run.unmeasured.append(Unmeasured(f"bandwidth.{backend}", why))
+    samples: list[bw_mod.BandwidthSample] = []
+    for size in _buffer_sizes(run):
+        for name, kernel in bw_mod.KERNELS.items():
+            for backend in backends:
+                configs = plan.bw_configs if backend == "triton" else plan.bw_configs[:1]
+                for cfg in configs:
+                    n = bw_mod.elements_for(size, cfg.block)
+                    try:
+                        sample = bw_mod.measure_stream(kernel, backend, n, device, timer, flusher=flusher,
+                                                       llc_bytes=llc, config=cfg, warmup=plan.bw_warmup,
+                                                       reps=plan.bw_reps)
+                    except Exception as err:  # e.g. a Triton compile failure: record, keep going
+                        run.unmeasured.append(Unmeasured(f"bandwidth.{backend}.{name}",
+                                                         f"{type(err).__name__}: {err}".splitlines()[0]))
+                        continue
+                    if not sample.verified:
+                        run.unmeasured.append(Unmeasured(
+                            f"bandwidth.{backend}.{name}", f"result verification failed at {n} elements"))
+                    samples.append(sample)
+                progress.step(f"bandwidth {name} {size // MiB} MiB")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    run.tables["bandwidth"] = [row for s in samples for row in s.rows()]
+    by_backend = {b: bw_mod.peak_by_kernel(samples, b) for b in backends}
+    by_backend = {b: v for b, v in by_backend.items() if v}
+    primary = next((b for b in bw_mod.BACKENDS if b in by_backend), None)
+    per_kernel = by_backend.get(primary, {}) if primary else {}
+    run.doc["bandwidth_bytes_per_s"] = per_kernel
+    run.doc["bandwidth_backend"] = primary
+    run.doc["bandwidth_by_backend"] = by_backend
+    if per_kernel:
+        kernel = max(per_kernel, key=per_kernel.get)
+        run.doc["bandwidth_peak_bytes_per_s"] = per_kernel[kernel]
+        run.doc["bandwidth_peak_kernel"] = kernel
+    else:
+        run.doc["bandwidth_peak_bytes_per_s"] = None
+        run.doc["bandwidth_peak_kernel"] = None
+        run.unmeasured.append(Unmeasured("bandwidth_bytes_per_s", "no verified measurement past the LLC"))
+
+    # numpy's triad in the same run: only meaningful where torch streams host memory.
+    if device.type == "cpu" and llc:
+        size = max(_buffer_sizes(run))
+        check = bw_mod.numpy_triad_crosscheck(bw_mod.elements_for(size, bw_mod.PATTERN_PERIOD),
+                                              threads=torch.get_num_threads(), flusher=flusher,
+                                              warmup=1, reps=plan.bw_reps)
+        run.doc["numpy_triad"] = check.to_json()
+        run.tables["numpy_triad"] = check.rows()
+        progress.step("numpy triad")
+    else:
+        run.doc["numpy_triad"] = None
+        run.unmeasured.append(Unmeasured("numpy_triad", "numpy streams host memory; it cannot cross-check a GPU"
+                                         if device.type == "cuda" else "last-level cache size unknown"))
+
+
+def _compute(run: _Run, progress: _Progress) -> None:
+    timer = Timer(run.device)
+    results = []
+    for mode in mm_mod.MODES.values():
+        why = mm_mod.mode_unavailable(mode, run.device)
+        if why:
+            run.unmeasured.append(Unmeasured(f"flops_per_s.{mode.name}", why))
+            continue
+        try:
+            result = mm_mod.search_mode(mode, run.device, timer, sizes=run.plan.mm_sizes,
+                                        budget_s=run.plan.mm_budget_s, warmup=run.plan.mm_warmup,
+                                        reps=run.plan.mm_reps)
+        except Exception as err:  # a dtype this build cannot multiply
+            run.unmeasured.append(Unmeasured(f"flops_per_s.{mode.name}", f"{type(err).__name__}: {err}"))
+            continue
+        results.append(result)
+        progress.step(f"matmul {mode.name}")
+    peaks, missing = mm_mod.peak_flops(results)
+    run.unmeasured += missing
+    run.doc["flops_per_s"] = peaks
+    run.doc["best_matmul"] = {
+        r.mode: {"m": b.m, "n": b.n, "k": b.k, "layout": b.layout, "seconds": b.timing.median_s}
+        for r in results if (b := r.best) is not None
+    }
+    run.tables["compute"] = [row for r in results for s in r.samples for row in s.rows()]
+
+
+def _spec_and_icrit(run: _Run) -> None:
+    gpu = run.facts.gpu
+    entry = match_spec(gpu.name) if gpu is not None else None
+    run.doc["spec"] = entry.to_json() if entry else None
+    if entry is None:
+        run.unmeasured.append(Unmeasured("spec", "no datasheet entry for CPUs" if gpu is None
+                                         else f"no datasheet entry matches {gpu.name!r}"))
+    derived = None
+    if gpu is not None:
+        nvml_bw = nvml_bandwidth_bytes_per_s(gpu.max_mem_clock_mhz, gpu.memory_bus_width_bits)
+        nvml_fl = nvml_flops_per_s(entry, gpu.sm_count, gpu.max_sm_clock_mhz) if entry else {}
+        derived = {"bandwidth_bytes_per_s": nvml_bw, "flops_per_s": nvml_fl}
+        if nvml_bw is None:
+            run.unmeasured.append(Unmeasured("nvml_derived.bandwidth", "NVML gave no memory clock or bus width"))
+    run.doc["nvml_derived"] = derived
+
+    bw = run.doc.get("bandwidth_peak_bytes_per_s")
+    flops = run.doc.get("flops_per_s") or {}
+    measured = {k: v / bw for k, v in flops.items()} if bw else {}
+    spec_per = {}
+    if entry:
+        spec_per = {k: v / entry.bandwidth_bytes_per_s for k, v in entry.flops_per_s.items() if v}
+    nvml_icrit = None
+    if derived and derived["bandwidth_bytes_per_s"] and derived["flops_per_s"].get(TARGET_DTYPE):
+        nvml_icrit = derived["flops_per_s"][TARGET_DTYPE] / derived["bandwidth_bytes_per_s"]
+    run.doc["i_crit"] = {
+        "dtype": TARGET_DTYPE,
+        "units": "FLOP/byte",
+        "measured": measured.get(TARGET_DTYPE),
+        "spec": spec_per.get(TARGET_DTYPE),
+        "nvml_derived": nvml_icrit,
+        "measured_per_dtype": measured,
+        "spec_per_dtype": spec_per,
+        "bandwidth_bytes_per_s": bw,
+    }
+    if measured.get(TARGET_DTYPE) is None:
+        run.unmeasured.append(Unmeasured("i_crit.measured", f"needs measured {TARGET_DTYPE} FLOP/s and bandwidth"))
+
+
+def _load_target(run: _Run, name: str):
+    try:
+        from scylla_impl.target import Target
+    except ImportError as err:
+        run.unmeasured.append(Unmeasured("knee", f"the engine's target adapter is not importable: {err}"))
+        return None
+    try:
+        return Target.load(name, dtype=TARGET_DTYPE, device=str(run.device))
+    except ScyllaError as err:
+        run.unmeasured.append(Unmeasured("knee", f"target {name!r} could not be loaded: {err}"))
+    except Exception as err:  # an adapter bug must not cost the rest of the profile
+        run.unmeasured.append(Unmeasured("knee", f"target {name!r} failed to load: {type(err).__name__}: {err}"))
+    return None
+
+
+def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
+    run.doc["knee"] = None
+    run.doc["knee_tokens"] = None
+    target = _load_target(run, options.target)
+    progress.step("load target")
+    if target is None:
+        return
+    plan = run.plan
+    grid = knee_mod.knee_grid(plan.knee_batches, plan.knee_tokens, plan.knee_max_in_flight)
+    timer = Timer(run.device, clock="wall")
+    try:
+        points, skipped = knee_mod.measure_knee(
+            target, grid, prefix_tokens=plan.prefix_tokens, timer=timer, warmup=plan.knee_warmup,
+            reps=plan.knee_reps, budget_s=plan.knee_budget_s,
+            on_point=lambda p: progress.step(f"verify b={p.batch_size} n={p.tree_tokens}"),
+        )
+    except Exception as err:
+        run.unmeasured.append(Unmeasured("knee", f"verify forward failed: {type(err).__name__}: {err}"))
+        return
+    if skipped:
+        progress.step("verify (budget spent)", len(skipped))
+        run.unmeasured.append(Unmeasured(
+            "knee.grid", f"{len(skipped)} of {len(grid)} grid points skipped: the plan's "
+                         f"{plan.knee_budget_s:.0f}s knee budget ran out (machine busy?); first skipped "
+                         f"(b, n) = {skipped[0]}"))
+    if len(points) < 3:
+        run.unmeasured.append(Unmeasured("knee", f"only {len(points)} verify points measured; a fit needs 3"))
+        return
+    stats = knee_mod.ModelStats.of(target.model)
+    rows, summary_rows = [], []
+    for p in points:
+        flops, nbytes = knee_mod.verify_cost(stats, p.batch_size, p.tree_tokens, p.prefix_tokens)
+        rows += [{**r, "flops_est": flops, "bytes_est": nbytes} for r in p.rows()]
+        summary_rows.append({"batch_size": p.batch_size, "tree_tokens": p.tree_tokens,
+                             "tokens_in_flight": p.tokens_in_flight, "seconds": p.seconds,
+                             "flops": flops, "bytes": nbytes})
+    run.tables["knee"] = rows
+    run.knee_rows = summary_rows
+    fit = knee_mod.fit_knee((p.batch_size, p.tree_tokens, p.seconds) for p in points)
+    info = target.info
+    run.doc["knee"] = {
+        "target": {"name": info.name, "fingerprint": info.fingerprint, "dtype": TARGET_DTYPE,
+                   "num_layers": info.num_layers, "hidden_size": info.hidden_size, "vocab_size": info.vocab_size},
+        "prefix_tokens": points[0].prefix_tokens if points else plan.prefix_tokens,
+        "grid": [list(bn) for bn in grid],
+        "skipped": [list(bn) for bn in skipped],
+        "clock": timer.clock_name,
+        "fit": fit.to_json(),
+    }
+    run.doc["knee_tokens"] = max(1, int(fit.knee_tokens))
+    if fit.censored:
+        run.unmeasured.append(Unmeasured(
+            "knee.exact", f"the fitted knee is censored {fit.censored} the measured range "
+                          f"{fit.measured_range[0]}..{fit.measured_range[1]} tokens in flight"))
+    del target
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _policy(run: _Run, depth: int) -> None:
+    knee = run.doc.get("knee_tokens")
+    run.doc["topk_policy_rule"] = {
+        "formula": "largest top_k <= max_top_k with batch_size * total_tokens(top_k, depth) <= knee_tokens; "
+                   "total_tokens(k, D) = min(k + (D-1)k^2 + 1, max(D + 1, round(0.6 k^2)))",
+        "tokens_per_topk_squared": policy_mod.TOKENS_PER_TOPK_SQUARED,
+        "max_top_k": policy_mod.MAX_TOP_K,
+        "depth": depth,
+    }
+    if not knee:
+        run.doc["topk_policy"] = []
+        run.unmeasured.append(Unmeasured("topk_policy", "no verify knee was measured"))
+        return
+    run.doc["topk_policy"] = [e.to_json() for e in policy_mod.policy_table(knee, depth=depth)]
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None  # JSON has no NaN/inf
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a reader never sees half a profile.json
+
+
+def _write_outputs(run: _Run, out: Path, sampler: NvmlSampler) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if sampler.samples:
+        run.tables["nvml"] = sampler.records()
+    written = {}
+    for name, rows in run.tables.items():
+        if not rows:
+            continue
+        path = out / f"{name}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        written[name] = path.name
+    run.doc["tables"] = written
+    try:
+        from roofline.figure import plot_profile
+
+        figures = plot_profile(run.doc, run.knee_rows, out / "roofline")
+        run.doc["figures"] = [p.name for p in figures]
+    except Exception as err:  # a plotting problem must not lose the measurements
+        run.doc["figures"] = []
+        run.unmeasured.append(Unmeasured("figures", f"{type(err).__name__}: {err}"))
+    run.doc["unmeasured"] = [u.to_json() for u in run.unmeasured]
+    body = _jsonable(run.doc)
+    body.pop("profile_id", None)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    doc = {"schema_version": SCHEMA_VERSION, "profile_id": digest, **body}
+    _write_atomic(out / "profile.json", json.dumps(doc, indent=2, default=str) + "\n")
+    run.doc = doc
+
+
+def _planned_steps(plan: Plan, device: torch.device, n_sizes: int) -> int:
+    grid = knee_mod.knee_grid(plan.knee_batches, plan.knee_tokens, plan.knee_max_in_flight)
+    return n_sizes * len(bw_mod.KERNELS) + 1 + len(mm_mod.MODES) + 1 + len(grid)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def run_profile(options: ProfileOptions) -> dict[str, Any]:
+    """Measure, write DIR/profile.json + tables + figure, and return the document."""
+    started = time.perf_counter()
+    device = resolve_device(options.device)
+    if options.target != "default" and not Path(options.target).exists():
+        raise ScyllaError(f"--target {options.target}: no such model folder (give 'default' or a Hugging Face model dir)")
+    if options.depth < 1:
+        raise ScyllaError(f"--depth must be at least 1, got {options.depth}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    plan = options.plan or PLANS[(device.type, options.quick)]
+    facts = collect_device_facts(device)
+    run = _Run(device=device, facts=facts, plan=plan, unmeasured=list(facts.unmeasured))
+    run.doc["created_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    run.doc["options"] = {"device": options.device, "target": options.target, "quick": options.quick,
+                          "depth": options.depth, "plan": dataclasses.asdict(plan)}
+    run.doc["device"] = facts.to_json()
+    # Other processes on the CPUs slow and skew every timing (torch's OpenMP threads stall
+    # at barriers when a core is taken); the load before and after says how far to trust them.
+    run.doc["machine_load"] = {"loadavg_start": _loadavg(), "cpus_available": facts.cpu.cpus_available}
+    progress = _Progress(_planned_steps(plan, device, len(plan.bw_llc_multiples)), options.progress)
+    sampler = NvmlSampler(interval_s=0.1, devices=None)
+    if not sampler.available:
+        run.unmeasured.append(Unmeasured("nvml_samples", sampler.reason or "no GPU"))
+
+    phases: list[tuple[str, Callable[[], None]]] = [
+        ("bandwidth", lambda: _bandwidth(run, progress)),
+        ("compute", lambda: _compute(run, progress)),
+        ("i_crit", lambda: _spec_and_icrit(run)),
+        ("knee", lambda: _knee(run, options, progress)),
+        ("policy", lambda: _policy(run, options.depth)),
+    ]
+    try:
+        with sampler:
+            for name, fn in phases:
+                t0 = time.perf_counter()
+                with phase(f"profile.{name}"):
+                    fn()
+                run.phase_seconds[name] = time.perf_counter() - t0
+        run.doc["nvml"] = sampler.summary()
+        run.doc["machine_load"]["loadavg_end"] = _loadavg()
+        run.phase_seconds["total"] = time.perf_counter() - started
+        run.doc["phase_seconds"] = run.phase_seconds
+        _write_outputs(run, Path(options.out), sampler)
+    finally:
+        progress.close()
+    return run.doc
