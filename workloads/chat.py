@@ -108,7 +108,16 @@ def tokenize_conversation(tokenizer, messages: Sequence[dict],
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        mask = [int(any(s <= start < e for s, e in spans)) for start, _ in enc["offset_mapping"]]
+        starts = [start for start, _ in enc["offset_mapping"]]
+        mask = [0] * len(ids)
+        # Spans and token starts are both ascending: one merge-like pass marks the tokens.
+        span = 0
+        for i, start in enumerate(starts):
+            while span < len(spans) and start >= spans[span][1]:
+                span += 1
+            if span == len(spans):
+                break
+            mask[i] = int(start >= spans[span][0])
         return ids, mask
     # Slow tokenizers give no offsets: tokenize the pieces between span edges separately.
     ids, mask, cursor = [], [], 0

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # torch is imported on first use: `scylla datasets` should no
 class PackedSequence:
     input_ids: "torch.Tensor"  # LongTensor [seq_len]
     loss_mask: "torch.Tensor"  # LongTensor [seq_len] of 0/1: 1 where the token is trained on
-    source: str  # which corpus source filled it
+    source: str = ""  # which corpus source filled it
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
