@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-PHASES = ("draft", "tree", "verify", "commit")
+PHASES = ("draft", "tree", "verify", "accept", "commit")
 
 
 def _arr(x: Any, dtype=None) -> np.ndarray:

@@ -169,9 +169,11 @@ class CellWorker:
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
         self.device = environment.resolve_device(settings.device)
+        self._threads_before: int | None = None
         if settings.threads:
             import torch
 
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(settings.threads)
         self._target = None
         self._drafts: dict[str, Any] = {}
@@ -199,8 +201,13 @@ class CellWorker:
         if key not in self._datasets:
             import workloads
 
-            prompts = workloads.load_dataset(name, data_dir=self.settings.data_dir, n=n)
-            info = workloads.dataset_info(name, data_dir=self.settings.data_dir)
+            load = getattr(workloads, "load_dataset", None)
+            describe = getattr(workloads, "dataset_info", None)
+            if load is None or describe is None:  # the registry module, where the package does not re-export
+                from workloads.datasets import dataset_info as describe
+                from workloads.datasets import load_dataset as load
+            prompts = load(name, data_dir=self.settings.data_dir, n=n)
+            info = describe(name, data_dir=self.settings.data_dir)
             self._datasets[key] = (list(prompts)[:n], info)
         return self._datasets[key]
 
@@ -215,6 +222,10 @@ class CellWorker:
         self._drafts.clear()
         self._target = None
         gc.collect()
+        if self._threads_before is not None:  # in-process callers get their setting back
+            import torch
+
+            torch.set_num_threads(self._threads_before)
 
     # -- the engine's decode, one place (tests plant faults here) ----------------------
 

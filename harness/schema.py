@@ -82,6 +82,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("draft_time_median_s", pa.float64()),
     pa.field("tree_time_median_s", pa.float64()),
     pa.field("verify_time_median_s", pa.float64()),
+    pa.field("accept_time_median_s", pa.float64()),
     pa.field("commit_time_median_s", pa.float64()),
     pa.field("prefill_s", pa.float64()),
     pa.field("decode_s", pa.float64()),

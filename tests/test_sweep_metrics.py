@@ -49,6 +49,7 @@ def test_summarize_hand_checked():
     assert m["draft_time_median_s"] == pytest.approx(0.03)
     assert m["verify_time_median_s"] == pytest.approx(0.07)
     assert m["tree_time_median_s"] is None and m["commit_time_median_s"] is None
+    assert m["accept_time_median_s"] is None
 
 
 def test_ar_counters_give_tau_one():

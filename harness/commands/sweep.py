@@ -52,8 +52,10 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
         raise ScyllaError("--retry-failed goes with --resume")
 
     from harness.progress import BarProgress
+    from harness.quiet import quiet_libraries
     from harness.runner import run_sweep
 
+    quiet_libraries()  # no weight-loading bars under the sweep's own
     report = run_sweep(spec, spec.out, resume=resume, retry_failed=retry_failed, progress=BarProgress())
     import pyarrow.parquet as pq
 
