@@ -169,7 +169,10 @@ class ProfileOptions:
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ScyllaError(f"--device {spec}: choose auto, cuda, cuda:N or cpu") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ScyllaError(f"--device {spec}: torch sees no CUDA device (torch {torch.__version__}, "
@@ -177,7 +180,7 @@ def resolve_device(spec: str) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     elif device.type != "cpu":
-        raise ScyllaError(f"--device {spec}: choose auto, cuda or cpu")
+        raise ScyllaError(f"--device {spec}: choose auto, cuda, cuda:N or cpu")
     return device
 
 

@@ -4,10 +4,11 @@
 * copy:  dst = src
 * triad: a = b + scalar * c                          (STREAM's triad)
 
-The kernels are plain functions compiled on first use by `kernels()`, not decorated at
-import: Triton decides between the GPU compiler and its CPU interpreter when a function is
-decorated (TRITON_INTERPRET=1 at that moment), so compiling lazily and caching per mode
-lets the tests run them under the interpreter on CPU tensors while a GPU run compiles them.
+The kernels are plain functions decorated on first use by `kernels()`, so importing
+roofline never touches the Triton compiler. To run them on CPU tensors in Triton's
+interpreter, set TRITON_INTERPRET=1 before Triton itself is imported (in the process
+environment): Triton decides compiler vs interpreter when a function is decorated, and
+its own library helpers such as `tl.sum` are decorated when `triton.language` is imported.
 The interpreter computes fp32 exactly; its bf16 arithmetic is not faithful, so both the
 tests and the profile run these kernels in fp32.
 

@@ -1,0 +1,83 @@
+"""The verify knee against the real embedded target (fp32: the exactness path on CPU)."""
+
+import pytest
+import torch
+
+from roofline import knee as knee_mod
+from roofline.timing import Timer
+
+PREFIX = 24  # a short real chat prefix keeps these tests to seconds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # These tests check structure, not speed. On a shared 2-core machine two OpenMP threads
+    # stall at every barrier whenever another process holds a core; one thread does not.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def target(default_model_dir):
+    target_mod = pytest.importorskip("scylla_impl.target")
+    return target_mod.Target.load(str(default_model_dir), dtype="float32", device="cpu")
+
+
+def test_chat_prefix_is_a_real_templated_prompt(target):
+    ids = knee_mod.chat_prefix(target.tokenizer, 200)
+    assert 190 <= len(ids) <= 200
+    text = target.tokenizer.decode(ids)
+    assert "speculative decoding" in text or "workshop" in text
+    assert len(knee_mod.chat_prefix(target.tokenizer, PREFIX)) <= PREFIX
+
+
+def test_replicated_cache_equals_prefilled_cache(target):
+    prefix = knee_mod.chat_prefix(target.tokenizer, PREFIX)
+    one = target.new_cache(1)
+    target.prefill(one, [prefix])
+    replicated = knee_mod._replicate(target, one, 3, capacity=PREFIX + 16)
+    assert replicated is not None, "the engine's cache layout changed: the knee now prefills every batch"
+    prefilled = target.new_cache(3)
+    target.prefill(prefilled, [prefix] * 3)
+    tokens, depths, mask = knee_mod.chain_inputs(3, 4, target.info.vocab_size, "cpu")
+    a = target.forward_tree(replicated, tokens, depths, mask)
+    b = target.forward_tree(prefilled, tokens, depths, mask)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_measure_knee_small_grid(target):
+    grid = knee_mod.knee_grid((1, 2), (1, 4), 8)
+    seen = []
+    points, skipped = knee_mod.measure_knee(target, grid, prefix_tokens=PREFIX, timer=Timer("cpu", clock="wall"),
+                                            warmup=0, reps=2, on_point=seen.append)
+    assert not skipped and len(points) == len(grid) == len(seen)
+    assert [(p.batch_size, p.tree_tokens) for p in points] == grid
+    assert {p.cache_source for p in points if p.batch_size == 2} == {"replicated"}
+    assert all(len(p.timing.samples_s) == 2 and p.seconds > 0 for p in points)
+    rows = [r for p in points for r in p.rows()]
+    assert len(rows) == 2 * len(grid) and {"seconds", "tokens_in_flight", "prefill_s"} <= set(rows[0])
+    fit = knee_mod.fit_knee((p.batch_size, p.tree_tokens, p.seconds) for p in points)
+    assert fit.measured_range == (1, 8) and 1 <= fit.knee_tokens <= 8 and fit.points == 4
+
+
+def test_measure_knee_budget_skips_the_expensive_end(target):
+    grid = knee_mod.knee_grid((1, 2), (1, 2), 4)
+    points, skipped = knee_mod.measure_knee(target, grid, prefix_tokens=PREFIX, timer=Timer("cpu", clock="wall"),
+                                            warmup=0, reps=1, budget_s=0.0)
+    assert points == [] and skipped == grid
+
+
+def test_verify_cost_arithmetic(target):
+    stats = knee_mod.ModelStats.of(target.model)
+    cfg = target.model.config
+    assert stats.num_layers == cfg.num_hidden_layers
+    assert stats.element_bytes == 4
+    # the LM head is an nn.Linear even when tied to the embedding, so it counts as compute
+    assert stats.linear_params >= cfg.vocab_size * cfg.hidden_size
+    f1, b1 = knee_mod.verify_cost(stats, 1, 1, 200)
+    f2, b2 = knee_mod.verify_cost(stats, 2, 1, 200)
+    assert f2 == pytest.approx(2 * f1)  # flops scale with tokens
+    assert b2 - b1 == pytest.approx(2 * stats.num_layers * stats.kv_dim * 4 * 201)  # one more row's KV
+    assert b1 > stats.weight_bytes
