@@ -93,7 +93,7 @@ def _knee_panel(ax, doc: dict, knee_rows: list[dict]) -> None:
             ax.plot(x, pred * 1e3, "-", color=color, linewidth=1)
     if fit:
         k = fit["knee_tokens"]
-        label = f"knee = {k:.0f} tokens" + (f" (censored {fit['censored']})" if fit.get("censored") else "")
+        label = f"knee = {k:.3g} tokens" + (f" (censored {fit['censored']})" if fit.get("censored") else "")
         ax.axvline(k, color="black", linestyle="--", linewidth=1, label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

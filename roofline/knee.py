@@ -139,32 +139,57 @@ def measure_knee(
     timer: Timer,
     warmup: int = 1,
     reps: int = 3,
-    budget_s: float | None = None,
+    deadline: float | None = None,
     on_point: Callable[[KneePoint], None] | None = None,
 ) -> tuple[list[KneePoint], list[tuple[int, int]]]:
-    """Time `target.forward_tree` at every (b, n) of the grid.
+    """Time `target.forward_tree` at every (b, n) of the grid; return (points, skipped).
 
-    The prefix is prefilled once into a one-row cache; other batch sizes get copies of it
-    (`_replicate`), or their own prefill if the engine's cache layout is not the expected one.
-    Points run cheapest first (b, then n, ascending). With `budget_s`, points not started
-    before the budget ran out are skipped and returned as the second value, so a quick
-    profile on a loaded machine still ends in bounded time with the cheap end of the grid.
+    The prefix is prefilled once into a one-row cache; every batch size gets copies of it
+    (`_replicate`), or its own prefill if the engine's cache layout is not the expected one.
+    Points run in order of tokens in flight, so the cheap end of the grid (every batch
+    size at small n) comes first. With a `deadline` (a `time.perf_counter()` value), a point
+    whose predicted cost would overrun it is skipped along with everything after it:
+    a quick profile on a busy machine ends on time with the most informative points.
     """
-    deadline = None if budget_s is None else time.perf_counter() + budget_s
     prefix = chat_prefix(target.tokenizer, prefix_tokens)
-    points: list[KneePoint] = []
-    skipped: list[tuple[int, int]] = []
-    one_row: list = []  # [one-row cache, its prefill seconds], once batch 1 has run
     capacity = len(prefix) + max(n for _, n in grid) + 8  # room for the largest tree in every cache
-    for b, group in itertools.groupby(sorted(grid), key=lambda bn: bn[0]):
-        ns = [n for _, n in group]
-        if deadline is not None and time.perf_counter() > deadline:
-            skipped += [(b, n) for n in ns]
-            continue
-        done = _measure_batch(target, b, ns, prefix, capacity, timer, warmup, reps, on_point, deadline, one_row)
-        points += done
-        skipped += [(b, n) for n in ns[len(done):]]
-    return points, skipped
+    source = _new_cache(target, 1, capacity)
+    prefill_s = timer.once(lambda: target.prefill(source, [list(prefix)]))
+    caches: dict[int, tuple[object, str, float]] = {1: (source, "prefill", prefill_s)}
+    points: list[KneePoint] = []
+    order = sorted(grid, key=lambda bn: (bn[0] * bn[1], bn[0]))
+    last: tuple[int, float] | None = None  # (tokens in flight, seconds) of the latest point
+    for i, (b, n) in enumerate(order):
+        if deadline is not None:
+            # Cost of the next point if time grew linearly in tokens from the last one:
+            # an upper bound in the flat region, exact past the knee.
+            per_call = last[1] * max(1.0, b * n / last[0]) if last else 0.0
+            if time.perf_counter() + (warmup + reps) * per_call > deadline:
+                return points, order[i:]
+        if b not in caches:
+            caches[b] = _batch_cache(target, source, prefill_s, b, prefix, capacity, timer)
+        cache, cache_source, row_prefill_s = caches[b]
+        tokens, depths, mask = chain_inputs(b, n, target.info.vocab_size, target.device)
+        timing = timer.measure(
+            lambda cache=cache, tokens=tokens, depths=depths, mask=mask: target.forward_tree(cache, tokens, depths, mask),
+            warmup=warmup, reps=reps, before=lambda cache=cache: target.rollback(cache),
+        )
+        target.rollback(cache)
+        point = KneePoint(b, n, len(prefix), timing, row_prefill_s, cache_source)
+        points.append(point)
+        last = (b * n, timing.median_s)
+        if on_point is not None:
+            on_point(point)
+    return points, []
+
+
+def _batch_cache(target, source, prefill_s: float, b: int, prefix: list[int], capacity: int, timer: Timer):
+    """(cache of b rows holding the prefix, how it was made, prefill seconds)."""
+    cache = _replicate(target, source, b, capacity)
+    if cache is not None:
+        return cache, "replicated", prefill_s
+    cache = _new_cache(target, b, capacity)
+    return cache, "prefill", timer.once(lambda: target.prefill(cache, [list(prefix)] * b))
 
 
 def _replicate(target, source, b: int, capacity: int):
@@ -191,42 +216,6 @@ def _replicate(target, source, b: int, capacity: int):
         return cache
     except (AttributeError, TypeError):
         return None
-
-
-def _measure_batch(target, b: int, ns: list[int], prefix: list[int], capacity: int, timer: Timer,
-                   warmup: int, reps: int,
-                   on_point: Callable[[KneePoint], None] | None, deadline: float | None,
-                   one_row: list) -> list[KneePoint]:
-    """One cache of b rows holding the prefix, then every tree size n on it (rolled back after each).
-
-    `one_row` carries the first prefilled one-row cache (and its prefill time) between
-    calls, so that larger batches replicate it instead of prefilling again.
-    """
-    cache = _replicate(target, one_row[0], b, capacity) if one_row else None
-    source = "replicated"
-    if cache is not None:
-        prefill_s = one_row[1]
-    else:
-        source = "prefill"
-        cache = _new_cache(target, b, capacity)
-        prefill_s = timer.once(lambda: target.prefill(cache, [list(prefix)] * b))
-        if b == 1 and not one_row:
-            one_row += [cache, prefill_s]
-    points = []
-    for n in ns:
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-        tokens, depths, mask = chain_inputs(b, n, target.info.vocab_size, target.device)
-        timing = timer.measure(
-            lambda tokens=tokens, depths=depths, mask=mask: target.forward_tree(cache, tokens, depths, mask),
-            warmup=warmup, reps=reps, before=lambda: target.rollback(cache),
-        )
-        target.rollback(cache)
-        point = KneePoint(b, n, len(prefix), timing, prefill_s, source)
-        points.append(point)
-        if on_point is not None:
-            on_point(point)
-    return points
 
 
 # -- the fit ----------------------------------------------------------------------------------

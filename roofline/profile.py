@@ -13,7 +13,7 @@ profile.json (schema_version 1). Units: bytes, seconds, FLOP; null = not measure
   "schema_version": 1,
   "profile_id": str,                 # sha256 of the document's content, 16 hex digits
   "created_utc": str,                # ISO 8601
-  "options": {"device", "target", "quick", "depth", "plan"},
+  "options": {"device", "target", "dtype", "quick", "depth", "plan"},
   "device": {                        # device_facts.DeviceFacts.to_json()
     "kind": "cpu" | "cuda", "name": str, "device": str, "llc_bytes": int | null,
     "cpu": {model, architecture, logical_cpus, physical_cores, cpus_available, threads_used,
@@ -95,7 +95,7 @@ from roofline.unmeasured import Unmeasured
 from workloads.errors import ScyllaError
 
 SCHEMA_VERSION = 1
-TARGET_DTYPE = "bfloat16"  # the knee is measured in the dtype targets are served in
+TARGET_DTYPES = ("bfloat16", "float16", "float32")  # the knee's target dtype; I_crit is quoted for it
 MiB = 1 << 20
 
 
@@ -129,7 +129,7 @@ PLANS: dict[tuple[str, bool], Plan] = {
         bw_llc_multiples=(4, 8), bw_min_bytes=128 * MiB, bw_configs=(LaunchConfig(4096, 8),),
         bw_warmup=1, bw_reps=5, mm_sizes=(256, 512, 1024), mm_budget_s=0.25, mm_warmup=1, mm_reps=3,
         knee_batches=(1, 2, 4, 8), knee_tokens=_POW2_TOKENS[:7], knee_max_in_flight=128,
-        knee_warmup=1, knee_reps=3, knee_budget_s=45.0,
+        knee_warmup=1, knee_reps=3, knee_budget_s=55.0,
     ),
     ("cpu", False): Plan(
         bw_llc_multiples=(0.25, 1, 4, 8, 16), bw_min_bytes=256 * MiB, bw_configs=(LaunchConfig(4096, 8),),
@@ -160,6 +160,7 @@ class ProfileOptions:
     out: Path
     device: str = "auto"  # auto | cuda | cpu (or cuda:N)
     target: str = "default"
+    dtype: str = "bfloat16"  # the target's dtype for the knee; I_crit is quoted for it
     quick: bool = False
     depth: int = policy_mod.DEFAULT_DEPTH
     progress: bool | None = None  # None: a bar only when stderr is a terminal
@@ -330,7 +331,7 @@ def _compute(run: _Run, progress: _Progress) -> None:
     run.tables["compute"] = [row for r in results for s in r.samples for row in s.rows()]
 
 
-def _spec_and_icrit(run: _Run) -> None:
+def _spec_and_icrit(run: _Run, dtype: str = "bfloat16") -> None:
     gpu = run.facts.gpu
     entry = match_spec(gpu.name) if gpu is not None else None
     run.doc["spec"] = entry.to_json() if entry else None
@@ -353,30 +354,30 @@ def _spec_and_icrit(run: _Run) -> None:
     if entry:
         spec_per = {k: v / entry.bandwidth_bytes_per_s for k, v in entry.flops_per_s.items() if v}
     nvml_icrit = None
-    if derived and derived["bandwidth_bytes_per_s"] and derived["flops_per_s"].get(TARGET_DTYPE):
-        nvml_icrit = derived["flops_per_s"][TARGET_DTYPE] / derived["bandwidth_bytes_per_s"]
+    if derived and derived["bandwidth_bytes_per_s"] and derived["flops_per_s"].get(dtype):
+        nvml_icrit = derived["flops_per_s"][dtype] / derived["bandwidth_bytes_per_s"]
     run.doc["i_crit"] = {
-        "dtype": TARGET_DTYPE,
+        "dtype": dtype,
         "units": "FLOP/byte",
-        "measured": measured.get(TARGET_DTYPE),
-        "spec": spec_per.get(TARGET_DTYPE),
+        "measured": measured.get(dtype),
+        "spec": spec_per.get(dtype),
         "nvml_derived": nvml_icrit,
         "measured_per_dtype": measured,
         "spec_per_dtype": spec_per,
         "bandwidth_bytes_per_s": bw,
     }
-    if measured.get(TARGET_DTYPE) is None:
-        run.unmeasured.append(Unmeasured("i_crit.measured", f"needs measured {TARGET_DTYPE} FLOP/s and bandwidth"))
+    if measured.get(dtype) is None:
+        run.unmeasured.append(Unmeasured("i_crit.measured", f"needs measured {dtype} FLOP/s and bandwidth"))
 
 
-def _load_target(run: _Run, name: str):
+def _load_target(run: _Run, name: str, dtype: str):
     try:
         from scylla_impl.target import Target
     except ImportError as err:
         run.unmeasured.append(Unmeasured("knee", f"the engine's target adapter is not importable: {err}"))
         return None
     try:
-        return Target.load(name, dtype=TARGET_DTYPE, device=str(run.device))
+        return Target.load(name, dtype=dtype, device=str(run.device))
     except ScyllaError as err:
         run.unmeasured.append(Unmeasured("knee", f"target {name!r} could not be loaded: {err}"))
     except Exception as err:  # an adapter bug must not cost the rest of the profile
@@ -387,17 +388,19 @@ def _load_target(run: _Run, name: str):
 def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
     run.doc["knee"] = None
     run.doc["knee_tokens"] = None
-    target = _load_target(run, options.target)
+    plan = run.plan
+    # The budget covers loading the target too: on a busy machine that alone takes a while.
+    deadline = None if plan.knee_budget_s is None else time.perf_counter() + plan.knee_budget_s
+    target = _load_target(run, options.target, options.dtype)
     progress.step("load target")
     if target is None:
         return
-    plan = run.plan
     grid = knee_mod.knee_grid(plan.knee_batches, plan.knee_tokens, plan.knee_max_in_flight)
     timer = Timer(run.device, clock="wall")
     try:
         points, skipped = knee_mod.measure_knee(
             target, grid, prefix_tokens=plan.prefix_tokens, timer=timer, warmup=plan.knee_warmup,
-            reps=plan.knee_reps, budget_s=plan.knee_budget_s,
+            reps=plan.knee_reps, deadline=deadline,
             on_point=lambda p: progress.step(f"verify b={p.batch_size} n={p.tree_tokens}"),
         )
     except Exception as err:
@@ -406,9 +409,9 @@ def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
     if skipped:
         progress.step("verify (budget spent)", len(skipped))
         run.unmeasured.append(Unmeasured(
-            "knee.grid", f"{len(skipped)} of {len(grid)} grid points skipped: the plan's "
-                         f"{plan.knee_budget_s:.0f}s knee budget ran out (machine busy?); first skipped "
-                         f"(b, n) = {skipped[0]}"))
+            "knee.grid", f"{len(skipped)} of {len(grid)} grid points skipped: they would have overrun the "
+                         f"plan's {plan.knee_budget_s:.0f}s knee budget (machine busy?); first skipped (b, n) = "
+                         f"{tuple(skipped[0])}"))
     if len(points) < 3:
         run.unmeasured.append(Unmeasured("knee", f"only {len(points)} verify points measured; a fit needs 3"))
         return
@@ -425,7 +428,7 @@ def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
     fit = knee_mod.fit_knee((p.batch_size, p.tree_tokens, p.seconds) for p in points)
     info = target.info
     run.doc["knee"] = {
-        "target": {"name": info.name, "fingerprint": info.fingerprint, "dtype": TARGET_DTYPE,
+        "target": {"name": info.name, "fingerprint": info.fingerprint, "dtype": options.dtype,
                    "num_layers": info.num_layers, "hidden_size": info.hidden_size, "vocab_size": info.vocab_size},
         "prefix_tokens": points[0].prefix_tokens if points else plan.prefix_tokens,
         "grid": [list(bn) for bn in grid],
@@ -529,6 +532,8 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
     device = resolve_device(options.device)
     if options.target != "default" and not Path(options.target).exists():
         raise ScyllaError(f"--target {options.target}: no such model folder (give 'default' or a Hugging Face model dir)")
+    if options.dtype not in TARGET_DTYPES:
+        raise ScyllaError(f"--dtype {options.dtype}: choose one of {', '.join(TARGET_DTYPES)}")
     if options.depth < 1:
         raise ScyllaError(f"--depth must be at least 1, got {options.depth}")
     if device.type == "cuda":
@@ -537,8 +542,8 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
     facts = collect_device_facts(device)
     run = _Run(device=device, facts=facts, plan=plan, unmeasured=list(facts.unmeasured))
     run.doc["created_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    run.doc["options"] = {"device": options.device, "target": options.target, "quick": options.quick,
-                          "depth": options.depth, "plan": dataclasses.asdict(plan)}
+    run.doc["options"] = {"device": options.device, "target": options.target, "dtype": options.dtype,
+                          "quick": options.quick, "depth": options.depth, "plan": dataclasses.asdict(plan)}
     run.doc["device"] = facts.to_json()
     # Other processes on the CPUs slow and skew every timing (torch's OpenMP threads stall
     # at barriers when a core is taken); the load before and after says how far to trust them.
@@ -551,7 +556,7 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
     phases: list[tuple[str, Callable[[], None]]] = [
         ("bandwidth", lambda: _bandwidth(run, progress)),
         ("compute", lambda: _compute(run, progress)),
-        ("i_crit", lambda: _spec_and_icrit(run)),
+        ("i_crit", lambda: _spec_and_icrit(run, options.dtype)),
         ("knee", lambda: _knee(run, options, progress)),
         ("policy", lambda: _policy(run, options.depth)),
     ]

@@ -1,5 +1,7 @@
 """The verify knee against the real embedded target (fp32: the exactness path on CPU)."""
 
+import time
+
 import pytest
 import torch
 
@@ -53,8 +55,9 @@ def test_measure_knee_small_grid(target):
     points, skipped = knee_mod.measure_knee(target, grid, prefix_tokens=PREFIX, timer=Timer("cpu", clock="wall"),
                                             warmup=0, reps=2, on_point=seen.append)
     assert not skipped and len(points) == len(grid) == len(seen)
-    assert [(p.batch_size, p.tree_tokens) for p in points] == grid
-    assert {p.cache_source for p in points if p.batch_size == 2} == {"replicated"}
+    # cheapest first: in order of tokens in flight, so a budget cut keeps every batch size
+    assert [(p.batch_size, p.tree_tokens) for p in points] == [(1, 1), (2, 1), (1, 4), (2, 4)]
+    assert {p.batch_size: p.cache_source for p in points} == {1: "prefill", 2: "replicated"}
     assert all(len(p.timing.samples_s) == 2 and p.seconds > 0 for p in points)
     rows = [r for p in points for r in p.rows()]
     assert len(rows) == 2 * len(grid) and {"seconds", "tokens_in_flight", "prefill_s"} <= set(rows[0])
@@ -62,11 +65,11 @@ def test_measure_knee_small_grid(target):
     assert fit.measured_range == (1, 8) and 1 <= fit.knee_tokens <= 8 and fit.points == 4
 
 
-def test_measure_knee_budget_skips_the_expensive_end(target):
+def test_measure_knee_deadline_skips_what_would_overrun(target):
     grid = knee_mod.knee_grid((1, 2), (1, 2), 4)
     points, skipped = knee_mod.measure_knee(target, grid, prefix_tokens=PREFIX, timer=Timer("cpu", clock="wall"),
-                                            warmup=0, reps=1, budget_s=0.0)
-    assert points == [] and skipped == grid
+                                            warmup=0, reps=1, deadline=time.perf_counter() - 1)
+    assert points == [] and skipped == [(1, 1), (1, 2), (2, 1), (2, 2)]
 
 
 def test_verify_cost_arithmetic(target):

@@ -12,31 +12,47 @@ def _fmt(value: float | None, unit: str, scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value / scale:.3g} {unit}"
 
 
+def _auto_threads() -> int:
+    """Every CPU this process may use, unless other processes already keep them busy.
+
+    torch's OpenMP threads wait for each other at every parallel region; when another
+    process holds one of the cores, a two-thread matmul stalls (10x and worse measured on
+    the project's 2-core machines) while one thread merely shares its core.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cpus > 1 and load >= cpus:
+        click.echo(f"warning: load average {load:.1f} on {cpus} CPUs: measuring with 1 thread; timings will "
+                   "be slower and noisier than on an idle machine (--threads N to override)", err=True)
+        return 1
+    return cpus
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", default="auto", show_default=True,
               help="auto | cuda | cpu (or cuda:N): the device to measure.")
 @click.option("--target", default="default", show_default=True,
               help="Target model for the verify knee: 'default' (embedded SmolLM2-135M) or a Hugging Face model folder.")
+@click.option("--dtype", default="bfloat16", show_default=True,
+              type=click.Choice(["bfloat16", "float16", "float32"]),
+              help="Target dtype for the verify knee; I_crit is quoted for this dtype.")
 @click.option("--quick", is_flag=True, help="A smaller grid (under two minutes on a 2-core CPU).")
 @click.option("--depth", default=5, show_default=True, type=click.IntRange(min=1),
               help="Tree depth the top-k policy table in profile.json is computed for.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads [default: every CPU this process may use].")
+              help="torch CPU threads [default: every CPU this process may use, or 1 when the "
+                   "load average already fills them: busy cores stall multi-threaded torch].")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for profile.json, the Parquet tables and the roofline figure.")
-def profile(device: str, target: str, quick: bool, depth: int, threads: int | None, out: Path) -> None:
+def profile(device: str, target: str, dtype: str, quick: bool, depth: int, threads: int | None,
+            out: Path) -> None:
     """Measure bandwidth and compute peaks, I_crit, the verify knee and the top-k policy."""
     import torch
 
     from roofline.profile import ProfileOptions, run_profile
 
-    # Measure with every core this process may use (torch defaults to physical cores).
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(threads or cpus)
-    if hasattr(os, "getloadavg") and os.getloadavg()[0] > cpus:
-        click.echo(f"warning: load average {os.getloadavg()[0]:.1f} on {cpus} CPUs: other processes will slow "
-                   "and skew these timings (consider --threads 1)", err=True)
-    doc = run_profile(ProfileOptions(out=out, device=device, target=target, quick=quick, depth=depth))
+    torch.set_num_threads(threads or _auto_threads())
+    doc = run_profile(ProfileOptions(out=out, device=device, target=target, dtype=dtype, quick=quick, depth=depth))
 
     bw = doc.get("bandwidth_bytes_per_s") or {}
     click.echo(f"device: {doc['device']['name']} ({doc['device']['device']}, "
