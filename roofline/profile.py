@@ -140,7 +140,7 @@ PLANS: dict[tuple[str, bool], Plan] = {
     ("cuda", True): Plan(
         bw_llc_multiples=(16, 64), bw_min_bytes=512 * MiB,
         bw_configs=(LaunchConfig(4096, 4), LaunchConfig(8192, 8), LaunchConfig(16384, 8)),
-        bw_warmup=3, bw_reps=10, mm_sizes=(2048, 4096, 8192), mm_budget_s=0.2, mm_warmup=3, mm_reps=10,
+        bw_warmup=3, bw_reps=10, mm_sizes=(2048, 4096, 8192, 16384), mm_budget_s=0.2, mm_warmup=3, mm_reps=10,
         knee_batches=(1, 2, 4, 8, 16, 32, 64), knee_tokens=_POW2_TOKENS, knee_max_in_flight=8192,
         knee_warmup=2, knee_reps=5,
     ),

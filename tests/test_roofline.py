@@ -351,3 +351,16 @@ def test_profile_rejects_bad_arguments(tmp_path):
             prof.resolve_device("cuda")
     with pytest.raises(ScyllaError):
         prof.resolve_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cli_profile_cuda_without_gpu_is_a_user_error(tmp_path):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    result = CliRunner().invoke(cli, ["profile", "--device", "cuda", "--threads", "1", "--out", str(tmp_path)])
+    assert isinstance(result.exception, ScyllaError)  # main() prints it as one line, exit status 1
+    assert "--device cuda" in str(result.exception) and "no CUDA device" in str(result.exception)
+    assert "\n" not in str(result.exception)
+    assert not (tmp_path / "profile.json").exists()
