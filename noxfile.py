@@ -35,3 +35,14 @@ def slow(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The main job: quick profile, default sweep, HTML report, micro-benchmarks, regression checks.
+
+    `nox -s bench -- --update-baseline` refreshes the committed baselines; other options:
+    `nox -s bench -- --help` (reports/bench.py).
+    """
+    _install(session)
+    session.run("python", "-m", "reports.bench", *session.posargs)

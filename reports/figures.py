@@ -71,11 +71,13 @@ def roofline(profiles: list) -> str | None:
     n = len(cs)
     fig, axes = plt.subplots(1, n, figsize=(WIDTH if n > 1 else WIDTH * 0.62, 3.6), squeeze=False)
     for ax, (p, c) in zip(axes[0], cs):
-        peak_dtype = max(c.compute, key=c.compute.get)
+        # The ridge is drawn for the dtype the profile computed I_crit with (the serving
+        # dtype), falling back to the fastest one measured.
+        peak_dtype = c.i_crit_dtype if c.i_crit_dtype in c.compute else max(c.compute, key=c.compute.get)
         ridge = c.compute[peak_dtype] / c.bandwidth
         xs = np.logspace(np.log10(ridge) - 3, np.log10(ridge) + 2.5, 200)
-        ax.plot(xs, np.minimum(c.bandwidth * xs, c.compute[peak_dtype]), color="#222222", lw=2,
-                label=f"measured ({c.bandwidth_kernel} {fmt_si(c.bandwidth, 'B/s')})")
+        ax.plot(xs, np.minimum(c.bandwidth * xs, c.compute[peak_dtype]), color="#222222", lw=2.5, alpha=0.35,
+                label=f"measured, {peak_dtype} ({c.bandwidth_kernel} {fmt_si(c.bandwidth, 'B/s')})")
         for i, (dt, fl) in enumerate(sorted(c.compute.items(), key=lambda kv: -kv[1])):
             # Each dtype's own roof: the bandwidth slope up to its ridge, then flat.
             ax.plot(xs, np.minimum(c.bandwidth * xs, fl), color=sns.color_palette("deep")[i % 10], lw=1,
@@ -85,7 +87,7 @@ def roofline(profiles: list) -> str | None:
             ax.plot(xs, np.minimum(c.spec_bandwidth * xs, sp), color="#222222", lw=1, ls="--",
                     label=f"spec sheet ({fmt_si(c.spec_bandwidth, 'B/s')}, {fmt_si(sp, 'FLOP/s')})")
         ax.axvline(ridge, color="#c44e52", ls=":", lw=1.2)
-        ax.annotate(f"I_crit = {ridge:.3g} FLOP/B", (ridge, c.compute[peak_dtype]), xytext=(6, -14),
+        ax.annotate(f"I_crit = {ridge:.3g} FLOP/B ({peak_dtype})", (ridge, c.compute[peak_dtype]), xytext=(6, -14),
                     textcoords="offset points", color="#c44e52", fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -105,20 +107,25 @@ def knee(profiles: list, points: list[pd.DataFrame], fits: list[KneeFit | None])
     n = len(items)
     fig, axes = plt.subplots(1, n, figsize=(WIDTH if n > 1 else WIDTH * 0.62, 3.4), squeeze=False)
     for ax, (p, pts, fit) in zip(axes[0], items):
-        sns.scatterplot(data=pts, x="tokens", y=pts["time_s"] * 1e3, hue="batch_size", palette="viridis",
-                        ax=ax, s=28, legend="full")
+        batches = sorted(pts["batch_size"].unique())
+        colors = dict(zip(batches, sns.color_palette("viridis", len(batches))))
+        for b in batches:
+            g = pts[pts["batch_size"] == b].sort_values("tokens")
+            ax.scatter(g["tokens"], g["time_s"] * 1e3, color=colors[b], s=22, label=f"b = {int(b)}", zorder=3)
+            if fit is not None:
+                # The fitted T(b, n) for this batch size, over the n range it was measured on.
+                xs = np.linspace(g["tokens"].min(), g["tokens"].max(), 100)
+                ax.plot(xs, fit(b, xs) * 1e3, color=colors[b], lw=1, alpha=0.8)
         if fit is not None:
-            xs = np.logspace(0, np.log10(max(pts["tokens"].max(), fit.knee) * 1.2), 200)
-            ax.plot(xs, fit(xs) * 1e3, color="#222222", lw=1.2,
-                    label=f"T = {fit.t0 * 1e3:.3g} ms + {fit.slope * 1e6:.3g} us x max(0, bn - {fit.knee:g})")
             ax.axvline(fit.knee, color="#c44e52", ls=":", lw=1.2)
-            ax.annotate(f"knee {fit.knee:g} tokens", (fit.knee, fit.t0 * 1e3), xytext=(5, 8),
+            ax.annotate(f"knee {fit.knee:g} tokens", (fit.knee, float(pts["time_s"].min()) * 1e3), xytext=(5, 8),
                         textcoords="offset points", color="#c44e52", fontsize=8)
+            ax.text(0.02, 0.02, fit.describe(), transform=ax.transAxes, fontsize=7, color="#222222")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens in flight b x n")
         ax.set_ylabel("verify forward (ms)")
         ax.set_title(p.name)
-        ax.legend(fontsize=7, title="batch", title_fontsize=7, frameon=False, loc="upper left")
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.tight_layout()
     return to_svg(fig)
 
@@ -131,10 +138,12 @@ def tau_bars(tau: pd.DataFrame) -> str | None:
     spec = [m for m in tau.columns if m != "ar"]
     if not spec:
         return None
+    if len(tau.index) == 2 and "all" in tau.index:
+        tau = tau.drop(index="all")  # one dataset: its "all" bar would only repeat it
     long = tau[spec].reset_index().melt(id_vars="dataset", var_name="method", value_name="tau").dropna()
     if long.empty:
         return None
-    long["Dataset"] = long["dataset"].map(dataset_label)
+    long["Dataset"] = long["dataset"].map(lambda d: "all datasets" if d == "all" else dataset_label(d))
     long["Method"] = long["method"].map(method_label)
     pal = {method_label(m): c for m, c in method_palette(spec).items()}
     fig, ax = plt.subplots(figsize=(WIDTH, 3.4))

@@ -1,0 +1,257 @@
+"""`nox -s bench`: the main job. Profile, sweep, report, micro-benchmarks, regression checks.
+
+    python -m reports.bench [--out bench-results] [--update-baseline] [--plant shrink-tree] ...
+
+Steps, each a subprocess of the public CLI so the job exercises exactly what users run:
+1. `scylla profile --quick` -> OUT/profile (needed by top_k auto);
+2. `scylla sweep` on the embedded default target: AR and each method, a few prompts from
+   each of the six datasets, batch 1 and 4, a fixed top_k and auto -> OUT/sweep;
+3. `scylla report` -> OUT/report.html, and a summary table on stdout;
+4. pytest-benchmark micro-benchmarks (tests/benchmarks) compared with
+   reports/bench_micro_baseline.json through `--benchmark-compare`;
+5. the sweep's figures (tau at T=0, spec/AR throughput ratios) against
+   reports/bench_baseline.json (reports/regression.py says how).
+A regression exits 1 with one line per failing figure. `--update-baseline` rewrites both
+baselines from this run instead of comparing.
+
+`--plant shrink-tree` (or SCYLLA_BENCH_PLANT=shrink-tree) runs the sweep with a smaller
+tree than the one it records in its configuration: a deliberate regression, to show the
+check catches one (tests/test_report_bench.py runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from reports import regression
+from workloads.errors import ScyllaError
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINE = Path(__file__).resolve().parent / "bench_baseline.json"
+MICRO_BASELINE = Path(__file__).resolve().parent / "bench_micro_baseline.json"
+SHARED_EVAL = REPO.parent / "shared" / "data" / "eagle-eval"
+DATASETS = "mt_bench,humaneval,gsm8k,alpaca,cnn_dm,natural_questions"
+METHODS = ("eagle2", "eagle3", "scylla")
+# A planted regression: the tree a buggy commit might build instead of the requested one.
+PLANTS = {"shrink-tree": {"depths": "2", "total_tokens": "6"}}
+# The micro-benchmarks' own check: the fastest round (min, the figure least disturbed by
+# other processes) may not get slower than this, relative to the committed file.
+MICRO_FAIL = "min:100%"
+
+
+def _say(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def _run(cmd: list[str], what: str) -> None:
+    _say(f"{what}: {' '.join(cmd)}")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        raise ScyllaError(f"{what} failed (exit {proc.returncode}); its output is above")
+    _say(f"{what} took {time.perf_counter() - t0:.0f} s")
+
+
+def _scylla(*args: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", *args]
+
+
+def resolve_drafts(given: list[str], methods=METHODS) -> tuple[list[str], bool]:
+    """METHOD=SPEC per speculative method, and whether they are trained checkpoints.
+
+    Order: --draft flags, then $SCYLLA_BENCH_DRAFTS ("eagle2=DIR,eagle3=DIR,scylla=DIR").
+    Without either, random-init drafts are used and said so loudly: their tau says
+    nothing about acceptance, but the job's plumbing, timing and lossless check still run.
+    """
+    specs = list(given)
+    env = os.environ.get("SCYLLA_BENCH_DRAFTS", "")
+    if not specs and env:
+        specs = [s.strip() for s in env.split(",") if s.strip()]
+    specs = [s for s in specs if s.split("=", 1)[0] in methods]
+    have = {s.split("=", 1)[0] for s in specs}
+    trained = bool(specs)
+    for m in methods:
+        if m not in have:
+            specs.append(f"{m}=random:{m}")
+            trained = False
+    return specs, trained
+
+
+def sweep_config(args, drafts: list[str]) -> dict:
+    """The sweep as recorded in the baseline (the plant, if any, is deliberately not in it)."""
+    return {
+        "target": "default",
+        "methods": ",".join(args.methods),
+        # Folder names, not absolute paths: the same drafts on another checkout compare equal.
+        "drafts": sorted(d.split("=", 1)[0] + "=" + Path(d.split("=", 1)[1]).name if "random:" not in d else d
+                         for d in drafts),
+        "datasets": args.datasets,
+        "batch_sizes": args.batch_sizes,
+        "top_k": args.top_k,
+        "depths": args.depths,
+        "total_tokens": args.total_tokens,
+        "temperatures": "0",
+        "prompts": args.prompts,
+        "max_new_tokens": args.max_new_tokens,
+    }
+
+
+def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None, plant: str | None) -> list[str]:
+    run = dict(cfg, drafts=drafts)
+    if plant:
+        run.update(PLANTS[plant])
+    cmd = _scylla(
+        "sweep", "--target", run["target"], "--methods", "ar," + run["methods"],
+        "--datasets", run["datasets"], "--batch-sizes", run["batch_sizes"], "--top-k", run["top_k"],
+        "--depths", run["depths"], "--total-tokens", run["total_tokens"], "--temperatures", run["temperatures"],
+        "--prompts", str(run["prompts"]), "--max-new-tokens", str(run["max_new_tokens"]), "--out", str(out),
+    )
+    for d in run["drafts"]:
+        cmd += ["--draft", d]
+    if profile is not None:
+        cmd += ["--profile", str(profile)]
+    if SHARED_EVAL.is_dir():
+        cmd += ["--data-dir", str(SHARED_EVAL)]
+    return cmd
+
+
+def micro_benchmarks(out: Path, update: bool, skip: bool) -> str | None:
+    """Run tests/benchmarks; returns a failure line, or None."""
+    if skip:
+        _say("micro-benchmarks skipped (--skip-micro)")
+        return None
+    result = out / "micro.json"
+    cmd = [sys.executable, "-m", "pytest", "tests/benchmarks", "-m", "bench", "-q", "-p", "no:cacheprovider",
+           "--benchmark-min-rounds=5", "--benchmark-max-time=1", f"--benchmark-json={result}",
+           "--benchmark-columns=min,median,max,rounds"]
+    compare = not update and MICRO_BASELINE.is_file()
+    if compare:
+        cmd += [f"--benchmark-compare={MICRO_BASELINE}", f"--benchmark-compare-fail={MICRO_FAIL}"]
+    elif not update:
+        _say(f"no {MICRO_BASELINE.name} yet: micro-benchmarks run without a comparison")
+    _say("micro-benchmarks: " + " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        return (f"micro-benchmarks: pytest exited {proc.returncode} (a benchmark failed, or one got slower "
+                f"than the baseline beyond {MICRO_FAIL}; the table above names it)")
+    if update:
+        shutil.copyfile(result, MICRO_BASELINE)
+        _say(f"wrote {MICRO_BASELINE.relative_to(REPO)}")
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="nox -s bench --", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=REPO / "bench-results")
+    ap.add_argument("--update-baseline", action="store_true", help="rewrite the committed baselines from this run")
+    ap.add_argument("--baseline", type=Path, default=BASELINE)
+    ap.add_argument("--draft", action="append", default=[], metavar="METHOD=SPEC",
+                    help="draft per method (checkpoint folder); default $SCYLLA_BENCH_DRAFTS, else random-init")
+    ap.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=METHODS)
+    ap.add_argument("--datasets", default=DATASETS)
+    ap.add_argument("--batch-sizes", default="1,4")
+    ap.add_argument("--top-k", default="4,auto")
+    ap.add_argument("--depths", default="5")
+    ap.add_argument("--total-tokens", default="60")
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--tolerance", type=float, default=None,
+                    help=f"allowed drop of spec/AR ratios (default: the baseline's, else {regression.DEFAULT_RATIO_TOLERANCE})")
+    ap.add_argument("--plant", choices=sorted(PLANTS), default=os.environ.get("SCYLLA_BENCH_PLANT") or None,
+                    help="run with a deliberate regression (also $SCYLLA_BENCH_PLANT)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile (then top_k auto cannot run)")
+    ap.add_argument("--skip-micro", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="reuse OUT/profile and finished sweep cells")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    out: Path = args.out
+    try:
+        if out.exists() and not args.resume:
+            shutil.rmtree(out)  # a fresh run: stale cells must not mix into the figures
+        out.mkdir(parents=True, exist_ok=True)
+        drafts, trained = resolve_drafts(args.draft, args.methods)
+        if not trained:
+            _say("=" * 72)
+            _say("NO TRAINED DRAFTS GIVEN: random-init drafts for " + ", ".join(
+                d.split("=")[0] for d in drafts if "random:" in d) + ".")
+            _say("tau will be near 1 and says nothing about acceptance; pass --draft METHOD=DIR")
+            _say("or set SCYLLA_BENCH_DRAFTS to measure trained drafts.")
+            _say("=" * 72)
+        if args.plant:
+            _say(f"PLANTED REGRESSION '{args.plant}': the sweep runs with {PLANTS[args.plant]}")
+        cfg = sweep_config(args, drafts)
+
+        profile = None if args.no_profile else out / "profile"
+        if profile is not None and not (args.resume and (profile / "profile.json").is_file()):
+            _run(_scylla("profile", "--quick", "--out", str(profile)), "profile")
+        sweep_dir = out / "sweep"
+        cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant)
+        if args.resume and sweep_dir.exists():
+            cmd.append("--resume")
+        _run(cmd, "sweep")
+        report_cmd = _scylla("report", str(sweep_dir), "-o", str(out / "report.html"), "--title", "scylla-bench: nox -s bench")
+        if profile is not None:
+            report_cmd += ["--profile", str(profile)]
+        _run(report_cmd, "report")
+
+        cells = pd.read_parquet(sweep_dir / "results.parquet")
+        print("\n" + regression.summary_table(cells) + "\n", flush=True)
+
+        failures: list[str] = []
+        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro)
+        if micro:
+            failures.append(micro)
+
+        figs = regression.figures(cells)
+        (out / "figures.json").write_text(json.dumps(figs, indent=1, sort_keys=True) + "\n")
+        if args.update_baseline:
+            if args.plant:
+                raise ScyllaError("refusing to write a baseline from a run with a planted regression")
+            tol = args.tolerance if args.tolerance is not None else regression.DEFAULT_RATIO_TOLERANCE
+            base = regression.make_baseline(figs, cfg, tol, _git_commit())
+            args.baseline.write_text(json.dumps(base, indent=1) + "\n")
+            _say(f"wrote {args.baseline} ({len(base['tau'])} tau figures, {len(base['ratio'])} ratios)")
+        else:
+            verdict = regression.compare(figs, regression.read_baseline(args.baseline), cfg, args.tolerance)
+            for n in verdict.notes:
+                _say("note: " + n)
+            failures += verdict.failures
+            if verdict.ok:
+                _say(f"sweep figures: {len(figs['tau'])} tau and {len(figs['ratio'])} ratios within the baseline")
+    except ScyllaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        _say(f"took {time.perf_counter() - t_start:.0f} s")
+        return 1
+    _say(f"report: {out / 'report.html'}")
+    _say(f"took {time.perf_counter() - t_start:.0f} s")
+    if failures:
+        print(f"REGRESSION ({len(failures)}):", file=sys.stderr)
+        for f in failures:
+            print("  " + f, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
