@@ -134,8 +134,8 @@ PLANS: dict[tuple[str, bool], Plan] = {
     ("cpu", False): Plan(
         bw_llc_multiples=(0.25, 1, 4, 8, 16), bw_min_bytes=256 * MiB, bw_configs=(LaunchConfig(4096, 8),),
         bw_warmup=2, bw_reps=9, mm_sizes=(256, 512, 1024, 2048), mm_budget_s=1.5, mm_warmup=1, mm_reps=5,
-        knee_batches=(1, 2, 4, 8, 16, 32), knee_tokens=_POW2_TOKENS, knee_max_in_flight=512,
-        knee_warmup=1, knee_reps=5,
+        knee_batches=(1, 2, 4, 8, 16, 32), knee_tokens=_POW2_TOKENS, knee_max_in_flight=256,
+        knee_warmup=1, knee_reps=5, knee_budget_s=480.0,
     ),
     ("cuda", True): Plan(
         bw_llc_multiples=(16, 64), bw_min_bytes=512 * MiB,
@@ -505,7 +505,7 @@ def _write_outputs(run: _Run, out: Path, sampler: NvmlSampler) -> None:
     except Exception as err:  # a plotting problem must not lose the measurements
         run.doc["figures"] = []
         run.unmeasured.append(Unmeasured("figures", f"{type(err).__name__}: {err}"))
-    run.doc["unmeasured"] = [u.to_json() for u in run.unmeasured]
+    run.doc["unmeasured"] = [u.to_json() for u in dict.fromkeys(run.unmeasured)]  # once each, in order
     body = _jsonable(run.doc)
     body.pop("profile_id", None)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -514,9 +514,13 @@ def _write_outputs(run: _Run, out: Path, sampler: NvmlSampler) -> None:
     run.doc = doc
 
 
-def _planned_steps(plan: Plan, device: torch.device, n_sizes: int) -> int:
+def _planned_steps(plan: Plan, device: torch.device) -> int:
+    """Progress-bar length: one step per bandwidth cell, cross-check, dtype, target load, knee point."""
     grid = knee_mod.knee_grid(plan.knee_batches, plan.knee_tokens, plan.knee_max_in_flight)
-    return n_sizes * len(bw_mod.KERNELS) + 1 + len(mm_mod.MODES) + 1 + len(grid)
+    backends = sum(bw_mod.backend_unavailable(b, device) is None for b in bw_mod.BACKENDS)
+    modes = sum(mm_mod.mode_unavailable(m, device) is None for m in mm_mod.MODES.values())
+    cross_check = 1 if device.type == "cpu" else 0
+    return len(plan.bw_llc_multiples) * len(bw_mod.KERNELS) * backends + cross_check + modes + 1 + len(grid)
 
 
 def _loadavg() -> list[float] | None:
@@ -548,7 +552,7 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
     # Other processes on the CPUs slow and skew every timing (torch's OpenMP threads stall
     # at barriers when a core is taken); the load before and after says how far to trust them.
     run.doc["machine_load"] = {"loadavg_start": _loadavg(), "cpus_available": facts.cpu.cpus_available}
-    progress = _Progress(_planned_steps(plan, device, len(plan.bw_llc_multiples)), options.progress)
+    progress = _Progress(_planned_steps(plan, device), options.progress)
     sampler = NvmlSampler(interval_s=0.1, devices=None)
     if not sampler.available:
         run.unmeasured.append(Unmeasured("nvml_samples", sampler.reason or "no GPU"))

@@ -364,3 +364,35 @@ def test_cli_profile_cuda_without_gpu_is_a_user_error(tmp_path):
     assert "--device cuda" in str(result.exception) and "no CUDA device" in str(result.exception)
     assert "\n" not in str(result.exception)
     assert not (tmp_path / "profile.json").exists()
+
+
+# -- long checks (nox -s slow) -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torch_triad_agrees_with_numpy_past_the_llc():
+    llc = collect_device_facts("cpu").llc_bytes or 32 << 20
+    n = bw.elements_for(8 * llc, bw.PATTERN_PERIOD)
+    check = bw.numpy_triad_crosscheck(n, threads=torch.get_num_threads(), flusher=CacheFlusher("cpu", llc),
+                                      warmup=1, reps=7)
+    assert check.numpy_verified
+    assert check.agrees, check.to_json()
+
+
+@pytest.mark.slow
+def test_quick_profile_end_to_end(tmp_path, default_model_dir):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    result = CliRunner().invoke(cli, ["profile", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "profile.json").read_text())
+    assert doc["knee_tokens"] >= 1 and doc["knee"]["fit"]["points"] >= 3
+    assert [e["batch_size"] for e in doc["topk_policy"]] == list(policy.DEFAULT_BATCH_SIZES)
+    assert doc["numpy_triad"]["numpy_verified"]
+    prof = policy.load_profile(tmp_path)
+    for e in doc["topk_policy"]:
+        assert policy.topk_for_batch(prof, e["batch_size"], e["depth"]) == (e["top_k"], e["total_tokens"])
+    for name in ("bandwidth", "compute", "knee", "numpy_triad"):
+        assert (tmp_path / f"{name}.parquet").exists()
