@@ -41,19 +41,21 @@ profile.json (schema_version 1). Units: bytes, seconds, FLOP; null = not measure
   "i_crit": {"dtype": str, "units": "FLOP/byte", "measured": float | null, "spec": float | null,
              "nvml_derived": float | null, "measured_per_dtype": {mode: float},
              "spec_per_dtype": {mode: float}, "bandwidth_bytes_per_s": float | null},
-  "knee_tokens": int | null,         # floor of the fitted knee: max tokens in flight per verify forward
+  "knee_tokens": int | null,         # floor of the fitted knee (>= 1): max tokens in flight per verify
+                                     # forward; what roofline.policy.load_profile/topk_for_batch read
   "knee": null | {"target": {name, fingerprint, dtype, num_layers, hidden_size, vocab_size},
                   "prefix_tokens": int, "grid": [[b, n]], "skipped": [[b, n]], "clock": str,
                   "fit": {knee_tokens, t0_s, per_row_s, per_token_s, rel_rmse, censored,
                           points, measured_range, model}},
   "topk_policy": [{"batch_size", "top_k", "total_tokens", "depth", "tokens_in_flight", "within_knee"}],
+                                     # batch sizes 1..64 (powers of 2); [] when no knee was measured
   "topk_policy_rule": {"formula", "tokens_per_topk_squared", "max_top_k", "depth"},
   "nvml": {available, reason, samples, interval_s, <field>_mean, <field>_max, missing?},
   "unmeasured": [{"what": str, "reason": str}],   # everything above that is null, and why
   "tables": {name: file},            # Parquet, one row per timed repetition (nvml: per sample)
   "figures": [file],                 # roofline.png, roofline.svg
   "machine_load": {"loadavg_start": [1m, 5m, 15m] | null, "loadavg_end": [...] | null, "cpus_available": int},
-  "phase_seconds": {phase: float}
+  "phase_seconds": {phase: float}     # bandwidth, compute, i_crit, knee (incl. target load), policy, total
 }
 
 Parquet tables beside it: bandwidth.parquet (kernel, backend, dtype, elements, buffer_bytes,
