@@ -46,6 +46,13 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def without(p: torch.Tensor, token: int) -> torch.Tensor:
+    """The residual after rejecting `token`: zero it and renormalise."""
+    p = p.clone()
+    p[token] = 0.0
+    return p / p.sum()
+
+
 def verify(tree: Tree, logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
            generator: torch.Generator | None = None) -> Verdict:
     if temperature == 0:
@@ -88,14 +95,13 @@ def verify_sampling(tree: Tree, logits: torch.Tensor, temperature: float, top_p:
             children.setdefault(parents[row][node], []).append(node)
         node, path = 0, [0]
         while True:
-            p = probs[row, node].clone()
+            p = probs[row, node]
             for child in children.get(node, []):
                 x = tokens[row][child]
                 if uniform[row][child] < p[x].item():
                     node = child
                     break
-                p[x] = 0.0
-                p = p / p.sum()
+                p = without(p, x)
             else:
                 bonus.append(int(torch.multinomial(p, 1, generator=generator)))
                 break

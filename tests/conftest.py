@@ -29,3 +29,21 @@ def default_model_dir() -> Path:
     from scylla_impl.embedded import ensure_default_model
 
     return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def target_fp32(default_model_dir):
+    """The embedded default target in float32: the exactness path."""
+    from scylla_impl.target import Target
+
+    return Target.load("default", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def mt_bench_prompts(shared_eval_dir, target_fp32) -> list[list[int]]:
+    """Token ids of the first turns of the MT-bench questions, through the chat template."""
+    from workloads import load_dataset
+    from workloads.chat import prompt_token_ids
+
+    prompts = load_dataset("mt_bench", data_dir=shared_eval_dir)
+    return [prompt_token_ids(target_fp32.tokenizer, p) for p in prompts]

@@ -1,0 +1,126 @@
+"""Greedy speculative decoding is lossless: token-for-token the AR baseline and transformers'
+own generate, on real MT-bench prompts, in float32, across drafts, tree shapes and batch sizes."""
+
+import pytest
+import torch
+
+from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.drafts import OracleDraft, load_draft
+
+N_PROMPTS = 20
+NEW_TOKENS = 20
+# (draft, top_k, depth, total_tokens, batch): every shape the issue names (top_k 1/4/10,
+# depth 1/5/8, total_tokens 8/60), each draft kind at batch 4 over all prompts and at batch 1.
+CASES = [
+    ("random:eagle2", 10, 5, 60, 4),
+    ("random:eagle3", 4, 8, 8, 4),
+    ("oracle", 4, 5, 60, 4),
+    ("random:scylla", 1, 8, 8, 1),
+    ("oracle", 10, 1, 8, 1),
+    ("random:eagle3", 10, 5, 60, 1),
+]
+
+
+@pytest.fixture(scope="module")
+def prompts(mt_bench_prompts):
+    return mt_bench_prompts[:N_PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def reference(target_fp32, prompts):
+    """transformers' own greedy generate, one prompt at a time, cut at EOS."""
+    eos = target_fp32.eos_ids
+    outs = []
+    for p in prompts:
+        ids = target_fp32.model.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                                         pad_token_id=target_fp32.tokenizer.pad_token_id)[0, len(p):].tolist()
+        cut = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        outs.append(ids[:cut])
+    return outs
+
+
+def _decode(target, prompts, draft, config, batch):
+    out = []
+    for i in range(0, len(prompts), batch):
+        out += generate(target, prompts[i:i + batch], draft, config).token_ids
+    return out
+
+
+def near_tie(target, prompt, common: list[int], tol: float = 1e-4) -> bool:
+    """True when the target's top two logits after prompt+common are within `tol`."""
+    with torch.no_grad():
+        logits = target.features(torch.tensor([prompt + common])).logits[0, -1]
+    top = logits.topk(2).values
+    return float(top[0] - top[1]) < tol
+
+
+def assert_same(target, prompts, got, want, label):
+    ties = 0
+    for p, g, w in zip(prompts, got, want):
+        if g == w:
+            continue
+        k = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), min(len(g), len(w)))
+        assert near_tie(target, p, w[:k]), f"{label}: output differs at token {k} with no near-tie: {g} vs {w}"
+        ties += 1
+    assert ties <= 1, f"{label}: {ties} near-tie differences in {len(prompts)} prompts"
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_ar_baseline_matches_transformers_generate(target_fp32, prompts, reference, batch):
+    config = DecodeConfig(max_new_tokens=NEW_TOKENS)
+    got = _decode(target_fp32, prompts, None, config, batch)
+    assert_same(target_fp32, prompts, got, reference, f"AR batch {batch}")
+
+
+@pytest.mark.parametrize("spec,top_k,depth,total,batch", CASES)
+def test_speculative_matches_ar(target_fp32, prompts, reference, spec, top_k, depth, total, batch):
+    draft = load_draft(spec, target_fp32, seed=1)
+    config = DecodeConfig(top_k=top_k, depth=depth, total_tokens=total, max_new_tokens=NEW_TOKENS)
+    subset = prompts if batch > 1 else prompts[:6]
+    got = _decode(target_fp32, subset, draft, config, batch)
+    assert_same(target_fp32, subset, got, reference[: len(subset)], f"{spec} k{top_k} d{depth} n{total} b{batch}")
+
+
+def test_oracle_accepts_whole_depth(target_fp32, prompts):
+    """Bookkeeping: every step that EOS or the limit did not cut emits depth + 1 tokens."""
+    # A chain (top_k 1): a wider tree keeps the global top-N by cumulative score, which
+    # may rank a likely sibling above the deep end of the greedy chain.
+    depth = 5
+    config = DecodeConfig(top_k=1, depth=depth, total_tokens=depth + 1, max_new_tokens=40)
+    result = generate(target_fp32, prompts[:4], load_draft("oracle", target_fp32), config)
+    stats = result.stats
+    full = partial = 0
+    for row in range(stats.active.shape[1]):
+        steps = stats.active[:, row].nonzero()[0]
+        for s in steps[:-1]:  # the last step of a row may be cut by EOS or max_new_tokens
+            full += stats.emitted[s, row] == depth + 1
+            partial += stats.emitted[s, row] != depth + 1
+    assert full > 0
+    assert partial == 0, f"{partial} uncut oracle steps emitted fewer than depth+1 tokens"
+    uncut = stats.emitted[stats.active].sum() - sum(len(t) - 1 for t in result.token_ids)
+    assert uncut == 0  # emitted counters equal the tokens actually returned (minus prefill's)
+
+
+class PartialOracle(OracleDraft):
+    """The oracle, except that row r's proposals are scrambled at tree level r + 2, so rows
+    accept different numbers of tokens per step."""
+
+    def expand(self, tokens, hidden, depths, new_mask):
+        logprobs, out = super().expand(tokens, hidden, depths, new_mask)
+        for row in range(tokens.shape[0]):
+            if int(depths[row, 0]) == row:  # depths holds level - 2
+                logprobs[row] = torch.log_softmax(-logprobs[row], dim=-1)  # least likely first
+        return logprobs, out
+
+
+def test_rows_accepting_different_amounts_match_single_runs(target_fp32, prompts):
+    """A batch whose rows accept different numbers of tokens gives each row's solo output."""
+    config = DecodeConfig(top_k=2, depth=4, total_tokens=8, max_new_tokens=NEW_TOKENS)
+    batch = prompts[4:8]
+    together = generate(target_fp32, batch, PartialOracle(target_fp32), config)
+    alone = [generate(target_fp32, [p], PartialOracle(target_fp32), config).token_ids[0] for p in batch]
+    reference = _decode(target_fp32, batch, None, config, 4)
+    assert_same(target_fp32, batch, together.token_ids, reference, "partial oracle batch")
+    assert_same(target_fp32, batch, alone, reference, "oracle alone")
+    first_steps = together.stats.accepted[0].tolist()
+    assert len(set(first_steps)) >= 3, f"rows should accept different amounts, got {first_steps}"

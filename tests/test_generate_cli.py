@@ -1,0 +1,67 @@
+"""`scylla generate` end to end in a real subprocess: JSON output and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def scylla(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error:") or lines[0].startswith("Error:"), lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_generate_json_speculative(default_model_dir):
+    done = scylla("generate", "--prompt", "Name three primary colors.", "--prompt", "What is 2+2?",
+                  "--method", "spec", "--draft", "random:scylla", "--layers", "2", "--top-k", "4",
+                  "--depth", "3", "--total-tokens", "12", "--max-new-tokens", "8", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert len(out["outputs"]) == 2
+    assert all(1 <= len(o["token_ids"]) <= 8 for o in out["outputs"])
+    assert out["steps"] >= 1 and out["tau"] >= 1.0 and out["tokens_per_s"] > 0
+
+
+def test_generate_ar_tau_is_one(default_model_dir):
+    done = scylla("generate", "--prompt", "Say hello.", "--method", "ar", "--max-new-tokens", "6", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tau"] == 1.0
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--target", "/no/such/model"], ["cannot load target", "/no/such/model"]),
+    (["--top-k", "0"], ["top_k"]),
+    (["--top-k", "2", "--depth", "2", "--total-tokens", "40"], ["larger than the tree's pool"]),
+    (["--prompt", "   "], ["empty prompt"]),
+])
+def test_bad_input_is_one_line(args, words):
+    base = ["generate", "--method", "spec", "--draft", "random:eagle2", "--max-new-tokens", "4"]
+    if "--prompt" not in args:
+        base += ["--prompt", "hi"]
+    assert_one_line_error(scylla(*base, *args), *words)
+
+
+def test_draft_for_another_target_is_refused(tmp_path, default_model_dir):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from scylla_impl.drafts import new_draft
+    from scylla_impl.target import Target
+
+    tiny = tmp_path / "tiny-llama"
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=49152)
+    LlamaForCausalLM(config).save_pretrained(tiny)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tiny)
+    new_draft("eagle2", Target.load(str(tiny), dtype="float32")).save(tmp_path / "draft")
+    done = scylla("generate", "--prompt", "hi", "--draft", str(tmp_path / "draft"), "--max-new-tokens", "4")
+    assert_one_line_error(done, "was trained for target", str(tiny))
