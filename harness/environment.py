@@ -56,10 +56,19 @@ def cpu_name() -> str:
 
 
 def resolve_device(device: str) -> str:
+    """`auto` -> cuda when present, else cpu; a CUDA device that is not here is bad input."""
     import torch
+
+    from workloads.errors import ScyllaError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ScyllaError(f"device {device}: no CUDA device here (torch {torch.__version__}); use --device cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ScyllaError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
 
 

@@ -97,7 +97,9 @@ def _phase(name: str):
 
 
 class _DeviceSampler:
-    """Background NVML sampling during a cell, through roofline; empty without a GPU."""
+    """Background NVML sampling during a cell (roofline's sampler); empty without a GPU."""
+
+    COLUMNS = {"sm_clock_mhz_median": "sm_clock_mhz", "power_w_median": "power_w", "gpu_util_median": "gpu_util_pct"}
 
     def __init__(self, device: str):
         self._sampler = None
@@ -105,12 +107,10 @@ class _DeviceSampler:
             return
         try:
             from roofline.nvml_sampler import NvmlSampler
-        except ImportError:
-            return
-        try:
+
             index = int(device.split(":")[1]) if ":" in device else 0
-            self._sampler = NvmlSampler(index=index)
-        except Exception:
+            self._sampler = NvmlSampler(interval_s=0.1, devices=[index])
+        except Exception:  # sampling is optional: a cell never fails for it
             self._sampler = None
 
     def __enter__(self) -> _DeviceSampler:
@@ -125,21 +125,9 @@ class _DeviceSampler:
                 self._sampler.stop()
 
     def medians(self) -> dict[str, float | None]:
-        keys = {"sm_clock_mhz_median": "sm_clock_mhz", "power_w_median": "power_w", "gpu_util_median": "gpu_util"}
-        out: dict[str, float | None] = dict.fromkeys(keys)
-        if self._sampler is None:
-            return out
-        try:
-            samples = self._sampler.samples()
-        except Exception:
-            return out
-        for col, name in keys.items():
-            if isinstance(samples, dict):
-                values = samples.get(name)
-            else:
-                values = [getattr(s, name, None) if not isinstance(s, dict) else s.get(name) for s in samples]
-            out[col] = metrics.median_or_none(values)
-        return out
+        samples = list(getattr(self._sampler, "samples", None) or [])
+        return {col: metrics.median_or_none([getattr(s, name, None) for s in samples])
+                for col, name in self.COLUMNS.items()}
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -183,10 +171,16 @@ class CellWorker:
     # -- resources, loaded once ------------------------------------------------------
 
     def target(self):
+        """The target, loaded on first use. Failing to load it ends the sweep (every cell needs it)."""
         if self._target is None:
             from scylla_impl.target import Target
 
-            self._target = Target.load(self.settings.target, dtype=self.settings.dtype, device=self.device)
+            try:
+                self._target = Target.load(self.settings.target, dtype=self.settings.dtype, device=self.device)
+            except ScyllaError:
+                raise
+            except Exception as err:
+                raise ScyllaError(f"cannot load target {self.settings.target!r}: {_error_text(err)}") from None
         return self._target
 
     def draft(self, spec: str):
@@ -255,6 +249,7 @@ class CellWorker:
     def run(self, cell: Cell) -> CellOutcome:
         row = base_row(cell)
         row["started_at"] = datetime.now(UTC)
+        self.target()  # outside the cell's failure isolation: no target, no sweep
         row["device"] = self.device
         row["dtype"] = self.settings.dtype
         row["system_prompt"] = self.settings.system_prompt
@@ -453,6 +448,9 @@ def run_sweep(
         store.prepare()
         done = store.done()
         env = _driver_environment(spec)
+        if spec.executor == "local":  # the devices are this machine's: check before writing anything
+            environment.resolve_device(spec.device)
+        preflight_datasets(spec, [c for c in cells if c.status == PLANNED and c.cell_id not in done])
         store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),
                                  "environment": env, "cells": len(cells)})
         import yaml
@@ -504,6 +502,17 @@ def run_sweep(
                         derive(store, c, by_id, only_missing=True)
             report.results_path = store.consolidate(order)
     return report
+
+
+def preflight_datasets(spec: SweepSpec, cells: Sequence[Cell]) -> None:
+    """Every dataset the sweep will read must be available before any model loads (else ScyllaError)."""
+    import workloads
+
+    describe = getattr(workloads, "dataset_info", None)
+    if describe is None:
+        from workloads.datasets import dataset_info as describe
+    for name in dict.fromkeys(c.dataset for c in cells):
+        describe(name, data_dir=spec.data_dir)
 
 
 def derive(store: ResultStore, cell: Cell, by_id: dict[str, Cell], only_missing: bool = False) -> dict[str, Any] | None:

@@ -155,7 +155,7 @@ class ResultStore:
         return sorted(p for p in self.cells_dir.glob("*.parquet") if p.name.count(".") == 1)
 
     def has_results(self) -> bool:
-        return bool(self.row_files()) or self.results_path.exists()
+        return bool(self.row_files())
 
     def read_row(self, cell_id: str) -> dict[str, Any]:
         return _read_rows(self.row_path(cell_id))[0]

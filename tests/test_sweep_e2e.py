@@ -119,6 +119,14 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
+def test_cli_bad_device_fails_before_writing(tmp_path):
+    out = tmp_path / "o"
+    res = scylla("sweep", "--datasets", "gsm8k", "--device", "cuda:7", "--out", str(out))
+    assert res.returncode == 1 and "device cuda:7:" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not list(out.rglob("*.parquet"))
+
+
 def test_cli_unknown_yaml_key(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("datasets: [gsm8k]\nbatch_size: 4\n")

@@ -188,3 +188,56 @@ def test_dry_run_lists_cells_and_pruned(tmp_path):
     assert "combinations pruned" in res.output
     assert "batch_size 8 is larger than prompts (4)" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def write_profile(folder: Path, knee: float | None) -> Path:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"profile_id": "test-profile", "device": {"name": "cpu"}}
+    if knee is not None:
+        doc["knee_tokens"] = knee
+    (folder / "profile.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_auto_top_k_from_a_real_profile_folder(tmp_path):
+    from harness.environment import profile_id
+    from roofline.policy import load_profile, topk_for_batch
+
+    prof = write_profile(tmp_path / "prof", knee=64)
+    spec = build_spec(None, {"draft": ("scylla=random:scylla",), "datasets": "gsm8k", "batch_sizes": "1,4,16",
+                             "top_k": "4,auto", "depths": "5", "prompts": "16", "profile": str(prof)})
+    auto = [c for c in plan(spec) if c.top_k_setting == "auto"]
+    profile = load_profile(prof)
+    assert [(c.top_k, c.total_tokens) for c in auto] == [topk_for_batch(profile, b, 5) for b in (1, 4, 16)]
+    assert [c.top_k for c in auto] == sorted((c.top_k for c in auto), reverse=True)  # falls with batch size
+    assert all(c.status == PLANNED for c in auto)
+    assert profile_id(str(prof)) == "test-profile"
+
+
+def test_profile_without_knee_is_a_clear_error(tmp_path):
+    prof = write_profile(tmp_path / "prof", knee=None)
+    spec = build_spec(None, {"draft": ("scylla=random:scylla",), "datasets": "gsm8k", "top_k": "auto",
+                             "profile": str(prof)})
+    with pytest.raises(ScyllaError, match="no verify knee"):
+        plan(spec)
+
+
+def test_progress_bar_shows_tau_and_tokens_per_s_and_is_quiet_without_tty(capsys):
+    from harness.progress import BarProgress
+
+    cell = plan(spec_for())[1]
+    bar = BarProgress(enabled=True)
+    bar.start(3, skipped=1)
+    bar.cell_started(cell)
+    bar.cell_done(cell, {"status": "ok", "tau": 2.345, "tokens_per_s": 17.25})
+    bar.close()
+    err = capsys.readouterr().err
+    assert "tau=2.35" in err and "tok/s=17.2" in err and "1/3" in err and "1 done before" in err
+
+    quiet = BarProgress()  # stderr is captured here: not a terminal
+    quiet.start(3, 0)
+    quiet.cell_done(cell, {"status": "ok", "tau": 2.0, "tokens_per_s": 1.0})
+    quiet.close()
+    assert capsys.readouterr().err == ""
