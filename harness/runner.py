@@ -497,8 +497,8 @@ def run_sweep(
         finally:
             progress.close()
             with contextlib.suppress(Exception):
-                for c in cells:
-                    if c.status == PLANNED and not c.is_ar:
+                for c in sorted(cells, key=lambda c: not c.is_ar):  # AR rows first, then their dependents
+                    if c.status == PLANNED:
                         derive(store, c, by_id, only_missing=True)
             report.results_path = store.consolidate(order)
     return report
@@ -524,6 +524,8 @@ def derive(store: ResultStore, cell: Cell, by_id: dict[str, Cell], only_missing:
     if row["status"] != STATUS_OK:
         return row
     if cell.is_ar:
+        if only_missing and row["speedup_vs_ar"] is not None:
+            return row
         changes = {"ar_cell_id": cell.cell_id, "ar_tokens_per_s": row["tokens_per_s"],
                    "speedup_vs_ar": 1.0 if row["tokens_per_s"] else None}
     else:
