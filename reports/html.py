@@ -179,7 +179,7 @@ def _roofline(profs: list[Profile]) -> str:
                "Run <code>scylla profile --quick --out DIR</code> and pass <code>--profile DIR</code>.</p>"
     ceil = [profiles.ceilings(p) for p in profs]
     pts = [profiles.knee_points(p) for p in profs]
-    fits = [profiles.fit_knee(pt, profiles.knee_tokens(p)) for p, pt in zip(profs, pts)]
+    fits = [profiles.profile_fit(p) or profiles.fit_knee(pt, profiles.knee_tokens(p)) for p, pt in zip(profs, pts)]
     rows = []
 
     def si(v, unit):
@@ -192,10 +192,12 @@ def _roofline(profs: list[Profile]) -> str:
         rows.append((f"{dt} FLOP/s (measured)", [si(c.compute.get(dt), "FLOP/s") for c in ceil]))
         if any(dt in c.spec_compute for c in ceil):
             rows.append((f"{dt} FLOP/s (spec sheet)", [si(c.spec_compute.get(dt), "FLOP/s") if dt in c.spec_compute else "n/a" for c in ceil]))
-    rows.append(("I_crit measured (FLOP/byte)", [f"{c.i_crit:.3g}" if c.i_crit else "not measured" for c in ceil]))
+    rows.append(("I_crit measured (FLOP/byte)", [(f"{c.i_crit:.3g}" + (f" ({c.i_crit_dtype})" if c.i_crit_dtype else "")) if c.i_crit else "not measured" for c in ceil]))
     rows.append(("I_crit spec sheet (FLOP/byte)", [f"{c.i_crit_spec:.3g}" if c.i_crit_spec else "n/a" for c in ceil]))
-    rows.append(("verify knee (tokens in flight)", [f"{profiles.knee_tokens(p):g}" if profiles.knee_tokens(p) else "not measured" for p in profs]))
-    rows.append(("fitted T(b, n)", [f"{f.t0 * 1e3:.3g} ms + {f.slope * 1e6:.3g} us x max(0, bn - {f.knee:g})" if f else "too few points" for f in fits]))
+    rows.append(("verify knee (tokens in flight)", [
+        (f"{profiles.knee_tokens(p):g}" + (f" ({profiles.knee_note(p)})" if profiles.knee_note(p) else ""))
+        if profiles.knee_tokens(p) else "not measured" for p in profs]))
+    rows.append(("fitted T(b, n)", [f"{f.describe()} ({'profiler' if f.source == 'profile' else 'fitted by the report'})" if f else "too few points" for f in fits]))
     names = [p.name for p in profs]
     df = pd.DataFrame([[k, *v] for k, v in rows], columns=["quantity", *names])
     cols = [Col("quantity", "")] + [Col(n, n, wrap=True) for n in names]

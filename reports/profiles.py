@@ -24,6 +24,7 @@ class Ceilings:
     spec_compute: dict[str, float]
     i_crit: float | None  # measured, FLOP/byte
     i_crit_spec: float | None
+    i_crit_dtype: str | None = None  # the dtype whose peak the ridge is computed with
 
 
 def _numbers(d) -> dict[str, float]:
@@ -40,7 +41,12 @@ def _numbers(d) -> dict[str, float]:
 def ceilings(p: Profile) -> Ceilings:
     doc = p.doc
     bw = _numbers(doc.get("bandwidth_bytes_per_s"))
-    kernel = max(bw, key=bw.get) if bw else None
+    peak = number(doc, "bandwidth_peak_bytes_per_s")
+    if peak is not None:
+        kernel = doc.get("bandwidth_peak_kernel") or (max(bw, key=bw.get) if bw else None)
+    else:
+        kernel = max(bw, key=bw.get) if bw else None
+        peak = bw.get(kernel) if kernel else None
     compute = _numbers(doc.get("flops_per_s"))
     spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
     spec_bw = number(spec, "bandwidth_bytes_per_s") if spec else None
@@ -49,7 +55,8 @@ def ceilings(p: Profile) -> Ceilings:
     if i_crit is None:
         i_crit = number(doc, "i_crit")
     i_crit_spec = number(doc, "i_crit", "spec")
-    return Ceilings(bw.get(kernel) if kernel else None, kernel, compute, spec_bw, spec_compute, i_crit, i_crit_spec)
+    dtype = doc.get("i_crit", {}).get("dtype") if isinstance(doc.get("i_crit"), dict) else None
+    return Ceilings(peak, kernel, compute, spec_bw, spec_compute, i_crit, i_crit_spec, dtype)
 
 
 def _pick(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
@@ -66,7 +73,7 @@ def knee_points(p: Profile) -> pd.DataFrame:
             continue
         b = _pick(df, ("batch_size", "b", "batch", "rows"))
         n = _pick(df, ("tree_tokens", "n", "tokens_per_row", "n_tokens", "new_tokens"))
-        t = _pick(df, ("time_s", "median_s", "seconds", "t_s", "step_s"))
+        t = _pick(df, ("seconds", "time_s", "median_s", "t_s", "step_s"))
         if not (b and n and t):
             continue
         out = pd.DataFrame({
@@ -82,39 +89,81 @@ def knee_points(p: Profile) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class KneeFit:
-    """T(b, n) = t0 + slope * max(0, b*n - knee): flat until the knee, then linear."""
+    """T(b, n) = t0 + per_row * b + per_token * max(0, b*n - knee), roofline/knee.py's model.
+
+    Flat in tokens in flight up to the knee (the forward is bound by reading weights),
+    linear past it (bound by compute); per_row is the small cost of each extra row.
+    """
 
     knee: float
     t0: float
-    slope: float
+    per_token: float
+    per_row: float = 0.0
+    source: str = "profile"  # "profile": the profiler's own fit; "report": fitted here
 
-    def __call__(self, tokens):
+    def __call__(self, batch_size, tokens):
         x = np.asarray(tokens, dtype=float)
-        return self.t0 + self.slope * np.maximum(0.0, x - self.knee)
+        return self.t0 + self.per_row * np.asarray(batch_size, dtype=float) + self.per_token * np.maximum(0.0, x - self.knee)
+
+    def describe(self) -> str:
+        row = f" + {fmt_seconds(self.per_row)} x b" if self.per_row else ""
+        return f"T = {fmt_seconds(self.t0)}{row} + {fmt_seconds(self.per_token)} x max(0, bn - {self.knee:g})"
+
+
+def fmt_seconds(s: float) -> str:
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+def profile_fit(p: Profile) -> KneeFit | None:
+    """The profiler's own fit of T(b, n), when it recorded one."""
+    fit = (p.doc.get("knee") or {}).get("fit") if isinstance(p.doc.get("knee"), dict) else None
+    if not isinstance(fit, dict):
+        return None
+    k, t0, tok = number(fit, "knee_tokens"), number(fit, "t0_s"), number(fit, "per_token_s")
+    if k is None or t0 is None or tok is None:
+        return None
+    return KneeFit(k, t0, tok, number(fit, "per_row_s") or 0.0, "profile")
 
 
 def fit_knee(points: pd.DataFrame, knee: float | None) -> KneeFit | None:
-    """Fit the two-piece model; with no knee given, the knee minimising squared error."""
-    if len(points) < 3:
+    """Fit the model here (profiles without a recorded fit); no knee given: the best one."""
+    if len(points) < 4:
         return None
     x = points["tokens"].to_numpy(float)
+    b = points["batch_size"].to_numpy(float) if "batch_size" in points else np.ones_like(x)
     y = points["time_s"].to_numpy(float)
 
-    def solve(k: float) -> tuple[float, float, float]:
-        # Linear least squares in (t0, slope) for a fixed knee.
-        a = np.column_stack([np.ones_like(x), np.maximum(0.0, x - k)])
+    one_batch = len(np.unique(b)) < 2  # then per_row cannot be told apart from t0
+
+    def solve(k: float) -> tuple[np.ndarray, float]:
+        # Linear least squares in (t0, per_row, per_token) for a fixed knee.
+        cols = [np.ones_like(x), np.zeros_like(x) if one_batch else b, np.maximum(0.0, x - k)]
+        a = np.column_stack(cols)
         coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-        return float(coef[0]), float(coef[1]), float(np.sum((a @ coef - y) ** 2))
+        return coef, float(np.sum((a @ coef - y) ** 2))
 
     if knee is None:
-        cands = np.unique(x)
-        knee = float(min(cands, key=lambda k: solve(k)[2]))
-    t0, slope, _ = solve(float(knee))
-    return KneeFit(float(knee), t0, max(slope, 0.0))
+        knee = float(min(np.unique(x), key=lambda k: solve(k)[1]))
+    coef, _ = solve(float(knee))
+    # Negative per-row or per-token costs are noise around zero: report them as zero.
+    return KneeFit(float(knee), float(coef[0]), max(float(coef[2]), 0.0), max(float(coef[1]), 0.0), "report")
 
 
 def knee_tokens(p: Profile) -> float | None:
     return number(p.doc, "knee_tokens")
+
+
+def knee_note(p: Profile) -> str:
+    """The profiler's caveat on its knee (e.g. censored: the knee lies outside the measured range)."""
+    fit = (p.doc.get("knee") or {}).get("fit") if isinstance(p.doc.get("knee"), dict) else None
+    if isinstance(fit, dict) and fit.get("censored"):
+        rng = fit.get("measured_range")
+        where = f" the measured range {rng[0]}..{rng[1]}" if isinstance(rng, list) and len(rng) == 2 else " the measured range"
+        return f"censored {fit['censored']}{where}"
+    return ""
 
 
 def topk_policy(p: Profile) -> pd.DataFrame:
@@ -129,15 +178,27 @@ def topk_policy(p: Profile) -> pd.DataFrame:
 
 
 def facts(p: Profile) -> list[tuple[str, str]]:
-    """Device facts worth a line in the report (whatever the profile recorded)."""
-    dev = p.doc.get("device")
+    """Device facts worth a line in the report (whatever the profile recorded), and the gaps."""
     rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, d: dict) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(f"{key}.", v)
+            elif isinstance(v, list):
+                if v and all(isinstance(x, (str, int, float)) for x in v):
+                    rows.append((key, ", ".join(map(str, v))[:300]))
+            elif v is not None and str(v) != "":
+                rows.append((key, str(v)))
+
+    dev = p.doc.get("device")
     if isinstance(dev, dict):
-        for k, v in dev.items():
-            if isinstance(v, (str, int, float, bool)) and str(v) != "":
-                rows.append((str(k), str(v)))
-    unavailable = p.doc.get("unavailable") or p.doc.get("not_measured")
-    if isinstance(unavailable, dict):
-        for k, v in unavailable.items():
-            rows.append((f"not measured: {k}", str(v)))
+        walk("", {k: v for k, v in dev.items() if k != "unmeasured"})
+    gaps = p.doc.get("unmeasured") or p.doc.get("unavailable") or []
+    if isinstance(gaps, dict):
+        gaps = [{"what": k, "reason": v} for k, v in gaps.items()]
+    for g in gaps:
+        if isinstance(g, dict):
+            rows.append((f"not measured: {g.get('what')}", str(g.get("reason"))))
     return rows

@@ -37,7 +37,8 @@ def test_knee_fit_recovers_two_piece_model():
     fit = fit_knee(pts, None)
     assert fit.knee == 32
     assert fit.t0 == pytest.approx(0.02)
-    assert fit.slope == pytest.approx(0.001)
+    assert fit.per_token == pytest.approx(0.001)
+    assert fit.per_row == 0.0
 
 
 def test_claims_verdicts():
