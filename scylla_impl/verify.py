@@ -85,7 +85,6 @@ def verify_sampling(tree: Tree, logits: torch.Tensor, temperature: float, top_p:
                     generator: torch.Generator | None) -> Verdict:
     b, n = tree.tokens.shape
     depth = int(tree.depths.max()) + 1
-    probs = target_probs(logits, temperature, top_p)  # [b, n, V]
     uniform = torch.rand(b, n, generator=generator, device=logits.device).tolist()
     parents, tokens = tree.parents.tolist(), tree.tokens.tolist()
     paths, bonus = [], []
@@ -95,7 +94,7 @@ def verify_sampling(tree: Tree, logits: torch.Tensor, temperature: float, top_p:
             children.setdefault(parents[row][node], []).append(node)
         node, path = 0, [0]
         while True:
-            p = probs[row, node]
+            p = target_probs(logits[row, node], temperature, top_p)  # only nodes on the walk
             for child in children.get(node, []):
                 x = tokens[row][child]
                 if uniform[row][child] < p[x].item():

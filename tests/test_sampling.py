@@ -12,7 +12,7 @@ from scylla_impl.tree import build_tree
 from scylla_impl.verify import target_probs, verify_sampling
 
 TEMPERATURE = 1.0
-SAMPLES = 3000
+SAMPLES = 2000
 
 
 def _scored_tree(target, prompt, draft, top_k=4, depth=3, total=12):
@@ -55,8 +55,9 @@ def _pvalue(samples: list[int], probs: torch.Tensor) -> float:
         else:
             other += 1
     obs = [counts[t] for t in big] + [other]
-    exp = [float(expected[t]) for t in big] + [n - float(expected[big].sum())]
-    return float(chisquare(obs, exp).pvalue)
+    exp = [float(expected[t]) for t in big] + [max(n - float(expected[big].sum()), 1e-9)]
+    scale = n / sum(exp)  # float32 probabilities do not sum to exactly 1
+    return float(chisquare(obs, [e * scale for e in exp]).pvalue)
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +71,23 @@ def oracle_tree(target_fp32, prompt):
     return _scored_tree(target_fp32, prompt, OracleDraft(target_fp32))
 
 
-def test_first_token_follows_target_with_good_candidates(oracle_tree):
-    tree, logits = oracle_tree
-    firsts, _ = _emitted(tree, logits, SAMPLES)
+@pytest.fixture(scope="module")
+def oracle_samples(oracle_tree):
+    return _emitted(*oracle_tree, SAMPLES)
+
+
+def test_first_token_follows_target_with_good_candidates(oracle_tree, oracle_samples):
+    _, logits = oracle_tree
+    firsts, _ = oracle_samples
     assert _pvalue(firsts, target_probs(logits[0, 0], TEMPERATURE)) > 1e-3
 
 
-def test_second_token_follows_target_given_first(oracle_tree):
-    tree, logits = oracle_tree
-    _, seconds = _emitted(tree, logits, SAMPLES)
+def test_second_token_follows_target_given_first(oracle_tree, oracle_samples):
+    _, logits = oracle_tree
+    _, seconds = oracle_samples
     node = max({n for n, _ in seconds if n is not None}, key=lambda n: sum(1 for m, _ in seconds if m == n))
     given = [tok for n, tok in seconds if n == node]
-    assert len(given) > 300
+    assert len(given) > 200
     assert _pvalue(given, target_probs(logits[0, node], TEMPERATURE)) > 1e-3
 
 
