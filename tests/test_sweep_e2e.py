@@ -127,6 +127,15 @@ def test_cli_bad_device_fails_before_writing(tmp_path):
     assert not list(out.rglob("*.parquet"))
 
 
+def test_cli_target_that_cannot_load_ends_the_sweep_in_one_line(shared_eval_dir, tmp_path):
+    out = tmp_path / "o"
+    res = scylla("sweep", "--target", str(tmp_path / "no-model"), "--datasets", "natural_questions", "--prompts", "1",
+                 "--data-dir", str(shared_eval_dir), "--out", str(out))
+    assert res.returncode == 1 and "cannot load target" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert pq.read_table(out / "results.parquet").num_rows == 0
+
+
 def test_cli_unknown_yaml_key(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("datasets: [gsm8k]\nbatch_size: 4\n")
