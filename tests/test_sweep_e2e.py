@@ -227,3 +227,14 @@ def test_failing_cells_recorded_and_lossless_catches_planted_mismatch(shared_eva
     assert rows[("scylla", 3)]["status"] == rows[("scylla", 4)]["status"] == "ok"
     assert rows[("scylla", 3)]["lossless"] is True and rows[("scylla", 3)]["error"] is None
     assert pa.Table.from_pylist(list(rows.values())).num_rows == 5
+
+
+def test_mt_bench_second_turn_follows_the_first_answer(shared_eval_dir, default_model_dir, tmp_path):
+    spec = build_spec(None, {"methods": "ar", "datasets": "mt_bench", "prompts": "1", "max_new_tokens": "3",
+                             "warmup": "0", "threads": "1", "data_dir": str(shared_eval_dir)})
+    report = run_sweep(spec, tmp_path / "out")
+    (row,) = pq.read_table(report.results_path).to_pylist()
+    assert row["status"] == "ok" and row["n_requests"] == 2 and row["turns"] == "all"
+    outputs = pq.read_table(tmp_path / "out" / "cells" / f"{row['cell_id']}.outputs.parquet").to_pylist()
+    assert [(o["turn"], o["batch"]) for o in outputs] == [(0, 0), (1, 1)]
+    assert all(len(o["token_ids"]) == 3 for o in outputs)
