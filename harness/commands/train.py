@@ -1,0 +1,97 @@
+"""`scylla train`: train an EAGLE-2, EAGLE-3 or Scylla draft for a target (pretraining, then SFT).
+
+Multi-process: `torchrun --nproc-per-node 2 -m harness.cli train ...` (each process takes
+its share of every global batch; gloo on CPU).
+"""
+
+import click
+
+from scylla_impl.training.config import METHOD_NAMES
+
+
+@click.command()
+@click.option("--target", default="default", show_default=True, help="'default' (the embedded model) or a HF model folder")
+@click.option("--method", type=click.Choice(METHOD_NAMES), default=None, help="draft architecture (required unless --resume)")
+@click.option("--layers", type=int, default=None, help="decoder layers of a scylla draft (default 1)")
+@click.option("--pretrain-tokens", default=None, help="stage-1 budget, e.g. 16k, 1.5M (default: the method's recipe)")
+@click.option("--sft-tokens", default=None, help="stage-2 (chat SFT) budget (default: the method's recipe)")
+@click.option("--seq-len", type=int, default=None, help="packed sequence length [256]")
+@click.option("--batch-size", type=int, default=None, help="global batch in sequences [4]")
+@click.option("--micro-batch", type=int, default=None, help="sequences per forward per process [4]")
+@click.option("--epochs", type=int, default=None, help="passes over each stage's data [1]")
+@click.option("--lr", type=float, default=None, help="peak learning rate of stage 1 (stage 2: lr/3)")
+@click.option("--ttt-steps", type=int, default=None, help="unrolled steps trained (EAGLE-3 recipe: 3)")
+@click.option("--ce-fraction", type=float, default=None, help="share of positions scored by the CE [0.25]")
+@click.option("--features", type=click.Choice(["cache", "online"]), default=None, help="target features cached on disk or recomputed [cache]")
+@click.option("--pretrain-data", default=None, help="a text file or folder of .txt files to pretrain on instead of the default mix")
+@click.option("--no-decontaminate", "no_decontaminate", is_flag=True, default=None,
+              help="keep training documents that contain evaluation prompts")
+@click.option("--seed", type=int, default=None, help="[0]")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="target precision for features [float32]")
+@click.option("--device", default=None, help="[cpu]")
+@click.option("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints [50]")
+@click.option("--log-every", type=int, default=None, help="optimizer steps between accuracy evaluations [10]")
+@click.option("--name", default=None, help="save as drafts_dir(target)/NAME (default: eagle2, eagle3, scylla-<layers>)")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="run folder (default: the target's drafts folder / NAME)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its newest checkpoint")
+@click.option("--force", is_flag=True, help="delete what --out holds and start over")
+@click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), default="auto", show_default=True,
+              help="auto: a bar on a terminal, quiet otherwise")
+@click.option("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
+@click.pass_context
+def train(ctx, target, method, layers, pretrain_tokens, sft_tokens, seq_len, batch_size, micro_batch, epochs, lr,
+          ttt_steps, ce_fraction, features, pretrain_data, no_decontaminate, seed, dtype, device, checkpoint_every, log_every, name,
+          out, resume, force, progress, threads) -> None:
+    """Train a draft for --target: pretraining on the general corpus, then SFT on chat."""
+    from pathlib import Path
+
+    import torch
+
+    from harness.quiet import quiet_libraries
+    from scylla_impl.training import parse_tokens, recipe
+    from scylla_impl.training import train as run
+    from workloads.errors import ScyllaError
+
+    quiet_libraries()
+    if threads:
+        torch.set_num_threads(threads)
+    given = {
+        "layers": layers, "seq_len": seq_len, "batch_size": batch_size, "micro_batch": micro_batch,
+        "epochs": epochs, "lr": lr, "ttt_steps": ttt_steps, "ce_fraction": ce_fraction, "features": features,
+        "pretrain_data": pretrain_data, "decontaminate": False if no_decontaminate else None, "seed": seed, "dtype": dtype, "device": device,
+        "checkpoint_every": checkpoint_every, "log_every": log_every, "name": name,
+        "pretrain_tokens": parse_tokens(pretrain_tokens) if pretrain_tokens is not None else None,
+        "sft_tokens": parse_tokens(sft_tokens) if sft_tokens is not None else None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume:
+        from scylla_impl.target import Target
+        from scylla_impl.training.config import TrainConfig
+        from scylla_impl.training.loop import CONFIG_FILE
+
+        if out is None:
+            raise ScyllaError("--resume needs --out: the run folder to continue")
+        saved = Path(out) / CONFIG_FILE
+        if not saved.is_file():
+            raise ScyllaError(f"nothing to resume in '{out}': it holds no {CONFIG_FILE}")
+        stored = TrainConfig.load(saved)
+        explicit_target = ctx.get_parameter_source("target").name != "DEFAULT"
+        config = None
+        if given or method is not None or explicit_target:  # options given again must match the run
+            values = {**stored.to_dict(), **given}
+            values["method"] = method or stored.method
+            values["target"] = target if explicit_target else stored.target
+            config = TrainConfig.from_dict(values)
+        tgt = Target.load(target if explicit_target else stored.target, dtype=stored.dtype, device=stored.device)
+        result = run(config, out, resume=True, target=tgt, progress=progress)
+    else:
+        if method is None:
+            raise ScyllaError("--method is required (eagle2, eagle3 or scylla)")
+        config = recipe(method, target=target, **given)
+        result = run(config, out, force=force, progress=progress)
+    final = result.final
+    accs = " ".join(f"{final[k]:.2f}" for k in sorted(final) if k.startswith("eval_acc_"))
+    click.echo(f"trained {result.steps} steps, {result.tokens} tokens in {result.seconds / 60:.1f} min "
+               f"(target features {result.feature_seconds / 60:.1f} min); "
+               f"accuracy by position {accs}; simulated acceptance {final.get('sim_accept', float('nan')):.2f}", err=True)
+    click.echo(str(result.out))

@@ -1,0 +1,180 @@
+"""What one draft training run is: a typed config, and the default recipe per method.
+
+A run is two stages over the same draft: stage 1 pretrains on the general corpus, stage 2
+fine-tunes on chat (assistant tokens only). Token budgets count every packed token fed to
+the target (prompt tokens of a chat included); the loss mask decides which are learned.
+"""
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from workloads.errors import ScyllaError
+
+METHOD_NAMES = ("eagle2", "eagle3", "scylla")
+STAGES = ("pretrain", "sft")
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    target: str = "default"
+    layers: int | None = None  # decoder layers (scylla); eagle2/eagle3 have one
+    pretrain_tokens: int = 0
+    sft_tokens: int = 0
+    seq_len: int = 256
+    batch_size: int = 4  # global batch, in sequences, per optimizer step
+    micro_batch: int = 4  # sequences per forward on one process (gradient accumulation above it)
+    epochs: int = 1  # passes over each stage's data (later passes reuse cached features)
+    lr: float = 1e-3
+    sft_lr: float | None = None  # stage 2 learning rate (None: lr / 3)
+    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of the stage's peak lr
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 0.5
+    # Losses (EAGLE-1/2 and Scylla: feature_weight * SmoothL1 + ce_weight * soft CE; EAGLE-3: soft CE).
+    feature_weight: float = 1.0
+    ce_weight: float = 0.1
+    noise: float = 0.2  # width of the uniform noise added to target input features (EAGLE: U(-0.1, 0.1))
+    ttt_steps: int = 1  # unrolled steps trained (training-time test); EAGLE-3 uses several
+    step_decay: float = 0.8  # loss weight of unrolled step i is step_decay ** i
+    ce_fraction: float = 1.0  # share of positions whose logits enter the CE (the vocab head dominates CPU cost)
+    eval_steps: int = 5  # unrolled steps for per-position accuracy in the log (the tree depth)
+    # Data.
+    seed: int = 0
+    mix: dict[str, float] | None = None  # pretrain source ratios (None: the corpus default)
+    pretrain_data: str | None = None  # a text file or folder of .txt files instead of the default mix
+    system_prompt: str | None = None
+    max_epochs_of_data: int = 1  # how often a corpus may repeat before its budget counts as too big
+    data_dir: str | None = None  # evaluation datasets to decontaminate against (None: the defaults)
+    decontaminate: bool = True  # drop training documents that contain an evaluation prompt
+    eval_sequences: int = 2  # sequences per process the logged per-position accuracy is measured on
+    # Machinery.
+    features: str = "cache"  # "online": target forward every step; "cache": once, on disk, reused
+    dtype: str = "float32"  # target precision for feature extraction
+    autocast: str = "auto"  # "auto": bf16 autocast on CUDA only (it is 5x slower on an AVX2 CPU); "bf16"; "off"
+    device: str = "cpu"
+    checkpoint_every: int = 50  # optimizer steps
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    name: str | None = None  # the draft's name under drafts_dir(target) when --out is not given
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        self.validate()
+
+    # -- checks -------------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.method not in METHOD_NAMES:
+            raise ScyllaError(f"unknown draft method '{self.method}'; known: {', '.join(METHOD_NAMES)}")
+        if self.layers is not None and self.method != "scylla" and self.layers != 1:
+            raise ScyllaError(f"--layers applies to scylla drafts; {self.method} has one decoder layer")
+        for name in ("pretrain_tokens", "sft_tokens"):
+            if getattr(self, name) < 0:
+                raise ScyllaError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.pretrain_tokens + self.sft_tokens == 0:
+            raise ScyllaError("nothing to train: give --pretrain-tokens and/or --sft-tokens")
+        if self.seq_len < 4:
+            raise ScyllaError(f"seq-len must be at least 4, got {self.seq_len}")
+        if self.batch_size < 1 or self.micro_batch < 1:
+            raise ScyllaError("batch size and micro batch must be >= 1")
+        for stage in STAGES:
+            tokens = self.stage_tokens(stage)
+            if 0 < tokens < self.seq_len * self.batch_size:
+                raise ScyllaError(f"--{stage}-tokens {tokens} is less than one batch "
+                                  f"({self.batch_size} sequences of {self.seq_len} tokens)")
+        if self.features not in ("online", "cache"):
+            raise ScyllaError(f"features must be 'online' or 'cache', got '{self.features}'")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ScyllaError(f"autocast must be auto, bf16 or off, got '{self.autocast}'")
+        if not 0 < self.ce_fraction <= 1:
+            raise ScyllaError(f"ce_fraction must be in (0, 1], got {self.ce_fraction}")
+        if self.ttt_steps < 1 or self.eval_steps < 1 or self.epochs < 1:
+            raise ScyllaError("ttt_steps, eval_steps and epochs must be >= 1")
+        if self.ttt_steps + 2 > self.seq_len or self.eval_steps + 2 > self.seq_len:
+            raise ScyllaError(f"seq-len {self.seq_len} is too short for {max(self.ttt_steps, self.eval_steps)} unrolled steps")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ScyllaError("checkpoint_every and log_every must be >= 1")
+
+    # -- derived ------------------------------------------------------------------------
+    def stage_tokens(self, stage: str) -> int:
+        return {"pretrain": self.pretrain_tokens, "sft": self.sft_tokens}[stage]
+
+    def stage_lr(self, stage: str) -> float:
+        if stage == "sft" and self.pretrain_tokens > 0:
+            return self.sft_lr if self.sft_lr is not None else self.lr / 3
+        return self.lr
+
+    @property
+    def draft_name(self) -> str:
+        if self.name:
+            return self.name
+        return f"scylla-{self.layers or 1}" if self.method == "scylla" else self.method
+
+    # -- persistence --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ScyllaError(f"unknown training option(s) {sorted(unknown)}")
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise ScyllaError(f"cannot read training config {path}: {err}") from None
+
+
+# The default recipes: one token budget for every method so they compare at equal data, sized
+# so one draft trains on two (shared) CPU cores in about 20 minutes; see recipe_note().
+DEFAULT_PRETRAIN_TOKENS = 16_384
+DEFAULT_SFT_TOKENS = 32_768
+
+_RECIPES: dict[str, dict] = {
+    "eagle2": dict(lr=1e-3, ttt_steps=1, noise=0.2, ce_fraction=0.25),
+    "scylla": dict(lr=1e-3, ttt_steps=1, noise=0.2, ce_fraction=0.25),
+    # EAGLE-3: no feature regression to anchor its hidden state, so it learns from the soft CE
+    # over its reduced vocabulary across unrolled steps; no input noise (TTT plays that role).
+    "eagle3": dict(lr=1e-3, ttt_steps=3, noise=0.0, ce_fraction=0.25, feature_weight=0.0, ce_weight=1.0),
+}
+
+
+def recipe(method: str, layers: int | None = None, **overrides) -> TrainConfig:
+    """The default recipe for `method`, with any field overridden."""
+    if method not in _RECIPES:
+        raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(METHOD_NAMES)}")
+    values = dict(method=method, layers=layers, pretrain_tokens=DEFAULT_PRETRAIN_TOKENS,
+                  sft_tokens=DEFAULT_SFT_TOKENS)
+    values.update(_RECIPES[method])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
+
+
+def parse_tokens(text: str | int) -> int:
+    """'200k', '1.5M', '65536' -> tokens."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGbB]?)\s*", str(text))
+    if not match:
+        raise ScyllaError(f"not a token count: '{text}' (examples: 65536, 200k, 1.5M)")
+    return int(round(float(match.group(1)) * _SUFFIX[match.group(2).lower()]))
+
+
+__all__ = ["METHOD_NAMES", "STAGES", "TrainConfig", "parse_tokens", "recipe"]

@@ -1,0 +1,130 @@
+"""The training data of a run, fixed up front: each stage's packed sequences as two tensors.
+
+Materialising the token ids (4 bytes a token: a few MB for a CPU-sized budget) makes the data
+position of a resumed run just the step counter, lets every DDP rank take its own slice of
+the same global batch, and gives the feature cache a key (the digest of the ids).
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from scylla_impl.training.config import TrainConfig
+from workloads.chat import uses_fallback_template
+from workloads.errors import ScyllaError
+
+
+@dataclass
+class StageData:
+    stage: str
+    input_ids: torch.Tensor  # [N, T] long
+    loss_mask: torch.Tensor  # [N, T] bool: tokens the draft learns to predict
+    sources: dict[str, dict] = field(default_factory=dict)  # per source: documents, tokens, epochs
+    key: str = ""  # what decides the stream apart from the budget (corpus options, seed)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def digest(self) -> str:
+        h = hashlib.sha256(self.stage.encode())
+        h.update(self.input_ids.to(torch.int32).numpy().tobytes())
+        h.update(self.loss_mask.to(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def stream_key(config: TrainConfig, stage: str) -> str:
+    """Digest of everything that decides a stage's sequence stream except its length."""
+    options = {"seed": config.seed, "seq_len": config.seq_len, "data_dir": config.data_dir,
+               "decontaminate": config.decontaminate}
+    if stage == "pretrain":
+        options.update(mix=config.mix, pretrain_data=str(Path(config.pretrain_data).resolve()) if config.pretrain_data else None)
+    else:
+        options.update(system_prompt=config.system_prompt)
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def check_chat_template(tokenizer, target_name: str) -> None:
+    if uses_fallback_template(tokenizer):
+        raise ScyllaError(f"target '{target_name}' has no chat template, so its chat (SFT) data cannot be "
+                          "formatted as it will be prompted; train with --sft-tokens 0 or use an instruct model")
+
+
+def build_stage(config: TrainConfig, tokenizer, stage: str, target_name: str = "target") -> StageData | None:
+    """The packed sequences of `stage` for this config, or None for a zero budget."""
+    tokens = config.stage_tokens(stage)
+    if tokens == 0:
+        return None
+    if stage == "sft":
+        check_chat_template(tokenizer, target_name)
+    if stage == "pretrain" and config.pretrain_data:
+        stream = _text_corpus(config, tokenizer, tokens)
+    else:
+        from workloads import corpus
+
+        options = {}
+        if stage == "pretrain" and config.mix is not None:
+            options["mix"] = config.mix
+        if stage == "sft" and config.system_prompt is not None:
+            options["system_prompt"] = config.system_prompt
+        stream = corpus(stage, tokenizer, tokens, config.seq_len, config.seed, data_dir=config.data_dir,
+                        decontaminate=config.decontaminate, **options)
+    ids, masks = [], []
+    for seq in stream:
+        ids.append(seq.input_ids)
+        masks.append(seq.loss_mask.bool())
+        too_small = {n: s for n, s in stream.stats.items() if s.epochs > config.max_epochs_of_data}
+        if too_small:
+            name, stats = next(iter(too_small.items()))
+            raise ScyllaError(
+                f"the {stage} corpus is too small for --{stage}-tokens {tokens}: source '{name}' ran out after "
+                f"{stats.tokens} tokens and would repeat; lower the budget"
+                + (" or give more text" if stage == "pretrain" and config.pretrain_data else ""))
+    data = StageData(stage, torch.stack(ids), torch.stack(masks),
+                     {n: vars(s).copy() for n, s in stream.stats.items()}, stream_key(config, stage))
+    if not data.loss_mask[:, 2:].any():
+        raise ScyllaError(f"the {stage} data has no tokens to learn (empty loss mask)")
+    return data
+
+
+def _text_corpus(config: TrainConfig, tokenizer, tokens: int):
+    """Plain text from a file or a folder of .txt/.md files, packed like the default corpus."""
+    from workloads.corpora.decontaminate import from_datasets
+    from workloads.corpora.streams import CorpusStream, SourceStats, document_stream
+
+    root = Path(config.pretrain_data).expanduser()
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+    else:
+        raise ScyllaError(f"pretrain data '{root}' not found")
+    if not files:
+        raise ScyllaError(f"pretrain data '{root}' holds no .txt or .md files")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ScyllaError("the tokenizer has no EOS token to separate packed documents")
+
+    def tokenize(_path, text):
+        ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) + [eos]
+        return ids, [1] * len(ids)
+
+    stats = {"text": SourceStats()}
+    decontaminator = from_datasets(config.data_dir) if config.decontaminate else None
+    stream = document_stream("text", files, str, lambda p: p.read_text(encoding="utf-8", errors="replace"),
+                             tokenize, config.seed, stats["text"], decontaminator)
+    return CorpusStream({"text": stream}, {"text": 1.0}, config.seq_len, tokens // config.seq_len, stats)
+
+
+def token_counts(stages: list[StageData], vocab_size: int) -> torch.Tensor:
+    """How often each token is learned (loss mask on) across the stages: EAGLE-3's vocabulary."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for data in stages:
+        counts += torch.bincount(data.input_ids[data.loss_mask], minlength=vocab_size)[:vocab_size]
+    return counts

@@ -1,0 +1,172 @@
+"""Target features for training: computed online every step, or once into an on-disk cache.
+
+What a draft learns from is the frozen target's view of each training sequence: the last
+(post-norm) hidden state (EAGLE-2, Scylla, and the target distribution through the LM head)
+and, for EAGLE-3, the inputs of three layers. Both sources run the same fp32 forward, so a
+run reads bit-identical features either way (a test holds them to that).
+
+Which is faster here: the target forward is ~2 x 135M FLOPs a token for the default target,
+more than the whole draft update, and on these CPUs it runs at ~25-100 tokens/s. Online
+pays it on every epoch of every draft; the cache pays it once per (target, data) and then
+reads 9 KB a token back from disk, which is free at this speed. One epoch of one draft costs the
+same either way (the cache's write and read are noise), so the cache is the default: the
+four drafts of the comparison table share one extraction. Logits are not cached (V floats a
+token would be 200 KB); they are recomputed from the cached hidden state, and only at the
+positions the CE samples.
+"""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scylla_impl.training.data import StageData
+from scylla_impl.training.distributed import Dist
+from workloads.cache import scylla_home
+
+
+@torch.no_grad()
+def target_forward(target, input_ids: torch.Tensor, layers: tuple[int, ...]):
+    """(hidden [b,T,h], layer inputs [b,T,len(layers)*h] or None), fp32 on the target's device."""
+    out = target.decoder(input_ids=input_ids.to(target.device), use_cache=False,
+                         output_hidden_states=bool(layers))
+    hidden = out.last_hidden_state.float()
+    feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1).float() if layers else None
+    return hidden, feats
+
+
+def target_logits(target, hidden: torch.Tensor) -> torch.Tensor:
+    """The target's logits from its last hidden state (what Target.features returns), fp32."""
+    logits = target.lm_head(hidden.to(target.dtype)).float()
+    if target.softcap:
+        logits = torch.tanh(logits / target.softcap) * target.softcap
+    return logits
+
+
+class OnlineFeatures:
+    """Runs the target on each batch as it is needed."""
+
+    kind = "online"
+
+    def __init__(self, target, layers: tuple[int, ...]):
+        self.target, self.layers = target, tuple(layers)
+
+    def prepare(self, data: StageData, dist: Dist, progress=None) -> None:
+        pass
+
+    def get(self, data: StageData, rows: torch.Tensor):
+        return target_forward(self.target, data.input_ids[rows], self.layers)
+
+
+class CachedFeatures:
+    """Runs the target once over a stage's sequences into chunk files, then reads rows back.
+
+    A chunk holds CHUNK sequences: their ids (checked on every read of the cache, so a chunk
+    never serves other data), the last hidden state and the inputs of `store_layers` (EAGLE-3's
+    default choice, kept for every method so one extraction serves all four drafts). Chunks
+    are written atomically, so an extraction that is killed resumes where it stopped, and a
+    larger budget of the same corpus (same seed, same first sequences) only adds chunks."""
+
+    kind = "cache"
+    CHUNK = 16
+
+    def __init__(self, target, layers: tuple[int, ...], store_layers: tuple[int, ...] = (), root: Path | None = None,
+                 batch: int = 4):
+        self.target, self.layers = target, tuple(layers)
+        self.store_layers = tuple(dict.fromkeys(tuple(store_layers) + self.layers))
+        self.root = root or scylla_home() / "features" / target.info.fingerprint
+        self.batch = batch
+        self.folders: dict[str, Path] = {}
+        self._chunks: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = {}
+        self.build_s = 0.0
+
+    def folder(self, data: StageData) -> Path:
+        dtype = str(self.target.dtype).removeprefix("torch.")
+        tag = "-".join(map(str, self.store_layers)) or "none"
+        return self.root / f"{data.stage}-{data.key}-T{data.seq_len}-{dtype}-L{tag}"
+
+    def _files(self, folder: Path, start: int) -> tuple[Path, Path, Path]:
+        return (folder / f"c{start:07d}.ids.npy", folder / f"c{start:07d}.hidden.npy", folder / f"c{start:07d}.layers.npy")
+
+    def _valid(self, data: StageData, folder: Path, start: int) -> bool:
+        ids_file, hidden_file, layers_file = self._files(folder, start)
+        if not hidden_file.is_file() or not ids_file.is_file() or (self.store_layers and not layers_file.is_file()):
+            return False
+        want = data.input_ids[start:start + self.CHUNK].numpy()
+        try:
+            have = np.load(ids_file)
+        except (OSError, ValueError):
+            return False
+        return have.shape == want.shape and bool((have == want).all())
+
+    def prepare(self, data: StageData, dist: Dist, progress=None) -> None:
+        folder = self.folder(data)
+        self.folders[data.stage] = folder
+        starts = list(range(0, len(data), self.CHUNK))
+        missing = [s for s in starts if not self._valid(data, folder, s)]
+        dist.barrier()  # every process has looked before any writes: they agree on what is missing
+        if missing:
+            t0 = time.perf_counter()
+            folder.mkdir(parents=True, exist_ok=True)
+            mine = missing[dist.rank::dist.world]
+            tokens = sum(min(self.CHUNK, len(data) - s) for s in mine) * data.seq_len
+            bar = progress(f"target features ({data.stage})", tokens) if progress else None
+            for start in mine:
+                self._build_chunk(data, folder, start, bar)
+            if bar:
+                bar.close()
+            self.build_s += time.perf_counter() - t0
+        dist.barrier()
+
+    def _build_chunk(self, data: StageData, folder: Path, start: int, bar) -> None:
+        rows = torch.arange(start, min(start + self.CHUNK, len(data)))
+        hidden, layers = [], []
+        for i in range(0, len(rows), self.batch):
+            hid, lay = target_forward(self.target, data.input_ids[rows[i:i + self.batch]], self.store_layers)
+            hidden.append(hid.cpu().numpy())
+            if lay is not None:
+                layers.append(lay.cpu().numpy())
+            if bar:
+                bar.update(len(rows[i:i + self.batch]) * data.seq_len)
+        files = self._files(folder, start)
+        arrays = [data.input_ids[rows].numpy(), np.concatenate(hidden), np.concatenate(layers) if layers else None]
+        # ids last: a chunk counts as written only once its ids are there.
+        for path, array in [(files[1], arrays[1]), (files[2], arrays[2]), (files[0], arrays[0])]:
+            if array is None:
+                continue
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+            os.replace(tmp, path)
+
+    def _chunk(self, stage: str, start: int):
+        key = (stage, start)
+        if key not in self._chunks:
+            _, hidden_file, layers_file = self._files(self.folders[stage], start)
+            hidden = np.load(hidden_file, mmap_mode="r")
+            layers = np.load(layers_file, mmap_mode="r") if self.layers else None
+            self._chunks[key] = (hidden, layers)
+        return self._chunks[key]
+
+    def get(self, data: StageData, rows: torch.Tensor):
+        h = self.target.info.hidden_size
+        cols = [self.store_layers.index(layer) for layer in self.layers]
+        hid, lay = [], []
+        for r in rows.tolist():
+            start = r - r % self.CHUNK
+            hidden, layers = self._chunk(data.stage, start)
+            hid.append(np.asarray(hidden[r - start]))
+            if self.layers:
+                row = layers[r - start]
+                lay.append(np.concatenate([row[:, c * h:(c + 1) * h] for c in cols], axis=-1))
+        device = self.target.device
+        hidden_t = torch.from_numpy(np.stack(hid)).to(device)
+        return hidden_t, (torch.from_numpy(np.stack(lay)).to(device) if self.layers else None)
+
+
+def feature_source(kind: str, target, layers: tuple[int, ...], store_layers: tuple[int, ...] = (), batch: int = 4):
+    if kind == "online":
+        return OnlineFeatures(target, layers)
+    return CachedFeatures(target, layers, store_layers, batch=batch)

@@ -1,0 +1,188 @@
+"""Draft training on a tiny random Llama (real architecture, real tokenizer): the three methods
+train, save, reload and decode losslessly; training computes exactly what decoding runs;
+online and cached features train identically; bad input fails with one clear error."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.drafts import load_draft, new_draft
+from scylla_impl.target import Target
+from scylla_impl.training import TrainConfig, checkpoints, train
+from scylla_impl.training.losses import unroll
+from workloads.errors import ScyllaError
+
+SEQ = 32
+
+
+def make_tiny(folder, tokenizer_dir, seed: int = 0):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, default_model_dir):
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama", default_model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return Target.load(str(tiny_dir), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """Some real English prose and code to pretrain on: a few standard-library modules."""
+    import json
+    import textwrap
+
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("\n\n".join(Path(m.__file__).read_text() for m in (textwrap, json.decoder)))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCYLLA_HOME", str(tmp_path / "home"))
+
+
+def small(method: str, tiny_dir, text_file, **overrides) -> TrainConfig:
+    values = dict(method=method, target=str(tiny_dir), layers=2 if method == "scylla" else None,
+                  pretrain_tokens=SEQ * 16, sft_tokens=0, seq_len=SEQ, batch_size=4, micro_batch=2,
+                  pretrain_data=str(text_file), decontaminate=False, ce_fraction=0.5, log_every=2,
+                  checkpoint_every=100, eval_sequences=1, eval_steps=3,
+                  ttt_steps=2 if method == "eagle3" else 1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def prompts(target):
+    tok = target.tokenizer
+    return [tok("The State of the Union is", add_special_tokens=False)["input_ids"],
+            tok("def main():\n    return", add_special_tokens=False)["input_ids"]]
+
+
+@pytest.mark.parametrize("method", ["eagle2", "eagle3", "scylla"])
+def test_train_save_reload_decode_lossless(method, tiny, tiny_dir, text_file, tmp_path):
+    result = train(small(method, tiny_dir, text_file), tmp_path / "run", target=tiny, progress="none")
+    assert result.steps == 4 and result.tokens == SEQ * 16
+    log = pd.read_parquet(tmp_path / "run" / "train_log.parquet")
+    assert len(log) == 4 and log["loss"].notna().all()
+    assert {"lr", "loss_ce", "eval_acc_0", "eval_acc_2", "sim_accept", "tokens_per_s"} <= set(log.columns)
+    assert log["sim_accept"].notna().sum() == 2  # logged every 2 steps
+    draft = load_draft(str(result.out), tiny)
+    assert draft.config.method == method and draft.config.pretrain_tokens == SEQ * 16
+    if method == "scylla":
+        assert draft.config.num_layers == 2
+    config = DecodeConfig(top_k=4, depth=3, total_tokens=12, max_new_tokens=16)
+    ar = generate(tiny, prompts(tiny), None, config)
+    spec = generate(tiny, prompts(tiny), draft, config)
+    assert spec.token_ids == ar.token_ids
+    assert spec.stats.tau >= 1.0
+
+
+@pytest.mark.parametrize("method", ["eagle2", "eagle3", "scylla"])
+def test_unrolled_training_computes_what_decoding_runs(method, tiny):
+    """Step 0 of the unroll equals the draft's `extend` over the same pairs, and step k equals
+    `expand` of the chain fed with the draft's own outputs: the alignment decoding uses."""
+    torch.manual_seed(0)
+    draft = new_draft(method, tiny, layers=2 if method == "scylla" else None, seed=1)
+    tokens = torch.randint(0, 1000, (1, 12))
+    out = tiny.features(tokens, draft.feature_layers)
+    feats = out.layer_inputs if draft.feature_layers else out.hidden
+    steps = 3
+    with torch.no_grad():
+        outs = unroll(draft, tokens, feats[:, :-1], steps)
+    t0 = 6  # the "prompt" is tokens[:t0 + 1]; its last pair is (token t0 + 1, feature t0)
+    draft.start([tokens[0, :t0 + 1].tolist()], capacity=64)
+    _, last = draft.extend(tokens[:, 1:t0 + 2], feats[:, :t0 + 1], torch.tensor([t0 + 1]))
+    torch.testing.assert_close(last, outs[0][:, t0], rtol=1e-4, atol=1e-5)
+    ancestors = torch.zeros(1, 1, 0, dtype=torch.bool)
+    hidden = last[:, None]
+    for k in range(1, steps):
+        mask = torch.cat([ancestors, torch.ones(1, 1, 1, dtype=torch.bool)], dim=-1)
+        _, hidden = draft.expand(tokens[:, t0 + k + 1:t0 + k + 2], hidden, torch.tensor([[k - 1]]), mask)
+        torch.testing.assert_close(hidden[:, 0], outs[k][:, t0], rtol=1e-4, atol=1e-5)
+        ancestors = mask
+    draft.rollback()
+
+
+def test_online_and_cached_features_train_identically(tiny, tiny_dir, text_file, tmp_path):
+    logs = {}
+    for kind in ("online", "cache"):
+        train(small("eagle2", tiny_dir, text_file, features=kind), tmp_path / kind, target=tiny, progress="none")
+        logs[kind] = pd.read_parquet(tmp_path / kind / "train_log.parquet")
+    for column in ("loss", "loss_feature", "loss_ce", "train_acc_0", "grad_norm"):
+        assert logs["online"][column].tolist() == logs["cache"][column].tolist(), column
+
+
+def test_pretrain_then_sft_on_the_real_corpora(tiny, tiny_dir, tmp_path):
+    config = TrainConfig(method="scylla", target=str(tiny_dir), layers=1, pretrain_tokens=SEQ * 8,
+                         sft_tokens=SEQ * 8, seq_len=SEQ, batch_size=4, micro_batch=4, ce_fraction=0.5,
+                         log_every=1, eval_sequences=1, eval_steps=2, checkpoint_every=1, keep_checkpoints=1)
+    result = train(config, tmp_path / "run", target=tiny, progress="none")
+    log = pd.read_parquet(tmp_path / "run" / "train_log.parquet")
+    assert log["stage"].tolist() == ["pretrain", "pretrain", "sft", "sft"]
+    # Stage 2 starts its own warm-up at a third of the peak rate.
+    assert log["lr"].iloc[2] == pytest.approx(log["lr"].iloc[0] / 3)
+    draft = load_draft(str(result.out), tiny)
+    assert (draft.config.pretrain_tokens, draft.config.sft_tokens) == (SEQ * 8, SEQ * 8)
+    assert len(checkpoints(tmp_path / "run")) == 1
+
+
+def test_training_lowers_the_loss(tiny, tiny_dir, text_file, tmp_path):
+    config = small("eagle2", tiny_dir, text_file, epochs=4, lr=3e-3, log_every=100)
+    train(config, tmp_path / "run", target=tiny, progress="none")
+    loss = pd.read_parquet(tmp_path / "run" / "train_log.parquet")["loss"]
+    assert loss.iloc[-4:].mean() < 0.95 * loss.iloc[:4].mean()
+
+
+# -- bad input ------------------------------------------------------------------------------
+def test_corpus_too_small_for_the_budget(tiny, tiny_dir, tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("A short document that holds far fewer tokens than the budget asks for. " * 5)
+    config = small("eagle2", tiny_dir, text, pretrain_tokens=SEQ * 64)
+    with pytest.raises(ScyllaError, match="pretrain corpus is too small for --pretrain-tokens 2048"):
+        train(config, tmp_path / "run", target=tiny, progress="none")
+
+
+def test_sft_needs_a_chat_template(tiny, tiny_dir, tmp_path):
+    tokenizer = copy.deepcopy(tiny.tokenizer)
+    tokenizer.chat_template = None
+    bare = Target(tiny.model, tokenizer, tiny.info)
+    config = TrainConfig(method="eagle2", target=str(tiny_dir), pretrain_tokens=0, sft_tokens=SEQ * 4,
+                         seq_len=SEQ, batch_size=4)
+    with pytest.raises(ScyllaError, match="has no chat template"):
+        train(config, tmp_path / "run", target=bare, progress="none")
+
+
+def test_existing_run_needs_resume_or_force(tiny, tiny_dir, text_file, tmp_path):
+    config = small("eagle2", tiny_dir, text_file, pretrain_tokens=SEQ * 4)
+    train(config, tmp_path / "run", target=tiny, progress="none")
+    with pytest.raises(ScyllaError, match="pass --resume to continue it"):
+        train(config, tmp_path / "run", target=tiny, progress="none")
+    train(config, tmp_path / "run", target=tiny, progress="none", force=True)
+
+
+def test_resume_refuses_a_run_of_another_target(tiny, tiny_dir, text_file, tmp_path, default_model_dir):
+    config = small("eagle2", tiny_dir, text_file, checkpoint_every=2)
+    train(config, tmp_path / "run", target=tiny, progress="none")
+    other = make_tiny(tmp_path / "other-llama", default_model_dir, seed=1)
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--target", str(other), "--resume",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert "was trained for target" in lines[0] and "cannot resume" in lines[0]
