@@ -7,6 +7,7 @@ flags override the file. Results go to DIR/results.parquet (schema: docs/results
 from __future__ import annotations
 
 import math
+import signal
 from typing import Any
 
 import click
@@ -56,6 +57,8 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
     from harness.runner import run_sweep
 
     quiet_libraries()  # no weight-loading bars under the sweep's own
+    # SIGTERM (a scheduler's stop) unwinds like Ctrl-C: finished cells are consolidated first.
+    signal.signal(signal.SIGTERM, _terminated)
     report = run_sweep(spec, spec.out, resume=resume, retry_failed=retry_failed, progress=BarProgress())
     import pyarrow.parquet as pq
 
@@ -68,6 +71,10 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
         f"wrote {report.results_path} ({n['ok']} ok, {n['failed']} failed, {n['pruned']} pruned; "
         f"{report.ran} run now, {report.skipped} kept from before)"
     )
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
