@@ -160,19 +160,17 @@ class Target:
             output_hidden_states=bool(layers),
         )
         cache.advance()
-        hidden = out.last_hidden_state
-        logits = self.lm_head(hidden).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        layer_inputs = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None
-        return TargetOutput(logits=logits, hidden=hidden, layer_inputs=layer_inputs)
-
+        return self._outputs(out, layers)
 
     @torch.no_grad()
     def features(self, input_ids: torch.Tensor, layers: tuple[int, ...] = ()) -> TargetOutput:
         """Plain causal forward over whole sequences [b, T] (no cache): what draft training reads."""
         out = self.decoder(input_ids=input_ids.to(self.device), use_cache=False,
                            output_hidden_states=bool(layers))
+        return self._outputs(out, layers)
+
+    def _outputs(self, out, layers: tuple[int, ...]) -> TargetOutput:
+        """Logits (float32, soft-capped where the model does) and the features drafts read."""
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden).float()
         if self.softcap:

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import torch
 
-from scylla_impl.drafts.base import Draft, DraftConfig, DraftInfo, check_target, load_weights, read_config
+from scylla_impl.drafts.base import (
+    Draft,
+    DraftConfig,
+    DraftInfo,
+    check_target,
+    load_weights,
+    read_config,
+)
 from scylla_impl.drafts.eagle2 import Eagle2Draft
 from scylla_impl.drafts.eagle3 import Eagle3Draft
 from scylla_impl.drafts.oracle import OracleDraft
