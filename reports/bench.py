@@ -105,7 +105,8 @@ def sweep_config(args, drafts: list[str]) -> dict:
     }
 
 
-def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None, plant: str | None) -> list[str]:
+def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None, plant: str | None,
+                  threads: int) -> list[str]:
     run = dict(cfg, drafts=drafts)
     if plant:
         run.update(PLANTS[plant])
@@ -114,6 +115,7 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
         "--datasets", run["datasets"], "--batch-sizes", run["batch_sizes"], "--top-k", run["top_k"],
         "--depths", run["depths"], "--total-tokens", run["total_tokens"], "--temperatures", run["temperatures"],
         "--prompts", str(run["prompts"]), "--max-new-tokens", str(run["max_new_tokens"]), "--out", str(out),
+        "--threads", str(threads),
     )
     for d in run["drafts"]:
         cmd += ["--draft", d]
@@ -124,7 +126,7 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
     return cmd
 
 
-def micro_benchmarks(out: Path, update: bool, skip: bool) -> str | None:
+def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int) -> str | None:
     """Run tests/benchmarks; returns a failure line, or None."""
     if skip:
         _say("micro-benchmarks skipped (--skip-micro)")
@@ -139,7 +141,7 @@ def micro_benchmarks(out: Path, update: bool, skip: bool) -> str | None:
     elif not update:
         _say(f"no {MICRO_BASELINE.name} yet: micro-benchmarks run without a comparison")
     _say("micro-benchmarks: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, cwd=REPO)
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, SCYLLA_BENCH_THREADS=str(threads)))
     if proc.returncode != 0:
         return (f"micro-benchmarks: pytest exited {proc.returncode} (a benchmark failed, or one got slower "
                 f"than the baseline beyond {MICRO_FAIL}; the table above names it)")
@@ -147,6 +149,21 @@ def micro_benchmarks(out: Path, update: bool, skip: bool) -> str | None:
         shutil.copyfile(result, MICRO_BASELINE)
         _say(f"wrote {MICRO_BASELINE.relative_to(REPO)}")
     return None
+
+
+def choose_threads(requested: str) -> int:
+    """Torch threads for the sweep and micro-benchmarks.
+
+    On a machine already busy with other processes, two spinning OpenMP threads per
+    process make every forward many times slower (measured here: 0.65 s with one thread,
+    7.9 s with two, for the same one-token forward under a load of 7 on 2 cores), so
+    `auto` takes one thread when the load average already fills the CPUs.
+    """
+    cpus = os.cpu_count() or 1
+    if requested != "auto":
+        return max(1, int(requested))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 if load >= cpus - 0.5 else cpus
 
 
 def _git_commit() -> str | None:
@@ -170,8 +187,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--top-k", default="4,auto")
     ap.add_argument("--depths", default="5")
     ap.add_argument("--total-tokens", default="60")
-    ap.add_argument("--prompts", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=4, help="per dataset; batch 4 needs at least 4")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--threads", default="auto", help="torch threads, or auto (1 when the machine is already busy)")
     ap.add_argument("--tolerance", type=float, default=None,
                     help=f"allowed drop of spec/AR ratios (default: the baseline's, else {regression.DEFAULT_RATIO_TOLERANCE})")
     ap.add_argument("--plant", choices=sorted(PLANTS), default=os.environ.get("SCYLLA_BENCH_PLANT") or None,
@@ -201,12 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.plant:
             _say(f"PLANTED REGRESSION '{args.plant}': the sweep runs with {PLANTS[args.plant]}")
         cfg = sweep_config(args, drafts)
+        threads = choose_threads(args.threads)
+        _say(f"torch threads: {threads} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
         profile = None if args.no_profile else out / "profile"
         if profile is not None and not (args.resume and (profile / "profile.json").is_file()):
             _run(_scylla("profile", "--quick", "--out", str(profile)), "profile")
         sweep_dir = out / "sweep"
-        cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant)
+        cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant, threads)
         if args.resume and sweep_dir.exists():
             cmd.append("--resume")
         _run(cmd, "sweep")
@@ -219,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + regression.summary_table(cells) + "\n", flush=True)
 
         failures: list[str] = []
-        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro)
+        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads)
         if micro:
             failures.append(micro)
 

@@ -9,6 +9,8 @@ the verify forward is rolled back), so each round measures the same work.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -26,6 +28,8 @@ def setup():
     from scylla_impl.tree import build_tree
 
     torch.manual_seed(0)
+    if os.environ.get("SCYLLA_BENCH_THREADS"):  # set by reports/bench.py, like the sweep's --threads
+        torch.set_num_threads(int(os.environ["SCYLLA_BENCH_THREADS"]))
     target = Target.load("default", dtype="bfloat16")
     draft = load_draft("random:scylla", target)
     prompt = target.tokenizer(PROMPT)["input_ids"]
