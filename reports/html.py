@@ -232,11 +232,24 @@ def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos
     out.append(render_table(df, cols, "tau", "The same numbers: tau per dataset (rows) and method (columns)."))
     if len(claims):
         out.append("<h3>Scylla against the paper's claimed deltas (T=0)</h3>")
-        out.append(render_table(claims, [
-            Col("baseline", "vs", method_label), Col("dataset", "dataset", lambda d: "all datasets" if d == "all" else dataset_label(d)),
-            Col("scylla_tau", "Scylla tau", fnum(2), True), Col("baseline_tau", "baseline tau", fnum(2), True),
-            Col("delta", "delta", lambda v: f"{float(v):+.2f}", True), Col("claim", "paper"), Col("verdict", "verdict"),
-        ], "claims", f"{SCYLLA_CITATION}. A check, not a gate: the paper's targets, drafts and hardware differ from these."))
+        # One row per dataset, one column pair per baseline: compact enough to read at a glance.
+        wide = claims.pivot(index="dataset", columns="baseline", values=["delta", "verdict", "baseline_tau"])
+        rows = pd.DataFrame({"dataset": wide.index,
+                             "scylla": [tau.loc[d, "scylla"] for d in wide.index]}).set_index("dataset", drop=False)
+        cols = [Col("dataset", "dataset", lambda d: "all datasets" if d == "all" else dataset_label(d)),
+                Col("scylla", "Scylla tau", fnum(2), True)]
+        for base in [b for b in ("eagle2", "eagle3") if b in set(claims["baseline"])]:
+            claim = claims.loc[claims["baseline"] == base, "claim"].iloc[0]
+            rows[f"{base}_tau"] = wide[("baseline_tau", base)]
+            rows[f"{base}_delta"] = [
+                "" if pd.isna(dl) else f"{dl:+.2f} ({v})"
+                for dl, v in zip(wide[("delta", base)], wide[("verdict", base)])
+            ]
+            cols += [Col(f"{base}_tau", f"{method_label(base)} tau", fnum(2), True),
+                     Col(f"{base}_delta", f"Scylla - {method_label(base)} (paper: {claim.split(' over ')[0]})", ftext)]
+        order = [d for d in tau.index if d in rows.index]
+        out.append(render_table(rows.loc[order], cols, "claims",
+                                f"{SCYLLA_CITATION}. A check, not a gate: the paper's targets, drafts and hardware differ from these."))
     out.append("<h3>Per-position acceptance</h3>")
     out.append(figure(figures.position_curves(pos), "positions", "Acceptance rate per draft position",
                       "Acceptance at each draft position k, pooled over datasets at the headline configuration: conditional (EAGLE's n-alpha) and unconditional (vLLM's).",
@@ -386,8 +399,8 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
     title = title or "scylla-bench report"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in (
-        ("meta", "Run"), ("roofline", "Roofline"), ("acceptance", "Acceptance"), ("throughput", "Throughput"),
-        ("scaling", "Scaling"), ("published", "Published"), ("checks", "Checks"), ("cells", "Cells")))
+        ("acceptance", "Acceptance"), ("throughput", "Throughput"), ("roofline", "Roofline"),
+        ("scaling", "Scaling"), ("published", "Published"), ("checks", "Checks"), ("meta", "Run"), ("cells", "Cells")))
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="sub">Speculative decoding: Scylla, EAGLE-2 and EAGLE-3 against autoregressive decoding. '
@@ -395,13 +408,14 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
         f"<nav>{nav}</nav>",
         _glance(res, h, tau if len(tau) else pd.DataFrame(), claims, tt, loss) if len(ok) else
         '<p class="warn">No cell finished (status ok): only the failures can be shown.</p>',
-        _section("meta", "Run", _metadata(res, profs)),
-        _section("roofline", "Roofline and verify knee", _roofline(profs)),
+        # Results first (what readers come for), then the device, then how it was measured.
         _section("acceptance", "Acceptance", _acceptance(h, tau, claims, pos) if len(tau) else '<p class="note">No finished cells.</p>'),
         _section("throughput", "Throughput against batch size", _throughput(res, h, tt) if len(ok) else ""),
+        _section("roofline", "Roofline and verify knee", _roofline(profs)),
         _section("scaling", "Scaling laws", _scaling(res, h) if len(ok) else ""),
         _section("published", "Published reference numbers", _published(tau, tables.speedup_table(hc), h) if len(tau) else ""),
         _section("checks", "Lossless check and failures", _checks(res, loss)),
+        _section("meta", "Run: environment, datasets, versions", _metadata(res, profs)),
         _section("cells", "Cells", _cells(res)),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
