@@ -3,6 +3,8 @@
     python -m reports.bench [--out bench-results] [--update-baseline] [--plant shrink-tree] ...
 
 Steps, each a subprocess of the public CLI so the job exercises exactly what users run:
+0. the trained default drafts (scylla_impl/trained.py): trained on the first run on a
+   machine (the engine's recipe, minutes per draft) and reused afterwards;
 1. `scylla profile --quick` -> OUT/profile (needed by top_k auto);
 2. `scylla sweep` on the embedded default target: AR and each method, a few prompts from
    each of the six datasets, batch 1 and 4, a fixed top_k and auto -> OUT/sweep;
@@ -65,25 +67,40 @@ def _scylla(*args: str) -> list[str]:
     return [sys.executable, "-m", "harness.cli", *args]
 
 
-def resolve_drafts(given: list[str], methods=METHODS) -> tuple[list[str], bool]:
+def resolve_drafts(given: list[str], methods=METHODS, untrained: bool = False) -> tuple[list[str], bool]:
     """METHOD=SPEC per speculative method, and whether they are trained checkpoints.
 
-    Order: --draft flags, then $SCYLLA_BENCH_DRAFTS ("eagle2=DIR,eagle3=DIR,scylla=DIR").
-    Without either, random-init drafts are used and said so loudly: their tau says
-    nothing about acceptance, but the job's plumbing, timing and lossless check still run.
+    Order: --draft flags, then $SCYLLA_BENCH_DRAFTS ("eagle2=DIR,eagle3=DIR,scylla=DIR"),
+    then the engine's trained default drafts (scylla_impl/trained.py), which are trained
+    on first use and kept in SCYLLA_HOME: the first run of the job on a fresh machine
+    includes that training. `--untrained` asks for random-init drafts instead (a quick
+    plumbing run); the job then says so loudly, and never does it on its own.
     """
     specs = list(given)
     env = os.environ.get("SCYLLA_BENCH_DRAFTS", "")
     if not specs and env:
         specs = [s.strip() for s in env.split(",") if s.strip()]
     specs = [s for s in specs if s.split("=", 1)[0] in methods]
-    have = {s.split("=", 1)[0] for s in specs}
-    trained = bool(specs)
-    for m in methods:
-        if m not in have:
-            specs.append(f"{m}=random:{m}")
-            trained = False
-    return specs, trained
+    missing = [m for m in methods if m not in {s.split("=", 1)[0] for s in specs}]
+    if not missing:
+        return specs, not any(s.split("=", 1)[1].startswith(("random:", "oracle")) for s in specs)
+    if untrained:
+        return specs + [f"{m}=random:{m}" for m in missing], False
+    from scylla_impl.target import Target
+    from scylla_impl.trained import DEFAULT_DRAFTS, ensure_trained_draft, trained_draft
+
+    target = Target.load("default", dtype="float32")
+    for m in missing:
+        if m not in DEFAULT_DRAFTS:
+            raise ScyllaError(f"no default draft for method {m!r}: pass --draft {m}=DIR")
+        if trained_draft(target, m) is None:
+            _say(f"training the default {m} draft (first run on this machine; it is kept for later runs)")
+        t0 = time.perf_counter()
+        specs.append(f"{m}={ensure_trained_draft(target, m, progress='auto')}")
+        if time.perf_counter() - t0 > 5:
+            _say(f"{m} draft ready after {time.perf_counter() - t0:.0f} s")
+    del target
+    return specs, True
 
 
 def sweep_config(args, drafts: list[str]) -> dict:
@@ -180,7 +197,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--update-baseline", action="store_true", help="rewrite the committed baselines from this run")
     ap.add_argument("--baseline", type=Path, default=BASELINE)
     ap.add_argument("--draft", action="append", default=[], metavar="METHOD=SPEC",
-                    help="draft per method (checkpoint folder); default $SCYLLA_BENCH_DRAFTS, else random-init")
+                    help="draft per method (checkpoint folder); default $SCYLLA_BENCH_DRAFTS, else the trained defaults")
+    ap.add_argument("--untrained", action="store_true",
+                    help="random-init drafts for methods without --draft (quick plumbing run; tau is meaningless)")
     ap.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=METHODS)
     ap.add_argument("--datasets", default=DATASETS)
     ap.add_argument("--batch-sizes", default="1,4")
@@ -208,13 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and not args.resume:
             shutil.rmtree(out)  # a fresh run: stale cells must not mix into the figures
         out.mkdir(parents=True, exist_ok=True)
-        drafts, trained = resolve_drafts(args.draft, args.methods)
+        drafts, trained = resolve_drafts(args.draft, args.methods, args.untrained)
         if not trained:
             _say("=" * 72)
-            _say("NO TRAINED DRAFTS GIVEN: random-init drafts for " + ", ".join(
-                d.split("=")[0] for d in drafts if "random:" in d) + ".")
-            _say("tau will be near 1 and says nothing about acceptance; pass --draft METHOD=DIR")
-            _say("or set SCYLLA_BENCH_DRAFTS to measure trained drafts.")
+            _say("UNTRAINED DRAFTS: " + ", ".join(d for d in drafts if "random:" in d or "oracle" in d) + ".")
+            _say("tau says nothing about real acceptance; drop --untrained (and --draft) to use the trained")
+            _say("default drafts. The baseline records which drafts it was made with.")
             _say("=" * 72)
         if args.plant:
             _say(f"PLANTED REGRESSION '{args.plant}': the sweep runs with {PLANTS[args.plant]}")
