@@ -144,33 +144,48 @@ def test_cli_unknown_yaml_key(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_resume_after_sigkill_loses_and_duplicates_nothing(shared_eval_dir, default_model_dir, tmp_path):
-    out = tmp_path / "out"
-    flags = tiny_flags(shared_eval_dir, **{"--datasets": "natural_questions", "--batch-sizes": "1", "--top-k": "1,2,3,4",
-                                           "--depths": "2,3", "--total-tokens": "3"})
+def _row_files(cells: Path) -> list[Path]:
+    return [p for p in cells.glob("*.parquet") if p.name.count(".") == 1] if cells.is_dir() else []
+
+
+def _start_and_kill(args: list[str], cells: Path, after: int, sig: int) -> subprocess.Popen:
+    """Start a sweep, wait until `after` cells are done, send `sig` while it is mid-sweep."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", *flags, "--out", str(out)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    total = 1 + 4 * 2
-    cells = out / "cells"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = [p for p in cells.glob("*.parquet") if p.name.count(".") == 1] if cells.is_dir() else []
-            if len(done) >= 2:
-                break
+        while time.monotonic() < deadline and proc.poll() is None and len(_row_files(cells)) < after:
             time.sleep(0.05)
         assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, sig)
     finally:
-        proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL
-    before = {p.stem: pq.read_table(p).to_pylist()[0] for p in cells.glob("*.parquet") if p.name.count(".") == 1}
-    assert 2 <= len(before) < total
+        proc.wait(120)
+    return proc
 
-    res = scylla("sweep", *flags, "--out", str(out), "--resume")
+
+def test_resume_after_sigkill_loses_and_duplicates_nothing(shared_eval_dir, default_model_dir, tmp_path):
+    out = tmp_path / "out"
+    cells = out / "cells"
+    flags = tiny_flags(shared_eval_dir, **{"--datasets": "natural_questions", "--batch-sizes": "1", "--top-k": "1,2,3,4",
+                                           "--depths": "2,3", "--total-tokens": "3"}) + ["--out", str(out)]
+    total = 1 + 4 * 2
+    proc = _start_and_kill(flags, cells, after=2, sig=signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    before = {p.stem: pq.read_table(p).to_pylist()[0] for p in _row_files(cells)}
+    assert 2 <= len(before) < total - 1
+
+    # a resumed sweep stopped by SIGTERM unwinds: exit 143, the consolidated file holds every finished cell
+    proc = _start_and_kill([*flags, "--resume"], cells, after=len(before) + 1, sig=signal.SIGTERM)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    finished = {p.stem for p in _row_files(cells)}
+    assert set(pq.read_table(out / "results.parquet").column("cell_id").to_pylist()) == finished
+    assert len(finished) < total
+
+    res = scylla("sweep", *flags, "--resume")
     assert res.returncode == 0, res.stderr
-    assert f"{total - len(before)} run now, {len(before)} kept from before" in res.stdout
+    assert f"{total - len(finished)} run now, {len(finished)} kept from before" in res.stdout
     rows = pq.read_table(out / "results.parquet").to_pylist()
     ids = [r["cell_id"] for r in rows]
     assert len(ids) == len(set(ids)) == total
@@ -178,9 +193,9 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(shared_eval_dir, defa
     by_id = {r["cell_id"]: r for r in rows}
     for cid, old in before.items():  # finished cells kept as they were, not re-measured
         assert by_id[cid]["run_id"] == old["run_id"] and by_id[cid]["started_at"] == old["started_at"]
-    assert len({r["run_id"] for r in rows}) == 2
+    assert len({r["run_id"] for r in rows}) == 3
     assert not list(out.rglob("*.tmp"))
-    assert len(list((out / "runs").glob("*.json"))) == 2
+    assert len(list((out / "runs").glob("*.json"))) == 3
 
 
 class PlantedWorker(CellWorker):
