@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from harness.spec import AUTO, SweepSpec
 from workloads.errors import ScyllaError
@@ -181,8 +181,3 @@ def policy_from_profile(profile_dir: str | None) -> TopKPolicy:
         raise ScyllaError(f"profile {profile_dir}: cannot be read ({type(err).__name__}: {err})") from None
     return lambda batch, depth: topk_for_batch(profile, batch, depth)
 
-
-def cell_params(cell: Cell) -> dict:
-    """The cell's parameters as a dict (for rows and the dry-run table)."""
-    d = asdict(cell)
-    return d

@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -563,12 +563,3 @@ def _driver_environment(spec: SweepSpec) -> dict[str, Any]:
         "pid": os.getpid(),
     }
 
-
-def iter_rows(cells: Sequence[Cell]) -> Iterator[dict[str, Any]]:
-    """The dry-run view: each cell's parameters, status and reason."""
-    for c in cells:
-        yield {
-            "cell_id": c.cell_id, "status": c.status, "method": c.method, "draft": c.draft, "dataset": c.dataset,
-            "batch_size": c.batch_size, "top_k": c.top_k, "top_k_setting": c.top_k_setting, "depth": c.depth,
-            "total_tokens": c.total_tokens, "temperature": c.temperature, "reason": c.reason,
-        }
