@@ -1,0 +1,136 @@
+"""The regression check of `nox -s bench`: figures, baseline, and that a regression fails.
+
+The fast tests plant regressions in the fixture's results (a shrunk tree lowers tau and
+the spec/AR ratio); the slow one runs the real job twice on a tiny sweep with the oracle
+draft, once to write a baseline and once with `--plant shrink-tree`, and expects exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reports import regression
+from workloads.errors import ScyllaError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CONFIG = {"sweep": "fixture"}
+
+
+@pytest.fixture(scope="module")
+def cells() -> pd.DataFrame:
+    return pd.read_parquet(FIXTURES / "report_results" / "results.parquet")
+
+
+@pytest.fixture(scope="module")
+def baseline(cells) -> dict:
+    return regression.make_baseline(regression.figures(cells), CONFIG, 0.25, "abc")
+
+
+def shrink_tree(cells: pd.DataFrame, factor: float) -> pd.DataFrame:
+    """What a shrunk tree does to speculative cells: fewer tokens accepted per step."""
+    out = cells.copy()
+    spec = out["method"] != "ar"
+    out.loc[spec, "tau"] = 1 + (out.loc[spec, "tau"] - 1) * factor
+    out.loc[spec, "speedup_vs_ar"] = out.loc[spec, "speedup_vs_ar"] * factor
+    return out
+
+
+def test_same_results_pass(cells, baseline):
+    v = regression.compare(regression.figures(cells), baseline, CONFIG)
+    assert v.ok, v.failures
+
+
+def test_baseline_survives_json(cells, baseline, tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(baseline))
+    v = regression.compare(regression.figures(cells), regression.read_baseline(path), CONFIG)
+    assert v.ok
+
+
+def test_planted_shrunk_tree_fails_naming_the_figure(cells, baseline):
+    v = regression.compare(regression.figures(shrink_tree(cells, 0.5)), baseline, CONFIG)
+    assert not v.ok
+    assert any(f.startswith("tau eagle2|mt_bench|b1|k10 at T=0") for f in v.failures)
+    assert any(f.startswith("throughput ratio scylla|b4|kauto") for f in v.failures)
+
+
+def test_any_tau_drop_fails(cells, baseline):
+    planted = cells.copy()
+    row = planted.index[(planted["method"] == "eagle3") & (planted["dataset"] == "gsm8k")
+                        & (planted["batch_size"] == 4) & (planted["top_k_setting"] == "auto")][0]
+    planted.loc[row, "tau"] -= 0.01
+    v = regression.compare(regression.figures(planted), baseline, CONFIG)
+    assert [f.split(":")[0] for f in v.failures] == ["tau eagle3|gsm8k|b4|kauto at T=0"]
+
+
+def test_ratio_tolerance(cells, baseline):
+    slower = cells.copy()
+    spec = slower["method"] != "ar"
+    slower.loc[spec, "speedup_vs_ar"] *= 0.9  # 10% slower: within the 25% tolerance
+    assert regression.compare(regression.figures(slower), baseline, CONFIG).ok
+    slower.loc[spec, "speedup_vs_ar"] *= 0.7  # 37% slower in all: fails
+    v = regression.compare(regression.figures(slower), baseline, CONFIG)
+    assert v.failures and all(f.startswith("throughput ratio") for f in v.failures)
+    assert "tolerance 25%" in v.failures[0]
+
+
+def test_failed_cell_is_a_regression(cells, baseline):
+    broken = cells.copy()
+    row = broken.index[(broken["method"] == "scylla") & (broken["dataset"] == "alpaca")
+                       & (broken["batch_size"] == 1) & (broken["top_k_setting"] == "auto")][0]
+    broken.loc[row, ["status", "error"]] = ["failed", "RuntimeError: boom"]
+    v = regression.compare(regression.figures(broken), baseline, CONFIG)
+    assert any("scylla|alpaca|b1|kauto" in f and "boom" in f for f in v.failures)
+
+
+def test_other_sweep_config_is_refused(cells, baseline):
+    with pytest.raises(ScyllaError, match="different sweep"):
+        regression.compare(regression.figures(cells), baseline, {"sweep": "other"})
+
+
+def test_missing_baseline_says_how_to_make_one(tmp_path):
+    with pytest.raises(ScyllaError, match="--update-baseline"):
+        regression.read_baseline(tmp_path / "none.json")
+
+
+def test_committed_baseline_is_readable():
+    base = regression.read_baseline(Path(regression.__file__).parent / "bench_baseline.json")
+    assert base["tau"] and base["ratio"]
+    assert 0 < base["ratio_tolerance"] < 1
+
+
+@pytest.mark.slow
+def test_planted_regression_fails_end_to_end(tmp_path):
+    """The real job on a tiny sweep: baseline first, then the planted shrunk tree must fail."""
+    base = tmp_path / "baseline.json"
+    common = [sys.executable, "-m", "reports.bench", "--baseline", str(base), "--methods", "scylla",
+              "--draft", "scylla=oracle", "--datasets", "gsm8k", "--batch-sizes", "1", "--top-k", "4",
+              "--prompts", "1", "--max-new-tokens", "12", "--no-profile", "--skip-micro"]
+    repo = Path(__file__).resolve().parent.parent
+    first = subprocess.run([*common, "--out", str(tmp_path / "a"), "--update-baseline"], cwd=repo,
+                           capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    planted = subprocess.run([*common, "--out", str(tmp_path / "b"), "--plant", "shrink-tree"], cwd=repo,
+                             capture_output=True, text=True, timeout=1800)
+    assert planted.returncode == 1, planted.stdout[-3000:] + planted.stderr[-3000:]
+    assert "REGRESSION" in planted.stderr
+    assert "tau scylla|gsm8k|b1|k4 at T=0" in planted.stderr
+
+
+def test_draft_resolution_never_silently_random(monkeypatch):
+    from reports.bench import resolve_drafts
+
+    monkeypatch.delenv("SCYLLA_BENCH_DRAFTS", raising=False)
+    specs, trained = resolve_drafts(["scylla=oracle"], ("scylla",))
+    assert specs == ["scylla=oracle"] and not trained
+    specs, trained = resolve_drafts([], ("eagle2", "scylla"), untrained=True)
+    assert specs == ["eagle2=random:eagle2", "scylla=random:scylla"] and not trained
+    monkeypatch.setenv("SCYLLA_BENCH_DRAFTS", "eagle2=/d/eagle2,scylla=/d/scylla,eagle3=/d/eagle3")
+    specs, trained = resolve_drafts([], ("eagle2", "scylla"))
+    assert specs == ["eagle2=/d/eagle2", "scylla=/d/scylla"] and trained
