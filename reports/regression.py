@@ -64,6 +64,10 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
     ok = cells[cells["status"] == "ok"]
     t0 = ok[ok["temperature"].fillna(0) == 0]
     tau = {r.key: float(r.tau) for r in t0.itertuples() if r.tau == r.tau}
+    # The tree `auto` chose (from this run's profile): tau of two different trees is not
+    # comparable, and the choice follows the measured knee, which a busy machine moves.
+    auto = {r.key: f"top_k={int(r.top_k)},total_tokens={int(r.total_tokens)}"
+            for r in t0.itertuples() if r.top_k_setting == "auto" and r.top_k == r.top_k and r.total_tokens == r.total_tokens}
     ratio = {}
     for key, g in ok.groupby("group"):
         sp = pd.to_numeric(g["speedup_vs_ar"], errors="coerce").dropna()
@@ -72,7 +76,7 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
             # Geometric mean: a ratio of ratios, and one slow dataset does not dominate.
             ratio[key] = float(np.exp(np.log(sp).mean()))
     failed = {r.key: str(r.error)[:200] for r in cells[cells["status"] == "failed"].itertuples()}
-    return {"tau": tau, "ratio": ratio, "failed": failed}
+    return {"tau": tau, "ratio": ratio, "failed": failed, "auto_tree": auto}
 
 
 def machine() -> dict[str, str]:
@@ -107,6 +111,7 @@ def make_baseline(figs: dict, config: dict, tolerance: float, commit: str | None
         "tau": dict(sorted(figs["tau"].items())),
         "ratio": dict(sorted(figs["ratio"].items())),
         "failed": dict(sorted(figs["failed"].items())),
+        "auto_tree": dict(sorted(figs.get("auto_tree", {}).items())),
     }
 
 
@@ -134,13 +139,21 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     if baseline.get("machine", {}).get("cpu") != machine()["cpu"]:
         v.notes.append(f"baseline measured on {baseline.get('machine', {}).get('cpu')!r}, this is {machine()['cpu']!r}: "
                        "tau is only comparable on the same machine type")
+    moved = []
     for key, base in sorted(baseline.get("tau", {}).items()):
         now = figs["tau"].get(key)
+        was_tree, now_tree = baseline.get("auto_tree", {}).get(key), figs.get("auto_tree", {}).get(key)
+        if now is not None and was_tree and now_tree and was_tree != now_tree:
+            moved.append(f"{key} ({was_tree} -> {now_tree})")
+            continue
         if now is None:
             why = figs["failed"].get(key)
             v.failures.append(f"tau {key}: missing from this run" + (f" (cell failed: {why})" if why else ""))
         elif now < base - TAU_EPSILON:
             v.failures.append(f"tau {key} at T=0: {now:.3f} < baseline {base:.3f} (tau must not drop)")
+    if moved:
+        v.notes.append(f"top_k auto chose another tree than in the baseline (the profile's knee moved), so "
+                       f"tau is not compared for: {', '.join(moved[:4])}" + (f" and {len(moved) - 4} more" if len(moved) > 4 else ""))
     for key, base in sorted(baseline.get("ratio", {}).items()):
         now = figs["ratio"].get(key)
         if now is None:

@@ -134,3 +134,14 @@ def test_draft_resolution_never_silently_random(monkeypatch):
     monkeypatch.setenv("SCYLLA_BENCH_DRAFTS", "eagle2=/d/eagle2,scylla=/d/scylla,eagle3=/d/eagle3")
     specs, trained = resolve_drafts([], ("eagle2", "scylla"))
     assert specs == ["eagle2=/d/eagle2", "scylla=/d/scylla"] and trained
+
+
+def test_auto_tree_change_is_noted_not_failed(cells, baseline):
+    """`auto` follows the measured knee; another tree is not a code regression of tau."""
+    moved = cells.copy()
+    rows = (moved["top_k_setting"] == "auto") & (moved["batch_size"] == 4)
+    moved.loc[rows, "top_k"] = 2
+    moved.loc[rows, "tau"] -= 0.5
+    v = regression.compare(regression.figures(moved), baseline, CONFIG)
+    assert v.ok, v.failures
+    assert any("auto chose another tree" in n for n in v.notes)
