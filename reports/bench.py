@@ -119,6 +119,8 @@ def sweep_config(args, drafts: list[str]) -> dict:
         "temperatures": "0",
         "prompts": args.prompts,
         "max_new_tokens": args.max_new_tokens,
+        "turns": args.turns,
+        "dtype": args.dtype,
     }
 
 
@@ -132,7 +134,7 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
         "--datasets", run["datasets"], "--batch-sizes", run["batch_sizes"], "--top-k", run["top_k"],
         "--depths", run["depths"], "--total-tokens", run["total_tokens"], "--temperatures", run["temperatures"],
         "--prompts", str(run["prompts"]), "--max-new-tokens", str(run["max_new_tokens"]), "--out", str(out),
-        "--threads", str(threads),
+        "--threads", str(threads), "--turns", run["turns"], "--dtype", run["dtype"],
     )
     for d in run["drafts"]:
         cmd += ["--draft", d]
@@ -143,7 +145,7 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
     return cmd
 
 
-def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int) -> str | None:
+def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: str) -> str | None:
     """Run tests/benchmarks; returns a failure line, or None."""
     if skip:
         _say("micro-benchmarks skipped (--skip-micro)")
@@ -158,7 +160,7 @@ def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int) -> str |
     elif not update:
         _say(f"no {MICRO_BASELINE.name} yet: micro-benchmarks run without a comparison")
     _say("micro-benchmarks: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, SCYLLA_BENCH_THREADS=str(threads)))
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, SCYLLA_BENCH_THREADS=str(threads), SCYLLA_BENCH_DTYPE=dtype))
     if proc.returncode != 0:
         return (f"micro-benchmarks: pytest exited {proc.returncode} (a benchmark failed, or one got slower "
                 f"than the baseline beyond {MICRO_FAIL}; the table above names it)")
@@ -181,6 +183,23 @@ def choose_threads(requested: str) -> int:
         return max(1, int(requested))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return 1 if load >= cpus - 0.5 else cpus
+
+
+def choose_dtype(requested: str, profile: Path | None) -> str:
+    """The target dtype: `auto` takes the faster of bf16 and fp32 by the profile's matmul FLOP/s.
+
+    bf16 is the fast path where the CPU has bf16 instructions (and on GPUs); on a CPU
+    without them torch emulates it, and this machine measured bf16 matmuls 25x slower
+    than fp32, which would make the job hours long for no benefit.
+    """
+    if requested != "auto":
+        return requested
+    try:
+        flops = json.loads((profile / "profile.json").read_text()).get("flops_per_s") or {}
+    except (OSError, ValueError, AttributeError, TypeError):
+        flops = {}
+    bf16, fp32 = flops.get("bfloat16"), flops.get("float32")
+    return "float32" if bf16 and fp32 and fp32 > bf16 else "bfloat16"
 
 
 def _git_commit() -> str | None:
@@ -207,7 +226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--depths", default="5")
     ap.add_argument("--total-tokens", default="60")
     ap.add_argument("--prompts", type=int, default=4, help="per dataset; batch 4 needs at least 4")
-    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--turns", default="first", choices=("first", "all"), help="MT-bench turns")
+    ap.add_argument("--dtype", default="auto", help="target dtype, or auto (the faster of bf16/fp32 by the profile)")
     ap.add_argument("--threads", default="auto", help="torch threads, or auto (1 when the machine is already busy)")
     ap.add_argument("--tolerance", type=float, default=None,
                     help=f"allowed drop of spec/AR ratios (default: the baseline's, else {regression.DEFAULT_RATIO_TOLERANCE})")
@@ -236,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
             _say("=" * 72)
         if args.plant:
             _say(f"PLANTED REGRESSION '{args.plant}': the sweep runs with {PLANTS[args.plant]}")
-        cfg = sweep_config(args, drafts)
         threads = choose_threads(args.threads)
         _say(f"torch threads: {threads} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
         profile = None if args.no_profile else out / "profile"
         if profile is not None and not (args.resume and (profile / "profile.json").is_file()):
             _run(_scylla("profile", "--quick", "--out", str(profile)), "profile")
+        args.dtype = choose_dtype(args.dtype, profile)
+        _say(f"target dtype: {args.dtype}")
+        cfg = sweep_config(args, drafts)
         sweep_dir = out / "sweep"
         cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant, threads)
         if args.resume and sweep_dir.exists():
@@ -257,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + regression.summary_table(cells) + "\n", flush=True)
 
         failures: list[str] = []
-        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads)
+        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads, args.dtype)
         if micro:
             failures.append(micro)
 

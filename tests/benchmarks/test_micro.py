@@ -1,7 +1,7 @@
 """Micro-benchmarks run by `nox -s bench` and compared with a committed pytest-benchmark file.
 
-One tree build, one verify step and one decode step on the embedded default target in
-bf16 (the fast CPU path), with a random-init Scylla draft: timing does not depend on the
+One tree build, one verify step and one decode step on the embedded default target (in
+the dtype the bench chose, bf16 by default), with a random-init Scylla draft: timing does not depend on the
 draft's weights, only on its shape, so these run before any draft is trained. Every
 benchmark leaves the caches as it found them (the tree build rolls its draft cache back;
 the verify forward is rolled back), so each round measures the same work.
@@ -30,7 +30,8 @@ def setup():
     torch.manual_seed(0)
     if os.environ.get("SCYLLA_BENCH_THREADS"):  # set by reports/bench.py, like the sweep's --threads
         torch.set_num_threads(int(os.environ["SCYLLA_BENCH_THREADS"]))
-    target = Target.load("default", dtype="bfloat16")
+    # reports/bench.py passes the dtype it chose for the sweep (the faster one on this machine).
+    target = Target.load("default", dtype=os.environ.get("SCYLLA_BENCH_DTYPE", "bfloat16"))
     draft = load_draft("random:scylla", target)
     prompt = target.tokenizer(PROMPT)["input_ids"]
     capacity = len(prompt) + 4 * TOTAL
