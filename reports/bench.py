@@ -245,8 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     out: Path = args.out
     try:
+        if args.update_baseline and args.plant:
+            raise ScyllaError("refusing to write a baseline from a run with a planted regression")
         if out.exists() and not args.resume:
-            shutil.rmtree(out)  # a fresh run: stale cells must not mix into the figures
+            # A fresh run: stale cells must not mix into the figures. Only a folder this job
+            # wrote is removed, never whatever else --out happens to point at.
+            if any(out.iterdir()) and not (out / "sweep").exists() and not (out / "profile").exists():
+                raise ScyllaError(f"{out} exists and is not a bench-results folder; choose another --out")
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         drafts, trained = resolve_drafts(args.draft, args.methods, args.untrained)
         if not trained:
@@ -287,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
         figs = regression.figures(cells)
         (out / "figures.json").write_text(json.dumps(figs, indent=1, sort_keys=True) + "\n")
         if args.update_baseline:
-            if args.plant:
-                raise ScyllaError("refusing to write a baseline from a run with a planted regression")
             tol = args.tolerance if args.tolerance is not None else regression.DEFAULT_RATIO_TOLERANCE
             base = regression.make_baseline(figs, cfg, tol, _git_commit())
             args.baseline.write_text(json.dumps(base, indent=1) + "\n")
