@@ -128,15 +128,17 @@ def test_online_and_cached_features_train_identically(tiny, tiny_dir, text_file,
         assert logs["online"][column].tolist() == logs["cache"][column].tolist(), column
 
 
-def test_pretrain_then_sft_on_the_real_corpora(tiny, tiny_dir, tmp_path):
+def test_pretrain_then_sft_on_the_real_corpora(tiny, tiny_dir, tmp_path, capsys):
     config = TrainConfig(method="scylla", target=str(tiny_dir), layers=1, pretrain_tokens=SEQ * 8,
                          sft_tokens=SEQ * 8, seq_len=SEQ, batch_size=4, micro_batch=4, ce_fraction=0.5,
                          log_every=1, eval_sequences=1, eval_steps=2, checkpoint_every=1, keep_checkpoints=1)
-    result = train(config, tmp_path / "run", target=tiny, progress="none")
+    result = train(config, tmp_path / "run", target=tiny, progress="lines")
+    err = capsys.readouterr().err
+    assert "[train] target features (sft): 256/256 tokens" in err and "[train] step 4 sft loss" in err
     log = pd.read_parquet(tmp_path / "run" / "train_log.parquet")
     assert log["stage"].tolist() == ["pretrain", "pretrain", "sft", "sft"]
-    # Stage 2 starts its own warm-up at a third of the peak rate.
-    assert log["lr"].iloc[2] == pytest.approx(log["lr"].iloc[0] / 3)
+    # Stage 2 starts its own warm-up and cosine.
+    assert log["lr"].iloc[2] == log["lr"].iloc[0] > log["lr"].iloc[1]
     draft = load_draft(str(result.out), tiny)
     assert (draft.config.pretrain_tokens, draft.config.sft_tokens) == (SEQ * 8, SEQ * 8)
     assert len(checkpoints(tmp_path / "run")) == 1
@@ -186,3 +188,38 @@ def test_resume_refuses_a_run_of_another_target(tiny, tiny_dir, text_file, tmp_p
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
     assert "was trained for target" in lines[0] and "cannot resume" in lines[0]
+
+
+def test_a_batch_with_nothing_to_learn_still_steps(tiny):
+    """A chat chunk with no assistant token has no loss; backward still runs (zero gradients),
+    so a DDP rank holding it stays in step with the others."""
+    from scylla_impl.training.losses import Batch, Denominators, UnrolledLoss, make_labels
+
+    draft = new_draft("eagle2", tiny).train()
+    tokens = torch.randint(0, 1000, (2, SEQ))
+    out = tiny.features(tokens)
+    batch = Batch(tokens, torch.zeros(2, SEQ, dtype=torch.bool), out.hidden, out.hidden, [1, 2])
+    batch.labels = make_labels(tiny, draft, batch, 1, 1.0, True)
+    loss, stats = UnrolledLoss(draft, TrainConfig(method="eagle2", pretrain_tokens=SEQ * 4, seq_len=SEQ))(
+        batch, Denominators([0.0], [0.0]))
+    loss.backward()
+    assert loss.item() == 0.0 and stats.sum() == 0
+    assert all(p.grad is not None and not p.grad.any() for p in draft.parameters())
+
+
+def test_default_drafts_are_trained_on_first_use_and_kept(tiny, monkeypatch, capsys):
+    import scylla_impl.training.config as recipes
+    from scylla_impl.trained import default_draft_spec, drafts_dir, ensure_trained_draft
+
+    with pytest.raises(ScyllaError, match="scylla train --method scylla --layers 3 --name scylla"):
+        default_draft_spec(tiny, "scylla")
+    monkeypatch.setattr(recipes, "DEFAULT_PRETRAIN_TOKENS", 1024)
+    monkeypatch.setattr(recipes, "DEFAULT_SFT_TOKENS", 1024)
+    path = ensure_trained_draft(tiny, "scylla", progress="none")
+    assert "training the default scylla recipe" in capsys.readouterr().err
+    assert path == str(drafts_dir(tiny) / "scylla") == default_draft_spec(tiny, "scylla")
+    draft = load_draft(path, tiny)
+    assert draft.config.num_layers == 3 and draft.config.sft_tokens == 1024
+    assert (drafts_dir(tiny) / "scylla-3" / "train_log.parquet").is_file()
+    assert ensure_trained_draft(tiny, "scylla") == path  # kept: no second training
+    assert capsys.readouterr().err == ""

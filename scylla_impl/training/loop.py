@@ -64,7 +64,7 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float, min_ratio: flo
     warmup = max(1, round(warmup_frac * total))
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = (step - warmup + 1) / max(1, total - warmup)  # the last step lands on the floor
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -92,6 +92,39 @@ def _train_target(target):
                            embed=embed.to(target.device), lm_head=head)
 
 
+@torch.no_grad()
+def init_head_from_target(draft, target) -> None:
+    """Start EAGLE-3's own head where EAGLE-2 and Scylla start theirs: the target's LM head
+    (its rows for the draft vocabulary) behind the target's final norm weights. It is still
+    trained; at CPU-sized budgets a head learned from scratch over 32k tokens would cost
+    most of the budget before the comparison is about the drafts' bodies."""
+    draft.lm_head.weight.copy_(target.lm_head.weight[draft.d2t].float())
+    final_norm = getattr(target.decoder, "norm", None)
+    if final_norm is not None and getattr(final_norm, "weight", None) is not None:
+        draft.norm.weight.copy_(final_norm.weight.float())
+
+
+class _LineBar:
+    """A progress line a minute (for logs): done/total, tokens/s."""
+
+    def __init__(self, desc: str, total: int, every_s: float = 60.0):
+        self.desc, self.total, self.every_s = desc, total, every_s
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            print(f"[train] {self.desc}: {self.done}/{self.total} tokens, {rate:.1f} tok/s, "
+                  f"{now - self.start:.0f}s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 class _Progress:
     """tqdm bar on a terminal (or when asked), one line per log step in 'lines' mode, else quiet."""
 
@@ -102,6 +135,8 @@ class _Progress:
         self.bar = None
 
     def stage_bar(self, desc: str, total: int):
+        if self.mode == "lines":
+            return _LineBar(desc, total)
         if self.mode != "bar":
             return None
         from tqdm import tqdm
@@ -109,7 +144,7 @@ class _Progress:
         return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
 
     def start(self, total: int, done: int) -> None:
-        self.bar = self.stage_bar("train", total)
+        self.bar = self.stage_bar("train", total) if self.mode == "bar" else None
         if self.bar is not None:
             self.bar.update(done)
 
@@ -149,6 +184,8 @@ class Trainer:
         self.draft = new_draft(config.method, _train_target(target), layers=config.layers, seed=config.seed)
         if config.method == "eagle3":
             self.draft.set_vocab(token_counts(self.stages, target.info.vocab_size))
+            if config.head_from_target:
+                init_head_from_target(self.draft, target)
         self.draft.train()
         self.loss = UnrolledLoss(self.draft, config)
         self.model = dist.wrap(self.loss)

@@ -153,7 +153,9 @@ class UnrolledLoss(nn.Module):
     def forward(self, batch: Batch, denom: Denominators, scale: float = 1.0):
         feats = noise_like(batch.features[:, :-1], batch.seeds, self.noise)
         outs = unroll(self.draft, batch.tokens, feats, self.steps)
-        total = outs[0].new_zeros(())
+        # Tied to the graph even when no position of this batch is trained (a chat chunk with no
+        # assistant turn): backward then gives zero gradients, and DDP ranks stay in step.
+        total = outs[0].sum() * 0.0
         stats = torch.zeros(self.steps, 4, dtype=torch.float64)  # feature sum, ce sum, correct, scored
         for k, (out, lab) in enumerate(zip(outs, batch.labels)):
             w = self.decay ** k
