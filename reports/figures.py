@@ -158,9 +158,14 @@ def tau_bars(tau: pd.DataFrame) -> str | None:
     return to_svg(fig)
 
 
+MIN_REACHED = 10  # below this many steps a conditional rate is mostly noise (1 of 1 = 100%)
+
+
 def position_curves(pos: pd.DataFrame) -> str | None:
     if pos.empty:
         return None
+    pos = pos.copy()
+    pos.loc[pos["reached"] < MIN_REACHED, "cond"] = np.nan
     methods = ordered(pos["method"], list(METHOD_COLORS))
     pal = method_palette(methods)
     fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.2), sharey=True)

@@ -223,7 +223,8 @@ def _roofline(profs: list[Profile]) -> str:
 
 def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos: pd.DataFrame) -> str:
     cap = f"tau = emitted tokens / verify steps, pooled over the cells of each dataset at {h.describe()}."
-    drafts = "; ".join(f"{method_label(m)}: {d}" for m, d in h.drafts.items())
+    # Folder names only: the full paths are in the cells table and the results file.
+    drafts = "; ".join(f"{method_label(m)}: {d.rstrip('/').rsplit('/', 1)[-1] if d else 'none'}" for m, d in h.drafts.items())
     out = [figure(figures.tau_bars(tau), "tau", "tau per dataset and method", cap + (f" Drafts: {drafts}." if drafts else ""),
                   "No speculative cells at the headline configuration.")]
     df = tau.reset_index()
@@ -252,7 +253,8 @@ def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos
                                 f"{SCYLLA_CITATION}. A check, not a gate: the paper's targets, drafts and hardware differ from these."))
     out.append("<h3>Per-position acceptance</h3>")
     out.append(figure(figures.position_curves(pos), "positions", "Acceptance rate per draft position",
-                      "Acceptance at each draft position k, pooled over datasets at the headline configuration: conditional (EAGLE's n-alpha) and unconditional (vLLM's).",
+                      "Acceptance at each draft position k, pooled over datasets at the headline configuration: conditional (EAGLE's n-alpha) and unconditional (vLLM's). "
+                      f"A conditional rate is drawn only where at least {figures.MIN_REACHED} steps reached position k-1.",
                       "No per-position acceptance recorded."))
     return "".join(out)
 
@@ -392,7 +394,7 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
     hc = tables.headline_cells(ok, h) if len(ok) else ok
     tau = tables.tau_table(hc) if len(hc) else pd.DataFrame()
     claims = tables.claims_table(tau) if len(tau) else pd.DataFrame()
-    pos = tables.position_acceptance(hc) if len(hc) else pd.DataFrame(columns=["method", "position", "cond", "uncond"])
+    pos = tables.position_acceptance(hc) if len(hc) else pd.DataFrame(columns=["method", "position", "cond", "uncond", "reached"])
     tt = tables.throughput_table(tables.throughput_cells(ok, h)) if len(ok) else pd.DataFrame()
     loss = tables.lossless_table(ok)
 

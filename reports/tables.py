@@ -222,9 +222,10 @@ def position_acceptance(hcells: pd.DataFrame) -> pd.DataFrame:
                 "method": m, "position": k,
                 "cond": acc[k] / prev if prev else np.nan,
                 "uncond": acc[k] / total_steps,
+                "reached": prev,  # steps that got this far: the conditional rate's sample size
             })
             prev = acc[k]
-    return pd.DataFrame(rows, columns=["method", "position", "cond", "uncond"])
+    return pd.DataFrame(rows, columns=["method", "position", "cond", "uncond", "reached"])
 
 
 # --------------------------------------------------------------------------- throughput
