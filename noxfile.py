@@ -1,4 +1,5 @@
-"""Sessions: `tests` (fast suite), `slow` (long end-to-end tests), `bench` (the main job), `lint`."""
+"""Sessions: `tests` (fast suite), `slow` (long end-to-end tests), `bench` (the main job),
+`speed` (the decode-speed benchmark: AR vs speculative tokens/s and the step split), `lint`."""
 
 import os
 
@@ -46,3 +47,14 @@ def bench(session: nox.Session) -> None:
     """
     _install(session)
     session.run("python", "-m", "reports.bench", *session.posargs)
+
+
+@nox.session(python="3.11")
+def speed(session: nox.Session) -> None:
+    """AR vs speculative decode speed at batch 1 (tests/benchmarks/test_decode_speed.py).
+
+    SCYLLA_BENCH_DTYPE=float32 on a CPU without bf16 instructions, where bf16 is emulated.
+    """
+    _install(session)
+    session.run("pytest", "tests/benchmarks/test_decode_speed.py", "-m", "bench", "-s", "-p", "no:cacheprovider",
+                "--benchmark-columns=min,median,rounds", *session.posargs)

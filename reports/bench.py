@@ -151,7 +151,7 @@ def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: s
         _say("micro-benchmarks skipped (--skip-micro)")
         return None
     result = out / "micro.json"
-    cmd = [sys.executable, "-m", "pytest", "tests/benchmarks", "-m", "bench", "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "tests/benchmarks/test_micro.py", "-m", "bench", "-q", "-p", "no:cacheprovider",
            "--benchmark-min-rounds=5", "--benchmark-max-time=1", f"--benchmark-json={result}",
            "--benchmark-columns=min,median,max,rounds"]
     compare = not update and MICRO_BASELINE.is_file()

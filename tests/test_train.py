@@ -219,7 +219,8 @@ def test_default_drafts_are_trained_on_first_use_and_kept(tiny, monkeypatch, cap
     assert "training the default scylla recipe" in capsys.readouterr().err
     assert path == str(drafts_dir(tiny) / "scylla") == default_draft_spec(tiny, "scylla")
     draft = load_draft(path, tiny)
-    assert draft.config.num_layers == 3 and draft.config.sft_tokens == 1024
+    # The config stamps tokens trained on, every pass over the data counted.
+    assert draft.config.num_layers == 3 and draft.config.sft_tokens == 1024 * recipes.DEFAULT_EPOCHS
     assert (drafts_dir(tiny) / "scylla-3" / "train_log.parquet").is_file()
     assert ensure_trained_draft(tiny, "scylla") == path  # kept: no second training
     assert capsys.readouterr().err == ""

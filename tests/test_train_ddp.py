@@ -19,8 +19,8 @@ def test_two_gloo_processes_match_one(tmp_path, default_model_dir):
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(Path(m).read_text() for m in (subprocess.__file__, os.__file__)))
     common = ["train", "--target", str(tiny), "--method", "scylla", "--layers", "2", "--pretrain-data", str(text),
-              "--no-decontaminate", "--pretrain-tokens", str(SEQ * 32), "--sft-tokens", "0", "--seq-len", str(SEQ),
-              "--batch-size", "4", "--micro-batch", "2", "--log-every", "2", "--threads", "1", "--progress", "none"]
+              "--no-decontaminate", "--pretrain-tokens", str(SEQ * 32), "--sft-tokens", "0", "--epochs", "1",
+              "--seq-len", str(SEQ), "--batch-size", "4", "--micro-batch", "2", "--log-every", "2", "--threads", "1", "--progress", "none"]
     runs = {
         "one": [sys.executable, "-m", "harness.cli", *common, "--out", str(tmp_path / "one")],
         "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

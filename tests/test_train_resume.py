@@ -31,7 +31,7 @@ def test_killed_run_resumes_exactly(tmp_path, monkeypatch, default_model_dir):
     text.write_text("\n\n".join(Path(m).read_text() for m in (subprocess.__file__, signal.__file__)))
     run = tmp_path / "run"
     args = ["--target", str(tiny), "--method", "eagle2", "--pretrain-data", str(text), "--no-decontaminate",
-            "--pretrain-tokens", str(SEQ * 32), "--sft-tokens", "0", "--seq-len", str(SEQ), "--batch-size", "4",
+            "--pretrain-tokens", str(SEQ * 32), "--sft-tokens", "0", "--epochs", "1", "--seq-len", str(SEQ), "--batch-size", "4",
             "--micro-batch", "2", "--checkpoint-every", "3", "--log-every", "2", "--threads", "1",
             "--progress", "none", "--out", str(run)]
     killed = scylla_train(*args, env={KILL_AT_STEP_VAR: "5"})

@@ -18,7 +18,7 @@ from scylla_impl.training.config import METHOD_NAMES
 @click.option("--seq-len", type=int, default=None, help="packed sequence length [256]")
 @click.option("--batch-size", type=int, default=None, help="global batch in sequences [4]")
 @click.option("--micro-batch", type=int, default=None, help="sequences per forward per process [4]")
-@click.option("--epochs", type=int, default=None, help="passes over each stage's data [1]")
+@click.option("--epochs", type=int, default=None, help="passes over each stage's data (recipe: 4; later passes read cached features)")
 @click.option("--lr", type=float, default=None, help="peak learning rate of both stages [1e-3]")
 @click.option("--ttt-steps", type=int, default=None, help="unrolled steps trained (EAGLE-3 recipe: 3)")
 @click.option("--ce-fraction", type=float, default=None, help="share of positions scored by the CE [0.25]")
