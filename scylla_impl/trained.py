@@ -9,7 +9,6 @@ what it does and how long it takes; an interrupted run resumes where it stopped)
 it here for every later run. Nothing falls back to a random draft.
 """
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -39,25 +38,18 @@ def _ready(folder: Path) -> bool:
 
 
 def trained_draft(target, name: str = "scylla") -> Path | None:
-    """The trained draft `name` for `target` if there is one. For an alias ("scylla") whose
-    draft ("scylla-3") is trained but not yet copied under the alias, the copy is made."""
-    folder = drafts_dir(target) / name
-    if _ready(folder):
-        return folder
-    source = ALIASES.get(name)
-    if source and _ready(drafts_dir(target) / source):
-        folder.mkdir(parents=True, exist_ok=True)
-        for file in ("model.safetensors", "config.json"):  # config last: the folder counts once it is there
-            tmp = folder / (file + ".tmp")
-            shutil.copyfile(drafts_dir(target) / source / file, tmp)
-            tmp.replace(folder / file)
-        return folder
+    """The trained draft `name` for `target` if there is one. An alias is its draft's own
+    folder ("scylla" is drafts_dir/scylla-3), never a copy that a retraining would leave stale."""
+    for folder in (drafts_dir(target) / ALIASES.get(name, name), drafts_dir(target) / name):
+        if _ready(folder):
+            return folder
     return None
 
 
 def train_command(name: str) -> str:
     method, layers = DEFAULT_DRAFTS[name]
-    return f"scylla train --method {method}" + (f" --layers {layers}" if layers else "") + f" --name {name}"
+    stored = ALIASES.get(name, name)
+    return f"scylla train --method {method}" + (f" --layers {layers}" if layers else "") + f" --name {stored}"
 
 
 def default_draft_spec(target, name: str = "scylla") -> str:

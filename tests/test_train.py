@@ -211,13 +211,13 @@ def test_default_drafts_are_trained_on_first_use_and_kept(tiny, monkeypatch, cap
     import scylla_impl.training.config as recipes
     from scylla_impl.trained import default_draft_spec, drafts_dir, ensure_trained_draft
 
-    with pytest.raises(ScyllaError, match="scylla train --method scylla --layers 3 --name scylla"):
+    with pytest.raises(ScyllaError, match="scylla train --method scylla --layers 3 --name scylla-3"):
         default_draft_spec(tiny, "scylla")
     monkeypatch.setattr(recipes, "DEFAULT_PRETRAIN_TOKENS", 1024)
     monkeypatch.setattr(recipes, "DEFAULT_SFT_TOKENS", 1024)
     path = ensure_trained_draft(tiny, "scylla", progress="none")
     assert "training the default scylla recipe" in capsys.readouterr().err
-    assert path == str(drafts_dir(tiny) / "scylla") == default_draft_spec(tiny, "scylla")
+    assert path == str(drafts_dir(tiny) / "scylla-3") == default_draft_spec(tiny, "scylla")
     draft = load_draft(path, tiny)
     # The config stamps tokens trained on, every pass over the data counted.
     assert draft.config.num_layers == 3 and draft.config.sft_tokens == 1024 * recipes.DEFAULT_EPOCHS
