@@ -31,6 +31,17 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ScyllaError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}") from None
 
 
+def _load_model(path: str, dtype: torch.dtype):
+    """SDPA where the architecture has it (it takes our 4D tree mask as is); eager attention
+    for those that do not (Gemma-2's logit soft-capping)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    except ValueError as err:
+        if "attention implementation" not in str(err):
+            raise
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+
+
 @dataclass(frozen=True)
 class TargetInfo:
     name: str
@@ -92,7 +103,7 @@ class Target:
         path = str(ensure_default_model()) if name == "default" else name
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+            model = _load_model(path, torch_dtype)
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ScyllaError(f"cannot load target '{name}': {first}") from None
