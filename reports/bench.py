@@ -35,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports import regression
+from roofline.profile import faster_dtype
 from workloads.errors import ScyllaError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,9 +87,11 @@ def resolve_drafts(given: list[str], methods=METHODS, untrained: bool = False) -
         return specs, not any(s.split("=", 1)[1].startswith(("random:", "oracle")) for s in specs)
     if untrained:
         return specs + [f"{m}=random:{m}" for m in missing], False
+    from harness.quiet import quiet_libraries
     from scylla_impl.target import Target
     from scylla_impl.trained import DEFAULT_DRAFTS, ensure_trained_draft, trained_draft
 
+    quiet_libraries()
     target = Target.load("default", dtype="float32")
     for m in missing:
         if m not in DEFAULT_DRAFTS:
@@ -186,20 +189,21 @@ def choose_threads(requested: str) -> int:
 
 
 def choose_dtype(requested: str, profile: Path | None) -> str:
-    """The target dtype: `auto` takes the faster of bf16 and fp32 by the profile's matmul FLOP/s.
+    """The target dtype: `auto` takes the one the profile measured its verify knee in, which
+    `profile --dtype auto` chose as the faster of bf16 and fp32 by the matmul FLOP/s.
 
     bf16 is the fast path where the CPU has bf16 instructions (and on GPUs); on a CPU
-    without them torch emulates it, and this machine measured bf16 matmuls 25x slower
-    than fp32, which would make the job hours long for no benefit.
+    without them torch emulates it, and this machine measured bf16 matmuls 9-25x slower
+    than fp32, which would make the job hours long for no benefit. The sweep's top_k auto
+    then follows a knee measured in the dtype it runs in.
     """
     if requested != "auto":
         return requested
     try:
-        flops = json.loads((profile / "profile.json").read_text()).get("flops_per_s") or {}
+        doc = json.loads((profile / "profile.json").read_text())
     except (OSError, ValueError, AttributeError, TypeError):
-        flops = {}
-    bf16, fp32 = flops.get("bfloat16"), flops.get("float32")
-    return "float32" if bf16 and fp32 and fp32 > bf16 else "bfloat16"
+        return "bfloat16"
+    return (doc.get("options") or {}).get("dtype") or faster_dtype(doc.get("flops_per_s") or {})
 
 
 def _git_commit() -> str | None:
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
         profile = None if args.no_profile else out / "profile"
         if profile is not None and not (args.resume and (profile / "profile.json").is_file()):
-            _run(_scylla("profile", "--quick", "--out", str(profile)), "profile")
+            _run(_scylla("profile", "--quick", "--dtype", "auto", "--out", str(profile)), "profile")
         args.dtype = choose_dtype(args.dtype, profile)
         _say(f"target dtype: {args.dtype}")
         cfg = sweep_config(args, drafts)

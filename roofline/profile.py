@@ -162,7 +162,7 @@ class ProfileOptions:
     out: Path
     device: str = "auto"  # auto | cuda | cpu (or cuda:N)
     target: str = "default"
-    dtype: str = "bfloat16"  # the target's dtype for the knee; I_crit is quoted for it
+    dtype: str = "bfloat16"  # the target's dtype for the knee (or "auto"); I_crit is quoted for it
     quick: bool = False
     depth: int = policy_mod.DEFAULT_DEPTH
     progress: bool | None = None  # None: a bar only when stderr is a terminal
@@ -331,6 +331,21 @@ def _compute(run: _Run, progress: _Progress) -> None:
         for r in results if (b := r.best) is not None
     }
     run.tables["compute"] = [row for r in results for s in r.samples for row in s.rows()]
+
+
+def faster_dtype(flops_per_s: dict) -> str:
+    """bf16 unless fp32 measured faster: a CPU without bf16 instructions emulates it (this
+    project's 2-core EPYC: 18 vs 161 GFLOP/s), and a knee measured in one dtype says
+    nothing about a run in the other."""
+    bf16, fp32 = flops_per_s.get("bfloat16"), flops_per_s.get("float32")
+    return "float32" if bf16 and fp32 and fp32 > bf16 else "bfloat16"
+
+
+def _resolve_dtype(run: _Run, options: ProfileOptions) -> None:
+    if options.dtype == "auto":
+        options.dtype = faster_dtype(run.doc.get("flops_per_s") or {})
+        run.doc["options"]["dtype"] = options.dtype
+        run.doc["options"]["dtype_requested"] = "auto"
 
 
 def _spec_and_icrit(run: _Run, dtype: str = "bfloat16") -> None:
@@ -538,8 +553,8 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
     device = resolve_device(options.device)
     if options.target != "default" and not Path(options.target).exists():
         raise ScyllaError(f"--target {options.target}: no such model folder (give 'default' or a Hugging Face model dir)")
-    if options.dtype not in TARGET_DTYPES:
-        raise ScyllaError(f"--dtype {options.dtype}: choose one of {', '.join(TARGET_DTYPES)}")
+    if options.dtype not in (*TARGET_DTYPES, "auto"):
+        raise ScyllaError(f"--dtype {options.dtype}: choose one of {', '.join(TARGET_DTYPES)} or auto")
     if options.depth < 1:
         raise ScyllaError(f"--depth must be at least 1, got {options.depth}")
     if device.type == "cuda":
@@ -562,6 +577,7 @@ def run_profile(options: ProfileOptions) -> dict[str, Any]:
     phases: list[tuple[str, Callable[[], None]]] = [
         ("bandwidth", lambda: _bandwidth(run, progress)),
         ("compute", lambda: _compute(run, progress)),
+        ("dtype", lambda: _resolve_dtype(run, options)),
         ("i_crit", lambda: _spec_and_icrit(run, options.dtype)),
         ("knee", lambda: _knee(run, options, progress)),
         ("policy", lambda: _policy(run, options.depth)),

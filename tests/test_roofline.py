@@ -341,6 +341,23 @@ def test_profile_completes_without_a_target(tmp_path, monkeypatch):
     assert (tmp_path / "p" / "roofline.png").stat().st_size > 0 and (tmp_path / "p" / "roofline.svg").exists()
 
 
+def test_profile_dtype_auto_measures_the_knee_in_the_faster_dtype(tmp_path, monkeypatch, default_model_dir):
+    """`--dtype auto`: the knee (and I_crit) in whichever of bf16/fp32 the matmuls ran faster."""
+    from roofline import profile as prof
+    from roofline.device_facts import DeviceFacts
+
+    monkeypatch.setattr(DeviceFacts, "llc_bytes", property(lambda self: 256 << 10))
+    doc = prof.run_profile(prof.ProfileOptions(out=tmp_path / "p", device="cpu", dtype="auto",
+                                               plan=_tiny_plan(), progress=False))
+    chosen = prof.faster_dtype(doc["flops_per_s"])
+    assert doc["options"]["dtype"] == chosen and doc["options"]["dtype_requested"] == "auto"
+    assert doc["knee"]["target"]["dtype"] == chosen and doc["i_crit"]["dtype"] == chosen
+    flops = doc["flops_per_s"]
+    assert chosen == ("float32" if flops["float32"] > flops["bfloat16"] else "bfloat16")
+    assert prof.faster_dtype({"bfloat16": 2e12, "float32": 5e11}) == "bfloat16"
+    assert prof.faster_dtype({"bfloat16": 1.8e10, "float32": 1.6e11}) == "float32"
+
+
 def test_profile_rejects_bad_arguments(tmp_path):
     from roofline import profile as prof
 

@@ -34,8 +34,9 @@ def _auto_threads() -> int:
 @click.option("--target", default="default", show_default=True,
               help="Target model for the verify knee: 'default' (embedded SmolLM2-135M) or a Hugging Face model folder.")
 @click.option("--dtype", default="bfloat16", show_default=True,
-              type=click.Choice(["bfloat16", "float16", "float32"]),
-              help="Target dtype for the verify knee; I_crit is quoted for this dtype.")
+              type=click.Choice(["bfloat16", "float16", "float32", "auto"]),
+              help="Target dtype for the verify knee; I_crit is quoted for this dtype. auto: the faster "
+                   "of bf16 and fp32 by the measured matmul peaks (fp32 on a CPU without bf16 instructions).")
 @click.option("--quick", is_flag=True, help="A smaller grid (under two minutes on a 2-core CPU).")
 @click.option("--depth", default=5, show_default=True, type=click.IntRange(min=1),
               help="Tree depth the top-k policy table in profile.json is computed for.")
