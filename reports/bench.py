@@ -174,18 +174,11 @@ def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: s
 
 
 def choose_threads(requested: str) -> int:
-    """Torch threads for the sweep and micro-benchmarks.
+    """Torch threads for the sweep and micro-benchmarks: `auto` is roofline.cpu_threads' rule
+    (every CPU, or one when other processes already keep them busy)."""
+    from roofline.cpu_threads import auto_threads
 
-    On a machine already busy with other processes, two spinning OpenMP threads per
-    process make every forward many times slower (measured here: 0.65 s with one thread,
-    7.9 s with two, for the same one-token forward under a load of 7 on 2 cores), so
-    `auto` takes one thread when the load average already fills the CPUs.
-    """
-    cpus = os.cpu_count() or 1
-    if requested != "auto":
-        return max(1, int(requested))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return 1 if load >= cpus - 0.5 else cpus
+    return max(1, int(requested)) if requested != "auto" else auto_threads()[0]
 
 
 def choose_dtype(requested: str, profile: Path | None) -> str:
@@ -268,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plant:
             _say(f"PLANTED REGRESSION '{args.plant}': the sweep runs with {PLANTS[args.plant]}")
         threads = choose_threads(args.threads)
-        _say(f"torch threads: {threads} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        _say(f"torch threads: {threads} on {os.cpu_count()} CPUs")
 
         profile = None if args.no_profile else out / "profile"
         if profile is not None and not (args.resume and (profile / "profile.json").is_file()):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -413,3 +414,38 @@ def test_quick_profile_end_to_end(tmp_path, default_model_dir):
         assert policy.topk_for_batch(prof, e["batch_size"], e["depth"]) == (e["top_k"], e["total_tokens"])
     for name in ("bandwidth", "compute", "knee", "numpy_triad"):
         assert (tmp_path / f"{name}.parquet").exists()
+
+
+def test_auto_threads_takes_one_only_when_the_cpus_are_busy(monkeypatch):
+    from roofline import cpu_threads
+
+    monkeypatch.setattr(cpu_threads, "available_cpus", lambda: 2)
+    monkeypatch.setattr(cpu_threads, "busy_cpus", lambda: 0.2)
+    assert cpu_threads.auto_threads() == (2, 0.2)
+    monkeypatch.setattr(cpu_threads, "busy_cpus", lambda: 1.6)
+    assert cpu_threads.auto_threads() == (1, 1.6)
+
+
+def test_busy_cpus_sees_a_spinning_process():
+    """A real busy process: /proc/stat must count it (where there is a /proc)."""
+    import multiprocessing
+    from pathlib import Path
+
+    from roofline.cpu_threads import busy_cpus
+
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat on this system")
+    stop = multiprocessing.Event()
+    spinner = multiprocessing.Process(target=_spin, args=(stop,))
+    spinner.start()
+    try:
+        time.sleep(0.2)
+        assert busy_cpus(0.5) > 0.6
+    finally:
+        stop.set()
+        spinner.join()
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -13,19 +12,14 @@ def _fmt(value: float | None, unit: str, scale: float = 1.0) -> str:
 
 
 def _auto_threads() -> int:
-    """Every CPU this process may use, unless other processes already keep them busy.
+    from roofline.cpu_threads import auto_threads, available_cpus
 
-    torch's OpenMP threads wait for each other at every parallel region; when another
-    process holds one of the cores, a two-thread matmul stalls (10x and worse measured on
-    the project's 2-core machines) while one thread merely shares its core.
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if cpus > 1 and load >= cpus:
-        click.echo(f"warning: load average {load:.1f} on {cpus} CPUs: measuring with 1 thread; timings will "
-                   "be slower and noisier than on an idle machine (--threads N to override)", err=True)
-        return 1
-    return cpus
+    threads, busy = auto_threads()
+    if threads < available_cpus():
+        click.echo(f"warning: other processes keep {busy:.1f} of {available_cpus()} CPUs busy: measuring with 1 "
+                   "thread; timings will be slower and noisier than on an idle machine (--threads N to override)",
+                   err=True)
+    return threads
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
