@@ -13,7 +13,7 @@ profile.json (schema_version 1). Units: bytes, seconds, FLOP; null = not measure
   "schema_version": 1,
   "profile_id": str,                 # sha256 of the document's content, 16 hex digits
   "created_utc": str,                # ISO 8601
-  "options": {"device", "target", "dtype", "quick", "depth", "plan"},
+  "options": {"device", "target", "dtype", "quick", "depth", "plan", "dtype_requested"?},
   "device": {                        # device_facts.DeviceFacts.to_json()
     "kind": "cpu" | "cuda", "name": str, "device": str, "llc_bytes": int | null,
     "cpu": {model, architecture, logical_cpus, physical_cores, cpus_available, threads_used,

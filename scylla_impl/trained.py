@@ -26,7 +26,7 @@ DEFAULT_DRAFTS: dict[str, tuple[str, int | None]] = {
 ALIASES = {"scylla": "scylla-3"}  # the default draft is the Scylla-3 one
 # Measured for the default recipe (48k tokens) on this project's 2 shared CPU cores; see
 # scylla_impl/training/config.py.
-RECIPE_MINUTES = "15-45"
+RECIPE_MINUTES = "4-10"
 
 
 def drafts_dir(target) -> Path:
