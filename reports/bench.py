@@ -35,7 +35,6 @@ from pathlib import Path
 import pandas as pd
 
 from reports import regression
-from roofline.profile import faster_dtype
 from workloads.errors import ScyllaError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,10 +192,9 @@ def choose_dtype(requested: str, profile: Path | None) -> str:
     if requested != "auto":
         return requested
     try:
-        doc = json.loads((profile / "profile.json").read_text())
-    except (OSError, ValueError, AttributeError, TypeError):
+        return json.loads((profile / "profile.json").read_text())["options"]["dtype"]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
         return "bfloat16"
-    return (doc.get("options") or {}).get("dtype") or faster_dtype(doc.get("flops_per_s") or {})
 
 
 def _git_commit() -> str | None:
