@@ -68,7 +68,54 @@ def lr_at(step: int, total: int, peak: float, warmup_frac: float, min_ratio: flo
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _rng_state() -> dict:
+    """Every RNG the run draws from, as plain tensors, ints and lists: `torch.load(weights_only=True)`
+    reads them back, so resuming never unpickles objects."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
 # -- run folder --------------------------------------------------------------------------
+# Everything a training run writes into its folder; `--force` removes these and nothing else.
+RUN_ENTRIES = ("config.json", "config.json.tmp", "model.safetensors", "model.safetensors.tmp", CONFIG_FILE,
+               "train_config.tmp", LOG_FILE, LOG_FILE + ".tmp", "checkpoints")
+
+
+def clear_run(out: Path, dry_run: bool = False) -> None:
+    """Start `out` over: remove what a training run wrote there, after checking that it is one.
+    A folder holding anything else is refused whole, so nothing of the user's is ever deleted."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ScyllaError(f"--out '{out}' is a file, not a folder; choose another --out")
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [name for name in entries if name not in RUN_ENTRIES]
+    if foreign:
+        raise ScyllaError(f"--force refuses to clear '{out}': it holds {', '.join(foreign[:3])}"
+                          f"{' and more' if len(foreign) > 3 else ''}, which a training run does not write; "
+                          "choose another --out or empty it yourself")
+    if entries and CONFIG_FILE not in entries and "config.json" not in entries:
+        raise ScyllaError(f"--force refuses to clear '{out}': it is not a training run folder (no {CONFIG_FILE})")
+    if dry_run:
+        return
+    for name in entries:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, oldest first (a folder appears only once fully written)."""
     root = out / "checkpoints"
@@ -337,7 +384,7 @@ class Trainer:
             state = {
                 "global_step": self.global_step, "elapsed": self.elapsed, "tokens": self.tokens,
                 "optimizer": self.optimizer.state_dict(), "rows": self.rows,
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
+                "rng": _rng_state(),
             }
             torch.save(state, tmp / STATE_FILE)
             shutil.rmtree(final, ignore_errors=True)
@@ -352,13 +399,15 @@ class Trainer:
 
         check_target(read_config(folder), self.target, folder)
         load_weights(self.draft, folder)
-        state = torch.load(folder / STATE_FILE, weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.global_step, self.elapsed, self.tokens = state["global_step"], state["elapsed"], state["tokens"]
-        self.rows = state["rows"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
+        try:  # tensors, numbers, strings and containers only: a checkpoint can never run code
+            state = torch.load(folder / STATE_FILE, weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.global_step, self.elapsed, self.tokens = state["global_step"], state["elapsed"], state["tokens"]
+            self.rows = state["rows"]
+            _set_rng_state(state["rng"])
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets one line
+            raise ScyllaError(f"cannot resume from '{folder / STATE_FILE}': {str(err).splitlines()[0]} "
+                              "(start over with --force, or train into another --out)") from None
 
     def _stamp_budget(self) -> None:
         """Record in the draft's config how many tokens each stage has trained so far."""
@@ -414,8 +463,9 @@ class Trainer:
 
 
 def prepare_out(out: Path, config: TrainConfig | None, resume: bool, target_fingerprint: str,
-                force: bool = False, change: bool = True) -> tuple[TrainConfig, Path | None]:
-    """The config to run and the checkpoint to resume from, with clear errors for a wrong folder."""
+                force: bool = False) -> tuple[TrainConfig, Path | None]:
+    """The config to run and the checkpoint to resume from, with clear errors for a wrong folder.
+    Only checks: nothing on disk changes here."""
     from scylla_impl.drafts.base import read_config
 
     saved = out / CONFIG_FILE
@@ -442,12 +492,13 @@ def prepare_out(out: Path, config: TrainConfig | None, resume: bool, target_fing
         return (config or previous), folder
     if config is None:
         raise ScyllaError("a training config is needed unless resuming")
+    if out.exists() and not out.is_dir():
+        raise ScyllaError(f"--out '{out}' is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise ScyllaError(f"'{out}' already holds a training run or draft; pass --resume to continue it, "
                               "--force to start over, or choose another --out")
-        if change:
-            shutil.rmtree(out)
+        clear_run(out, dry_run=True)  # --force: refuse now a folder that is not a run of ours
     return config, None
 
 
@@ -473,14 +524,16 @@ def train(config: TrainConfig | None, out: Path | str | None = None, *, resume: 
         out = Path(out)
         # Every process checks (the same answer everywhere, so a bad folder stops them all);
         # only the first one changes the folder.
-        run_config, folder = prepare_out(out, config, resume, target.info.fingerprint, force, change=False)
+        run_config, folder = prepare_out(out, config, resume, target.info.fingerprint, force)
         if run_config.batch_size % dist.world:
             raise ScyllaError(f"batch size {run_config.batch_size} does not split over {dist.world} processes")
+        # Building the trainer reads and checks every input (corpora, chat template, budgets);
+        # only then is anything on disk changed.
+        trainer = Trainer(run_config, target, out, dist, progress)
         dist.barrier()
         if dist.main and force and not resume:
-            prepare_out(out, config, resume, target.info.fingerprint, force)
+            clear_run(out)
         dist.barrier()
-        trainer = Trainer(run_config, target, out, dist, progress)
         if folder is not None:
             trainer.load_checkpoint(folder)
         if dist.main:
