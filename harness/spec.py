@@ -21,7 +21,9 @@ import yaml
 from workloads.errors import ScyllaError
 
 AUTO = "auto"
-KNOWN_METHODS = ("ar", "eagle2", "eagle3", "scylla")
+KNOWN_METHODS = ("ar", "eagle2", "eagle3", "scylla", "lookup")
+# Methods whose draft needs no checkpoint: given in --methods alone, they take this draft.
+TRAINING_FREE_DRAFTS = {"lookup": "lookup"}
 RANDOM_DRAFTS = ("random:eagle2", "random:eagle3", "random:scylla")
 DTYPES = ("bfloat16", "float16", "float32")
 TURNS = ("all", "first")
@@ -206,7 +208,7 @@ def _datasets(key: str, v: Any, base: Path | None) -> tuple[str, ...]:
 
 def _draft_value(method: str, value: str, base: Path | None) -> str:
     value = value.strip()
-    if value == "oracle" or value.startswith("random:"):
+    if value in ("oracle", *TRAINING_FREE_DRAFTS.values()) or value.startswith("random:"):
         if value.startswith("random:") and value not in RANDOM_DRAFTS:
             raise ScyllaError(f"draft for {method}: unknown {value!r} (known: {', '.join(RANDOM_DRAFTS)}, oracle, or a checkpoint folder)")
         return value
@@ -362,6 +364,10 @@ def build_spec(yaml_path: str | Path | None = None, overrides: Mapping[str, Any]
         values.update(parsed)
     if "methods" not in values:
         values["methods"] = ("ar", *values.get("draft", {}))
+    free = {m: (TRAINING_FREE_DRAFTS[m],) for m in values["methods"]
+            if m in TRAINING_FREE_DRAFTS and m not in values.get("draft", {})}
+    if free:
+        values["draft"] = {**values.get("draft", {}), **free}
     spec = SweepSpec(**values)
     validate(spec)
     return spec

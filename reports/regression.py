@@ -184,7 +184,9 @@ def summary_table(cells: pd.DataFrame) -> str:
         sp = pd.to_numeric(g["speedup_vs_ar"], errors="coerce").dropna()
         rows.append((m, int(b), s, len(g), em / st if st else float("nan"), g["tokens_per_s"].mean(),
                      float(np.exp(np.log(sp[sp > 0]).mean())) if (sp > 0).any() else (1.0 if m == "ar" else float("nan"))))
-    order = {"ar": 0, "eagle2": 1, "eagle3": 2, "scylla": 3}
+    from reports.tables import METHOD_ORDER
+
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (order.get(r[0], 9), r[0], r[1], (r[2] == "auto", r[2])))
     head = f"{'method':<8} {'batch':>5} {'top_k':>5} {'cells':>5} {'tau':>6} {'tok/s':>8} {'spec/AR':>8}"
     lines = [head, "-" * len(head)]

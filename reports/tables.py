@@ -17,8 +17,8 @@ import pandas as pd
 from reports.published import SCYLLA_CLAIMS, published_baselines
 from reports.scaling import LogFit, fit_log10
 
-METHOD_ORDER = ["ar", "eagle2", "eagle3", "scylla"]
-METHOD_LABELS = {"ar": "AR", "eagle2": "EAGLE-2", "eagle3": "EAGLE-3", "scylla": "Scylla"}
+METHOD_ORDER = ["ar", "lookup", "eagle2", "eagle3", "scylla"]
+METHOD_LABELS = {"ar": "AR", "lookup": "Prompt lookup", "eagle2": "EAGLE-2", "eagle3": "EAGLE-3", "scylla": "Scylla"}
 DATASET_ORDER = ["mt_bench", "humaneval", "gsm8k", "alpaca", "cnn_dm", "natural_questions"]
 DATASET_LABELS = {
     "mt_bench": "MT-bench", "humaneval": "HumanEval", "gsm8k": "GSM8K", "alpaca": "Alpaca",

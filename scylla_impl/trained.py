@@ -74,22 +74,30 @@ def _default_name() -> str:
 
 
 def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -> str:
-    """The trained draft `name` for `target`, training the default recipe first if missing."""
+    """The trained draft `name` for `target`, training the default recipe first if it is missing
+    or was trained by an earlier recipe (the default draft is what today's recipe trains)."""
     found = trained_draft(target, name)
-    if found is not None:
-        return str(found)
     if name not in DEFAULT_DRAFTS:
+        if found is not None:
+            return str(found)
         raise ScyllaError(f"no default recipe for a draft named '{name}'; known: {', '.join(DEFAULT_DRAFTS)}")
     import torch
 
     from scylla_impl.training import recipe, train
-    from scylla_impl.training.loop import CONFIG_FILE
+    from scylla_impl.training.loop import CONFIG_FILE, same_run
 
     method, layers = DEFAULT_DRAFTS[name]
     stored = ALIASES.get(name, name)
     folder = drafts_dir(target) / stored
     config = recipe(method, layers=layers, target=target.info.path, name=stored)
-    resume = (folder / CONFIG_FILE).is_file()
+    started = (folder / CONFIG_FILE).is_file()
+    current = not started or same_run(folder, config)
+    if found is not None and current:
+        return str(found)
+    resume = started and current
+    if not current:
+        print(f"The '{name}' draft in {folder} was trained by an earlier default recipe: retraining it.",
+              file=sys.stderr, flush=True)
     print(f"No trained '{name}' draft for {target.info.name} yet: training the default {method} recipe "
           f"({config.pretrain_tokens} pretraining + {config.sft_tokens} chat tokens, about {RECIPE_MINUTES} min "
           f"on 2 CPU cores) into {folder}; it is kept for later runs, and an interrupted run "

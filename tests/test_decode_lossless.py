@@ -18,6 +18,8 @@ CASES = [
     ("random:scylla", 1, 8, 8, 1),
     ("oracle", 10, 1, 8, 1),
     ("random:eagle3", 10, 5, 60, 1),
+    ("lookup", 1, 5, 6, 4),
+    ("lookup", 3, 4, 12, 1),
 ]
 
 

@@ -74,9 +74,11 @@ def prompts(target):
             tok("def main():\n    return", add_special_tokens=False)["input_ids"]]
 
 
+@pytest.mark.parametrize("draft_vocab", [0, 1024])
 @pytest.mark.parametrize("method", ["eagle2", "eagle3", "scylla"])
-def test_train_save_reload_decode_lossless(method, tiny, tiny_dir, text_file, tmp_path):
-    result = train(small(method, tiny_dir, text_file), tmp_path / "run", target=tiny, progress="none")
+def test_train_save_reload_decode_lossless(method, draft_vocab, tiny, tiny_dir, text_file, tmp_path):
+    config = small(method, tiny_dir, text_file, draft_vocab=draft_vocab)
+    result = train(config, tmp_path / "run", target=tiny, progress="none")
     assert result.steps == 4 and result.tokens == SEQ * 16
     log = pd.read_parquet(tmp_path / "run" / "train_log.parquet")
     assert len(log) == 4 and log["loss"].notna().all()
@@ -86,6 +88,20 @@ def test_train_save_reload_decode_lossless(method, tiny, tiny_dir, text_file, tm
     assert draft.config.method == method and draft.config.pretrain_tokens == SEQ * 16
     if method == "scylla":
         assert draft.config.num_layers == 2
+    assert draft.reduced == bool(draft_vocab)
+    if draft_vocab:
+        # The draft vocabulary is the most frequent trained tokens, stored as EAGLE-3 and SpecForge
+        # store it: d2t[i] = target id - i, t2d marks the kept target ids.
+        from safetensors.torch import load_file
+
+        from scylla_impl.training.data import build_stage, token_counts
+
+        stored = load_file(str(result.out / "model.safetensors"))
+        ids = torch.arange(draft_vocab) + stored["d2t"]
+        assert (ids.diff() > 0).all() and stored["t2d"].sum() == draft_vocab and stored["t2d"][ids].all()
+        counts = token_counts([build_stage(config, tiny.tokenizer, "pretrain")], tiny.info.vocab_size)
+        assert counts[ids].min() >= counts[~stored["t2d"]].max()
+        assert torch.equal(draft.to_target(torch.arange(draft_vocab)), ids)
     config = DecodeConfig(top_k=4, depth=3, total_tokens=12, max_new_tokens=16)
     ar = generate(tiny, prompts(tiny), None, config)
     spec = generate(tiny, prompts(tiny), draft, config)
@@ -134,9 +150,11 @@ def test_pretrain_then_sft_on_the_real_corpora(tiny, tiny_dir, tmp_path, capsys)
                          log_every=1, eval_sequences=1, eval_steps=2, checkpoint_every=1, keep_checkpoints=1)
     result = train(config, tmp_path / "run", target=tiny, progress="lines")
     err = capsys.readouterr().err
-    assert "[train] target features (sft): 256/256 tokens" in err and "[train] step 4 sft loss" in err
+    # Features cover the training budget and the stage's held-out sequence.
+    assert "[train] target features (sft): 288/288 tokens" in err and "[train] step 4 sft loss" in err
     log = pd.read_parquet(tmp_path / "run" / "train_log.parquet")
     assert log["stage"].tolist() == ["pretrain", "pretrain", "sft", "sft"]
+    assert log["eval_acc_0"].iloc[:2].notna().all()  # measured on the held-out pretraining sequence
     # Stage 2 starts its own warm-up and cosine.
     assert log["lr"].iloc[2] == log["lr"].iloc[0] > log["lr"].iloc[1]
     draft = load_draft(str(result.out), tiny)

@@ -20,8 +20,13 @@ from scylla_impl.training.config import METHOD_NAMES
 @click.option("--micro-batch", type=int, default=None, help="sequences per forward per process [4]")
 @click.option("--epochs", type=int, default=None, help="passes over each stage's data (recipe: 4; later passes read cached features)")
 @click.option("--lr", type=float, default=None, help="peak learning rate of both stages [1e-3]")
-@click.option("--ttt-steps", type=int, default=None, help="unrolled steps trained (EAGLE-3 recipe: 3)")
-@click.option("--ce-fraction", type=float, default=None, help="share of positions scored by the CE [0.25]")
+@click.option("--ttt-steps", type=int, default=None, help="unrolled steps trained (training-time test)")
+@click.option("--ce-fraction", type=float, default=None, help="share of positions scored by the CE [1.0]")
+@click.option("--draft-vocab", type=int, default=None,
+              help="reduced draft vocabulary: the N most frequent trained tokens; 0 = the target's full vocabulary "
+                   "(EAGLE-2 as published: --draft-vocab 0 --ttt-steps 1 --sft-answers sharegpt)")
+@click.option("--sft-answers", type=click.Choice(["target", "sharegpt"]), default=None,
+              help="SFT on the target's own greedy answers to ShareGPT prompts (self-distillation) or on ShareGPT's")
 @click.option("--features", type=click.Choice(["cache", "online"]), default=None, help="target features cached on disk or recomputed [cache]")
 @click.option("--pretrain-data", default=None, help="a text file or folder of .txt files to pretrain on instead of the default mix")
 @click.option("--no-decontaminate", "no_decontaminate", is_flag=True, default=None,
@@ -40,7 +45,7 @@ from scylla_impl.training.config import METHOD_NAMES
 @click.option("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
 @click.pass_context
 def train(ctx, target, method, layers, pretrain_tokens, sft_tokens, seq_len, batch_size, micro_batch, epochs, lr,
-          ttt_steps, ce_fraction, features, pretrain_data, no_decontaminate, seed, dtype, device, checkpoint_every, log_every, name,
+          ttt_steps, ce_fraction, draft_vocab, sft_answers, features, pretrain_data, no_decontaminate, seed, dtype, device, checkpoint_every, log_every, name,
           out, resume, force, progress, threads) -> None:
     """Train a draft for --target: pretraining on the general corpus, then SFT on chat."""
     from pathlib import Path
@@ -58,6 +63,7 @@ def train(ctx, target, method, layers, pretrain_tokens, sft_tokens, seq_len, bat
     given = {
         "layers": layers, "seq_len": seq_len, "batch_size": batch_size, "micro_batch": micro_batch,
         "epochs": epochs, "lr": lr, "ttt_steps": ttt_steps, "ce_fraction": ce_fraction, "features": features,
+        "draft_vocab": draft_vocab, "sft_answers": sft_answers,
         "pretrain_data": pretrain_data, "decontaminate": False if no_decontaminate else None, "seed": seed, "dtype": dtype, "device": device,
         "checkpoint_every": checkpoint_every, "log_every": log_every, "name": name,
         "pretrain_tokens": parse_tokens(pretrain_tokens) if pretrain_tokens is not None else None,

@@ -14,24 +14,33 @@ from scylla_impl.drafts.base import (
 )
 from scylla_impl.drafts.eagle2 import Eagle2Draft
 from scylla_impl.drafts.eagle3 import Eagle3Draft
+from scylla_impl.drafts.lookup import PromptLookupDraft
 from scylla_impl.drafts.oracle import OracleDraft
 from scylla_impl.drafts.scylla import ScyllaDraft
 from workloads.errors import ScyllaError
 
 # One registry of trainable draft architectures.
 METHODS: dict[str, type[Draft]] = {"eagle2": Eagle2Draft, "eagle3": Eagle3Draft, "scylla": ScyllaDraft}
-EAGLE3_DRAFT_VOCAB = 32000
+# An untrained EAGLE-3 draft gets a reduced vocabulary of this size, so decoding with
+# random:eagle3 exercises the draft-to-target id map; trained drafts take theirs from the recipe.
+RANDOM_EAGLE3_VOCAB = 8192
 
 
-def new_draft(method: str, target, layers: int | None = None, seed: int = 0, **overrides) -> Draft:
-    """A freshly initialised draft of `method` for `target` (random weights, seeded)."""
+def new_draft(method: str, target, layers: int | None = None, seed: int = 0, draft_vocab: int | None = None,
+              **overrides) -> Draft:
+    """A freshly initialised draft of `method` for `target` (random weights, seeded). `draft_vocab`:
+    size of the reduced vocabulary (capped at the target's; 0 = the full vocabulary)."""
     if method not in METHODS:
         raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(METHODS)}")
+    if draft_vocab is None:
+        draft_vocab = RANDOM_EAGLE3_VOCAB if method == "eagle3" else 0
+    if draft_vocab < 0:
+        raise ScyllaError(f"draft vocabulary size must be >= 0 (0 = the target's), got {draft_vocab}")
+    overrides["draft_vocab_size"] = min(draft_vocab, target.info.vocab_size)
     if method == "eagle3":
         from scylla_impl.target import default_layer_choice
 
         overrides.setdefault("feature_layers", list(default_layer_choice(target.info.num_layers)))
-        overrides.setdefault("draft_vocab_size", min(EAGLE3_DRAFT_VOCAB, target.info.vocab_size))
     if layers is not None:
         if method != "scylla" and layers != 1:
             raise ScyllaError(f"--layers applies to scylla drafts; {method} has one decoder layer")
@@ -43,16 +52,19 @@ def new_draft(method: str, target, layers: int | None = None, seed: int = 0, **o
 
 
 def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 0):
-    """None/'none' -> None (AR); 'oracle'; 'random:<method>'; or a checkpoint folder."""
+    """None/'none' -> None (AR); 'oracle'; 'lookup' (prompt lookup, training-free);
+    'random:<method>'; or a checkpoint folder."""
     if spec in (None, "", "none", "ar"):
         return None
     if spec == "oracle":
         return OracleDraft(target)
+    if spec == "lookup":
+        return PromptLookupDraft(target)
     if spec.startswith("random:"):
         return new_draft(spec.split(":", 1)[1], target, layers=layers, seed=seed)
     folder = Path(spec)
     if not folder.exists():
-        raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, 'oracle' or random:{{{','.join(METHODS)}}}")
+        raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, 'oracle', 'lookup' or random:{{{','.join(METHODS)}}}")
     config = read_config(folder)
     check_target(config, target, folder)
     if config.method not in METHODS:
@@ -63,4 +75,5 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
     return draft.to(device=target.device, dtype=target.dtype).eval()
 
 
-__all__ = ["Draft", "DraftConfig", "DraftInfo", "METHODS", "OracleDraft", "load_draft", "new_draft"]
+__all__ = ["Draft", "DraftConfig", "DraftInfo", "METHODS", "OracleDraft", "PromptLookupDraft", "load_draft",
+           "new_draft"]

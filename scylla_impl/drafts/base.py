@@ -4,6 +4,12 @@ A draft sees pairs (token t+1, feature t): the next token's embedding beside the
 feature at t, and predicts the feature and token at t+1. During decoding it keeps its own
 RowKVCache: `extend` commits pairs whose features came from the target, `expand` scores a
 tree level from the draft's own predicted features (tentative), `rollback` drops them.
+
+A draft may predict over a reduced vocabulary: the draft_vocab_size most frequent target
+tokens (FR-Spec, EAGLE-3). Its checkpoint stores them as EAGLE-3 and SpecForge do:
+`d2t[i]` = target id of draft id i, minus i (an offset), and `t2d` marks the target ids kept.
+EAGLE-2 and Scylla then score the target's own frozen LM-head rows of those tokens, so a
+draft level reads a fraction of the head a full-vocabulary draft reads.
 """
 
 import json
@@ -19,6 +25,10 @@ from scylla_impl.drafts.layers import rotary
 from scylla_impl.kv_cache import RowKVCache
 from workloads.errors import ScyllaError
 
+# Version of the checkpoint layout; 2: d2t holds offsets (EAGLE-3 / SpecForge), any method may
+# have a reduced vocabulary.
+DRAFT_FORMAT = 2
+
 
 @dataclass
 class DraftConfig:
@@ -32,13 +42,14 @@ class DraftConfig:
     rope_theta: float
     vocab_size: int  # the target's
     num_layers: int = 1
-    draft_vocab_size: int = 0  # EAGLE-3's reduced vocabulary; 0 = the target's
+    draft_vocab_size: int = 0  # the reduced vocabulary's size; 0 = the target's own
     feature_layers: list[int] = field(default_factory=list)  # target layers whose inputs feed the draft
     target_name: str = ""
     target_hidden_size: int = 0
     target_fingerprint: str = ""
     pretrain_tokens: int | None = None
     sft_tokens: int | None = None
+    format: int = DRAFT_FORMAT
 
     @classmethod
     def from_target(cls, method: str, target, **overrides) -> "DraftConfig":
@@ -82,6 +93,14 @@ class Draft(nn.Module):
         self._target_parts = (target.embed, target.lm_head)
         self.checkpoint = f"random:{config.method}"
         self.cache: RowKVCache | None = None
+        if config.draft_vocab_size:
+            vd, v = config.draft_vocab_size, config.vocab_size
+            if not 1 <= vd <= v:
+                raise ScyllaError(f"draft vocabulary of {vd} tokens: must be 1..{v} (the target's vocabulary)")
+            # Until token counts set it (set_vocab), the draft vocabulary is the first vd target ids.
+            self.register_buffer("d2t", torch.zeros(vd, dtype=torch.long), persistent=True)
+            self.register_buffer("t2d", torch.arange(v) < vd, persistent=True)
+        self._vocab_changed()
 
     # -- model ----------------------------------------------------------------------
     @property
@@ -104,9 +123,50 @@ class Draft(nn.Module):
         """Draft output [.., h] -> logits over the draft vocabulary."""
         raise NotImplementedError
 
+    @property
+    def reduced(self) -> bool:
+        return bool(self.config.draft_vocab_size)
+
+    def draft_token_ids(self) -> torch.Tensor:
+        """[V'] the target id of each draft id."""
+        if not self.reduced:
+            return torch.arange(self.config.vocab_size, device=next(self.parameters()).device)
+        return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
+
     def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Map draft-vocabulary ids to target token ids (identity unless the vocab is reduced)."""
-        return draft_ids
+        return draft_ids + self.d2t[draft_ids] if self.reduced else draft_ids
+
+    def set_vocab(self, token_counts: torch.Tensor) -> None:
+        """Keep the draft_vocab_size most frequent target tokens (ties by lower id)."""
+        vd = self.d2t.numel()
+        order = torch.argsort(-token_counts.float(), stable=True)[:vd]
+        ids = torch.sort(order).values.to(self.d2t.device)
+        self.d2t.copy_(ids - torch.arange(vd, device=ids.device))
+        self.t2d.zero_()
+        self.t2d[ids] = True
+        self._vocab_changed()
+
+    def _vocab_changed(self) -> None:
+        """Refresh what depends on the draft vocabulary (the head rows of drafts that score
+        with the target's LM head)."""
+
+    def _target_head(self, out: torch.Tensor) -> torch.Tensor:
+        """Logits of the target's frozen LM head, over the draft vocabulary."""
+        if not self.reduced:
+            return self._target_parts[1](out)
+        return F.linear(out, self.head_weight, self.head_bias)
+
+    def _slice_target_head(self) -> None:
+        """Non-persistent copies of the target head's rows for the draft vocabulary: they belong
+        to the target, so they are rebuilt from it, never saved."""
+        if not self.reduced:
+            return
+        head = self._target_parts[1]
+        ids = self.draft_token_ids().to(head.weight.device)
+        self.register_buffer("head_weight", head.weight.detach()[ids], persistent=False)
+        bias = head.bias.detach()[ids] if head.bias is not None else None
+        self.register_buffer("head_bias", bias, persistent=False)
 
     def hidden_states(self, tokens, features, from_target: bool, positions, mask, cache=None):
         x, attn_input = self._inputs(tokens, features, from_target)
@@ -171,6 +231,10 @@ def read_config(folder: Path) -> DraftConfig:
     try:
         raw = json.loads(path.read_text())
         raw.pop("architectures", None)
+        found = raw.get("format", 1)
+        if found != DRAFT_FORMAT:
+            raise ScyllaError(f"draft '{folder}' is in checkpoint format {found}; this scylla-bench reads format "
+                              f"{DRAFT_FORMAT} (d2t as offsets): retrain it with `scylla train`")
         return DraftConfig(**raw)
     except (json.JSONDecodeError, TypeError) as err:
         raise ScyllaError(f"bad draft config {path}: {err}") from None
@@ -189,3 +253,4 @@ def load_weights(draft: Draft, folder: Path) -> None:
     missing, unexpected = draft.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ScyllaError(f"draft '{folder}' does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    draft._vocab_changed()

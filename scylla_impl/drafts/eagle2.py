@@ -1,5 +1,5 @@
 """EAGLE-2 draft: fc(cat(embed(t+1), h_t)) 2h->h, one decoder layer without input norm,
-the target's frozen LM head (Li et al., 2024)."""
+the target's frozen LM head (Li et al., 2024), over the full or a reduced vocabulary."""
 
 import torch
 from torch import nn
@@ -29,4 +29,7 @@ class Eagle2Draft(Draft):
         return self.fc(torch.cat([emb, features], dim=-1)), None
 
     def _head(self, out):
-        return self._target_parts[1](out)
+        return self._target_head(out)
+
+    def _vocab_changed(self):
+        self._slice_target_head()

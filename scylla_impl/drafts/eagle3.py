@@ -22,9 +22,6 @@ class Eagle3Draft(Draft):
         self.layers = decoder_stack(config, first_input_norm=True, first_attn_in=2 * h)
         self.norm = RMSNorm(h, config.rms_norm_eps)
         self.lm_head = nn.Linear(h, vd, bias=False)
-        # Until token counts set it, the draft vocabulary is the first vd target ids.
-        self.register_buffer("d2t", torch.arange(vd), persistent=True)
-        self.register_buffer("t2d", torch.arange(config.vocab_size) < vd, persistent=True)
 
     def _inputs(self, tokens, features, from_target):
         x = self.fc(features) if from_target else features
@@ -33,15 +30,3 @@ class Eagle3Draft(Draft):
 
     def _head(self, out):
         return self.lm_head(self.norm(out))
-
-    def to_target(self, draft_ids):
-        return self.d2t[draft_ids]
-
-    def set_vocab(self, token_counts: torch.Tensor) -> None:
-        """Keep the draft_vocab_size most frequent target tokens (ties by id)."""
-        vd = self.d2t.numel()
-        order = torch.argsort(-token_counts.float(), stable=True)[:vd]
-        d2t = torch.sort(order).values.to(self.d2t.device)
-        self.d2t.copy_(d2t)
-        self.t2d.zero_()
-        self.t2d[d2t] = True

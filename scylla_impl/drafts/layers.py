@@ -75,12 +75,14 @@ class DraftMLP(nn.Module):
 
 class DraftLayer(nn.Module):
     """Pre-norm decoder layer. `input_norm=False` is EAGLE-1/2's first layer; `attn_in`
-    wider than `hidden` is EAGLE-3's layer that attends over cat(embedding, feature)."""
+    wider than `hidden` is EAGLE-3's layer that attends over cat(embedding, feature), given to
+    it already normed, so it has no input norm of its own (a parameter no loss reaches would
+    stop DDP)."""
 
     def __init__(self, hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int,
                  eps: float, input_norm: bool = True, attn_in: int | None = None):
         super().__init__()
-        self.input_layernorm = RMSNorm(hidden, eps) if input_norm else None
+        self.input_layernorm = RMSNorm(hidden, eps) if input_norm and attn_in is None else None
         self.self_attn = DraftAttention(attn_in or hidden, hidden, heads, kv_heads, head_dim)
         self.post_attention_layernorm = RMSNorm(hidden, eps)
         self.mlp = DraftMLP(hidden, intermediate)

@@ -28,4 +28,7 @@ class ScyllaDraft(Draft):
         return self.fc(torch.cat([emb, features], dim=-1)), None
 
     def _head(self, out):
-        return self._target_parts[1](self.norm(out))
+        return self._target_head(self.norm(out))
+
+    def _vocab_changed(self):
+        self._slice_target_head()

@@ -15,6 +15,7 @@ from workloads.errors import ScyllaError
 
 METHOD_NAMES = ("eagle2", "eagle3", "scylla")
 STAGES = ("pretrain", "sft")
+SFT_ANSWERS = ("sharegpt", "target")
 
 
 @dataclass
@@ -43,16 +44,20 @@ class TrainConfig:
     step_decay: float = 0.8  # loss weight of unrolled step i is step_decay ** i
     ce_fraction: float = 1.0  # share of positions whose logits enter the CE (the vocab head dominates CPU cost)
     eval_steps: int = 5  # unrolled steps for per-position accuracy in the log (the tree depth)
+    # Size of the reduced draft vocabulary: the most frequent trained tokens (capped at the
+    # target's vocabulary); 0 = the full vocabulary (EAGLE-2's paper form: --draft-vocab 0 --ttt-steps 1).
+    draft_vocab: int = 0
     head_from_target: bool = True  # EAGLE-3: start its LM head and final norm from the target's
     # Data.
     seed: int = 0
     mix: dict[str, float] | None = None  # pretrain source ratios (None: the corpus default)
     pretrain_data: str | None = None  # a text file or folder of .txt files instead of the default mix
     system_prompt: str | None = None
+    sft_answers: str = "sharegpt"  # "sharegpt": ShareGPT's own answers; "target": the target's (self-distillation)
     max_epochs_of_data: int = 1  # how often a corpus may repeat before its budget counts as too big
     data_dir: str | None = None  # evaluation datasets to decontaminate against (None: the defaults)
     decontaminate: bool = True  # drop training documents that contain an evaluation prompt
-    eval_sequences: int = 2  # sequences per process the logged per-position accuracy is measured on
+    eval_sequences: int = 4  # held-out sequences per stage (never trained on) the log's accuracy is measured on
     # Machinery.
     features: str = "cache"  # "online": target forward every step; "cache": once, on disk, reused
     dtype: str = "float32"  # target precision for feature extraction
@@ -93,6 +98,10 @@ class TrainConfig:
             raise ScyllaError(f"autocast must be auto, bf16 or off, got '{self.autocast}'")
         if not 0 < self.ce_fraction <= 1:
             raise ScyllaError(f"ce_fraction must be in (0, 1], got {self.ce_fraction}")
+        if self.sft_answers not in SFT_ANSWERS:
+            raise ScyllaError(f"sft-answers must be one of {', '.join(SFT_ANSWERS)}, got '{self.sft_answers}'")
+        if self.draft_vocab < 0:
+            raise ScyllaError(f"draft-vocab must be >= 0 (0 = the target's vocabulary), got {self.draft_vocab}")
         if self.ttt_steps < 1 or self.eval_steps < 1 or self.epochs < 1:
             raise ScyllaError("ttt_steps, eval_steps and epochs must be >= 1")
         if self.ttt_steps + 2 > self.seq_len or self.eval_steps + 2 > self.seq_len:

@@ -24,9 +24,16 @@ class StageData:
     loss_mask: torch.Tensor  # [N, T] bool: tokens the draft learns to predict
     sources: dict[str, dict] = field(default_factory=dict)  # per source: documents, tokens, epochs
     key: str = ""  # what decides the stream apart from the budget (corpus options, seed)
+    # The first `heldout` sequences are never trained on: the log's accuracy is measured on them.
+    # They lead the stream, so every budget of one stream holds out the same sequences.
+    heldout: int = 0
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def train_size(self) -> int:
+        return len(self) - self.heldout
 
     @property
     def seq_len(self) -> int:
@@ -46,7 +53,7 @@ def stream_key(config: TrainConfig, stage: str) -> str:
     if stage == "pretrain":
         options.update(mix=config.mix, pretrain_data=str(Path(config.pretrain_data).resolve()) if config.pretrain_data else None)
     else:
-        options.update(system_prompt=config.system_prompt)
+        options.update(system_prompt=config.system_prompt, sft_answers=config.sft_answers)
     return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -56,19 +63,30 @@ def check_chat_template(tokenizer, target_name: str) -> None:
                           "formatted as it will be prompted; train with --sft-tokens 0 or use an instruct model")
 
 
-def build_stage(config: TrainConfig, tokenizer, stage: str, target_name: str = "target") -> StageData | None:
-    """The packed sequences of `stage` for this config, or None for a zero budget."""
-    tokens = config.stage_tokens(stage)
-    if tokens == 0:
+def build_stage(config: TrainConfig, tokenizer, stage: str, target_name: str = "target", target=None,
+                progress: str = "none") -> StageData | None:
+    """The packed sequences of `stage` for this config, or None for a zero budget: the stage's
+    budget of training sequences after `config.eval_sequences` held-out ones. SFT on the
+    target's own answers (config.sft_answers == "target") generates them with `target`."""
+    if config.stage_tokens(stage) == 0:
         return None
+    tokens = config.stage_tokens(stage) + config.eval_sequences * config.seq_len
+    options = {}
     if stage == "sft":
         check_chat_template(tokenizer, target_name)
+        if config.sft_answers == "target":
+            from scylla_impl.training.answers import target_answers
+
+            if target is None:
+                raise ScyllaError("SFT on the target's own answers needs the target to generate them")
+            options["conversations"] = target_answers(
+                target, tokens, seed=config.seed, data_dir=config.data_dir, decontaminate=config.decontaminate,
+                system_prompt=config.system_prompt, progress=progress)
     if stage == "pretrain" and config.pretrain_data:
         stream = _text_corpus(config, tokenizer, tokens)
     else:
         from workloads import corpus
 
-        options = {}
         if stage == "pretrain" and config.mix is not None:
             options["mix"] = config.mix
         if stage == "sft" and config.system_prompt is not None:
@@ -83,11 +101,13 @@ def build_stage(config: TrainConfig, tokenizer, stage: str, target_name: str = "
         if too_small:
             name, stats = next(iter(too_small.items()))
             raise ScyllaError(
-                f"the {stage} corpus is too small for --{stage}-tokens {tokens}: source '{name}' ran out after "
+                f"the {stage} corpus is too small for --{stage}-tokens {config.stage_tokens(stage)} "
+                f"(and {config.eval_sequences} held-out sequences): source '{name}' ran out after "
                 f"{stats.tokens} tokens and would repeat; lower the budget"
                 + (" or give more text" if stage == "pretrain" and config.pretrain_data else ""))
     data = StageData(stage, torch.stack(ids), torch.stack(masks),
-                     {n: vars(s).copy() for n, s in stream.stats.items()}, stream_key(config, stage))
+                     {n: vars(s).copy() for n, s in stream.stats.items()}, stream_key(config, stage),
+                     heldout=config.eval_sequences)
     if not data.loss_mask[:, 2:].any():
         raise ScyllaError(f"the {stage} data has no tokens to learn (empty loss mask)")
     return data
@@ -126,5 +146,6 @@ def token_counts(stages: list[StageData], vocab_size: int) -> torch.Tensor:
     """How often each token is learned (loss mask on) across the stages: EAGLE-3's vocabulary."""
     counts = torch.zeros(vocab_size, dtype=torch.long)
     for data in stages:
-        counts += torch.bincount(data.input_ids[data.loss_mask], minlength=vocab_size)[:vocab_size]
+        ids, mask = data.input_ids[data.heldout:], data.loss_mask[data.heldout:]
+        counts += torch.bincount(ids[mask], minlength=vocab_size)[:vocab_size]
     return counts

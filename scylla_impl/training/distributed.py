@@ -35,9 +35,14 @@ class Dist:
             tdist.barrier()
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks (in place on a CPU copy for gloo); returns the summed tensor."""
+        """Sum over ranks; returns the summed tensor where `tensor` lives. NCCL reduces only
+        CUDA tensors, so a CPU tensor (the loop's float64 counters) makes the trip to the GPU."""
         if not self.enabled:
             return tensor
+        if tdist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            on_device = tensor.to(f"cuda:{self.local_rank}")
+            tdist.all_reduce(on_device, op=tdist.ReduceOp.SUM)
+            return on_device.to(tensor.device)
         tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
         return tensor
 

@@ -139,16 +139,33 @@ def _train_target(target):
                            embed=embed.to(target.device), lm_head=head)
 
 
+def _final_norm_weight(target) -> torch.Tensor | None:
+    norm = getattr(target.decoder, "norm", None)  # architectures without a final RMSNorm weight have none
+    weight = getattr(norm, "weight", None)
+    return weight.detach().float() if weight is not None else None
+
+
 @torch.no_grad()
 def init_head_from_target(draft, target) -> None:
     """Start EAGLE-3's own head where EAGLE-2 and Scylla start theirs: the target's LM head
     (its rows for the draft vocabulary) behind the target's final norm weights. It is still
-    trained; at CPU-sized budgets a head learned from scratch over 32k tokens would cost
-    most of the budget before the comparison is about the drafts' bodies."""
-    draft.lm_head.weight.copy_(target.lm_head.weight[draft.d2t].float())
-    final_norm = getattr(target.decoder, "norm", None)
-    if final_norm is not None and getattr(final_norm, "weight", None) is not None:
-        draft.norm.weight.copy_(final_norm.weight.float())
+    trained; at CPU-sized budgets a head learned from scratch would cost most of the budget
+    before the comparison is about the drafts' bodies."""
+    draft.lm_head.weight.copy_(target.lm_head.weight[draft.draft_token_ids()].float())
+    weight = _final_norm_weight(target)
+    if weight is not None:
+        draft.norm.weight.copy_(weight)
+
+
+@torch.no_grad()
+def init_scylla_norm(draft, target) -> None:
+    """Scylla's pre-head norm starts as the identity on its regression target. The draft regresses
+    onto the target's post-norm hidden state h = g * x / rms(x), whose RMS is about rms(g)
+    (1.9 on SmolLM2-135M); a unit norm weight would hand the head logits at about half scale,
+    flattening the scores that rank the tree, and few optimizer steps could not undo it."""
+    weight = _final_norm_weight(target)
+    if weight is not None:
+        draft.norm.weight.fill_(float(weight.pow(2).mean().sqrt()))
 
 
 class _LineBar:
@@ -222,17 +239,26 @@ class Trainer:
         self.progress = _Progress(progress, dist.main)
         target.model.requires_grad_(False)
         self.stages: list[StageData] = []
+        if config.sft_answers == "target" and config.sft_tokens and dist.enabled:
+            # One process generates the target's answers; the others then read them from the cache.
+            if dist.main:
+                build_stage(config, target.tokenizer, "sft", target.info.name, target=target, progress="lines")
+            dist.barrier()
         for stage in STAGES:
-            data = build_stage(config, target.tokenizer, stage, target.info.name)
+            data = build_stage(config, target.tokenizer, stage, target.info.name, target=target,
+                               progress="lines" if self.progress.mode != "none" else "none")
             if data is not None:
                 self.stages.append(data)
         from scylla_impl.drafts import new_draft
 
-        self.draft = new_draft(config.method, _train_target(target), layers=config.layers, seed=config.seed)
-        if config.method == "eagle3":
+        self.draft = new_draft(config.method, _train_target(target), layers=config.layers, seed=config.seed,
+                               draft_vocab=config.draft_vocab)
+        if self.draft.reduced:
             self.draft.set_vocab(token_counts(self.stages, target.info.vocab_size))
-            if config.head_from_target:
-                init_head_from_target(self.draft, target)
+        if config.method == "eagle3" and config.head_from_target:
+            init_head_from_target(self.draft, target)
+        if config.method == "scylla":
+            init_scylla_norm(self.draft, target)
         self.draft.train()
         self.loss = UnrolledLoss(self.draft, config)
         self.model = dist.wrap(self.loss)
@@ -256,13 +282,13 @@ class Trainer:
 
     # -- plan -------------------------------------------------------------------------
     def stage_steps(self, data: StageData) -> int:
-        return self.config.epochs * (len(data) // self.config.batch_size)
+        return self.config.epochs * (data.train_size // self.config.batch_size)
 
     def plan(self) -> list[tuple[StageData, int, int]]:
         """(stage data, epoch, step within the stage) for every optimizer step of the run."""
         steps = []
         for data in self.stages:
-            per_epoch = len(data) // self.config.batch_size
+            per_epoch = data.train_size // self.config.batch_size
             for s in range(self.stage_steps(data)):
                 steps.append((data, s // per_epoch, s))
         return steps
@@ -270,11 +296,12 @@ class Trainer:
     def batch_rows(self, data: StageData, epoch: int, step: int) -> torch.Tensor:
         """The global batch of this step: the stage's sequences in a seeded order per epoch."""
         gen = torch.Generator().manual_seed(self.config.seed * 1009 + epoch * 7 + STAGES.index(data.stage))
-        order = torch.randperm(len(data), generator=gen) if epoch > 0 else torch.arange(len(data))
-        per_epoch = len(data) // self.config.batch_size
+        n = data.train_size
+        order = torch.randperm(n, generator=gen) if epoch > 0 else torch.arange(n)
+        per_epoch = n // self.config.batch_size
         b = self.config.batch_size
         start = (step % per_epoch) * b
-        return order[start:start + b]
+        return data.heldout + order[start:start + b]
 
     # -- one step ---------------------------------------------------------------------
     def _micro_batches(self, data: StageData, epoch: int, rows: torch.Tensor) -> list[Batch]:
@@ -325,7 +352,7 @@ class Trainer:
         stats = dist.all_sum(stats)
         row = self._row(data, epoch, lr, stats, counts, float(grad_norm))
         if (self.global_step + 1) % cfg.log_every == 0 or self.global_step + 1 == self._total:
-            row.update(self._eval_metrics(batches))
+            row.update(self._eval_metrics(data))
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
         self.tokens += len(rows) * data.seq_len
@@ -351,19 +378,20 @@ class Trainer:
         row["sim_accept"] = math.nan
         return row
 
-    def _eval_metrics(self, batches: list[Batch]) -> dict:
-        """Per-position accuracy of the draft fed its own outputs (as in decoding), on this
-        step's batch, at positions sampled apart from the training CE's."""
+    def _eval_metrics(self, data: StageData) -> dict:
+        """Per-position top-1 agreement with the target of the draft fed its own outputs (as in
+        decoding), on the stage's held-out sequences, every position that has a label; each
+        process takes its share of them."""
         cfg = self.config
         self.draft.eval()
         stats = torch.zeros(cfg.eval_steps, 2, dtype=torch.float64)
-        left = cfg.eval_sequences
-        for batch in batches:
-            if left <= 0:
-                break
-            batch = batch.head(left)
-            left -= len(batch.seeds)
-            labels = make_labels(self.target, self.draft, batch, cfg.eval_steps, cfg.ce_fraction, False, salt=1)
+        mine = torch.arange(data.heldout)[self.dist.rank::self.dist.world]
+        for i in range(0, len(mine), cfg.micro_batch):
+            rows = mine[i:i + cfg.micro_batch]
+            hidden, layer_inputs = self.features.get(data, rows)
+            batch = Batch(data.input_ids[rows].to(self.target.device), data.loss_mask[rows].to(self.target.device),
+                          hidden, layer_inputs if layer_inputs is not None else hidden, [0] * len(rows))
+            labels = make_labels(self.target, self.draft, batch, cfg.eval_steps, 1.0, False)
             stats += unrolled_accuracy(self.draft, batch, labels)
         self.draft.train()
         stats = self.dist.all_sum(stats)
@@ -462,6 +490,16 @@ class Trainer:
                            getattr(self.features, "build_s", 0.0), final)
 
 
+def _differences(previous: TrainConfig, config: TrainConfig) -> dict:
+    now = config.to_dict()
+    return {k: (v, now[k]) for k, v in previous.to_dict().items() if now[k] != v and k not in RESUME_MAY_CHANGE}
+
+
+def same_run(out: Path, config: TrainConfig) -> bool:
+    """Whether the run in `out` was started with `config` (up to what a resume may change)."""
+    return not _differences(TrainConfig.load(out / CONFIG_FILE), config)
+
+
 def prepare_out(out: Path, config: TrainConfig | None, resume: bool, target_fingerprint: str,
                 force: bool = False) -> tuple[TrainConfig, Path | None]:
     """The config to run and the checkpoint to resume from, with clear errors for a wrong folder.
@@ -474,8 +512,7 @@ def prepare_out(out: Path, config: TrainConfig | None, resume: bool, target_fing
             raise ScyllaError(f"nothing to resume in '{out}': it holds no {CONFIG_FILE}")
         previous = TrainConfig.load(saved)
         if config is not None:
-            diff = {k: (v, config.to_dict()[k]) for k, v in previous.to_dict().items()
-                    if config.to_dict()[k] != v and k not in RESUME_MAY_CHANGE}
+            diff = _differences(previous, config)
             if diff:
                 name, (was, now) = next(iter(diff.items()))
                 raise ScyllaError(f"'{out}' was started with {name}={was!r}, not {now!r}; resume it with the same "

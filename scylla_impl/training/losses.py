@@ -10,8 +10,9 @@ its own chain's earlier steps at t; it is scored against the target at t+k+1.
 Losses, per step k with weight step_decay**k:
   EAGLE-1/2 and Scylla: feature_weight * SmoothL1(out, target feature) + ce_weight * soft CE
       against the target's distribution; uniform noise on the target features fed in.
-  EAGLE-3: soft CE over the draft vocabulary against the target's distribution restricted
-      to it, at positions whose target argmax the vocabulary holds (as EAGLE-3 does).
+  EAGLE-3: soft CE against the target's distribution.
+  A draft with a reduced vocabulary (any method) takes the CE over it, against the target's
+  distribution restricted to it, at positions whose target argmax it holds (as EAGLE-3 does).
 A position counts when the token it predicts is trained on (the loss mask). The CE (and the
 accuracy) use a seeded random share `ce_fraction` of positions: the vocabulary head is most
 of a CPU step's cost, and a sample of positions estimates the mean without bias.
@@ -88,9 +89,6 @@ class Batch:
     seeds: list[int]  # per sequence
     labels: list[StepLabels] | None = None
 
-    def head(self, n: int) -> "Batch":
-        """The first n sequences (labels dropped)."""
-        return Batch(self.tokens[:n], self.loss_mask[:n], self.hidden[:n], self.features[:n], self.seeds[:n])
 
 
 def make_labels(target, draft, batch: Batch, steps: int, ce_fraction: float, with_probs: bool,
@@ -100,23 +98,29 @@ def make_labels(target, draft, batch: Batch, steps: int, ce_fraction: float, wit
     length = t - 1
     device = batch.tokens.device
     gens = [torch.Generator().manual_seed(s + 7919 * (salt + 1)) for s in batch.seeds]
-    reduced = getattr(draft, "t2d", None) if draft.config.method == "eagle3" else None
-    out = []
+    in_vocab = draft.t2d if draft.reduced else None
+    vocab_ids = draft.draft_token_ids() if draft.reduced else None
     idx = torch.arange(length, device=device)
+    chosen_by_step = []
     for k in range(steps):
         pred = idx + k + 2  # index of the token predicted at step k
         inside = pred <= t - 1
         valid = torch.zeros(b, length, dtype=torch.bool, device=device)
         valid[:, inside] = batch.loss_mask[:, pred[inside]]
         sample = torch.stack([torch.rand(length, generator=g) < ce_fraction for g in gens]).to(device)
-        chosen = (valid & sample).reshape(-1).nonzero().squeeze(1)
-        rows, cols = chosen // length, chosen % length
-        logits = target_logits(target, batch.hidden[rows, cols + k + 1])
+        chosen_by_step.append((valid, (valid & sample).reshape(-1).nonzero().squeeze(1)))
+    # Step k at index t is scored against the target at t + k + 1: the steps share most positions,
+    # so the target head (the costliest matmul of a step) runs once per distinct position.
+    wanted = [c // length * t + c % length + k + 1 for k, (_v, c) in enumerate(chosen_by_step)]
+    positions = torch.unique(torch.cat(wanted)) if wanted else torch.zeros(0, dtype=torch.long, device=device)
+    all_logits = target_logits(target, batch.hidden.reshape(b * t, -1)[positions])
+    out = []
+    for (valid, chosen), flat in zip(chosen_by_step, wanted):
+        logits = all_logits[torch.searchsorted(positions, flat)]
         argmax = logits.argmax(-1)
-        if reduced is not None:  # EAGLE-3 scores only positions its vocabulary can get right
-            keep = reduced[argmax]
-            chosen, argmax, logits = chosen[keep], argmax[keep], logits[keep]
-            logits = logits[:, draft.d2t]
+        if in_vocab is not None:  # a reduced vocabulary scores only positions it can get right (EAGLE-3)
+            keep = in_vocab[argmax]
+            chosen, argmax, logits = chosen[keep], argmax[keep], logits[keep][:, vocab_ids]
         probs = torch.softmax(logits, dim=-1) if with_probs else None
         out.append(StepLabels(valid, chosen, probs, argmax))
     return out
@@ -153,9 +157,10 @@ class UnrolledLoss(nn.Module):
     def forward(self, batch: Batch, denom: Denominators, scale: float = 1.0):
         feats = noise_like(batch.features[:, :-1], batch.seeds, self.noise)
         outs = unroll(self.draft, batch.tokens, feats, self.steps)
-        # Tied to the graph even when no position of this batch is trained (a chat chunk with no
-        # assistant turn): backward then gives zero gradients, and DDP ranks stay in step.
-        total = outs[0].sum() * 0.0
+        # Every parameter, the head's and its norm's included, is tied to the graph even when no
+        # position of this batch is scored (a chat chunk with no assistant turn): backward then
+        # gives zero gradients, and DDP ranks stay in step.
+        total = self.draft.logits(outs[-1][:, :1]).float().sum() * 0.0
         stats = torch.zeros(self.steps, 4, dtype=torch.float64)  # feature sum, ce sum, correct, scored
         for k, (out, lab) in enumerate(zip(outs, batch.labels)):
             w = self.decay ** k

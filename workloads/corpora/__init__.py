@@ -10,7 +10,7 @@ six evaluation datasets.
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from workloads.errors import ScyllaError
 
 __all__ = [
     "CORPUS_KINDS", "DEFAULT_MIX", "CorpusStream", "Decontaminator", "PackedSequence", "SourceReport",
-    "SourceStats", "corpus", "corpus_report", "pack",
+    "SourceStats", "corpus", "corpus_report", "pack", "sft_prompts",
 ]
 
 
@@ -72,19 +72,41 @@ def _pretrain(tokenizer, seed, stats, decontaminator, mix=None, **unused):
     return streams, ratios
 
 
-def _sft(tokenizer, seed, stats, decontaminator, system_prompt=None, **unused):
-    _no_options(unused, "sft", "system_prompt, decontaminate, data_dir")
-    data = sharegpt.load()
-    stats["sharegpt"] = SourceStats()
-    items = list(range(len(data.conversations)))
+def _sft(tokenizer, seed, stats, decontaminator, system_prompt=None, conversations=None, **unused):
+    _no_options(unused, "sft", "system_prompt, conversations, decontaminate, data_dir")
+    if conversations is None:
+        data = sharegpt.load()
+        name, convs, ids = "sharegpt", data.conversations, data.ids
+    else:  # given conversations (the target's own answers to ShareGPT prompts: self-distillation)
+        name, convs, ids = "given", [list(c) for c in conversations], [str(i) for i in range(len(conversations))]
+    stats[name] = SourceStats()
     stream = document_stream(
-        "sharegpt", items,
-        lambda i: data.ids[i],
-        lambda i: "\n\n".join(m["content"] for m in data.conversations[i]),
-        lambda i, _text: tokenize_conversation(tokenizer, data.conversations[i], system_prompt),
-        seed, stats["sharegpt"], decontaminator,
+        name, list(range(len(convs))),
+        lambda i: ids[i],
+        lambda i: "\n\n".join(m["content"] for m in convs[i]),
+        lambda i, _text: tokenize_conversation(tokenizer, convs[i], system_prompt),
+        seed, stats[name], decontaminator,
     )
-    return {"sharegpt": stream}, {"sharegpt": 1.0}
+    return {name: stream}, {name: 1.0}
+
+
+def sft_prompts(seed: int = 0, *, decontaminate: bool = True,
+                data_dir: str | Path | None = None) -> Iterator[tuple[str, list[dict]]]:
+    """(id, [first user message]) of the ShareGPT conversations in a seeded order, contaminated ones
+    left out: the prompts a target answers to make its own SFT data."""
+    import random
+
+    data = sharegpt.load()
+    decon = _decontaminator(None if data_dir is None else str(data_dir)) if decontaminate else None
+    order = list(range(len(data.conversations)))
+    random.Random(seed).shuffle(order)
+    for i in order:
+        first = next((m for m in data.conversations[i] if m["role"] == "user"), None)
+        if first is None:
+            continue
+        if decon is not None and decon.contaminated(first["content"]):
+            continue
+        yield data.ids[i], [dict(first)]
 
 
 def _no_options(unused: dict, kind: str, known: str) -> None:
@@ -100,7 +122,8 @@ def corpus(kind: str, tokenizer, tokens: int, seq_len: int, seed: int = 0, *,
     """Packed training sequences of `kind` ("pretrain" or "sft"): tokens // seq_len of them.
 
     pretrain options: mix={"web": .80, "curated": .15, "code": .05} (ratios of tokens).
-    sft options: system_prompt (None: the template's own default).
+    sft options: system_prompt (None: the template's own default); conversations (lists of
+    messages to train on instead of ShareGPT's, e.g. the target's own answers).
     Decontamination checks every document against all six evaluation datasets (from data_dir
     or SCYLLA_DATA_DIR when given, and every packaged source); dropped ones are counted in
     `stream.stats[source].dropped`.

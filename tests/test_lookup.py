@@ -1,0 +1,33 @@
+"""Prompt lookup, the training-free draft: the n-gram match itself, and decoding with it on the
+embedded default target, where copying text from the prompt is accepted in long runs."""
+
+from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.drafts import load_draft
+from scylla_impl.drafts.lookup import lookup
+
+
+def test_the_longest_suffix_matches_its_most_recent_occurrence():
+    #        0  1  2  3  4  5  6  7  8  9
+    history = [5, 6, 7, 8, 1, 6, 7, 9, 6, 7]
+    assert lookup(history, 3, 4) == [9, 6, 7]  # (6, 7) last seen at 5..6, followed by 9
+    assert lookup(history + [8], 3, 2) == [1, 6]  # (6, 7, 8) only at 1..3
+    assert lookup([1, 2, 3], 3, 4) == []
+    assert lookup([4], 3, 4) == []
+
+
+def test_lookup_decodes_losslessly_and_copies_from_the_prompt(target_fp32):
+    tok = target_fp32.tokenizer
+    text = ("The committee approved the budget for the new library on Monday, and the mayor said that "
+            "construction of the new library will begin next spring.")
+    messages = [{"role": "user", "content": f"Repeat this sentence exactly: {text}"}]
+    prompt = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                 add_special_tokens=False)["input_ids"]
+    other = tok("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n", add_special_tokens=False)["input_ids"]
+    config = DecodeConfig(top_k=1, depth=6, total_tokens=7, max_new_tokens=32)
+    ar = generate(target_fp32, [prompt, other], None, config)
+    spec = generate(target_fp32, [prompt, other], load_draft("lookup", target_fp32), config)
+    assert spec.token_ids == ar.token_ids
+    assert text[:40] in spec.texts[0]  # the target does copy: the case prompt lookup is for
+    steps = spec.stats.active[:, 0].sum()
+    assert spec.stats.emitted[:, 0].sum() / steps > 2.0  # so long runs of the copy are accepted
+    assert spec.stats.steps < ar.stats.steps
