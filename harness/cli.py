@@ -44,15 +44,20 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 1."""
+    """Console entry point. Exit status: 0 done; 1 bad input or a failed run (one `error:` line);
+    2 a wrong option or value (one `error:` line); 130 interrupted; 143 terminated (SIGTERM)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="scylla", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as err:  # a wrong option or value: one line, exit 2
+        where = err.ctx.command_path if err.ctx is not None else "scylla"
+        click.echo(f"error: {err.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as err:
-        err.show()
+        click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except ScyllaError as err:
         click.echo(f"error: {err}", err=True)

@@ -27,7 +27,9 @@ def git_commit(root: Path = PROJECT_ROOT) -> str | None:
             return None
         commit = head.stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            # No optional locks: a status that refreshes the index would take .git/index.lock
+            # in the user's repository while they work in it.
+            ["git", "--no-optional-locks", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=30,
         )
         return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")

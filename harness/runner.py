@@ -442,15 +442,19 @@ def run_sweep(
     run_id = new_run_id()
     report = SweepReport(Path(out), run_id, cells)
     order = [c.cell_id for c in cells]
+    # Every input check before anything is written: a failing sweep leaves no skeleton behind.
+    store.check_out()
+    if store.has_results() and not resume:
+        raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, or choose another --out")
+    env = _driver_environment(spec)
+    if spec.executor == "local":  # the devices are this machine's
+        environment.resolve_device(spec.device)
+    preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
     with store.locked():
-        if store.has_results() and not resume:
+        if store.has_results() and not resume:  # again under the lock: another sweep may have written since
             raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, or choose another --out")
         store.prepare()
         done = store.done()
-        env = _driver_environment(spec)
-        if spec.executor == "local":  # the devices are this machine's: check before writing anything
-            environment.resolve_device(spec.device)
-        preflight_datasets(spec, [c for c in cells if c.status == PLANNED and c.cell_id not in done])
         store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),
                                  "environment": env, "cells": len(cells)})
         import yaml

@@ -24,6 +24,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from harness.schema import (
 from workloads.errors import ScyllaError
 
 TMP_SUFFIX = ".tmp"
+_OUR_TMP = re.compile(r"\..+\.\d+\.tmp")  # .<name>.<pid>.tmp, as atomic_write_* name them
 
 
 def _fsync_dir(path: Path) -> None:
@@ -112,16 +115,25 @@ class ResultStore:
 
     # ------------------------------------------------------------------ setup
 
-    def prepare(self) -> None:
-        """Create the folders and remove temporaries a killed writer left behind."""
+    def check_out(self) -> None:
+        """The results folder can be written: a folder (or nothing yet) under a writable parent."""
         if self.out.exists() and not self.out.is_dir():
             raise ScyllaError(f"--out {self.out} exists and is not a folder")
+        existing = next((p for p in [self.out, *self.out.parents] if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise ScyllaError(f"--out {self.out}: {existing} is not writable; choose another --out")
+
+    def prepare(self) -> None:
+        """Create the folders and remove temporaries a killed writer of ours left behind (only
+        names of the form atomic writes use: .<file>.<pid>.tmp; nothing else of the user's)."""
+        self.check_out()
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         for d in (self.out, self.cells_dir):
             for p in d.glob(f".*{TMP_SUFFIX}"):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+                if _OUR_TMP.fullmatch(p.name):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -155,7 +167,7 @@ class ResultStore:
         return sorted(p for p in self.cells_dir.glob("*.parquet") if p.name.count(".") == 1)
 
     def has_results(self) -> bool:
-        return bool(self.row_files())
+        return bool(self.row_files()) or self.results_path.exists()
 
     def read_row(self, cell_id: str) -> dict[str, Any]:
         return _read_rows(self.row_path(cell_id))[0]
@@ -169,6 +181,8 @@ class ResultStore:
             except Exception:
                 # Cannot happen through atomic writes; keep the bytes aside, re-run the cell.
                 os.replace(p, p.with_suffix(".corrupt"))
+                print(f"warning: cell file {p} is unreadable: kept as {p.with_suffix('.corrupt').name}; "
+                      "the cell runs again", file=sys.stderr, flush=True)
                 continue
             for version, cid, status in zip(*(t.column(c).to_pylist() for c in t.column_names)):
                 if version != SCHEMA_VERSION:

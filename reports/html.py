@@ -129,20 +129,21 @@ def _glance(res: Results, h: tables.Headline, tau: pd.DataFrame, claims: pd.Data
             tt: pd.DataFrame, loss: pd.DataFrame) -> str:
     items = [f"Compared at the headline configuration: {html.escape(h.describe())}."]
     if "all" in tau.index:
-        parts = [f"{method_label(m)} {tau.loc['all', m]:.2f}" for m in tau.columns if not pd.isna(tau.loc["all", m])]
+        parts = [f"{html.escape(method_label(m))} {tau.loc['all', m]:.2f}" for m in tau.columns
+                 if not pd.isna(tau.loc["all", m])]
         items.append("tau over all datasets: " + ", ".join(parts) + ".")
     for base in ("eagle2", "eagle3"):
         c = claims[(claims["baseline"] == base) & (claims["dataset"] == "all")] if len(claims) else claims
         if len(c):
             r = c.iloc[0]
             cls = "ok" if r["verdict"] == "within claim" else "bad"
-            items.append(f"Scylla vs {method_label(base)}: measured {r['delta']:+.2f} tau; the paper reports "
-                         f"{html.escape(r['claim'])} (<span class=\"{cls}\">{r['verdict']}</span>).")
+            items.append(f"Scylla vs {html.escape(method_label(base))}: measured {r['delta']:+.2f} tau; the paper "
+                         f"reports {html.escape(r['claim'])} (<span class=\"{cls}\">{html.escape(r['verdict'])}</span>).")
     spec = tt[tt["method"] != "ar"] if len(tt) else tt
     if len(spec):
         best = spec.loc[spec["speedup"].idxmax()]
-        items.append(f"Best speedup: {best['speedup']:.2f}x ({method_label(best['method'])}, batch "
-                     f"{best['batch_size']}, top_k {best['top_k_setting']}).")
+        items.append(f"Best speedup: {best['speedup']:.2f}x ({html.escape(method_label(best['method']))}, batch "
+                     f"{html.escape(str(best['batch_size']))}, top_k {html.escape(str(best['top_k_setting']))}).")
     if len(loss):
         bad = int(loss["mismatched"].sum())
         good = int(loss["passed"].sum())

@@ -7,6 +7,7 @@ draft the tree is the root alone, so AR and speculative decoding share the targe
 adapter, the cache and this loop, and a speedup compares like with like.
 """
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -33,8 +34,8 @@ class DecodeConfig:
     def validate(self, speculative: bool) -> None:
         if speculative:
             check_shape(self.top_k, self.depth, self.total_tokens)
-        if self.temperature < 0:
-            raise ScyllaError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ScyllaError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ScyllaError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
@@ -106,6 +107,11 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
     config.validate(speculative=draft is not None)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ScyllaError("every prompt needs at least one token")
+    if draft is not None and config.top_k > draft.draft_vocab:
+        raise ScyllaError(f"top_k {config.top_k} is larger than the draft's vocabulary ({draft.draft_vocab} tokens)")
+    vocab = target.info.vocab_size
+    if any(t < 0 or t >= vocab for p in prompts for t in p):
+        raise ScyllaError(f"prompt token ids must lie in 0..{vocab - 1} (the target's vocabulary)")
     device, b = target.device, len(prompts)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     layers = tuple(draft.feature_layers) if draft is not None else ()
@@ -119,8 +125,7 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
     t0 = time.perf_counter()
     out = target.prefill(cache, prompts, layers)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    rows = torch.arange(b, device=device)
-    roots = next_token(out.logits[rows, lengths - 1], config.temperature, config.top_p, gen)
+    roots = next_token(out.logits[:, 0], config.temperature, config.top_p, gen)  # logits at each row's last token
     if draft is not None:
         draft.start(prompts, capacity)
         features = out.layer_inputs if layers else out.hidden

@@ -22,6 +22,23 @@ from workloads.errors import ScyllaError
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names, or one clear error: a typo, or a GPU this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ScyllaError(f"device '{device}' is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ScyllaError(f"device '{device}': torch sees no CUDA GPU on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ScyllaError(f"device '{device}': this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif dev.type not in ("cpu", "mps"):
+        raise ScyllaError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
+    return dev
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -100,7 +117,16 @@ class Target:
     @classmethod
     def load(cls, name: str = "default", dtype: str | torch.dtype = "bfloat16", device: str = "cpu") -> "Target":
         torch_dtype = resolve_dtype(dtype)
+        check_device(device)
         path = str(ensure_default_model()) if name == "default" else name
+        local = Path(path).expanduser()
+        if local.exists():
+            path = str(local)
+            if not local.is_dir():
+                raise ScyllaError(f"cannot load target '{name}': it is a file; give a model folder (config.json and weights), "
+                                  "'default' or a hub id")
+        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
+            raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = _load_model(path, torch_dtype)
@@ -135,8 +161,9 @@ class Target:
     def prefill(self, cache: TargetCache, prompts: list[list[int]], layers: tuple[int, ...] = ()) -> TargetOutput:
         """Run the prompts (rows may differ in length) and commit them.
 
-        Returns outputs for every prompt position, padded to the longest prompt; the
-        logits of row r's last token are at index len(prompts[r]) - 1.
+        Returns hidden states for every prompt position, padded to the longest prompt, and
+        logits [b, 1, V] at each row's last prompt token only: the head over every position
+        would cost a quarter of the prefill's compute for logits nothing reads.
         """
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         q = int(lengths.max())
@@ -147,7 +174,7 @@ class Target:
         causal = idx[None, :, None] >= idx[None, None, :]
         # Padding queries see only themselves so no row of the mask is empty.
         mask = (causal & real[:, None, :]) | (torch.eye(q, dtype=torch.bool, device=self.device) & ~real[:, :, None])
-        out = self.forward(cache, tokens, idx.expand(len(prompts), q), mask, layers)
+        out = self.forward(cache, tokens, idx.expand(len(prompts), q), mask, layers, logits_at=lengths - 1)
         keep = idx.expand(len(prompts), q)
         cache.commit(keep, lengths)
         return out
@@ -159,9 +186,11 @@ class Target:
         return self.forward(cache, tokens, depths, mask, layers)
 
     def forward(self, cache: TargetCache, tokens: torch.Tensor, depths: torch.Tensor,
-                new_mask: torch.Tensor, layers: tuple[int, ...] = ()) -> TargetOutput:
+                new_mask: torch.Tensor, layers: tuple[int, ...] = (),
+                logits_at: torch.Tensor | None = None) -> TargetOutput:
         """Append q tokens per row; new_mask [b, q, tentative + q] says which tentative and
-        new tokens each may see (committed tokens of its row are always visible)."""
+        new tokens each may see (committed tokens of its row are always visible). `logits_at`
+        [b]: compute logits at that one index per row only."""
         out = self.decoder(
             input_ids=tokens.to(self.device),
             attention_mask=cache.attention_mask(new_mask, dtype=self.dtype),
@@ -171,7 +200,7 @@ class Target:
             output_hidden_states=bool(layers),
         )
         cache.advance()
-        return self._outputs(out, layers)
+        return self._outputs(out, layers, logits_at)
 
     @torch.no_grad()
     def features(self, input_ids: torch.Tensor, layers: tuple[int, ...] = ()) -> TargetOutput:
@@ -180,10 +209,14 @@ class Target:
                            output_hidden_states=bool(layers))
         return self._outputs(out, layers)
 
-    def _outputs(self, out, layers: tuple[int, ...]) -> TargetOutput:
+    def _outputs(self, out, layers: tuple[int, ...], logits_at: torch.Tensor | None = None) -> TargetOutput:
         """Logits (float32, soft-capped where the model does) and the features drafts read."""
-        hidden = out.last_hidden_state
-        logits = self.lm_head(hidden).float()
+        hidden = out.last_hidden_state  # [b, q, h]
+        if logits_at is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            logits = self.lm_head(hidden[rows, logits_at][:, None]).float()  # [b, 1, V]
+        else:
+            logits = self.lm_head(hidden).float()  # [b, q, V]
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         layer_inputs = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None

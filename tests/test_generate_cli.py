@@ -39,8 +39,17 @@ def test_generate_ar_tau_is_one(default_model_dir):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--target", "/no/such/model"], ["cannot load target", "/no/such/model"]),
+    (["--target", "/no/such/model"], ["/no/such/model", "no such folder"]),
+    (["--target", "no/such/model/here"], ["no such folder"]),
     (["--top-k", "0"], ["top_k"]),
+    (["--top-k", "60000", "--depth", "1", "--total-tokens", "2"], ["larger than the draft's vocabulary"]),
+    (["--temperature", "inf"], ["temperature must be a finite number"]),
+    (["--temperature", "nan"], ["temperature must be a finite number"]),
+    (["--device", "cuda"], ["no CUDA GPU"]),
+    (["--device", "cuda:7"], ["no CUDA GPU"]),
+    (["--device", "gpu0"], ["not a device name"]),
+    (["--max-new-tokens", "x"], ["'x' is not a valid integer", "scylla generate --help"]),
+    (["--no-such-flag"], ["No such option", "--help"]),
     (["--top-k", "2", "--depth", "2", "--total-tokens", "40"], ["larger than the tree's pool"]),
     (["--prompt", "   "], ["empty prompt"]),
 ])

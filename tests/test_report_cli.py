@@ -92,3 +92,23 @@ def test_missing_columns_degrade(tmp_path):
     page = out.read_text()
     assert "columns were missing" in page
     assert "speedup_vs_ar" in page
+
+
+def test_text_from_the_results_is_escaped(tmp_path):
+    """Method names and settings come from a Parquet anyone can write: they never become markup."""
+    evil = '<img src=x onerror="alert(1)">'
+    d = tmp_path / "evil"
+    d.mkdir()
+    table = pa.table({
+        "cell_id": ["a", "b"], "status": ["ok", "ok"], "method": ["ar", evil],
+        "dataset": ["gsm8k", "gsm8k"], "batch_size": [1, 1], "temperature": [0.0, 0.0],
+        "tau": [1.0, 2.5], "tokens_per_s": [10.0, 18.0], "speedup_vs_ar": [1.0, 1.8],
+        "top_k_setting": [None, "<b>4</b>"],
+    })
+    pq.write_table(table, d / "results.parquet")
+    from reports.html import build_report
+    from reports.load import load_results
+
+    page = build_report(load_results([d]), [])
+    assert evil not in page and "<img src=x" not in page and "<b>4</b>" not in page
+    assert "&lt;img src=x" in page

@@ -57,8 +57,35 @@ def test_prepare_removes_stale_temporaries(tmp_path):
     store.prepare()
     stale = store.cells_dir / ".abc.parquet.123.tmp"
     stale.write_bytes(b"junk")
+    theirs = [store.out / ".notes.tmp", store.out / ".draft.tmp", store.cells_dir / "keep.tmp"]
+    for path in theirs:
+        path.write_text("the user's")
     store.prepare()
     assert not stale.exists()
+    assert all(path.read_text() == "the user's" for path in theirs)  # only names our writes use
+
+
+def test_a_corrupt_cell_file_is_set_aside_with_a_warning(tmp_path, capsys):
+    (c, *_) = plan(spec())
+    store = ResultStore(tmp_path)
+    store.prepare()
+    store.row_path(c.cell_id).write_bytes(b"PAR1 not really")
+    assert store.done() == {}
+    assert store.row_path(c.cell_id).with_suffix(".corrupt").read_bytes() == b"PAR1 not really"
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "runs again" in err
+
+
+def test_a_results_file_without_cells_is_not_overwritten(tmp_path, shared_eval_dir):
+    from harness.runner import run_sweep
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.parquet").write_bytes(b"results of another tool or an older run")
+    with pytest.raises(ScyllaError, match="already holds sweep results; pass --resume"):
+        run_sweep(spec(), out)
+    assert (out / "results.parquet").read_bytes() == b"results of another tool or an older run"
+    assert sorted(p.name for p in out.iterdir()) == ["results.parquet"]  # no skeleton either
 
 
 def test_one_writer_at_a_time(tmp_path):

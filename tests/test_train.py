@@ -231,14 +231,13 @@ def test_default_drafts_are_trained_on_first_use_and_kept(tiny, monkeypatch, cap
 
     with pytest.raises(ScyllaError, match="scylla train --method scylla --layers 3 --name scylla-3"):
         default_draft_spec(tiny, "scylla")
-    monkeypatch.setattr(recipes, "DEFAULT_PRETRAIN_TOKENS", 1024)
-    monkeypatch.setattr(recipes, "DEFAULT_SFT_TOKENS", 1024)
+    monkeypatch.setitem(recipes.BUDGETS, "default", recipes.Budget(1024, 1024, 2))
     path = ensure_trained_draft(tiny, "scylla", progress="none")
     assert "training the default scylla recipe" in capsys.readouterr().err
     assert path == str(drafts_dir(tiny) / "scylla-3") == default_draft_spec(tiny, "scylla")
     draft = load_draft(path, tiny)
     # The config stamps tokens trained on, every pass over the data counted.
-    assert draft.config.num_layers == 3 and draft.config.sft_tokens == 1024 * recipes.DEFAULT_EPOCHS
+    assert draft.config.num_layers == 3 and draft.config.sft_tokens == 1024 * 2
     assert (drafts_dir(tiny) / "scylla-3" / "train_log.parquet").is_file()
     assert ensure_trained_draft(tiny, "scylla") == path  # kept: no second training
     assert capsys.readouterr().err == ""

@@ -102,3 +102,29 @@ def test_resume_never_unpickles_a_crafted_checkpoint(tiny_target, corpus, tmp_pa
     line = one_error_line(resumed)
     assert "cannot resume from" in line and STATE_FILE in line
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("extra,words,code", [
+    (["--lr", "nan"], ["lr must be a positive number"], 1),
+    (["--lr", "-1e-3"], ["lr must be a positive number"], 1),
+    (["--draft-vocab", "-5"], ["draft-vocab must be >= 0"], 1),
+    (["--threads", "-1"], ["--threads", "-1"], 2),
+    (["--device", "cuda"], ["no CUDA GPU"], 1),
+])
+def test_bad_options_are_one_line_before_any_work(extra, words, code, tiny_target, corpus, tmp_path):
+    done = scylla_train(*run_args(tiny_target, corpus, tmp_path / "run"), *extra, home=tmp_path / "home")
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_out_that_is_a_file_is_refused(tiny_target, corpus, tmp_path):
+    out = tmp_path / "results.txt"
+    out.write_text("keep me")
+    for extra in ([], ["--force"]):
+        done = scylla_train(*run_args(tiny_target, corpus, out), *extra, home=tmp_path / "home")
+        assert done.returncode in (1, 2) and done.stderr.strip().startswith("error:"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert out.read_text() == "keep me"

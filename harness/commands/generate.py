@@ -34,6 +34,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
     from scylla_impl.decode import generate as run
     from scylla_impl.drafts import load_draft
     from scylla_impl.target import Target
+    from workloads.chat import render_chat
     from workloads.errors import ScyllaError
 
     quiet_libraries()
@@ -47,11 +48,10 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
     drafter = None
     if method == "spec":
         drafter = load_draft(draft or _default_draft(tgt), tgt, layers=layers, seed=seed)
-    messages = [[{"role": "user", "content": p}] for p in prompts]
-    if system_prompt:
-        messages = [[{"role": "system", "content": system_prompt}, *m] for m in messages]
-    ids = [tgt.tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"]
-           for m in messages]
+    # The sweep's own formatting: the tokenizer's chat template, or the plain fallback for a
+    # tokenizer that has none (base models, GGUF conversions).
+    texts = [render_chat(tgt.tokenizer, [{"role": "user", "content": p}], system_prompt) for p in prompts]
+    ids = [list(tgt.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     result = run(tgt, ids, drafter, config)
     if as_json:
         click.echo(json.dumps({

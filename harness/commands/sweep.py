@@ -71,9 +71,16 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
         f"wrote {report.results_path} ({n['ok']} ok, {n['failed']} failed, {n['pruned']} pruned; "
         f"{report.ran} run now, {report.skipped} kept from before)"
     )
+    if n["failed"]:  # the results are written; the exit status still says not everything ran
+        first = next(r for r in rows if r["status"] == "failed")
+        raise ScyllaError(f"{n['failed']} cell(s) failed (first: {first['method']} on {first['dataset']}: "
+                          f"{(first['error'] or '').splitlines()[0][:120]}); `scylla sweep --resume --retry-failed` "
+                          "runs them again")
 
 
 def _terminated(signum, frame) -> None:
+    click.echo("terminated: writing the finished cells to the results file; `scylla sweep --resume` "
+               "continues with the rest", err=True)
     raise SystemExit(128 + signum)
 
 

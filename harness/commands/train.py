@@ -6,27 +6,32 @@ its share of every global batch; gloo on CPU).
 
 import click
 
-from scylla_impl.training.config import METHOD_NAMES
+from scylla_impl.training.config import METHOD_NAMES, RECIPE_NAMES
 
 
 @click.command()
 @click.option("--target", default="default", show_default=True, help="'default' (the embedded model) or a HF model folder")
 @click.option("--method", type=click.Choice(METHOD_NAMES), default=None, help="draft architecture (required unless --resume)")
 @click.option("--layers", type=int, default=None, help="decoder layers of a scylla draft (default 1)")
+@click.option("--recipe", "budget", type=click.Choice(RECIPE_NAMES), default="default", show_default=True,
+              help="token budget: default (first use, minutes) or long (the best tau this machine reaches; hours, resumable)")
 @click.option("--pretrain-tokens", default=None, help="stage-1 budget, e.g. 16k, 1.5M (default: the method's recipe)")
 @click.option("--sft-tokens", default=None, help="stage-2 (chat SFT) budget (default: the method's recipe)")
 @click.option("--seq-len", type=int, default=None, help="packed sequence length [256]")
 @click.option("--batch-size", type=int, default=None, help="global batch in sequences [4]")
 @click.option("--micro-batch", type=int, default=None, help="sequences per forward per process [4]")
-@click.option("--epochs", type=int, default=None, help="passes over each stage's data (recipe: 4; later passes read cached features)")
+@click.option("--epochs", type=int, default=None, help="passes over each stage's data (later passes read cached features) [recipe]")
 @click.option("--lr", type=float, default=None, help="peak learning rate of both stages [1e-3]")
 @click.option("--ttt-steps", type=int, default=None, help="unrolled steps trained (training-time test)")
 @click.option("--ce-fraction", type=float, default=None, help="share of positions scored by the CE [1.0]")
+@click.option("--ce-weight", type=float, default=None, help="weight of the soft CE beside the feature regression")
 @click.option("--draft-vocab", type=int, default=None,
               help="reduced draft vocabulary: the N most frequent trained tokens; 0 = the target's full vocabulary "
                    "(EAGLE-2 as published: --draft-vocab 0 --ttt-steps 1 --sft-answers sharegpt)")
 @click.option("--sft-answers", type=click.Choice(["target", "sharegpt"]), default=None,
               help="SFT on the target's own greedy answers to ShareGPT prompts (self-distillation) or on ShareGPT's")
+@click.option("--autocast", type=click.Choice(["auto", "bf16", "off"]), default=None,
+              help="bf16 autocast of the draft's training: auto = where measured faster than fp32 [auto]")
 @click.option("--features", type=click.Choice(["cache", "online"]), default=None, help="target features cached on disk or recomputed [cache]")
 @click.option("--pretrain-data", default=None, help="a text file or folder of .txt files to pretrain on instead of the default mix")
 @click.option("--no-decontaminate", "no_decontaminate", is_flag=True, default=None,
@@ -42,10 +47,10 @@ from scylla_impl.training.config import METHOD_NAMES
 @click.option("--force", is_flag=True, help="delete what --out holds and start over")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), default="auto", show_default=True,
               help="auto: a bar on a terminal, quiet otherwise")
-@click.option("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads per process (default: torch's)")
 @click.pass_context
-def train(ctx, target, method, layers, pretrain_tokens, sft_tokens, seq_len, batch_size, micro_batch, epochs, lr,
-          ttt_steps, ce_fraction, draft_vocab, sft_answers, features, pretrain_data, no_decontaminate, seed, dtype, device, checkpoint_every, log_every, name,
+def train(ctx, target, method, layers, budget, pretrain_tokens, sft_tokens, seq_len, batch_size, micro_batch, epochs, lr,
+          ttt_steps, ce_fraction, ce_weight, draft_vocab, sft_answers, autocast, features, pretrain_data, no_decontaminate, seed, dtype, device, checkpoint_every, log_every, name,
           out, resume, force, progress, threads) -> None:
     """Train a draft for --target: pretraining on the general corpus, then SFT on chat."""
     from pathlib import Path
@@ -63,7 +68,7 @@ def train(ctx, target, method, layers, pretrain_tokens, sft_tokens, seq_len, bat
     given = {
         "layers": layers, "seq_len": seq_len, "batch_size": batch_size, "micro_batch": micro_batch,
         "epochs": epochs, "lr": lr, "ttt_steps": ttt_steps, "ce_fraction": ce_fraction, "features": features,
-        "draft_vocab": draft_vocab, "sft_answers": sft_answers,
+        "draft_vocab": draft_vocab, "sft_answers": sft_answers, "ce_weight": ce_weight, "autocast": autocast,
         "pretrain_data": pretrain_data, "decontaminate": False if no_decontaminate else None, "seed": seed, "dtype": dtype, "device": device,
         "checkpoint_every": checkpoint_every, "log_every": log_every, "name": name,
         "pretrain_tokens": parse_tokens(pretrain_tokens) if pretrain_tokens is not None else None,
@@ -93,7 +98,7 @@ def train(ctx, target, method, layers, pretrain_tokens, sft_tokens, seq_len, bat
     else:
         if method is None:
             raise ScyllaError("--method is required (eagle2, eagle3 or scylla)")
-        config = recipe(method, target=target, **given)
+        config = recipe(method, budget=budget, target=target, **given)
         result = run(config, out, force=force, progress=progress)
     final = result.final
     accs = " ".join(f"{final[k]:.2f}" for k in sorted(final) if k.startswith("eval_acc_"))

@@ -124,6 +124,11 @@ class Draft(nn.Module):
         raise NotImplementedError
 
     @property
+    def draft_vocab(self) -> int:
+        """Tokens the draft can propose."""
+        return self.config.draft_vocab_size or self.config.vocab_size
+
+    @property
     def reduced(self) -> bool:
         return bool(self.config.draft_vocab_size)
 
@@ -236,8 +241,8 @@ def read_config(folder: Path) -> DraftConfig:
             raise ScyllaError(f"draft '{folder}' is in checkpoint format {found}; this scylla-bench reads format "
                               f"{DRAFT_FORMAT} (d2t as offsets): retrain it with `scylla train`")
         return DraftConfig(**raw)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ScyllaError(f"bad draft config {path}: {err}") from None
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError, AttributeError) as err:
+        raise ScyllaError(f"bad draft config {path}: {str(err).splitlines()[0]}") from None
 
 
 def check_target(config: DraftConfig, target, folder) -> None:
@@ -249,8 +254,16 @@ def check_target(config: DraftConfig, target, folder) -> None:
 
 
 def load_weights(draft: Draft, folder: Path) -> None:
-    state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = draft.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own types for torn or foreign files
+        raise ScyllaError(f"draft '{folder}': model.safetensors cannot be read ({str(err).splitlines()[0]}); "
+                          "retrain or copy it again") from None
+    try:
+        missing, unexpected = draft.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of the wrong shape for the config
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise ScyllaError(f"draft '{folder}' does not match its config: {lines[0] if lines else err}") from None
     if missing or unexpected:
         raise ScyllaError(f"draft '{folder}' does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     draft._vocab_changed()

@@ -55,10 +55,9 @@ class DraftAttention(nn.Module):
         ks = ks * cos + _rotate_half(ks) * sin
         if cache is not None:
             ks, vs = cache.update(layer, ks, vs)
-        if self.kv_heads != self.heads:
-            rep = self.heads // self.kv_heads
-            ks, vs = ks.repeat_interleave(rep, dim=1), vs.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask)
+        # Grouped-query attention reads each KV head for its query group in place: repeating the
+        # heads would copy the draft's whole cache on every forward.
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, q, -1))
 
 

@@ -33,7 +33,7 @@ class PromptLookupDraft:
     feature_layers: tuple[int, ...] = ()
 
     def __init__(self, target, max_ngram: int = MAX_NGRAM, max_tokens: int = 16):
-        self.vocab_size = target.info.vocab_size
+        self.draft_vocab = target.info.vocab_size
         self.device = target.device
         self.max_ngram, self.max_tokens = max_ngram, max_tokens
         self.info = DraftInfo("lookup", 0, "lookup")
@@ -51,7 +51,7 @@ class PromptLookupDraft:
         """[b, k, V] log-probs: 0 at each node's proposed token, -inf elsewhere (and everywhere
         for a node with no proposal)."""
         b, k = len(chosen), len(chosen[0])
-        logprobs = torch.full((b, k, self.vocab_size), float("-inf"), device=self.device)
+        logprobs = torch.full((b, k, self.draft_vocab), float("-inf"), device=self.device)
         for r, row in enumerate(chosen):
             for j, token in enumerate(row):
                 if token is not None:

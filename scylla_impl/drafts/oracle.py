@@ -14,6 +14,7 @@ class OracleDraft:
         self.target = target
         self.cache = None
         self.info = DraftInfo("oracle", target.info.num_layers, "oracle")
+        self.draft_vocab = target.info.vocab_size
 
     def to_target(self, draft_ids):
         return draft_ids

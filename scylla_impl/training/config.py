@@ -7,6 +7,7 @@ the target (prompt tokens of a chat included); the loss mask decides which are l
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ class TrainConfig:
     # Machinery.
     features: str = "cache"  # "online": target forward every step; "cache": once, on disk, reused
     dtype: str = "float32"  # target precision for feature extraction
-    autocast: str = "auto"  # "auto": bf16 autocast on CUDA only (it is 5x slower on an AVX2 CPU); "bf16"; "off"
+    autocast: str = "auto"  # "auto": bf16 autocast where measured faster (scylla_impl/precision.py); "bf16"; "off"
     device: str = "cpu"
     checkpoint_every: int = 50  # optimizer steps
     keep_checkpoints: int = 2
@@ -96,6 +97,10 @@ class TrainConfig:
             raise ScyllaError(f"features must be 'online' or 'cache', got '{self.features}'")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ScyllaError(f"autocast must be auto, bf16 or off, got '{self.autocast}'")
+        for name in ("lr", "sft_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ScyllaError(f"{name.replace('_', '-')} must be a positive number, got {value}")
         if not 0 < self.ce_fraction <= 1:
             raise ScyllaError(f"ce_fraction must be in (0, 1], got {self.ce_fraction}")
         if self.sft_answers not in SFT_ANSWERS:
@@ -149,30 +154,50 @@ class TrainConfig:
             raise ScyllaError(f"cannot read training config {path}: {err}") from None
 
 
-# The default recipes: one token budget for every method so they compare at equal data.
-# Sized for two shared CPU cores: the target forward over the data (~30-100 tokens/s there)
-# is paid once into the feature cache; the draft then takes DEFAULT_EPOCHS passes over it,
-# which keeps paying off at this scale (EAGLE-2 on held-out ShareGPT chunks, top-1 agreement
-# with the target: 0.19 after 3 passes over 30k tokens, 0.24 after 6; top-10: 0.44, 0.51).
-DEFAULT_PRETRAIN_TOKENS = 16_384
-DEFAULT_SFT_TOKENS = 32_768
-DEFAULT_EPOCHS = 4
+@dataclass(frozen=True)
+class Budget:
+    pretrain_tokens: int
+    sft_tokens: int  # of chat: the target's own answers to ShareGPT prompts, prompts included
+    epochs: int
 
+
+# One token budget for every method, so the drafts compare at equal data. On the project's
+# 2-core CPUs the cost per token is the target's answers (~250 tokens/s, bf16 batches of 32),
+# its features (~720 tokens/s, fp32) and the draft's training (~560 tokens/s for Scylla-3 with
+# bf16 autocast, 3 unrolled steps). Distinct tokens buy more held-out accuracy than passes:
+# Scylla-3, held-out top-1 agreement with the target, 48k tokens x 4 passes: 0.17;
+# 145k x 2: 0.28 (both about 10 min of draft training).
+BUDGETS: dict[str, Budget] = {
+    "default": Budget(pretrain_tokens=98_304, sft_tokens=49_152, epochs=2),
+    # For the best tau a machine can reach; resumable (`scylla train --resume`), hours on 2 cores.
+    "long": Budget(pretrain_tokens=1_048_576, sft_tokens=262_144, epochs=1),
+}
+RECIPE_NAMES = tuple(BUDGETS)
+
+# Every method: a reduced vocabulary of the 8192 most frequent trained tokens (0.90 of the target's
+# own answer tokens; the head then reads 4.7M weights instead of 28.3M), the CE on every position,
+# 3 unrolled steps (the log's held-out accuracy at depths 4-5, never trained, matches depths 1-3),
+# and SFT on the target's own answers.
+_COMMON = dict(lr=1e-3, ttt_steps=3, ce_fraction=1.0, draft_vocab=8192, sft_answers="target")
 _RECIPES: dict[str, dict] = {
-    "eagle2": dict(lr=1e-3, ttt_steps=1, noise=0.2, ce_fraction=0.25),
-    "scylla": dict(lr=1e-3, ttt_steps=1, noise=0.2, ce_fraction=0.25),
+    "eagle2": dict(noise=0.2),
+    "scylla": dict(noise=0.2),
     # EAGLE-3: no feature regression to anchor its hidden state, so it learns from the soft CE
-    # over its reduced vocabulary across unrolled steps; no input noise (TTT plays that role).
-    "eagle3": dict(lr=1e-3, ttt_steps=3, noise=0.0, ce_fraction=0.25, feature_weight=0.0, ce_weight=1.0),
+    # alone across unrolled steps; no input noise (the unrolled steps play that role).
+    "eagle3": dict(noise=0.0, feature_weight=0.0, ce_weight=1.0),
 }
 
 
-def recipe(method: str, layers: int | None = None, **overrides) -> TrainConfig:
-    """The default recipe for `method`, with any field overridden."""
+def recipe(method: str, layers: int | None = None, budget: str = "default", **overrides) -> TrainConfig:
+    """The recipe for `method` at the named budget ("default" or "long"), with any field overridden.
+    EAGLE-2 as published: recipe("eagle2", draft_vocab=0, ttt_steps=1, sft_answers="sharegpt")."""
     if method not in _RECIPES:
         raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(METHOD_NAMES)}")
-    values = dict(method=method, layers=layers, pretrain_tokens=DEFAULT_PRETRAIN_TOKENS,
-                  sft_tokens=DEFAULT_SFT_TOKENS, epochs=DEFAULT_EPOCHS)
+    if budget not in BUDGETS:
+        raise ScyllaError(f"unknown recipe '{budget}'; known: {', '.join(RECIPE_NAMES)}")
+    size = BUDGETS[budget]
+    values = dict(method=method, layers=layers, pretrain_tokens=size.pretrain_tokens, sft_tokens=size.sft_tokens,
+                  epochs=size.epochs, **_COMMON)
     values.update(_RECIPES[method])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
@@ -191,4 +216,4 @@ def parse_tokens(text: str | int) -> int:
     return int(round(float(match.group(1)) * _SUFFIX[match.group(2).lower()]))
 
 
-__all__ = ["METHOD_NAMES", "STAGES", "TrainConfig", "parse_tokens", "recipe"]
+__all__ = ["BUDGETS", "METHOD_NAMES", "RECIPE_NAMES", "STAGES", "Budget", "TrainConfig", "parse_tokens", "recipe"]

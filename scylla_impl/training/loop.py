@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from scylla_impl.precision import fast_dtype
 from scylla_impl.training import distributed
 from scylla_impl.training.config import STAGES, TrainConfig
 from scylla_impl.training.data import StageData, build_stage, token_counts
@@ -271,8 +272,8 @@ class Trainer:
         self.features = feature_source(config.features, target, self.draft.feature_layers, store,
                                        batch=config.micro_batch)
         device_type = torch.device(target.device).type
-        use_bf16 = config.autocast == "bf16" or (config.autocast == "auto" and device_type == "cuda"
-                                                 and torch.cuda.is_bf16_supported())
+        use_bf16 = config.autocast == "bf16" or (config.autocast == "auto"
+                                                 and fast_dtype(str(target.device)) == "bfloat16")
         self.autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
         self.global_step = 0

@@ -38,7 +38,7 @@ def setup():
     cache = target.new_cache(1, capacity)
     with torch.no_grad():
         out = target.prefill(cache, [prompt])
-        root = out.logits[0, len(prompt) - 1].argmax()[None]
+        root = out.logits[0, -1].argmax()[None]
         draft.start([prompt], capacity)
         pair = torch.tensor([prompt[1:] + [int(root)]])
         root_logprobs, root_out = draft.extend(pair, out.hidden, torch.tensor([len(prompt)]))
