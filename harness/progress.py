@@ -1,12 +1,13 @@
-"""The sweep's progress bar: cells done, ETA, and the last cell's tau and tokens/s.
+"""The sweep's progress: cells done, ETA, and the last cell's tau and tokens/s.
 
-Drawn with tqdm on stderr when stderr is a terminal; silent otherwise (CI logs, pipes),
-where the command prints its summary table at the end instead.
+A tqdm bar on stderr when stderr is a terminal; otherwise (CI logs, pipes) one line per
+finished cell, so a long sweep is never silent.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from harness.runner import Progress
@@ -19,6 +20,7 @@ class BarProgress(Progress):
         self.failed = 0
 
     def start(self, total: int, skipped: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -34,6 +36,7 @@ class BarProgress(Progress):
         if row.get("status") == "failed":
             self.failed += 1
         if self.bar is None:
+            self._line(cell, row)
             return
         post = {}
         if row.get("tau") is not None:
@@ -49,3 +52,12 @@ class BarProgress(Progress):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def _line(self, cell, row: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        what = (f"tau {row['tau']:.2f}, {row['tokens_per_s']:.1f} tok/s" if row.get("tau") is not None
+                and row.get("tokens_per_s") is not None else row.get("status", "done"))
+        print(f"[sweep] {self.done}/{self.total} cells, {elapsed:.0f} s, ETA {eta:.0f} s: {cell.label()}: {what}",
+              file=sys.stderr, flush=True)

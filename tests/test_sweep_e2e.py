@@ -42,7 +42,9 @@ def test_cli_sweep_end_to_end_schema_and_readers(shared_eval_dir, default_model_
     res = scylla("sweep", *tiny_flags(shared_eval_dir), "--step-table", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
-    assert "cells" not in res.stderr and "Loading weights" not in res.stderr  # no bars when not a terminal
+    # Not a terminal: a line per finished cell, no bars.
+    assert "Loading weights" not in res.stderr and "\r" not in res.stderr
+    assert "[sweep] 12/12 cells" in res.stderr and "ETA" in res.stderr
     assert "12 ok, 0 failed, 0 pruned" in res.stdout
     assert "speedup" in res.stdout.splitlines()[0]
 
