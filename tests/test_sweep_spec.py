@@ -224,7 +224,7 @@ def test_profile_without_knee_is_a_clear_error(tmp_path):
         plan(spec)
 
 
-def test_progress_bar_shows_tau_and_tokens_per_s_and_is_quiet_without_tty(capsys):
+def test_progress_bar_shows_tau_and_tokens_per_s_and_is_a_line_per_cell_without_tty(capsys):
     from harness.progress import BarProgress
 
     cell = plan(spec_for())[1]
@@ -236,8 +236,10 @@ def test_progress_bar_shows_tau_and_tokens_per_s_and_is_quiet_without_tty(capsys
     err = capsys.readouterr().err
     assert "tau=2.35" in err and "tok/s=17.2" in err and "1/3" in err and "1 done before" in err
 
-    quiet = BarProgress()  # stderr is captured here: not a terminal
-    quiet.start(3, 0)
-    quiet.cell_done(cell, {"status": "ok", "tau": 2.0, "tokens_per_s": 1.0})
-    quiet.close()
-    assert capsys.readouterr().err == ""
+    lines = BarProgress()  # stderr is captured here: not a terminal
+    lines.start(3, 0)
+    lines.cell_done(cell, {"status": "ok", "tau": 2.0, "tokens_per_s": 1.0})
+    lines.close()
+    err = capsys.readouterr().err
+    assert err.startswith("[sweep] 1/3 cells, ") and err.endswith(f"ETA 0 s: {cell.label()}: tau 2.00, 1.0 tok/s\n")
+    assert "\r" not in err
