@@ -74,3 +74,22 @@ def test_draft_for_another_target_is_refused(tmp_path, default_model_dir):
     new_draft("eagle2", Target.load(str(tiny), dtype="float32")).save(tmp_path / "draft")
     done = scylla("generate", "--prompt", "hi", "--draft", str(tmp_path / "draft"), "--max-new-tokens", "4")
     assert_one_line_error(done, "was trained for target", str(tiny))
+
+
+def test_generate_on_a_tokenizer_without_a_chat_template(tmp_path, default_model_dir):
+    """Base models and GGUF conversions often ship no chat template: generate formats the prompt
+    with the same plain fallback the sweep uses, instead of a traceback."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tiny = tmp_path / "base-llama"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(tiny)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tiny)
+    (tiny / "chat_template.jinja").unlink(missing_ok=True)
+    assert AutoTokenizer.from_pretrained(tiny).chat_template is None
+    done = scylla("generate", "--target", str(tiny), "--prompt", "hi", "--method", "spec", "--draft", "lookup",
+                  "--top-k", "1", "--depth", "3", "--total-tokens", "4", "--max-new-tokens", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    assert 1 <= len(json.loads(done.stdout)["outputs"][0]["token_ids"]) <= 4

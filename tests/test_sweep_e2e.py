@@ -181,6 +181,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(shared_eval_dir, defa
     proc = _start_and_kill([*flags, "--resume"], cells, after=len(before) + 1, sig=signal.SIGTERM)
     err = proc.stderr.read().decode()
     assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert "terminated: writing the finished cells" in err and "--resume" in err
     finished = {p.stem for p in _row_files(cells)}
     assert set(pq.read_table(out / "results.parquet").column("cell_id").to_pylist()) == finished
     assert len(finished) < total
