@@ -443,16 +443,19 @@ def run_sweep(
     report = SweepReport(Path(out), run_id, cells)
     order = [c.cell_id for c in cells]
     # Every input check before anything is written: a failing sweep leaves no skeleton behind.
+    def refuse_to_overwrite() -> None:
+        if store.has_results() and not resume:
+            raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, "
+                              "or choose another --out")
+
     store.check_out()
-    if store.has_results() and not resume:
-        raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, or choose another --out")
+    refuse_to_overwrite()
     env = _driver_environment(spec)
     if spec.executor == "local":  # the devices are this machine's
         environment.resolve_device(spec.device)
     preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
     with store.locked():
-        if store.has_results() and not resume:  # again under the lock: another sweep may have written since
-            raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, or choose another --out")
+        refuse_to_overwrite()  # again under the lock: another sweep may have written since
         store.prepare()
         done = store.done()
         store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reports.tables import METHOD_ORDER
 from workloads.errors import ScyllaError
 
 BASELINE_VERSION = 1
@@ -184,8 +185,6 @@ def summary_table(cells: pd.DataFrame) -> str:
         sp = pd.to_numeric(g["speedup_vs_ar"], errors="coerce").dropna()
         rows.append((m, int(b), s, len(g), em / st if st else float("nan"), g["tokens_per_s"].mean(),
                      float(np.exp(np.log(sp[sp > 0]).mean())) if (sp > 0).any() else (1.0 if m == "ar" else float("nan"))))
-    from reports.tables import METHOD_ORDER
-
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (order.get(r[0], 9), r[0], r[1], (r[2] == "auto", r[2])))
     head = f"{'method':<8} {'batch':>5} {'top_k':>5} {'cells':>5} {'tau':>6} {'tok/s':>8} {'spec/AR':>8}"

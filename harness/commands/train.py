@@ -6,7 +6,7 @@ its share of every global batch; gloo on CPU).
 
 import click
 
-from scylla_impl.training.config import METHOD_NAMES, RECIPE_NAMES
+from scylla_impl.training.config import AUTOCAST, METHOD_NAMES, RECIPE_NAMES, SFT_ANSWERS
 
 
 @click.command()
@@ -28,9 +28,9 @@ from scylla_impl.training.config import METHOD_NAMES, RECIPE_NAMES
 @click.option("--draft-vocab", type=int, default=None,
               help="reduced draft vocabulary: the N most frequent trained tokens; 0 = the target's full vocabulary "
                    "(EAGLE-2 as published: --draft-vocab 0 --ttt-steps 1 --sft-answers sharegpt)")
-@click.option("--sft-answers", type=click.Choice(["target", "sharegpt"]), default=None,
+@click.option("--sft-answers", type=click.Choice(SFT_ANSWERS), default=None,
               help="SFT on the target's own greedy answers to ShareGPT prompts (self-distillation) or on ShareGPT's")
-@click.option("--autocast", type=click.Choice(["auto", "bf16", "off"]), default=None,
+@click.option("--autocast", type=click.Choice(AUTOCAST), default=None,
               help="bf16 autocast of the draft's training: auto = where measured faster than fp32 [auto]")
 @click.option("--features", type=click.Choice(["cache", "online"]), default=None, help="target features cached on disk or recomputed [cache]")
 @click.option("--pretrain-data", default=None, help="a text file or folder of .txt files to pretrain on instead of the default mix")

@@ -85,6 +85,8 @@ class DraftInfo:
 class Draft(nn.Module):
     """Base of the trainable drafts. Subclasses define `_inputs` and `_head`."""
 
+    own_head = False  # True: the draft trains its own LM head (EAGLE-3) instead of the target's
+
     def __init__(self, config: DraftConfig, target):
         super().__init__()
         self.config = config
@@ -153,8 +155,10 @@ class Draft(nn.Module):
         self._vocab_changed()
 
     def _vocab_changed(self) -> None:
-        """Refresh what depends on the draft vocabulary (the head rows of drafts that score
-        with the target's LM head)."""
+        """Refresh what depends on the draft vocabulary: for drafts that score with the target's
+        LM head, its rows for the draft vocabulary."""
+        if not self.own_head:
+            self._slice_target_head()
 
     def _target_head(self, out: torch.Tensor) -> torch.Tensor:
         """Logits of the target's frozen LM head, over the draft vocabulary."""

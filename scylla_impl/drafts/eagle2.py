@@ -30,6 +30,3 @@ class Eagle2Draft(Draft):
 
     def _head(self, out):
         return self._target_head(out)
-
-    def _vocab_changed(self):
-        self._slice_target_head()

@@ -11,6 +11,8 @@ from scylla_impl.drafts.layers import RMSNorm
 
 
 class Eagle3Draft(Draft):
+    own_head = True
+
     def __init__(self, config: DraftConfig, target):
         super().__init__(config, target)
         h = config.hidden_size

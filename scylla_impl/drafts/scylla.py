@@ -29,6 +29,3 @@ class ScyllaDraft(Draft):
 
     def _head(self, out):
         return self._target_head(self.norm(out))
-
-    def _vocab_changed(self):
-        self._slice_target_head()
