@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, os_error
 
 # name -> "module:attribute" of a click command. One registry, no if-chains.
 COMMANDS = {
@@ -61,6 +61,9 @@ def main() -> None:
         sys.exit(err.exit_code)
     except ScyllaError as err:
         click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except OSError as err:  # the machine's failure (a full disk, a read-only mount) that no check caught first
+        click.echo(f"error: {os_error(err, 'read or write')}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

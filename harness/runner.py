@@ -35,6 +35,15 @@ import pyarrow as pa
 from harness import environment, metrics
 from harness.cells import PLANNED, PRUNED, Cell, plan
 from harness.executors import get_executor
+from harness.inputs import (
+    INPUTS_FILE,
+    Inputs,
+    InputsChanged,
+    check_input,
+    inputs_bytes,
+    read_inputs,
+    record_input,
+)
 from harness.schema import (
     OUTPUT_SCHEMA,
     RESULT_COLUMNS,
@@ -45,8 +54,9 @@ from harness.schema import (
     empty_row,
 )
 from harness.spec import SweepSpec
-from harness.storage import ResultStore, atomic_write_bytes
+from harness.storage import ResultStore
 from workloads.errors import ScyllaError
+from workloads.files import atomic_write_bytes
 
 MAX_ERROR_CHARS = 2000
 
@@ -66,11 +76,14 @@ class WorkerSettings:
     system_prompt: str | None
     warmup: int
     step_table: bool
+    out: str = ""
+    # What the results folder was measured with (harness/inputs.py); a resume checks against it.
+    inputs: Inputs = field(default_factory=dict)
 
     @classmethod
-    def from_spec(cls, spec: SweepSpec) -> WorkerSettings:
+    def from_spec(cls, spec: SweepSpec, out: str | Path = "", inputs: Inputs | None = None) -> WorkerSettings:
         return cls(spec.target, spec.dtype, spec.device, spec.threads, spec.data_dir, spec.system_prompt,
-                   spec.warmup, spec.step_table)
+                   spec.warmup, spec.step_table, str(out), inputs or {})
 
 
 @dataclass
@@ -181,27 +194,27 @@ class CellWorker:
                 raise
             except Exception as err:
                 raise ScyllaError(f"cannot load target {self.settings.target!r}: {_error_text(err)}") from None
+            check_input(self.settings.inputs, "targets", self.settings.target, self._target.info.fingerprint,
+                        self.settings.out)
         return self._target
 
     def draft(self, spec: str):
         if spec not in self._drafts:
             from scylla_impl.drafts import load_draft
 
-            self._drafts[spec] = load_draft(spec, self.target())
+            draft = load_draft(spec, self.target())
+            if draft is not None:
+                check_input(self.settings.inputs, "drafts", spec, draft.info.weights_hash, self.settings.out)
+            self._drafts[spec] = draft
         return self._drafts[spec]
 
     def dataset(self, name: str, n: int) -> tuple[list[Any], Any]:
         key = (name, n)
         if key not in self._datasets:
-            import workloads
+            from workloads.datasets import dataset_info, load_dataset
 
-            load = getattr(workloads, "load_dataset", None)
-            describe = getattr(workloads, "dataset_info", None)
-            if load is None or describe is None:  # the registry module, where the package does not re-export
-                from workloads.datasets import dataset_info as describe
-                from workloads.datasets import load_dataset as load
-            prompts = load(name, data_dir=self.settings.data_dir, n=n)
-            info = describe(name, data_dir=self.settings.data_dir)
+            prompts = load_dataset(name, data_dir=self.settings.data_dir, n=n)
+            info = dataset_info(name, data_dir=self.settings.data_dir)
             self._datasets[key] = (list(prompts)[:n], info)
         return self._datasets[key]
 
@@ -256,6 +269,8 @@ class CellWorker:
         t0 = time.perf_counter()
         try:
             outcome = self._run(cell, row)
+        except InputsChanged:  # not this cell's failure: the whole resume is wrong
+            raise
         except Exception as err:  # failure isolation: the sweep goes on
             row.update(status=STATUS_FAILED, error=_error_text(err))
             outcome = CellOutcome(row)
@@ -291,7 +306,8 @@ class CellWorker:
             if draft is None:
                 raise ScyllaError(f"draft {cell.draft!r} loaded as no draft")
             info = draft.info
-            row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens)
+            row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens,
+                       draft_hash=info.weights_hash)
         prompts, info = self.dataset(cell.dataset, cell.prompts)
         if len(prompts) < cell.batch_size:
             raise ScyllaError(f"dataset {cell.dataset} has {len(prompts)} prompts, fewer than batch_size {cell.batch_size}")
@@ -453,11 +469,21 @@ def run_sweep(
     env = _driver_environment(spec)
     if spec.executor == "local":  # the devices are this machine's
         environment.resolve_device(spec.device)
-    preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
+    checksums = preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
     with store.locked():
         refuse_to_overwrite()  # again under the lock: another sweep may have written since
+        recorded = read_inputs(store.out)
+        for name, checksum in checksums.items():
+            check_input(recorded, "datasets", name, checksum, out)
         store.prepare()
         done = store.done()
+
+        def record(kind: str, name: str | None, value: str | None) -> None:
+            if name is not None and record_input(recorded, kind, name, value):
+                atomic_write_bytes(inputs_bytes(recorded), store.out / INPUTS_FILE)
+
+        for name, checksum in checksums.items():
+            record("datasets", name, checksum)
         store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),
                                  "environment": env, "cells": len(cells)})
         import yaml
@@ -483,10 +509,19 @@ def run_sweep(
         last_consolidated = time.monotonic()
 
         def on_result(cell: Cell, outcome: CellOutcome) -> None:
+            try:
+                store_result(cell, outcome)
+            except ScyllaError as err:  # a full disk: what is written stays, and a resume continues
+                raise ScyllaError(f"{err}; the cells finished before are kept, and `scylla sweep --resume` "
+                                  "continues") from None
+
+        def store_result(cell: Cell, outcome: CellOutcome) -> None:
             nonlocal last_consolidated
             row = {k: v for k, v in outcome.row.items() if k in RESULT_COLUMNS}
             row.update(common, run_id=run_id)
             store.write_cell(row, outcome.outputs, outcome.steps)
+            record("targets", spec.target, row.get("target_fingerprint"))
+            record("drafts", cell.draft, row.get("draft_hash"))
             report.ran += 1
             for c in [cell] if not cell.is_ar else [cell, *dependents.get(cell.cell_id, [])]:
                 row_now = derive(store, c, by_id)
@@ -498,28 +533,33 @@ def run_sweep(
                 last_consolidated = time.monotonic()
 
         progress.start(len(todo), report.skipped)
+        failure: BaseException | None = None
         try:
-            executor.run(todo, functools.partial(worker_factory, WorkerSettings.from_spec(spec)),
-                         progress.cell_started, on_result)
+            settings = WorkerSettings.from_spec(spec, out, recorded)
+            executor.run(todo, functools.partial(worker_factory, settings), progress.cell_started, on_result)
+        except BaseException as err:
+            failure = err
+            raise
         finally:
             progress.close()
             with contextlib.suppress(Exception):
                 for c in sorted(cells, key=lambda c: not c.is_ar):  # AR rows first, then their dependents
                     if c.status == PLANNED:
                         derive(store, c, by_id, only_missing=True)
-            report.results_path = store.consolidate(order)
+            try:
+                report.results_path = store.consolidate(order)
+            except ScyllaError:
+                if failure is None:  # else the first failure is the one to report
+                    raise
     return report
 
 
-def preflight_datasets(spec: SweepSpec, cells: Sequence[Cell]) -> None:
-    """Every dataset the sweep will read must be available before any model loads (else ScyllaError)."""
-    import workloads
+def preflight_datasets(spec: SweepSpec, cells: Sequence[Cell]) -> dict[str, str]:
+    """Every dataset the sweep will read must be available before any model loads (else
+    ScyllaError). -> name -> checksum of what will be read."""
+    from workloads.datasets import dataset_info
 
-    describe = getattr(workloads, "dataset_info", None)
-    if describe is None:
-        from workloads.datasets import dataset_info as describe
-    for name in dict.fromkeys(c.dataset for c in cells):
-        describe(name, data_dir=spec.data_dir)
+    return {name: dataset_info(name, data_dir=spec.data_dir).checksum for name in dict.fromkeys(c.dataset for c in cells)}
 
 
 def derive(store: ResultStore, cell: Cell, by_id: dict[str, Cell], only_missing: bool = False) -> dict[str, Any] | None:

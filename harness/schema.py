@@ -10,7 +10,7 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: draft_hash
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -33,6 +33,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("draft", pa.string()),
     pa.field("draft_method", pa.string()),
     pa.field("draft_layers", pa.int64()),
+    pa.field("draft_hash", pa.string()),
     pa.field("pretrain_tokens", pa.int64()),
     # workload
     pa.field("dataset", pa.string()),

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, os_error
 
 AUTO = "auto"
 KNOWN_METHODS = ("ar", "eagle2", "eagle3", "scylla", "lookup")
@@ -336,7 +336,11 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], Path]:
     if not p.is_file():
         raise ScyllaError(f"sweep spec {p}: no such file")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ScyllaError(f"sweep spec {p}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise os_error(err, "read the sweep spec", p) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

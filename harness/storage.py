@@ -42,49 +42,14 @@ from harness.schema import (
     rows_to_table,
 )
 from workloads.errors import ScyllaError
+from workloads.files import TMP_SUFFIX, atomic_write, atomic_write_bytes, check_writable_folder
 
-TMP_SUFFIX = ".tmp"
-_OUR_TMP = re.compile(r"\..+\.\d+\.tmp")  # .<name>.<pid>.tmp, as atomic_write_* name them
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+_OUR_TMP = re.compile(r"\..+\.\d+\.tmp")  # .<name>.<pid>.tmp, as workloads.files.temporary_name names them
 
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file via temp name + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    """Write a Parquet file whole or not at all (workloads.files.atomic_write)."""
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 class ResultStore:
@@ -117,11 +82,7 @@ class ResultStore:
 
     def check_out(self) -> None:
         """The results folder can be written: a folder (or nothing yet) under a writable parent."""
-        if self.out.exists() and not self.out.is_dir():
-            raise ScyllaError(f"--out {self.out} exists and is not a folder")
-        existing = next((p for p in [self.out, *self.out.parents] if p.exists()), None)
-        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-            raise ScyllaError(f"--out {self.out}: {existing} is not writable; choose another --out")
+        check_writable_folder(self.out, "--out")
 
     def prepare(self) -> None:
         """Create the folders and remove temporaries a killed writer of ours left behind (only

@@ -47,3 +47,48 @@ def mt_bench_prompts(shared_eval_dir, target_fp32) -> list[list[int]]:
 
     prompts = load_dataset("mt_bench", data_dir=shared_eval_dir)
     return [prompt_token_ids(target_fp32.tokenizer, p) for p in prompts]
+
+
+# ---------------------------------------------------------------- real full and read-only disks
+
+
+def _mount_tmpfs(where: Path, options: str) -> None:
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'mount failed'}); needs root")
+
+
+def _unmount(where: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Path:
+    """A real 64 KiB filesystem (tmpfs): writes past a few blocks fail with ENOSPC.
+    `chmod` cannot simulate this, and does not stop root."""
+    where = tmp_path / "full"
+    _mount_tmpfs(where, "size=64k,mode=0777")
+    yield where
+    _unmount(where)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path) -> Path:
+    """A real read-only filesystem (tmpfs mounted ro): every write fails with EROFS, even as root.
+    Holds one subfolder `existing/` so tests can point at a folder that exists."""
+    where = tmp_path / "ro"
+    _mount_tmpfs(where, "size=1m,mode=0777")
+    (where / "existing").mkdir()
+    import subprocess
+
+    res = subprocess.run(["mount", "-o", "remount,ro", str(where)], capture_output=True, text=True)
+    if res.returncode != 0:
+        _unmount(where)
+        pytest.skip(f"cannot remount read-only: {res.stderr.strip()}")
+    yield where
+    _unmount(where)

@@ -52,6 +52,9 @@ def test_generate_ar_tau_is_one(default_model_dir):
     (["--no-such-flag"], ["No such option", "--help"]),
     (["--top-k", "2", "--depth", "2", "--total-tokens", "40"], ["larger than the tree's pool"]),
     (["--prompt", "   "], ["empty prompt"]),
+    # bytes from a latin-1 terminal, kept by Python as a lone surrogate
+    (["--prompt", "caf\udce9"], ["user message is not UTF-8"]),
+    (["--system-prompt", "\udce9t\udce9"], ["system message is not UTF-8"]),
 ])
 def test_bad_input_is_one_line(args, words):
     base = ["generate", "--method", "spec", "--draft", "random:eagle2", "--max-new-tokens", "4"]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.runner import CellWorker, run_sweep
-from harness.schema import RESULT_COLUMNS, RESULT_SCHEMA
+from harness.schema import RESULT_COLUMNS, RESULT_SCHEMA, SCHEMA_VERSION
 from harness.spec import build_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def test_cli_sweep_end_to_end_schema_and_readers(shared_eval_dir, default_model_
     path = out / "results.parquet"
     t = pq.read_table(path)
     assert t.schema.equals(RESULT_SCHEMA, check_metadata=False)
-    assert t.schema.metadata[b"scylla.schema_version"] == b"1"
+    assert t.schema.metadata[b"scylla.schema_version"] == str(SCHEMA_VERSION).encode()
     rows = t.to_pylist()
     assert len(rows) == 2 * 2 * (1 + 2)  # datasets x batches x (AR + draft x 2 top_k)
     assert len({r["cell_id"] for r in rows}) == len(rows)
@@ -143,6 +143,15 @@ def test_cli_unknown_yaml_key(tmp_path):
     spec.write_text("datasets: [gsm8k]\nbatch_size: 4\n")
     res = scylla("sweep", str(spec), "--out", str(tmp_path / "o"))
     assert res.returncode == 1 and "unknown key 'batch_size' (did you mean 'batch_sizes'?)" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_yaml_that_is_not_utf8(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_bytes("datasets: [gsm8k]\nsystem_prompt: caf\u00e9\n".encode("latin-1"))
+    res = scylla("sweep", str(spec), "--out", str(tmp_path / "o"))
+    assert res.returncode == 1 and "not UTF-8 text" in res.stderr and "save it as UTF-8" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

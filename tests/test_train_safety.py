@@ -128,3 +128,43 @@ def test_out_that_is_a_file_is_refused(tiny_target, corpus, tmp_path):
         assert done.returncode in (1, 2) and done.stderr.strip().startswith("error:"), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert out.read_text() == "keep me"
+
+
+def test_read_only_out_is_one_line_before_any_work(tiny_target, corpus, read_only_disk, tmp_path):
+    for out in (read_only_disk / "new", read_only_disk / "existing"):
+        line = one_error_line(scylla_train(*run_args(tiny_target, corpus, out), home=tmp_path / "home"))
+        assert "not writable" in line and "--out" in line
+
+
+def test_full_disk_keeps_no_partial_checkpoint_and_resume_finishes(tiny_target, corpus, full_disk, tmp_path):
+    out = full_disk / "run"
+    done = scylla_train(*run_args(tiny_target, corpus, out), home=tmp_path / "home")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: cannot write") and "No space left on device" in line and "--resume" in line
+    left = sorted(p.name for p in out.rglob("*"))
+    assert not [n for n in left if "tmp" in n], left  # no temporaries, no half checkpoint
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(full_disk)], check=True)  # the user frees space
+    done = scylla_train("--resume", "--out", str(out), "--progress", "none", "--threads", "1", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+def test_pretrain_data_that_is_not_utf8_is_refused(tiny_target, tmp_path):
+    """Binary or latin-1 files would train the draft on noise; before, they were read with
+    replacement characters and the run "succeeded"."""
+    data = tmp_path / "latin1.txt"
+    data.write_bytes("Un caf\u00e9 cr\u00e8me, s'il vous pla\u00eet.\n".encode("latin-1") * 500)
+    out = tmp_path / "run"
+    line = one_error_line(scylla_train(*run_args(tiny_target, data, out), home=tmp_path / "home"))
+    assert f"pretrain data {data}: not UTF-8 text" in line
+    assert not out.exists()
+
+
+def test_train_config_that_is_not_utf8_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_config.json").write_bytes('{"method": "eagle2", "name": "caf\u00e9"}'.encode("latin-1"))
+    line = one_error_line(scylla_train("--resume", "--out", str(out), home=tmp_path / "home"))
+    assert "cannot read training config" in line and "utf-8" in line

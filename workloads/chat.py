@@ -56,6 +56,9 @@ def with_system(messages: Sequence[dict], system_prompt: str | None) -> list[dic
 def render_chat(tokenizer, messages: list[dict], system_prompt: str | None = None,
                 add_generation_prompt: bool = True) -> str:
     """The text the target sees for `messages` ({"role", "content"} dicts)."""
+    for m in with_system(messages, system_prompt):
+        if isinstance(m.get("content"), str):
+            _check_text(m["content"], f"the {m.get('role', 'chat')} message")
     try:
         return tokenizer.apply_chat_template(
             with_system(messages, system_prompt),
@@ -67,6 +70,15 @@ def render_chat(tokenizer, messages: list[dict], system_prompt: str | None = Non
         raise
     except Exception as err:  # jinja errors: a template that rejects this role order, etc.
         raise ScyllaError(f"the chat template could not format these messages: {err}") from None
+
+
+def _check_text(text: str, what: str) -> None:
+    """Text a tokenizer can take: a terminal or file in another encoding hands Python bytes it keeps
+    as lone surrogates, which the tokenizer rejects with a TypeError deep inside."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ScyllaError(f"{what} is not UTF-8 text (character {err.start}): give it in UTF-8") from None
 
 
 def prompt_messages(prompt: Prompt, turn: int = 0, previous_answers: Sequence[str] = ()) -> list[dict]:

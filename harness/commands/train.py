@@ -61,7 +61,10 @@ def train(ctx, target, method, layers, budget, pretrain_tokens, sft_tokens, seq_
     from scylla_impl.training import parse_tokens, recipe
     from scylla_impl.training import train as run
     from workloads.errors import ScyllaError
+    from workloads.files import check_writable_folder
 
+    if out is not None:  # before any model loads
+        check_writable_folder(out, "--out")
     quiet_libraries()
     if threads:
         torch.set_num_threads(threads)

@@ -12,18 +12,21 @@ EAGLE-2 and Scylla then score the target's own frozen LM-head rows of those toke
 draft level reads a fraction of the head a full-vocabulary draft reads.
 """
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from scylla_impl.drafts.layers import rotary
 from scylla_impl.kv_cache import RowKVCache
 from workloads.errors import ScyllaError
+from workloads.files import atomic_write, atomic_write_bytes
 
 # Version of the checkpoint layout; 2: d2t holds offsets (EAGLE-3 / SpecForge), any method may
 # have a reduced vocabulary.
@@ -80,6 +83,7 @@ class DraftInfo:
     layers: int
     checkpoint: str  # folder, or "random:<method>" / "oracle"
     pretrain_tokens: int | None = None
+    weights_hash: str | None = None  # of the checkpoint's model.safetensors; None when not loaded from one
 
 
 class Draft(nn.Module):
@@ -94,6 +98,7 @@ class Draft(nn.Module):
         # kept out of the module tree so they are neither trained nor saved.
         self._target_parts = (target.embed, target.lm_head)
         self.checkpoint = f"random:{config.method}"
+        self.weights_hash: str | None = None
         self.cache: RowKVCache | None = None
         if config.draft_vocab_size:
             vd, v = config.draft_vocab_size, config.vocab_size
@@ -115,7 +120,8 @@ class Draft(nn.Module):
 
     @property
     def info(self) -> DraftInfo:
-        return DraftInfo(self.config.method, self.config.num_layers, self.checkpoint, self.config.pretrain_tokens)
+        return DraftInfo(self.config.method, self.config.num_layers, self.checkpoint, self.config.pretrain_tokens,
+                         self.weights_hash)
 
     def _inputs(self, tokens, features, from_target: bool):
         """-> (residual stream input [b,q,h], attention input of layer 0 or None)."""
@@ -224,12 +230,10 @@ class Draft(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"architectures": [type(self).__name__], **asdict(self.config)}
-        tmp = folder / "config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors.tmp"), metadata={"format": "pt"})
-        (folder / "model.safetensors.tmp").replace(folder / "model.safetensors")
-        tmp.replace(folder / "config.json")
+        # Weights first, config last: a folder with a config.json holds matching weights.
+        atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        atomic_write_bytes(json.dumps(config, indent=2).encode(), folder / "config.json")
         return folder
 
 
@@ -258,8 +262,10 @@ def check_target(config: DraftConfig, target, folder) -> None:
 
 
 def load_weights(draft: Draft, folder: Path) -> None:
+    """Load the folder's weights into `draft`; `draft.weights_hash` identifies them (sha256 of the file)."""
     try:
-        state = load_file(str(folder / "model.safetensors"))
+        blob = (folder / "model.safetensors").read_bytes()
+        state = load_safetensors(blob)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own types for torn or foreign files
         raise ScyllaError(f"draft '{folder}': model.safetensors cannot be read ({str(err).splitlines()[0]}); "
                           "retrain or copy it again") from None
@@ -271,3 +277,4 @@ def load_weights(draft: Draft, folder: Path) -> None:
     if missing or unexpected:
         raise ScyllaError(f"draft '{folder}' does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     draft._vocab_changed()
+    draft.weights_hash = hashlib.sha256(blob).hexdigest()[:16]

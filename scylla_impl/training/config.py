@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workloads.errors import ScyllaError
+from workloads.files import atomic_write_bytes
 
 METHOD_NAMES = ("eagle2", "eagle3", "scylla")
 STAGES = ("pretrain", "sft")
@@ -143,15 +144,13 @@ class TrainConfig:
         return cls(**raw)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
+        atomic_write_bytes(json.dumps(self.to_dict(), indent=2).encode(), path)
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as err:  # ValueError: bad JSON, or bytes that are not UTF-8
             raise ScyllaError(f"cannot read training config {path}: {err}") from None
 
 

@@ -14,7 +14,7 @@ import torch
 
 from scylla_impl.training.config import TrainConfig
 from workloads.chat import uses_fallback_template
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, os_error
 
 
 @dataclass
@@ -137,9 +137,19 @@ def _text_corpus(config: TrainConfig, tokenizer, tokens: int):
 
     stats = {"text": SourceStats()}
     decontaminator = from_datasets(config.data_dir) if config.decontaminate else None
-    stream = document_stream("text", files, str, lambda p: p.read_text(encoding="utf-8", errors="replace"),
-                             tokenize, config.seed, stats["text"], decontaminator)
+    stream = document_stream("text", files, str, _read_text, tokenize, config.seed, stats["text"], decontaminator)
     return CorpusStream({"text": stream}, {"text": 1.0}, config.seq_len, tokens // config.seq_len, stats)
+
+
+def _read_text(path: Path) -> str:
+    """A pretraining file as text; binary or non-UTF-8 bytes would train the draft on noise."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ScyllaError(f"pretrain data {path}: not UTF-8 text (byte {err.start}); convert it to UTF-8 "
+                          "or leave it out") from None
+    except OSError as err:
+        raise os_error(err, "read pretrain data", path) from None
 
 
 def token_counts(stages: list[StageData], vocab_size: int) -> torch.Tensor:

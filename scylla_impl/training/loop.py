@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -39,6 +40,7 @@ from scylla_impl.training.losses import (
     unrolled_accuracy,
 )
 from workloads.errors import ScyllaError
+from workloads.files import atomic_write, check_writable_folder
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.parquet"
@@ -88,8 +90,9 @@ def _set_rng_state(state: dict) -> None:
 
 # -- run folder --------------------------------------------------------------------------
 # Everything a training run writes into its folder; `--force` removes these and nothing else.
-RUN_ENTRIES = ("config.json", "config.json.tmp", "model.safetensors", "model.safetensors.tmp", CONFIG_FILE,
-               "train_config.tmp", LOG_FILE, LOG_FILE + ".tmp", "checkpoints")
+RUN_ENTRIES = ("config.json", "model.safetensors", CONFIG_FILE, LOG_FILE, "checkpoints")
+# ...and the temporaries of its atomic writes (workloads.files.temporary_name), left by a kill.
+_RUN_TMP = re.compile(r"\.(" + "|".join(re.escape(n) for n in RUN_ENTRIES) + r")\.\d+\.tmp")
 
 
 def clear_run(out: Path, dry_run: bool = False) -> None:
@@ -100,7 +103,7 @@ def clear_run(out: Path, dry_run: bool = False) -> None:
     if not out.is_dir():
         raise ScyllaError(f"--out '{out}' is a file, not a folder; choose another --out")
     entries = sorted(p.name for p in out.iterdir())
-    foreign = [name for name in entries if name not in RUN_ENTRIES]
+    foreign = [name for name in entries if name not in RUN_ENTRIES and not _RUN_TMP.fullmatch(name)]
     if foreign:
         raise ScyllaError(f"--force refuses to clear '{out}': it holds {', '.join(foreign[:3])}"
                           f"{' and more' if len(foreign) > 3 else ''}, which a training run does not write; "
@@ -411,13 +414,21 @@ class Trainer:
             tmp = root / f".tmp-step-{self.global_step:06d}"
             shutil.rmtree(tmp, ignore_errors=True)
             self._stamp_budget()
-            self.draft.save(tmp)
             state = {
                 "global_step": self.global_step, "elapsed": self.elapsed, "tokens": self.tokens,
                 "optimizer": self.optimizer.state_dict(), "rows": self.rows,
                 "rng": _rng_state(),
             }
-            torch.save(state, tmp / STATE_FILE)
+            try:
+                self.draft.save(tmp)
+                atomic_write(tmp / STATE_FILE, lambda path: torch.save(state, path))
+            except ScyllaError as err:  # a full disk (the writes say so): the last whole checkpoint stays
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ScyllaError(f"{err}; the last complete checkpoint is kept, and "
+                                  f"`scylla train --resume --out {self.out}` continues") from None
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in checkpoints(self.out)[:-self.config.keep_checkpoints]:
@@ -451,9 +462,7 @@ class Trainer:
     def _write_log(self) -> None:
         import pandas as pd
 
-        tmp = self.out / (LOG_FILE + ".tmp")
-        pd.DataFrame(self.rows).to_parquet(tmp, index=False)
-        os.replace(tmp, self.out / LOG_FILE)
+        atomic_write(self.out / LOG_FILE, lambda tmp: pd.DataFrame(self.rows).to_parquet(tmp, index=False))
 
     # -- run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -562,6 +571,7 @@ def train(config: TrainConfig | None, out: Path | str | None = None, *, resume: 
                 raise ScyllaError("give --out to resume a run")
             out = drafts_dir(target) / config.draft_name
         out = Path(out)
+        check_writable_folder(out, "--out")
         # Every process checks (the same answer everywhere, so a bad folder stops them all);
         # only the first one changes the folder.
         run_config, folder = prepare_out(out, config, resume, target.info.fingerprint, force)
