@@ -4,6 +4,8 @@ Everything downstream (tables, figures) works on the frames returned here, so th
 the one place that knows about files, bad input and schema drift. A results file from
 an older or newer harness may lack columns: they are added as nulls and listed in
 `Results.missing_columns`, so the report says what it could not show instead of crashing.
+A file without the columns every row needs (REQUIRED_COLUMNS), or with a column of the
+wrong type, is refused: guessing there would give a report that looks right and is not.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.schema import STATUSES
+from harness.storage import ResultStore
 from workloads.errors import ScyllaError
 
 RESULTS_FILE = "results.parquet"
@@ -35,6 +39,7 @@ EXPECTED_COLUMNS: dict[str, str] = {
     "method": "string",
     "draft": "string",
     "draft_layers": "Int64",
+    "draft_hash": "string",
     "pretrain_tokens": "Int64",
     "dataset": "string",
     "dataset_source": "string",
@@ -84,6 +89,8 @@ class Results:
     cells: pd.DataFrame
     dirs: list[Path]
     missing_columns: list[str] = field(default_factory=list)
+    # One line each, for stderr: what was read other than results.parquet, and why.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -118,35 +125,161 @@ class Profile:
         return self.path.name
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_table(path: Path) -> pa.Table:
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path)
     except (pa.ArrowException, OSError, ValueError) as err:
         # pyarrow's messages are multi-line at times; the CLI prints exactly one line.
         reason = " ".join(str(err).split())[:200]
         raise ScyllaError(f"cannot read {path}: not a valid Parquet file ({reason})") from None
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    return _read_table(path).to_pandas()
+
+
+# Without these a row cannot be placed in the report: which cell, did it finish, which method.
+REQUIRED_COLUMNS = ("cell_id", "status", "method")
+_WHAT_RESULTS_ARE = "give the folder `scylla sweep --out` wrote, or its results.parquet"
+# Column sets of the sweep's other tables, so a wrong file is named for what it is.
+_OTHER_TABLES = (
+    ({"step", "drafted", "accepted", "step_s"}, "a per-step table (a sweep's steps.parquet)"),
+    ({"prompt_id", "token_ids"}, "a table of generated tokens (a sweep's cells/*.outputs.parquet)"),
+)
+# The report's own reading of "object" columns: token-position acceptance lists and a time.
+_OBJECT_KINDS = {"accept_cond": "list", "accept_uncond": "list", "started_at": "time"}
+
+
+def _kind_ok(kind: str, t: pa.DataType) -> bool:
+    if pa.types.is_null(t):  # an all-null column written by pandas
+        return True
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if kind in ("Int64", "float64"):
+        return pa.types.is_integer(t) or pa.types.is_floating(t)
+    if kind == "string":
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+    if kind == "boolean":
+        return pa.types.is_boolean(t)
+    if kind == "list":
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+            return False
+        v = t.value_type
+        return pa.types.is_null(v) or pa.types.is_integer(v) or pa.types.is_floating(v)
+    if kind == "time":
+        return pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+    return True
+
+
+_KIND_WORDS = {"Int64": "whole numbers", "float64": "numbers", "string": "text", "boolean": "true/false",
+               "list": "lists of numbers", "time": "timestamps"}
+
+
+def _check_table(table: pa.Table, path: Path) -> None:
+    """Refuse a file that is not a results table, or whose columns the report would misread.
+
+    Coercing instead would turn strings into NaN and a missing status into "ok": a report
+    that looks complete and is wrong. One line names the file and every problem found."""
+    names = set(table.column_names)
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        for marker, what in _OTHER_TABLES:
+            if marker <= names:
+                raise ScyllaError(f"{path} is {what}, not a results table: {_WHAT_RESULTS_ARE}")
+        raise ScyllaError(f"{path} is not a sweep results table: it has no {', '.join(missing)} column"
+                          f"{'s' if len(missing) > 1 else ''}; {_WHAT_RESULTS_ARE}")
+    wrong = []
+    for col in table.column_names:
+        kind = _OBJECT_KINDS.get(col) or EXPECTED_COLUMNS.get(col)
+        if kind is None:
+            continue  # a column the report does not read is kept as it is
+        t = table.schema.field(col).type
+        if not _kind_ok(kind, t):
+            wrong.append(f"{col} holds {t} (expected {_KIND_WORDS[kind]})")
+        elif kind == "Int64" and pa.types.is_floating(t):
+            vals = pd.Series(table.column(col).to_numpy(zero_copy_only=False), dtype="float64").dropna()
+            if not vals.empty and not (vals == vals.round()).all():
+                wrong.append(f"{col} holds fractions such as {vals[vals != vals.round()].iloc[0]:g} (expected whole numbers)")
+    if wrong:
+        raise ScyllaError(f"{path}: wrong column type{'s' if len(wrong) > 1 else ''}: {'; '.join(wrong)}. "
+                          "A results.parquet written by `scylla sweep` has the types of harness/schema.py; "
+                          "re-run the sweep or fix the file")
+    status = table.column("status").to_pylist()
+    empty = sum(s is None for s in status)
+    unknown = sorted({s for s in status if s is not None and s not in STATUSES})
+    if empty or unknown:
+        what = [f"{empty} empty" if empty else "", f"unknown {', '.join(map(repr, unknown[:5]))}" if unknown else ""]
+        raise ScyllaError(f"{path}: column status has {' and '.join(w for w in what if w)} value(s); "
+                          f"every row of a sweep's results is one of {', '.join(STATUSES)}")
+    if table.column("cell_id").null_count:
+        raise ScyllaError(f"{path}: {table.column('cell_id').null_count} row(s) have no cell_id; "
+                          "every row of a sweep's results names its cell")
+
+
+def _results_file(path: Path) -> pd.DataFrame:
+    table = _read_table(path)
+    _check_table(table, path)
     return table.to_pandas()
 
 
-def _results_frame(directory: Path) -> pd.DataFrame:
-    if not directory.exists():
-        raise ScyllaError(f"results directory not found: {directory}")
-    if not directory.is_dir():
-        raise ScyllaError(f"not a directory: {directory} (give the folder that `scylla sweep --out` wrote)")
-    consolidated = directory / RESULTS_FILE
-    if consolidated.is_file():
-        return _read_parquet(consolidated)
-    # A sweep that is still running (or was killed) has per-cell files but no
-    # consolidated table yet; reading those lets a report show partial results.
-    parts = sorted(p for p in directory.rglob("*.parquet") if p.name not in ("steps.parquet", "outputs.parquet"))
-    parts = [p for p in parts if "steps" not in p.parts and "outputs" not in p.parts]
-    if not parts:
-        raise ScyllaError(f"no {RESULTS_FILE} in {directory} (is it a `scylla sweep --out` folder?)")
-    frames = [_read_parquet(p) for p in parts]
-    frames = [f for f in frames if "cell_id" in f.columns]
+def _cell_rows(directory: Path, files: list[Path], notes: list[str]) -> pd.DataFrame | None:
+    """The row files of `directory/cells`, each checked like a results.parquet. Not cast to
+    the harness's schema: rows an older harness wrote lack its newer columns, and are kept."""
+    frames, bad = [], []
+    for p in files:
+        try:
+            table = pq.read_table(p)
+        except (pa.ArrowException, OSError, ValueError):
+            bad.append(p)  # consolidation skips such a file too; the sweep re-runs its cell
+            continue
+        _check_table(table, p)
+        frames.append(table.to_pandas())
+    if bad:
+        notes.append(f"note: skipped {len(bad)} unreadable cell file(s) in {bad[0].parent} (e.g. {bad[0].name})")
     if not frames:
-        raise ScyllaError(f"no {RESULTS_FILE} in {directory}, and no per-cell result files either")
-    return pd.concat(frames, ignore_index=True).drop_duplicates("cell_id", keep="last")
+        return None
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _results_frame(arg: Path, notes: list[str]) -> pd.DataFrame:
+    if not arg.exists():
+        raise ScyllaError(f"results directory not found: {arg}")
+    if arg.is_file() and arg.suffix == ".parquet":
+        consolidated = arg
+        # Its sweep's cells are the newer truth only for the file the sweep consolidates.
+        directory = arg.parent if arg.name == RESULTS_FILE else None
+    elif arg.is_dir():
+        consolidated, directory = arg / RESULTS_FILE, arg
+    else:
+        raise ScyllaError(f"not a directory: {arg} ({_WHAT_RESULTS_ARE})")
+    rows = ResultStore(directory).row_files() if directory is not None else []
+    if not consolidated.is_file():
+        if not rows:
+            raise ScyllaError(f"no {RESULTS_FILE} in {arg} (is it a `scylla sweep --out` folder?)")
+        # A sweep that is running (or was killed) before its first consolidation.
+        notes.append(f"note: {arg} has no {RESULTS_FILE} yet (a sweep is running or was interrupted); "
+                     f"reading its {len(rows)} cell file(s)")
+        df = _cell_rows(directory, rows, notes)
+        if df is None:
+            raise ScyllaError(f"no {RESULTS_FILE} in {arg}, and none of its cell files could be read")
+        return df
+    df = _results_file(consolidated)
+    if not rows:
+        return df
+    # The sweep rewrites results.parquet every few seconds from cells/; after a SIGKILL the
+    # cells written (or updated with their AR speedup) since then are only in cells/.
+    stamp = consolidated.stat().st_mtime_ns
+    known = set(df["cell_id"])
+    newer = [p for p in rows if p.stem not in known or p.stat().st_mtime_ns > stamp]
+    if not newer:
+        return df
+    notes.append(f"note: {consolidated} is older than its cells/ (a sweep was interrupted or is running); "
+                 f"reading {len(newer)} newer cell file(s)")
+    fresh = _cell_rows(directory, newer, notes)
+    if fresh is None:
+        return df
+    # Rows only results.parquet has stay: a report never drops a cell it was given.
+    return pd.concat([df[~df["cell_id"].isin(set(fresh["cell_id"]))], fresh], ignore_index=True)
 
 
 def _conform(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -154,13 +287,11 @@ def _conform(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     missing = [c for c in EXPECTED_COLUMNS if c not in df.columns]
     for col in missing:
         df[col] = pd.Series([None] * len(df), dtype=EXPECTED_COLUMNS[col], index=df.index)
-    if df["status"].isna().any():
-        # A row without a status came from a writer that only records finished cells.
-        df["status"] = df["status"].fillna("ok")
     df["method"] = df["method"].fillna("unknown")
     df["dataset"] = df["dataset"].fillna("unknown")
     # The integer columns are where pandas and Parquet disagree most (int64 vs a float
-    # with NaN); nullable Int64 keeps grouping keys exact.
+    # with NaN); nullable Int64 keeps grouping keys exact. Types were checked on read, so
+    # "coerce" only meets the nulls of a column one of several directories lacked.
     for col, dtype in EXPECTED_COLUMNS.items():
         if dtype == "Int64" and df[col].dtype != "Int64":
             df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
@@ -173,10 +304,10 @@ def load_results(dirs: list[str | Path]) -> Results:
     """Read one or more results directories. Bad input raises ScyllaError (one line)."""
     if not dirs:
         raise ScyllaError("give at least one results directory")
-    frames, paths = [], []
+    frames, paths, notes = [], [], []
     for d in dirs:
         path = Path(d)
-        df = _results_frame(path)
+        df = _results_frame(path, notes)
         df["results_dir"] = str(path)
         frames.append(df)
         paths.append(path)
@@ -184,7 +315,7 @@ def load_results(dirs: list[str | Path]) -> Results:
     cells, missing = _conform(cells)
     if cells.empty:
         raise ScyllaError(f"{', '.join(map(str, paths))}: the results table has no rows")
-    return Results(cells=cells.reset_index(drop=True), dirs=paths, missing_columns=missing)
+    return Results(cells=cells.reset_index(drop=True), dirs=paths, missing_columns=missing, notes=notes)
 
 
 def _finite(x) -> float | None:
@@ -195,6 +326,15 @@ def _finite(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _is_number(v: object) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _json_kind(v: object) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "true/false", type(None): "null"}.get(
+        type(v), "number")
+
+
 def load_profile(directory: str | Path) -> Profile:
     """Read `DIR/profile.json` and every Parquet table beside it (keyed by file stem)."""
     path = Path(directory)
@@ -203,12 +343,37 @@ def load_profile(directory: str | Path) -> Profile:
     doc_path = path / PROFILE_FILE if path.is_dir() else path
     if not doc_path.is_file():
         raise ScyllaError(f"no {PROFILE_FILE} in {path} (is it a `scylla profile --out` folder?)")
+    hint = "give the folder `scylla profile --out` wrote"
     try:
-        doc = json.loads(doc_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ScyllaError(f"cannot read {doc_path}: {' '.join(str(err).split())}") from None
+        text = doc_path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ScyllaError(f"cannot read {doc_path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ScyllaError(f"{doc_path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          f"a profile.json is UTF-8 JSON: {hint}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ScyllaError(f"{doc_path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+                          f"{hint}") from None
     if not isinstance(doc, dict):
-        raise ScyllaError(f"{doc_path}: expected a JSON object")
+        raise ScyllaError(f"{doc_path}: expected a JSON object, found a {_json_kind(doc)}; {hint}")
+    device = doc.get("device")
+    # Profile.name also takes a bare device name; any other kind means this is not a profile.
+    if device is not None and not isinstance(device, (dict, str)):
+        raise ScyllaError(f"{doc_path}: \"device\" is a {_json_kind(device)}, expected an object of device facts "
+                          f"(name, kind, ...); {hint}")
+    # The other keys are read through number(), where a wrong kind reads as "not measured";
+    # these two are iterated and printed as they are, so a wrong kind would crash or mislead.
+    for key in ("unmeasured", "unavailable"):
+        if doc.get(key) is not None and not isinstance(doc[key], (list, dict)):
+            raise ScyllaError(f"{doc_path}: \"{key}\" is a {_json_kind(doc[key])}, expected a list; {hint}")
+    policy = doc.get("topk_policy")
+    if policy is not None and not (isinstance(policy, list) and all(
+            isinstance(r, dict) and all(_is_number(r.get(k)) for k in ("batch_size", "top_k", "total_tokens"))
+            for r in policy)):
+        raise ScyllaError(f"{doc_path}: \"topk_policy\" must be a list of objects with numeric batch_size, top_k "
+                          f"and total_tokens; {hint}")
     tables = {p.stem: _read_parquet(p) for p in sorted(doc_path.parent.glob("*.parquet"))}
     return Profile(path=doc_path.parent, doc=doc, tables=tables)
 

@@ -5,8 +5,11 @@
 Steps: device facts -> bandwidth (read/copy/triad; numpy triad cross-check on CPU) ->
 matmul shape search per dtype -> I_crit -> verify knee on the real target -> top-k policy
 -> files. An NVML sampler runs throughout (no-op without a GPU) and every phase is an NVTX
-range. Nothing that is merely unavailable (driver, Triton, a counter, the target) stops
-the profile: it lands in `unmeasured` with the reason.
+range. Nothing that is merely unavailable (driver, Triton, a counter, a target that fails
+to load on this device) stops the profile: it lands in `unmeasured` with the reason. What
+the user got wrong (a --target folder that is not a model, an --out that cannot be written)
+is checked first, before any measuring (`check_options`); the files are written through a
+staging folder, so a full disk leaves neither a partial profile nor temp files.
 
 profile.json (schema_version 1). Units: bytes, seconds, FLOP; null = not measured.
 {
@@ -68,11 +71,14 @@ warmup, rep, seconds, flops_est, bytes_est), nvml.parquet (NvmlSample fields).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -94,7 +100,8 @@ from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flo
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
 from roofline.unmeasured import Unmeasured
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, os_error
+from workloads.files import check_writable_folder
 
 SCHEMA_VERSION = 1
 TARGET_DTYPES = ("bfloat16", "float16", "float32")  # the knee's target dtype; I_crit is quoted for it
@@ -494,32 +501,66 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a reader never sees half a profile.json
+# Errors that mean the disk, not the plot: they must fail the write, not be noted and skipped.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                          errno.EFBIG})
 
 
 def _write_outputs(run: _Run, out: Path, sampler: NvmlSampler) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every file into a staging folder beside or inside `out`, then move them in with
+    profile.json last: a failure (a full disk) leaves `out` as it was, with no temp files."""
     if sampler.samples:
         run.tables["nvml"] = sampler.records()
+    made = _missing_dirs(out.parent)
+    staging = (out if out.is_dir() else out.parent) / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if staging.exists():  # left by a killed run that had this pid
+            shutil.rmtree(staging)
+        staging.mkdir()
+        _write_staged(run, staging)
+        if out.is_dir():
+            for f in sorted(staging.iterdir(), key=lambda f: f.name == "profile.json"):
+                os.replace(f, out / f.name)
+            staging.rmdir()
+        else:
+            os.replace(staging, out)  # the whole folder appears at once
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only folders this run created, and only while empty
+        if isinstance(err, OSError):
+            raise ScyllaError(f"{os_error(err, 'write the profile to', out)}; nothing was written: "
+                              "run the profile again") from None
+        raise
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
+
+
+def _write_staged(run: _Run, staging: Path) -> None:
     written = {}
     for name, rows in run.tables.items():
         if not rows:
             continue
-        path = out / f"{name}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pd.DataFrame(rows).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        written[name] = path.name
+        pd.DataFrame(rows).to_parquet(staging / f"{name}.parquet", index=False)
+        written[name] = f"{name}.parquet"
     run.doc["tables"] = written
     try:
         from roofline.figure import plot_profile
 
-        figures = plot_profile(run.doc, run.knee_rows, out / "roofline")
+        figures = plot_profile(run.doc, run.knee_rows, staging / "roofline")
         run.doc["figures"] = [p.name for p in figures]
     except Exception as err:  # a plotting problem must not lose the measurements
+        if isinstance(err, OSError) and err.errno in _DISK_ERRNOS:
+            raise
         run.doc["figures"] = []
         run.unmeasured.append(Unmeasured("figures", f"{type(err).__name__}: {err}"))
     run.doc["unmeasured"] = [u.to_json() for u in dict.fromkeys(run.unmeasured)]  # once each, in order
@@ -527,7 +568,7 @@ def _write_outputs(run: _Run, out: Path, sampler: NvmlSampler) -> None:
     body.pop("profile_id", None)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
     doc = {"schema_version": SCHEMA_VERSION, "profile_id": digest, **body}
-    _write_atomic(out / "profile.json", json.dumps(doc, indent=2, default=str) + "\n")
+    (staging / "profile.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     run.doc = doc
 
 
@@ -547,16 +588,95 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def run_profile(options: ProfileOptions) -> dict[str, Any]:
-    """Measure, write DIR/profile.json + tables + figure, and return the document."""
-    started = time.perf_counter()
-    device = resolve_device(options.device)
-    if options.target != "default" and not Path(options.target).exists():
-        raise ScyllaError(f"--target {options.target}: no such model folder (give 'default' or a Hugging Face model dir)")
+# -- checks before measuring ------------------------------------------------------------------
+
+_TARGET_HINT = "give 'default' or a Hugging Face model folder (config.json, weights, tokenizer files)"
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_options(options: ProfileOptions) -> torch.device:
+    """Every check that can fail on the user's input, before a second is spent measuring:
+    the profile writes its files and loads the target only after minutes of timing."""
     if options.dtype not in (*TARGET_DTYPES, "auto"):
         raise ScyllaError(f"--dtype {options.dtype}: choose one of {', '.join(TARGET_DTYPES)} or auto")
     if options.depth < 1:
         raise ScyllaError(f"--depth must be at least 1, got {options.depth}")
+    device = resolve_device(options.device)
+    check_writable_folder(options.out, "--out")
+    check_target(options.target)
+    return device
+
+
+def check_target(name: str) -> None:
+    """A target that cannot load would only show after the bandwidth and compute phases; a
+    folder that is not a model is a mistake to report, not a knee to leave unmeasured."""
+    if name == "default":
+        from scylla_impl.embedded import ensure_default_model
+
+        ensure_default_model()  # fetched, converted or repaired now, not after the measuring
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ScyllaError(f"--target {name}: no such model folder; {_TARGET_HINT}")
+    if not path.is_dir():
+        raise ScyllaError(f"--target {name}: is a file, not a model folder; {_TARGET_HINT}")
+    if not (path / "config.json").is_file():
+        raise ScyllaError(f"--target {name}: not a model folder (it has no config.json); {_TARGET_HINT}")
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ScyllaError(f"--target {name}: its config.json does not load ({_first_line(err)}); "
+                          f"{_TARGET_HINT}") from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ScyllaError(f"--target {name}: a '{config.model_type}' model is not a decoder-only causal LM; "
+                          "the verify knee needs one (Llama, Qwen2, Gemma, GPT-2 style)")
+    weights = [f for f in _WEIGHT_FILES if (path / f).is_file()]
+    if not weights:
+        raise ScyllaError(f"--target {name}: no weights in it (model.safetensors or pytorch_model.bin); "
+                          f"{_TARGET_HINT}")
+    for shard in _safetensors_shards(path, weights[0]):
+        from scylla_impl.embedded import safetensors_problem
+
+        problem = safetensors_problem(shard) if shard.is_file() else f"{shard.name} is missing"
+        if problem:
+            raise ScyllaError(f"--target {name}: {problem}; copy the model folder again")
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ScyllaError(f"--target {name}: no tokenizer in it (tokenizer.json or tokenizer_config.json); "
+                          "save the tokenizer beside the model")
+    try:
+        AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ScyllaError(f"--target {name}: its tokenizer does not load ({_first_line(err)})") from None
+
+
+def _safetensors_shards(path: Path, weights: str) -> list[Path]:
+    if weights == "model.safetensors":
+        return [path / weights]
+    if weights == "model.safetensors.index.json":
+        try:
+            index = json.loads((path / weights).read_text())
+            return [path / f for f in sorted(set(index["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ScyllaError(f"--target {path}: {weights} is unreadable; copy the model folder again") from None
+    return []  # pickled weights: no header to check without unpickling them
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def run_profile(options: ProfileOptions, *, device: torch.device | None = None) -> dict[str, Any]:
+    """Measure, write DIR/profile.json + tables + figure, and return the document.
+    `device`: what `check_options(options)` returned, when the caller checked already."""
+    if device is None:
+        device = check_options(options)
+    started = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     plan = options.plan or PLANS[(device.type, options.quick)]

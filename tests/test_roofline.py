@@ -1,8 +1,10 @@
 """roofline/: arithmetic (I_crit, knee fit, policy), measurement plumbing, graceful degradation."""
 
+import errno
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,15 +315,24 @@ def _tiny_plan(**over):
     return Plan(**base)
 
 
-def test_profile_completes_without_a_target(tmp_path, monkeypatch):
+def _target_fails_to_load(monkeypatch) -> None:
+    """A target that passes the checks but cannot load on this device (too little memory, say)."""
+    from scylla_impl.target import Target
+
+    def load(*args, **kwargs):
+        raise RuntimeError("not enough memory on this device for the target")
+
+    monkeypatch.setattr(Target, "load", load)
+
+
+def test_profile_completes_without_a_target(tmp_path, monkeypatch, default_model_dir):
     from roofline import profile as prof
     from roofline.device_facts import DeviceFacts
 
     # Pretend the LLC is 256 KiB so 1 MiB buffers count as past it: a quick, complete run.
     monkeypatch.setattr(DeviceFacts, "llc_bytes", property(lambda self: 256 << 10))
-    not_a_model = tmp_path / "empty_model"
-    not_a_model.mkdir()
-    doc = prof.run_profile(prof.ProfileOptions(out=tmp_path / "p", device="cpu", target=str(not_a_model),
+    _target_fails_to_load(monkeypatch)
+    doc = prof.run_profile(prof.ProfileOptions(out=tmp_path / "p", device="cpu", target="default",
                                                plan=_tiny_plan(), progress=False))
     on_disk = json.loads((tmp_path / "p" / "profile.json").read_text())
     assert on_disk["profile_id"] == doc["profile_id"]
@@ -340,6 +351,46 @@ def test_profile_completes_without_a_target(tmp_path, monkeypatch):
     table = pd.read_parquet(tmp_path / "p" / "bandwidth.parquet")
     assert len(table) == 3 * 2 and table["verified"].all()
     assert (tmp_path / "p" / "roofline.png").stat().st_size > 0 and (tmp_path / "p" / "roofline.svg").exists()
+
+
+def _fill(disk: Path) -> None:
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("where", ["previous profile", "new folders"])
+def test_profile_on_a_full_disk_is_one_error_and_leaves_nothing_behind(where, full_disk, monkeypatch,
+                                                                        default_model_dir):
+    """The disk fills while the profile measures: one error line; a previous profile in --out is
+    kept as it was, folders the run would have made are not left behind, nor are temp files."""
+    from roofline import profile as prof
+    from roofline.device_facts import DeviceFacts
+
+    monkeypatch.setattr(DeviceFacts, "llc_bytes", property(lambda self: 256 << 10))
+    _target_fails_to_load(monkeypatch)  # the knee is not what this checks: skip its time
+    if where == "previous profile":
+        out = full_disk / "prof"
+        out.mkdir()
+        (out / "profile.json").write_text('{"profile_id": "earlier"}\n')
+    else:
+        out = full_disk / "new" / "prof"
+    _fill(full_disk)
+    before = sorted(str(p.relative_to(full_disk)) for p in full_disk.rglob("*"))
+
+    with pytest.raises(ScyllaError) as caught:
+        prof.run_profile(prof.ProfileOptions(out=out, device="cpu", plan=_tiny_plan(), progress=False))
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot write the profile to {out}: No space left on device;")
+    assert "nothing was written" in message
+    assert sorted(str(p.relative_to(full_disk)) for p in full_disk.rglob("*")) == before
+    if where == "previous profile":
+        assert (out / "profile.json").read_text() == '{"profile_id": "earlier"}\n'
 
 
 def test_profile_dtype_auto_measures_the_knee_in_the_faster_dtype(tmp_path, monkeypatch, default_model_dir):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from workloads.errors import ScyllaError, errno_of, os_error
@@ -15,15 +16,22 @@ TMP_SUFFIX = ".tmp"
 
 def check_writable_folder(folder: str | Path, option: str) -> None:
     """`folder` is a folder, or can be made one, that this process may write; else ScyllaError.
-    On a read-only filesystem `os.access` says no even to root, which `chmod` cannot."""
+    Checked by writing: an unnamed temporary file proves the disk takes writes (a read-only
+    mount refuses even root, which `chmod` cannot show) and leaves nothing behind."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ScyllaError(f"{option} {folder} exists and is not a folder; choose another {option}")
     existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
+    if existing is None:
+        return
+    if not existing.is_dir():
         raise ScyllaError(f"{option} {folder}: {existing} is a file, not a folder; choose another {option}")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise ScyllaError(f"{option} {folder}: {existing} is not writable; choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ScyllaError(f"{option} {folder}: {existing} is not writable ({os.strerror(err.errno or 0)}); "
+                          f"choose another {option}") from None
 
 
 def temporary_name(path: Path) -> Path:

