@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -24,7 +25,17 @@ CONFIG = {"sweep": "fixture"}
 
 @pytest.fixture(scope="module")
 def cells() -> pd.DataFrame:
-    return pd.read_parquet(FIXTURES / "report_results" / "results.parquet")
+    cells = pd.read_parquet(FIXTURES / "report_results" / "results.parquet")
+    # The weights each draft was measured with (the fixture predates the column).
+    cells["draft_hash"] = cells["method"].map(lambda m: None if m == "ar" else f"{m}-weights-0")
+    return cells
+
+
+def retrained(cells: pd.DataFrame) -> pd.DataFrame:
+    """The same drafts trained again on another machine: other weights, other hashes."""
+    out = cells.copy()
+    out["draft_hash"] = out["draft_hash"].map(lambda h: h.replace("-0", "-1") if isinstance(h, str) else None)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +78,54 @@ def test_any_tau_drop_fails(cells, baseline):
     planted.loc[row, "tau"] -= 0.01
     v = regression.compare(regression.figures(planted), baseline, CONFIG)
     assert [f.split(":")[0] for f in v.failures] == ["tau eagle3|gsm8k|b4|kauto at T=0"]
+
+
+def test_retrained_drafts_pass_within_the_measured_spread(cells, baseline):
+    """A fresh machine retrains the drafts: bit-different weights, tau moved by a few percent."""
+    noisy = retrained(cells)
+    spec = noisy["method"] != "ar"
+    rng = np.random.default_rng(0)
+    noisy.loc[spec, "tau"] *= 1 + rng.uniform(-0.8, 0.8, spec.sum()) * regression.TAU_TOLERANCE
+    v = regression.compare(regression.figures(noisy), baseline, CONFIG)
+    assert v.ok, v.failures
+    assert any("within 10%" in n and "0 figures compared exactly" in n for n in v.notes), v.notes
+
+
+def test_retrained_drafts_still_catch_a_shrunk_tree_and_a_real_drop(cells, baseline):
+    v = regression.compare(regression.figures(shrink_tree(retrained(cells), 0.5)), baseline, CONFIG)
+    assert any(f.startswith("tau eagle2|mt_bench|b1|k10 at T=0") and "tolerance 10%" in f for f in v.failures)
+    dropped = retrained(cells)
+    row = dropped.index[(dropped["method"] == "eagle3") & (dropped["dataset"] == "gsm8k")
+                        & (dropped["batch_size"] == 4) & (dropped["top_k_setting"] == "auto")][0]
+    dropped.loc[row, "tau"] *= 1 - 1.5 * regression.TAU_TOLERANCE
+    v = regression.compare(regression.figures(dropped), baseline, CONFIG)
+    assert [f.split(":")[0] for f in v.failures] == ["tau eagle3|gsm8k|b4|kauto at T=0"]
+
+
+def test_other_kernels_compare_within_the_spread(cells, baseline):
+    """Same weights on a machine whose torch runs other kernels (AVX2 instead of AVX-512)."""
+    other = json.loads(json.dumps(baseline))
+    other["machine"]["aten_capability"] = "AVX2" if regression.machine()["aten_capability"] != "AVX2" else "AVX512"
+    other["machine"]["isa"] = ["avx2", "fma"]
+    noisy = cells.copy()
+    noisy.loc[noisy["method"] != "ar", "tau"] *= 1 - 0.5 * regression.TAU_TOLERANCE
+    v = regression.compare(regression.figures(noisy), other, CONFIG)
+    assert v.ok, v.failures
+    assert any("the baseline ran other kernels (aten_capability" in n for n in v.notes), v.notes
+    assert any(n.startswith("baseline machine: avx2, fma") for n in v.notes), v.notes
+
+
+def test_machine_is_recorded_by_what_decides_the_numbers():
+    m = regression.machine()
+    assert m["cores"] >= 1 and m["torch"].startswith("2.") and m["aten_capability"]
+    assert set(m["isa"]) <= set(regression.ISA_FLAGS)
+
+
+def test_dtype_chosen_by_the_machine_is_not_another_sweep(cells, baseline):
+    base = json.loads(json.dumps(baseline))
+    base["config"] = {**CONFIG, "dtype": "bfloat16"}
+    v = regression.compare(regression.figures(cells), base, {**CONFIG, "dtype": "float32"})
+    assert v.ok and any("dtype bfloat16 -> float32" in n for n in v.notes), v.notes
 
 
 def test_ratio_tolerance(cells, baseline):

@@ -152,6 +152,7 @@ def test_pretrain_then_sft_on_the_real_corpora(tiny, tiny_dir, tmp_path, capsys)
     err = capsys.readouterr().err
     # Features cover the training budget and the stage's held-out sequence.
     assert "[train] target features (sft): 288/288 tokens" in err and "[train] step 4 sft loss" in err
+    assert f"[train] train: {SEQ * 16}/{SEQ * 16} tokens" in err  # the whole run, as it ends
     log = pd.read_parquet(tmp_path / "run" / "train_log.parquet")
     assert log["stage"].tolist() == ["pretrain", "pretrain", "sft", "sft"]
     assert log["eval_acc_0"].iloc[:2].notna().all()  # measured on the held-out pretraining sequence

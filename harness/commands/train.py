@@ -46,7 +46,7 @@ from scylla_impl.training.config import AUTOCAST, METHOD_NAMES, RECIPE_NAMES, SF
 @click.option("--resume", is_flag=True, help="continue the run in --out from its newest checkpoint")
 @click.option("--force", is_flag=True, help="delete what --out holds and start over")
 @click.option("--progress", type=click.Choice(["auto", "bar", "lines", "none"]), default="auto", show_default=True,
-              help="auto: a bar on a terminal, quiet otherwise")
+              help="auto: a bar on a terminal, a line a minute otherwise (logs, CI)")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads per process (default: torch's)")
 @click.pass_context
 def train(ctx, target, method, layers, budget, pretrain_tokens, sft_tokens, seq_len, batch_size, micro_batch, epochs, lr,

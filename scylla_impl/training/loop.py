@@ -173,51 +173,51 @@ def init_scylla_norm(draft, target) -> None:
 
 
 class _LineBar:
-    """A progress line a minute (for logs): done/total, tokens/s."""
+    """A progress line a minute (for logs): done/total, tokens/s, ETA."""
 
-    def __init__(self, desc: str, total: int, every_s: float = 60.0):
+    def __init__(self, desc: str, total: int, initial: int = 0, every_s: float = 60.0):
         self.desc, self.total, self.every_s = desc, total, every_s
-        self.done, self.start = 0, time.perf_counter()
-        self.last = self.start
+        self.done = self.before = initial  # initial: done by an earlier run this one resumes
+        self.start = self.last = time.perf_counter()
 
     def update(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
         if now - self.last >= self.every_s or self.done >= self.total:
             self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
+            rate = (self.done - self.before) / max(now - self.start, 1e-9)
+            eta = f", ETA {(self.total - self.done) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
             print(f"[train] {self.desc}: {self.done}/{self.total} tokens, {rate:.1f} tok/s, "
-                  f"{now - self.start:.0f}s", file=sys.stderr, flush=True)
+                  f"{now - self.start:.0f}s{eta}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         pass
 
 
 class _Progress:
-    """tqdm bar on a terminal (or when asked), one line per log step in 'lines' mode, else quiet."""
+    """tqdm bar on a terminal, a line a minute off one (logs, CI, the bench), or quiet ('none')."""
 
     def __init__(self, mode: str, enabled: bool):
         if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "none"
+            mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode = mode if enabled else "none"
         self.bar = None
 
-    def stage_bar(self, desc: str, total: int):
+    def stage_bar(self, desc: str, total: int, initial: int = 0):
         if self.mode == "lines":
-            return _LineBar(desc, total)
+            return _LineBar(desc, total, initial)
         if self.mode != "bar":
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, file=sys.stderr, dynamic_ncols=True)
+        return tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True, file=sys.stderr,
+                    dynamic_ncols=True)
 
     def start(self, total: int, done: int) -> None:
-        self.bar = self.stage_bar("train", total) if self.mode == "bar" else None
-        if self.bar is not None:
-            self.bar.update(done)
+        self.bar = self.stage_bar("train", total, done)
 
     def step(self, tokens: int, row: dict) -> None:
-        if self.bar is not None:
+        if self.mode == "bar":
             post = {"tok/s": f"{row['tokens_per_s']:.0f}", "loss": f"{row['loss']:.3f}"}
             accs = [row.get(f"eval_acc_{k}") for k in range(8)]
             accs = [a for a in accs if a is not None and not math.isnan(a)]
@@ -225,8 +225,9 @@ class _Progress:
                 post["acc"] = "/".join(f"{a:.2f}" for a in accs[:5])
                 post["sim"] = f"{row['sim_accept']:.2f}"
             self.bar.set_postfix(post, refresh=False)
+        if self.bar is not None:
             self.bar.update(tokens)
-        elif self.mode == "lines" and not math.isnan(row.get("sim_accept", math.nan)):
+        if self.mode == "lines" and not math.isnan(row.get("sim_accept", math.nan)):
             accs = " ".join(f"{row[f'eval_acc_{k}']:.3f}" for k in range(8) if f"eval_acc_{k}" in row)
             print(f"[train] step {row['step']} {row['stage']} loss {row['loss']:.4f} acc {accs} "
                   f"sim {row['sim_accept']:.3f} lr {row['lr']:.2e} tok/s {row['tokens_per_s']:.1f} "
