@@ -101,11 +101,9 @@ class _Collected:
 
 
 def _phase(name: str):
-    """NVTX range from roofline (a no-op on the CPU)."""
-    try:
-        from roofline.nvtx_ranges import phase
-    except ImportError:
-        return contextlib.nullcontext()
+    """NVTX range from roofline (a no-op on the CPU, or without the nvtx package)."""
+    from roofline.nvtx_ranges import phase
+
     return phase(name)
 
 

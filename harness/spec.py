@@ -199,10 +199,8 @@ def _methods(key: str, v: Any, base: Path | None) -> tuple[str, ...]:
 
 def _datasets(key: str, v: Any, base: Path | None) -> tuple[str, ...]:
     """Names as given; EAGLE's folder names (sum, qa) become the registry's names."""
-    try:
-        from workloads.datasets import ALIASES
-    except ImportError:
-        ALIASES = {}
+    from workloads.datasets import ALIASES
+
     return _dedupe([ALIASES.get(n, n) for n in (_str(key, x) for x in _items(key, v))])
 
 
@@ -385,12 +383,9 @@ def spec_from_dict(d: Mapping[str, Any]) -> SweepSpec:
 
 
 def dataset_names() -> tuple[str, ...]:
-    import workloads
+    from workloads.datasets import DATASET_NAMES
 
-    names = getattr(workloads, "DATASET_NAMES", None)
-    if names is None:  # older layouts kept the registry in the submodule only
-        from workloads.datasets import DATASET_NAMES as names
-    return tuple(names)
+    return tuple(DATASET_NAMES)
 
 
 def validate(spec: SweepSpec) -> None:

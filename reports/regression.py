@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.spec import RANDOM_DRAFTS, TRAINING_FREE_DRAFTS
 from reports.tables import METHOD_ORDER
 from workloads.errors import ScyllaError
 
@@ -76,7 +77,7 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
     t0 = ok[ok["temperature"].fillna(0) == 0]
     tau = {r.key: float(r.tau) for r in t0.itertuples() if r.tau == r.tau}
     # Which weights each tau was measured with: the same weights are compared exactly.
-    hashes = {r.key: r.draft_hash for r in t0.itertuples() if isinstance(getattr(r, "draft_hash", None), str)}
+    hashes = {r.key: weights for r in t0.itertuples() if (weights := _weights(r)) is not None}
     # The tree `auto` chose (from this run's profile): tau of two different trees is not
     # comparable, and the choice follows the measured knee, which a busy machine moves.
     auto = {r.key: f"top_k={int(r.top_k)},total_tokens={int(r.total_tokens)}"
@@ -221,6 +222,17 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     if new:
         v.notes.append(f"{len(new)} figures not in the baseline (ignored until --update-baseline): {', '.join(new[:5])}")
     return v
+
+
+def _weights(row) -> str | None:
+    """What identifies a draft's weights: the checkpoint's hash, or the spec of a draft whose
+    weights follow from the spec alone (oracle, lookup, random:<method> from a fixed seed)."""
+    if isinstance(getattr(row, "draft_hash", None), str):
+        return row.draft_hash
+    draft = getattr(row, "draft", None)
+    if isinstance(draft, str) and (draft in ("oracle", *TRAINING_FREE_DRAFTS) or draft in RANDOM_DRAFTS):
+        return draft
+    return None
 
 
 def _same_weights(key: str, figs: dict, baseline: dict) -> bool:

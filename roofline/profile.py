@@ -395,11 +395,8 @@ def _spec_and_icrit(run: _Run, dtype: str = "bfloat16") -> None:
 
 
 def _load_target(run: _Run, name: str, dtype: str):
-    try:
-        from scylla_impl.target import Target
-    except ImportError as err:
-        run.unmeasured.append(Unmeasured("knee", f"the engine's target adapter is not importable: {err}"))
-        return None
+    from scylla_impl.target import Target
+
     try:
         return Target.load(name, dtype=dtype, device=str(run.device))
     except ScyllaError as err:

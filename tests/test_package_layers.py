@@ -1,0 +1,64 @@
+"""The package's architecture, as ARCHITECTURE.md states it: imports point down the layers, and
+no module hides a missing or renamed project module behind a fallback."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Each layer may import the ones listed for it (itself included), never those above it.
+MAY_IMPORT = {
+    "workloads": {"workloads"},
+    "scylla_impl": {"scylla_impl", "workloads"},
+    "roofline": {"roofline", "scylla_impl", "workloads"},
+    "harness": {"harness", "scylla_impl", "roofline", "workloads"},
+    "reports": {"reports", "harness", "scylla_impl", "roofline", "workloads"},
+}
+
+
+def modules():
+    for layer in MAY_IMPORT:
+        for path in sorted((REPO / layer).rglob("*.py")):
+            yield layer, path, ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def project_imports(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node, a.name.split(".")[0]) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node, node.module.split(".")[0]
+
+
+def test_imports_point_down_the_layers():
+    wrong = [f"{path.relative_to(REPO)}:{node.lineno} imports {top}"
+             for layer, path, tree in modules() for node, top in project_imports(tree)
+             if top in MAY_IMPORT and top not in MAY_IMPORT[layer]]
+    assert not wrong, wrong
+
+
+def test_no_fallback_around_a_project_import():
+    """`try: from workloads... except ImportError:` turns a broken refactor into silently other
+    behaviour; only what the user's machine may lack (nvtx, triton, pynvml) may be optional."""
+    wrong = []
+    for _layer, path, tree in modules():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Try):
+                continue
+            catches = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+            if not any("ImportError" in c or "ModuleNotFoundError" in c for c in catches):
+                continue
+            inner = [top for stmt in node.body for _n, top in project_imports(stmt)]
+            wrong += [f"{path.relative_to(REPO)}:{node.lineno} guards an import of {top}" for top in inner
+                      if top in MAY_IMPORT]
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
+def test_no_getattr_fallback_on_a_project_module(layer):
+    wrong = [f"{path.relative_to(REPO)}:{node.lineno}" for lay, path, tree in modules() if lay == layer
+             for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+             and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in MAY_IMPORT]
+    assert not wrong, wrong
