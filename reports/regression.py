@@ -6,8 +6,14 @@ Two kinds of figure, keyed by (method, dataset, batch size, top_k setting):
   kernels, so when both match the baseline's (the same `draft_hash`, the same numerics:
   architecture, torch build, ATen's CPU kernel level, dtype) tau must not drop at all: that
   checks the engine. Drafts retrained on another machine differ in the last bits, and so do
-  other kernels; then tau may drop by TAU_TOLERANCE, the spread measured between such runs,
-  which checks training and engine together without failing a fresh, unchanged checkout.
+  other kernels; then each figure may drop by TAU_TOLERANCE, and tau pooled over the datasets
+  (per method, batch size and top_k) by TAU_POOLED_TOLERANCE. Measured on this 2-core EPYC
+  (fp32, the bench's sweep at batch 1, top_k 4, 4 prompts of each dataset): EAGLE-2 retrained
+  from scratch under AVX2 kernels (answers, features and training) against the AVX-512 one
+  moved single figures by -6.2% to +6.8% and the pooled tau by +0.3%; the same weights under
+  either kernel level gave identical tau. The bench's planted shrunk tree (depth 2, 6 tokens)
+  drops pooled tau by 5.8% (EAGLE-2) and 8.0% (EAGLE-3), single figures by 0-17.5%: the
+  pooled figure is what catches it when the drafts were retrained.
 - speculative/AR throughput ratio, per (method, batch size, top_k setting) as the
   geometric mean over datasets of each cell's speedup over its AR partner. Both sides
   are timed in the same run, which cancels most machine load, but not all of it on a
@@ -37,6 +43,7 @@ BASELINE_VERSION = 1
 TAU_EPSILON = 1e-6
 # Relative tau drop allowed when the draft weights or the kernels differ from the baseline's.
 TAU_TOLERANCE = 0.10
+TAU_POOLED_TOLERANCE = 0.03
 DEFAULT_RATIO_TOLERANCE = 0.25
 # CPU features that change which kernels torch runs, hence the bits of a forward pass.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16",
@@ -82,6 +89,10 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
     # comparable, and the choice follows the measured knee, which a busy machine moves.
     auto = {r.key: f"top_k={int(r.top_k)},total_tokens={int(r.total_tokens)}"
             for r in t0.itertuples() if r.top_k_setting == "auto" and r.top_k == r.top_k and r.total_tokens == r.total_tokens}
+    # tau over all datasets of a (method, batch, top_k): emitted tokens over verify steps.
+    steps = pd.to_numeric(t0["verify_steps"], errors="coerce")
+    weighted = (t0["tau"] * steps).groupby(t0["group"]).sum()
+    tau_pooled = {k: float(weighted[k] / n) for k, n in steps.groupby(t0["group"]).sum().items() if n > 0}
     ratio = {}
     for key, g in ok.groupby("group"):
         sp = pd.to_numeric(g["speedup_vs_ar"], errors="coerce").dropna()
@@ -90,7 +101,8 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
             # Geometric mean: a ratio of ratios, and one slow dataset does not dominate.
             ratio[key] = float(np.exp(np.log(sp).mean()))
     failed = {r.key: str(r.error)[:200] for r in cells[cells["status"] == "failed"].itertuples()}
-    return {"tau": tau, "ratio": ratio, "failed": failed, "auto_tree": auto, "draft_hash": hashes}
+    return {"tau": tau, "tau_pooled": tau_pooled, "ratio": ratio, "failed": failed, "auto_tree": auto,
+            "draft_hash": hashes}
 
 
 def machine() -> dict:
@@ -140,6 +152,7 @@ def make_baseline(figs: dict, config: dict, tolerance: float, commit: str | None
         "git_commit": commit,
         "machine": machine(),
         "tau": dict(sorted(figs["tau"].items())),
+        "tau_pooled": dict(sorted(figs.get("tau_pooled", {}).items())),
         "ratio": dict(sorted(figs["ratio"].items())),
         "failed": dict(sorted(figs["failed"].items())),
         "auto_tree": dict(sorted(figs.get("auto_tree", {}).items())),
@@ -202,7 +215,13 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
                                   f"(other draft weights or kernels: tolerance {TAU_TOLERANCE:.0%})")
     if loose:
         v.notes.append(f"tau: {exact} figures compared exactly (same draft weights and kernels), {loose} within "
-                       f"{TAU_TOLERANCE:.0%} (drafts retrained here, or other kernels)")
+                       f"{TAU_TOLERANCE:.0%}, and pooled over datasets within {TAU_POOLED_TOLERANCE:.0%} "
+                       "(drafts retrained here, or other kernels)")
+        for key, base in sorted(baseline.get("tau_pooled", {}).items()):
+            now = figs.get("tau_pooled", {}).get(key)
+            if now is not None and now < base * (1 - TAU_POOLED_TOLERANCE):
+                v.failures.append(f"tau {key} pooled over datasets at T=0: {now:.3f} < baseline {base:.3f} by "
+                                  f"{(1 - now / base) * 100:.1f}% (tolerance {TAU_POOLED_TOLERANCE:.0%})")
     if moved:
         v.notes.append(f"top_k auto chose another tree than in the baseline (the profile's knee moved), so "
                        f"tau is not compared for: {', '.join(moved[:4])}" + (f" and {len(moved) - 4} more" if len(moved) > 4 else ""))

@@ -31,6 +31,16 @@ def cells() -> pd.DataFrame:
     return cells
 
 
+def spread(cells: pd.DataFrame, size: float) -> pd.DataFrame:
+    """tau of every other dataset up by `size`, of the rest down: single figures move, the tau
+    pooled over datasets hardly does (what retraining on another machine measured)."""
+    out = cells.copy()
+    sign = out["dataset"].map({d: (-1) ** i for i, d in enumerate(sorted(out["dataset"].unique()))})
+    spec = out["method"] != "ar"
+    out.loc[spec, "tau"] *= 1 + size * sign[spec]
+    return out
+
+
 def retrained(cells: pd.DataFrame) -> pd.DataFrame:
     """The same drafts trained again on another machine: other weights, other hashes."""
     out = cells.copy()
@@ -82,10 +92,7 @@ def test_any_tau_drop_fails(cells, baseline):
 
 def test_retrained_drafts_pass_within_the_measured_spread(cells, baseline):
     """A fresh machine retrains the drafts: bit-different weights, tau moved by a few percent."""
-    noisy = retrained(cells)
-    spec = noisy["method"] != "ar"
-    rng = np.random.default_rng(0)
-    noisy.loc[spec, "tau"] *= 1 + rng.uniform(-0.8, 0.8, spec.sum()) * regression.TAU_TOLERANCE
+    noisy = spread(retrained(cells), 0.07)  # measured per figure: -6.2% to +6.8%
     v = regression.compare(regression.figures(noisy), baseline, CONFIG)
     assert v.ok, v.failures
     assert any("within 10%" in n and "0 figures compared exactly" in n for n in v.notes), v.notes
@@ -94,6 +101,12 @@ def test_retrained_drafts_pass_within_the_measured_spread(cells, baseline):
 def test_retrained_drafts_still_catch_a_shrunk_tree_and_a_real_drop(cells, baseline):
     v = regression.compare(regression.figures(shrink_tree(retrained(cells), 0.5)), baseline, CONFIG)
     assert any(f.startswith("tau eagle2|mt_bench|b1|k10 at T=0") and "tolerance 10%" in f for f in v.failures)
+    # As measured on the trained drafts: every figure down 0-8%, none beyond 10%, pooled 6%.
+    mild = retrained(cells)
+    spec = mild.index[mild["method"] != "ar"]
+    mild.loc[spec, "tau"] *= np.resize([0.92, 0.96, 1.0], len(spec))
+    v = regression.compare(regression.figures(mild), baseline, CONFIG)
+    assert v.failures and all("pooled over datasets" in f for f in v.failures), v.failures
     dropped = retrained(cells)
     row = dropped.index[(dropped["method"] == "eagle3") & (dropped["dataset"] == "gsm8k")
                         & (dropped["batch_size"] == 4) & (dropped["top_k_setting"] == "auto")][0]
@@ -107,8 +120,7 @@ def test_other_kernels_compare_within_the_spread(cells, baseline):
     other = json.loads(json.dumps(baseline))
     other["machine"]["aten_capability"] = "AVX2" if regression.machine()["aten_capability"] != "AVX2" else "AVX512"
     other["machine"]["isa"] = ["avx2", "fma"]
-    noisy = cells.copy()
-    noisy.loc[noisy["method"] != "ar", "tau"] *= 1 - 0.5 * regression.TAU_TOLERANCE
+    noisy = spread(cells, 0.05)
     v = regression.compare(regression.figures(noisy), other, CONFIG)
     assert v.ok, v.failures
     assert any("the baseline ran other kernels (aten_capability" in n for n in v.notes), v.notes
