@@ -17,7 +17,8 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.spec import AUTO, SweepSpec
+from harness.spec import AUTO, TIED, SweepSpec
+from roofline.policy import total_tokens_for
 from workloads.errors import ScyllaError
 
 PLANNED = "planned"
@@ -146,7 +147,9 @@ def plan(spec: SweepSpec, policy: TopKPolicy | None = None) -> list[Cell]:
                                 if setting == AUTO:
                                     trees = [_auto(policy, batch, depth)]
                                 else:
-                                    trees = [(int(setting), n) for n in spec.total_tokens]
+                                    k = int(setting)
+                                    trees = list(dict.fromkeys(
+                                        (k, total_tokens_for(k, depth) if n == TIED else int(n)) for n in spec.total_tokens))
                                 for k, n in trees:
                                     reason = prune_reason(spec, method, batch, k, depth, n)
                                     add(method=method, draft=draft, top_k=k, top_k_setting=str(setting),

@@ -21,6 +21,9 @@ import yaml
 from workloads.errors import ScyllaError, os_error
 
 AUTO = "auto"
+# total_tokens "tied": each fixed top_k gets the size the roofline policy ties to it (EAGLE-2's
+# 60 for top_k 10), so a narrow tree is measured instead of pruned for exceeding its pool.
+TIED = "tied"
 KNOWN_METHODS = ("ar", "eagle2", "eagle3", "scylla", "lookup")
 # Methods whose draft needs no checkpoint: given in --methods alone, they take this draft.
 TRAINING_FREE_DRAFTS = {"lookup": "lookup"}
@@ -41,7 +44,7 @@ class SweepSpec:
     batch_sizes: tuple[int, ...] = (1,)
     top_k: tuple[int | str, ...] = (10,)
     depths: tuple[int, ...] = (5,)
-    total_tokens: tuple[int, ...] = (60,)
+    total_tokens: tuple[int | str, ...] = (TIED,)
     temperatures: tuple[float, ...] = (0.0,)
     top_p: float = 1.0
     prompts: int = 8
@@ -175,11 +178,16 @@ def _top_k(key: str, v: Any, base: Path | None) -> tuple[int | str, ...]:
     return _dedupe(out)
 
 
-def _total_tokens(key: str, v: Any, base: Path | None) -> tuple[int, ...]:
-    vals = [_int(key, x, 1) for x in _items(key, v)]
-    for t in vals:
+def _total_tokens(key: str, v: Any, base: Path | None) -> tuple[int | str, ...]:
+    vals: list[int | str] = []
+    for x in _items(key, v):
+        if isinstance(x, str) and x.strip().lower() == TIED:
+            vals.append(TIED)
+            continue
+        t = _int(key, x, 1)
         if t < 2:
             raise ScyllaError(f"{key}: {t} is too small (the tree holds the root plus at least one draft token: use >= 2)")
+        vals.append(t)
     return _dedupe(vals)
 
 
@@ -287,7 +295,9 @@ KEYS: dict[str, Key] = {
         Key("batch_sizes", _pos_ints, "batch sizes, comma-separated", "LIST"),
         Key("top_k", _top_k, "tree top-k values, comma-separated; 'auto' takes it from --profile", "LIST"),
         Key("depths", _pos_ints, "tree depths, comma-separated", "LIST"),
-        Key("total_tokens", _total_tokens, "tree sizes (root included), comma-separated", "LIST"),
+        Key("total_tokens", _total_tokens, "tree sizes (root included), comma-separated; 'tied' (the default) "
+            "gives each top_k the size the roofline policy ties to it (60 for top_k 10, 10 for 4, 4 for 1 at depth 3)",
+            "LIST"),
         Key("temperatures", _temperatures, "sampling temperatures, comma-separated (0 = greedy)", "LIST"),
         Key("top_p", lambda k, v, b: _float(k, v, minimum=0.0, maximum=1.0), "nucleus top-p for temperature > 0", "P"),
         Key("prompts", _opt_int(1), "prompts per dataset", "N"),

@@ -152,6 +152,23 @@ def test_plan_prunes_with_reasons():
     assert tree_pool(4, 3) == 36
 
 
+def test_fixed_top_k_without_total_tokens_gets_the_tied_size():
+    """A user sweeping narrow trees gets them measured, not pruned for exceeding their pool."""
+    from roofline.policy import total_tokens_for
+
+    spec = build_spec(None, {"methods": "ar,scylla", "draft": ("scylla=random:scylla",), "datasets": "gsm8k",
+                             "top_k": "1,2,4,10", "depths": "3,5", "prompts": 4})
+    assert spec.total_tokens == ("tied",)
+    cells = [c for c in plan(spec) if not c.is_ar]
+    assert all(c.status == PLANNED for c in cells)
+    assert {(c.top_k, c.depth): c.total_tokens for c in cells} == {
+        (k, d): total_tokens_for(k, d) for k in (1, 2, 4, 10) for d in (3, 5)}
+    assert total_tokens_for(10, 5) == 60 and total_tokens_for(1, 3) == 4  # EAGLE-2's default; a chain
+    # 'tied' beside explicit sizes: the tied size once, however often it is also given
+    both = plan(spec_for(top_k=(4,), depths=(3,), total_tokens=("tied", 10, 6)))
+    assert sorted(c.total_tokens for c in both if not c.is_ar and c.batch_size == 1) == [6, 10]
+
+
 def test_auto_top_k_resolved_by_policy():
     calls = []
 
