@@ -165,30 +165,30 @@ def _pos_ints(key: str, v: Any, base: Path | None) -> tuple[int, ...]:
     return _dedupe([_int(key, x, 1) for x in _items(key, v)])
 
 
-def _top_k(key: str, v: Any, base: Path | None) -> tuple[int | str, ...]:
+def _ints_or(word: str, key: str, v: Any) -> tuple[int | str, ...]:
+    """Positive integers, or `word` (auto, tied) standing for a size chosen per cell."""
     out: list[int | str] = []
     for x in _items(key, v):
-        if isinstance(x, str) and x.strip().lower() == AUTO:
-            out.append(AUTO)
+        if isinstance(x, str) and x.strip().lower() == word:
+            out.append(word)
             continue
         try:
             out.append(_int(key, x, 1))
         except ScyllaError:
-            raise ScyllaError(f"{key}: {x!r} is neither a positive integer nor 'auto'") from None
+            raise ScyllaError(f"{key}: {x!r} is neither a positive integer nor '{word}'") from None
     return _dedupe(out)
 
 
+def _top_k(key: str, v: Any, base: Path | None) -> tuple[int | str, ...]:
+    return _ints_or(AUTO, key, v)
+
+
 def _total_tokens(key: str, v: Any, base: Path | None) -> tuple[int | str, ...]:
-    vals: list[int | str] = []
-    for x in _items(key, v):
-        if isinstance(x, str) and x.strip().lower() == TIED:
-            vals.append(TIED)
-            continue
-        t = _int(key, x, 1)
-        if t < 2:
+    vals = _ints_or(TIED, key, v)
+    for t in vals:
+        if t != TIED and t < 2:
             raise ScyllaError(f"{key}: {t} is too small (the tree holds the root plus at least one draft token: use >= 2)")
-        vals.append(t)
-    return _dedupe(vals)
+    return vals
 
 
 def _temperatures(key: str, v: Any, base: Path | None) -> tuple[float, ...]:
