@@ -15,7 +15,7 @@ token would be 200 KB); they are recomputed from the cached hidden state, and on
 positions the CE samples.
 """
 
-import os
+import functools
 import time
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import torch
 from scylla_impl.training.data import StageData
 from scylla_impl.training.distributed import Dist
 from workloads.cache import scylla_home
+from workloads.files import atomic_write
 
 
 @torch.no_grad()
@@ -137,10 +138,7 @@ class CachedFeatures:
         for path, array in [(files[1], arrays[1]), (files[2], arrays[2]), (files[0], arrays[0])]:
             if array is None:
                 continue
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                np.save(fh, array)
-            os.replace(tmp, path)
+            atomic_write(path, functools.partial(_save_npy, array=array))
 
     def _chunk(self, stage: str, start: int):
         key = (stage, start)
@@ -171,3 +169,8 @@ def feature_source(kind: str, target, layers: tuple[int, ...], store_layers: tup
     if kind == "online":
         return OnlineFeatures(target, layers)
     return CachedFeatures(target, layers, store_layers, batch=batch)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would add ".npy" to a temporary's name
+        np.save(fh, array)
