@@ -262,7 +262,7 @@ class CellWorker:
         row["started_at"] = datetime.now(UTC)
         self.target()  # outside the cell's failure isolation: no target, no sweep
         row["device"] = self.device
-        row["dtype"] = self.settings.dtype
+        row["dtype"] = str(self.target().dtype).removeprefix("torch.")  # what `auto` resolved to on this device
         row["system_prompt"] = self.settings.system_prompt
         t0 = time.perf_counter()
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from scylla_impl import dtypes
 from workloads.errors import ScyllaError, os_error
 
 AUTO = "auto"
@@ -28,7 +29,6 @@ KNOWN_METHODS = ("ar", "eagle2", "eagle3", "scylla", "lookup")
 # Methods whose draft needs no checkpoint: given in --methods alone, they take this draft.
 TRAINING_FREE_DRAFTS = {"lookup": "lookup"}
 RANDOM_DRAFTS = ("random:eagle2", "random:eagle3", "random:scylla")
-DTYPES = ("bfloat16", "float16", "float32")
 TURNS = ("all", "first")
 _METHOD_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -52,7 +52,7 @@ class SweepSpec:
     turns: str = "all"
     data_dir: str | None = None
     profile: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = dtypes.AUTO
     device: str = "auto"
     threads: int | None = None
     seed: int = 0
@@ -305,7 +305,8 @@ KEYS: dict[str, Key] = {
         Key("turns", _choice(TURNS), "multi-turn datasets (MT-bench): 'all' turns or the 'first' only", "all|first"),
         Key("data_dir", _path, "folder of EAGLE-format eval files (<dir>/<name>/question.jsonl)", "DIR"),
         Key("profile", _path, "roofline profile folder (from `scylla profile`), needed by top_k auto", "DIR"),
-        Key("dtype", _choice(DTYPES), "target and draft dtype", "DTYPE"),
+        Key("dtype", _choice(dtypes.CHOICES), "target and draft dtype; auto: bf16 where the device runs it "
+            "natively and faster, else fp32", "DTYPE"),
         Key("device", lambda k, v, b: _str(k, v), "device: auto, cpu, cuda, cuda:N", "DEVICE"),
         Key("threads", _opt_int(1), "torch CPU threads (default: torch's)", "N"),
         Key("seed", _opt_int(0), "random seed", "N"),

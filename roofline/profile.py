@@ -100,11 +100,12 @@ from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flo
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
 from roofline.unmeasured import Unmeasured
+from scylla_impl import dtypes
 from workloads.errors import ScyllaError, os_error
 from workloads.files import check_writable_folder
 
 SCHEMA_VERSION = 1
-TARGET_DTYPES = ("bfloat16", "float16", "float32")  # the knee's target dtype; I_crit is quoted for it
+TARGET_DTYPES = dtypes.NAMES  # the knee's target dtype; I_crit is quoted for it
 MiB = 1 << 20
 
 
@@ -169,7 +170,7 @@ class ProfileOptions:
     out: Path
     device: str = "auto"  # auto | cuda | cpu (or cuda:N)
     target: str = "default"
-    dtype: str = "bfloat16"  # the target's dtype for the knee (or "auto"); I_crit is quoted for it
+    dtype: str = dtypes.AUTO  # the target's dtype for the knee (auto: the faster by the measured peaks)
     quick: bool = False
     depth: int = policy_mod.DEFAULT_DEPTH
     progress: bool | None = None  # None: a bar only when stderr is a terminal
@@ -349,10 +350,10 @@ def faster_dtype(flops_per_s: dict) -> str:
 
 
 def _resolve_dtype(run: _Run, options: ProfileOptions) -> None:
-    if options.dtype == "auto":
+    if options.dtype == dtypes.AUTO:
         options.dtype = faster_dtype(run.doc.get("flops_per_s") or {})
         run.doc["options"]["dtype"] = options.dtype
-        run.doc["options"]["dtype_requested"] = "auto"
+        run.doc["options"]["dtype_requested"] = dtypes.AUTO
 
 
 def _spec_and_icrit(run: _Run, dtype: str = "bfloat16") -> None:
@@ -596,8 +597,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 def check_options(options: ProfileOptions) -> torch.device:
     """Every check that can fail on the user's input, before a second is spent measuring:
     the profile writes its files and loads the target only after minutes of timing."""
-    if options.dtype not in (*TARGET_DTYPES, "auto"):
-        raise ScyllaError(f"--dtype {options.dtype}: choose one of {', '.join(TARGET_DTYPES)} or auto")
+    if options.dtype not in dtypes.CHOICES:
+        raise ScyllaError(f"--dtype {options.dtype}: choose one of {', '.join(dtypes.CHOICES)}")
     if options.depth < 1:
         raise ScyllaError(f"--depth must be at least 1, got {options.depth}")
     device = resolve_device(options.device)

@@ -11,8 +11,6 @@ so the AR baseline and speculative decoding share one cache implementation.
 
 import torch
 
-NEG_INF = float("-inf")
-
 
 class RowKVCache:
     def __init__(self, num_layers: int, batch_size: int, device: torch.device | str, capacity: int = 256):
@@ -25,6 +23,7 @@ class RowKVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.committed_end = 0  # first slot after every row's committed tokens
         self.tentative = 0  # tentative tokens appended after committed_end
+        self.tentative_depths = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)  # [b, tentative]
         self._pending = 0  # tokens of the forward in flight (written by update())
 
     # -- used by attention layers ------------------------------------------------
@@ -54,30 +53,38 @@ class RowKVCache:
         self.keys[layer], self.values[layer] = new_k, new_v
 
     # -- bookkeeping around one forward ---------------------------------------------
-    def attention_mask(self, new_mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def attention_mask(self, new_mask: torch.Tensor) -> torch.Tensor:
         """Mask for the next forward of q tokens.
 
         new_mask: bool [b, q, tentative + q], what each new token may see among the
         tentative tokens and the new ones (ancestors and itself). Committed tokens of
         the row are always visible; holes never. Returns bool [b, 1, q, kv] (True =
-        attend), or an additive float mask when `dtype` is given.
+        attend).
         """
         b, q, t = new_mask.shape
         if t != self.tentative + q:
             raise ValueError(f"new_mask covers {t} slots, expected {self.tentative + q}")
         slots = torch.arange(self.committed_end, device=self.device)
         prefix = (slots[None, :] < self.lengths[:, None])[:, None, :].expand(b, q, -1)
-        mask = torch.cat([prefix, new_mask.to(self.device)], dim=-1)[:, None]
-        if dtype is None:
-            return mask
-        return torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(~mask, torch.finfo(dtype).min)
+        return torch.cat([prefix, new_mask.to(self.device)], dim=-1)[:, None]
 
     def positions(self, depths: torch.Tensor) -> torch.Tensor:
         """Absolute positions of new tokens at `depths` [b, q] below each row's next slot."""
         return self.lengths[:, None] + depths.to(self.device)
 
-    def advance(self) -> None:
-        """Called after each forward: the tokens just written join the tentative region."""
+    def key_positions(self, depths: torch.Tensor) -> torch.Tensor:
+        """Absolute position of every slot the next forward attends to, [b, kv]: committed
+        slots hold position = slot (holes too; the mask hides them), tentative and new
+        tokens sit at their row's length plus their depth. Sliding windows measure from these."""
+        b = self.batch_size
+        slots = torch.arange(self.committed_end, device=self.device).expand(b, -1)  # [b, committed_end]
+        tree = self.lengths[:, None] + torch.cat([self.tentative_depths, depths.to(self.device)], dim=1)
+        return torch.cat([slots, tree], dim=1)  # [b, committed_end + tentative + q]
+
+    def advance(self, depths: torch.Tensor) -> None:
+        """Called after each forward: the tokens just written, at `depths` [b, q], join the
+        tentative region (their positions are kept for `key_positions`)."""
+        self.tentative_depths = torch.cat([self.tentative_depths, depths.to(self.device)], dim=1)
         self.tentative += self._pending
         self._pending = 0
 
@@ -102,8 +109,9 @@ class RowKVCache:
                     buf.scatter_(2, dst[:, None, :, None].expand(b, h, m, d), moved)
             self.lengths = self.lengths + counts
         self.committed_end = int(self.lengths.max()) if self.batch_size else 0
-        self.tentative = 0
+        self.rollback()
 
     def rollback(self) -> None:
         self.tentative = 0
+        self.tentative_depths = self.tentative_depths[:, :0]
         self._pending = 0

@@ -15,11 +15,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
+from scylla_impl import dtypes
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
+from scylla_impl.layer_masks import layer_masks, layer_rules
+from scylla_impl.precision import fast_dtype
 from workloads.errors import ScyllaError
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in dtypes.NAMES}
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -39,13 +42,18 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """A dtype name, or `auto`: bf16 where `device` runs it natively and measurably faster
+    (GPUs, CPUs with AVX-512 BF16 or AMX), else fp32 (a CPU that emulates bf16 runs it ~10x slower)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == dtypes.AUTO:
+        dtype = fast_dtype(str(device))
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ScyllaError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}") from None
+        raise ScyllaError(f"unknown dtype '{dtype}'; choose one of {', '.join(dtypes.CHOICES)}") from None
+
 
 
 def _load_model(path: str, dtype: torch.dtype):
@@ -106,18 +114,19 @@ class Target:
         self.info = info
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.decoder = model.get_decoder()
+        self.decoder = _decoder_of(model)
         self.lm_head = model.get_output_embeddings()
         self.embed = model.get_input_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.layer_rules = layer_rules(model.config, self.decoder)  # sliding windows, chunks
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
 
     @classmethod
-    def load(cls, name: str = "default", dtype: str | torch.dtype = "bfloat16", device: str = "cpu") -> "Target":
-        torch_dtype = resolve_dtype(dtype)
+    def load(cls, name: str = "default", dtype: str | torch.dtype = dtypes.AUTO, device: str = "cpu") -> "Target":
         check_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
         path = str(ensure_default_model()) if name == "default" else name
         local = Path(path).expanduser()
         if local.exists():
@@ -191,15 +200,18 @@ class Target:
         """Append q tokens per row; new_mask [b, q, tentative + q] says which tentative and
         new tokens each may see (committed tokens of its row are always visible). `logits_at`
         [b]: compute logits at that one index per row only."""
+        positions = cache.positions(depths)  # [b, q]
+        mask = layer_masks(self.layer_rules, cache.attention_mask(new_mask), positions, cache.key_positions(depths),
+                           self.dtype)
         out = self.decoder(
             input_ids=tokens.to(self.device),
-            attention_mask=cache.attention_mask(new_mask, dtype=self.dtype),
-            position_ids=cache.positions(depths),
+            attention_mask=mask,
+            position_ids=positions,
             cache=cache.hf,
             use_cache=True,
             output_hidden_states=bool(layers),
         )
-        cache.advance()
+        cache.advance(depths)
         return self._outputs(out, layers, logits_at)
 
     @torch.no_grad()
@@ -223,6 +235,17 @@ class Target:
         return TargetOutput(logits=logits, hidden=hidden, layer_inputs=layer_inputs)
 
 
+def _decoder_of(model):
+    """The decoder stack under the LM head. `get_decoder` returns the model itself where a
+    class's base_model_prefix does not name its stack (Llama-4's text model sits at .model)."""
+    decoder = model.get_decoder()
+    if decoder is model and isinstance(getattr(model, "model", None), torch.nn.Module):
+        decoder = model.model
+    if decoder is model:
+        raise ScyllaError(f"cannot find the decoder stack of {type(model).__name__}; this architecture is not supported")
+    return decoder
+
+
 def _fingerprint(model) -> str:
     """Hash of the architecture and a slice of the embedding, independent of load dtype."""
     cfg = {k: v for k, v in model.config.to_dict().items()
@@ -238,4 +261,5 @@ def default_layer_choice(num_layers: int) -> tuple[int, int, int]:
     return (2, num_layers // 2, num_layers - 3)
 
 
-__all__ = ["Target", "TargetInfo", "TargetOutput", "TargetCache", "resolve_dtype", "default_layer_choice", "Path"]
+__all__ = ["Target", "TargetInfo", "TargetOutput", "TargetCache", "resolve_dtype", "default_layer_choice",
+           "DTYPES", "Path"]

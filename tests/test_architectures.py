@@ -1,7 +1,12 @@
 """The target adapter over other architectures than the embedded Llama: tiny random Qwen2
-(attention biases) and Gemma / Gemma-2 (scaled embeddings, (1 + w) norms, logit soft-capping)
-configs, real modeling code from transformers. Speculative output must equal transformers'
-own greedy generate, at batch 2 with prompts of different lengths."""
+(attention biases), Gemma / Gemma-2 (scaled embeddings, (1 + w) norms, logit soft-capping),
+Gemma-3 (sliding and full layers alternating, a rope base per layer type), Mistral (every
+layer windowed) and Llama-4 (chunked and full layers) configs, real modeling code from transformers. Speculative output must equal
+transformers' own greedy generate, at batch 2 with prompts of different lengths.
+
+The windows (8 tokens) are far shorter than prompt plus answer, and a test checks that
+transformers' own output changes when the window is widened: an adapter that ignored the
+window would fail, which a window longer than the text could never show."""
 
 import pytest
 import torch
@@ -26,14 +31,43 @@ def _gemma():
     return GemmaForCausalLM(GemmaConfig(**SMALL, head_dim=16))
 
 
-def _gemma2():
+WINDOW = 8
+
+
+def _gemma2(window=WINDOW):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    # Sliding window shorter than the prompts, so the local layers really mask something.
-    return Gemma2ForCausalLM(Gemma2Config(**SMALL, head_dim=16, sliding_window=24))
+    return Gemma2ForCausalLM(Gemma2Config(**SMALL, head_dim=16, sliding_window=window))
 
 
-ARCHITECTURES = {"qwen2": _qwen2, "gemma": _gemma, "gemma2": _gemma2}
+def _gemma3(window=WINDOW):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    return Gemma3ForCausalLM(Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=window, sliding_window_pattern=2))
+
+
+def _mistral(window=WINDOW):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return MistralForCausalLM(MistralConfig(**SMALL, sliding_window=window))
+
+
+def _llama4(window=WINDOW):
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    # Chunked attention: a token sees only its own block of `window` tokens, on alternate layers.
+    return Llama4ForCausalLM(Llama4TextConfig(
+        **SMALL, head_dim=16, intermediate_size_mlp=128, num_local_experts=2, attention_chunk_size=window,
+        no_rope_layers=[1, 0, 1], layer_types=["chunked_attention", "full_attention", "chunked_attention"]))
+
+
+ARCHITECTURES = {"qwen2": _qwen2, "gemma": _gemma, "gemma2": _gemma2, "gemma3": _gemma3, "mistral": _mistral,
+                 "llama4": _llama4}
+WINDOWED = {"gemma2", "gemma3", "mistral", "llama4"}
+# Random init gives near-uniform logits; a wider embedding spread keeps greedy choices clear of
+# float ties. Gemma-2/3 scale embeddings themselves and soft-cap attention: more saturates them
+# into repeating one token whatever the context, and the window could not show.
+EMBED_SCALE = {"gemma2": 1, "gemma3": 1}
 PROMPTS = ["Write a haiku about the sea.",
            "List three prime numbers bigger than one hundred and explain how you checked each of them."]
 
@@ -45,23 +79,25 @@ def tiny_target(request, tmp_path_factory, default_model_dir):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp(request.param)
     model = ARCHITECTURES[request.param]()
-    # Random init gives near-uniform logits; a wider spread keeps greedy choices clear of float ties.
     with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(20)
+        model.get_input_embeddings().weight.mul_(EMBED_SCALE.get(request.param, 20))
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
-    return Target.load(str(folder), dtype="float32")
+    target = Target.load(str(folder), dtype="float32")
+    target.architecture = request.param
+    return target
+
+
+def _greedy(model, prompts, pad_token_id):
+    return [model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
+                           pad_token_id=pad_token_id)[0, len(p):].tolist() for p in prompts]
 
 
 @pytest.mark.parametrize("draft_spec,tree", [("random:eagle2", (4, 4, 16)), ("oracle", (10, 5, 60))])
 def test_speculative_equals_transformers_generate(tiny_target, draft_spec, tree):
     tok = tiny_target.tokenizer
     prompts = [tok(p)["input_ids"] for p in PROMPTS]
-    want = []
-    for p in prompts:
-        ids = tiny_target.model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
-                                         pad_token_id=tok.pad_token_id or 0)[0, len(p):].tolist()
-        want.append(ids)
+    want = _greedy(tiny_target.model, prompts, tok.pad_token_id or 0)
     k, d, n = tree
     config = DecodeConfig(top_k=k, depth=d, total_tokens=n, max_new_tokens=24)
     draft = load_draft(draft_spec, tiny_target)
@@ -73,3 +109,38 @@ def test_speculative_equals_transformers_generate(tiny_target, draft_spec, tree)
     assert ar.token_ids == want
     if draft_spec == "oracle":
         assert result.stats.tau > 2  # the tree really was accepted in several tokens per step
+
+
+def test_the_window_changes_transformers_output(tiny_target):
+    """The same weights with the window widened past the text answer differently: so the
+    test above compares against output that depends on the window."""
+    if tiny_target.architecture not in WINDOWED:
+        pytest.skip(f"{tiny_target.architecture} has no sliding window")
+    wide = ARCHITECTURES[tiny_target.architecture](window=4096)
+    wide.load_state_dict(tiny_target.model.state_dict())
+    tok = tiny_target.tokenizer
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    assert len(prompts[1]) > 2 * WINDOW
+    assert _greedy(wide.eval(), prompts, tok.pad_token_id or 0) != _greedy(tiny_target.model, prompts, tok.pad_token_id or 0)
+
+
+def test_draft_takes_the_full_attention_rope_base(tiny_target):
+    from scylla_impl.drafts.base import DraftConfig
+
+    if tiny_target.architecture != "gemma3":
+        pytest.skip("only Gemma-3 keeps a rope base per layer type")
+    assert DraftConfig.from_target("eagle2", tiny_target).rope_theta == 1e6
+
+
+def test_a_layer_the_cache_cannot_serve_is_one_clear_error(tmp_path, default_model_dir):
+    """LFM2 mixes convolution layers with attention: its state is not a KV cache."""
+    from transformers import AutoTokenizer, Lfm2Config, Lfm2ForCausalLM
+
+    from workloads.errors import ScyllaError
+
+    config = Lfm2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=49152, layer_types=["conv", "full_attention"])
+    Lfm2ForCausalLM(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp_path)
+    with pytest.raises(ScyllaError, match="'conv' layers"):
+        Target.load(str(tmp_path), dtype="float32")

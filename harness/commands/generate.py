@@ -4,6 +4,8 @@ import json
 
 import click
 
+from scylla_impl import dtypes
+
 DRAFT_HELP = "checkpoint folder, oracle, or random:eagle2|random:eagle3|random:scylla"
 
 
@@ -19,7 +21,8 @@ DRAFT_HELP = "checkpoint folder, oracle, or random:eagle2|random:eagle3|random:s
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
-@click.option("--dtype", type=click.Choice(["bfloat16", "float32", "float16"]), default="bfloat16", show_default=True)
+@click.option("--dtype", type=click.Choice(dtypes.CHOICES), default=dtypes.AUTO, show_default=True,
+              help="auto: bf16 where the device runs it natively and faster, else fp32")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--system-prompt", default=None, help="system message for the chat template")

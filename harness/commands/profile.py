@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from scylla_impl import dtypes
+
 
 def _fmt(value: float | None, unit: str, scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value / scale:.3g} {unit}"
@@ -27,8 +29,7 @@ def _auto_threads() -> int:
               help="auto | cuda | cpu (or cuda:N): the device to measure.")
 @click.option("--target", default="default", show_default=True,
               help="Target model for the verify knee: 'default' (embedded SmolLM2-135M) or a Hugging Face model folder.")
-@click.option("--dtype", default="bfloat16", show_default=True,
-              type=click.Choice(["bfloat16", "float16", "float32", "auto"]),
+@click.option("--dtype", default=dtypes.AUTO, show_default=True, type=click.Choice(dtypes.CHOICES),
               help="Target dtype for the verify knee; I_crit is quoted for this dtype. auto: the faster "
                    "of bf16 and fp32 by the measured matmul peaks (fp32 on a CPU without bf16 instructions).")
 @click.option("--quick", is_flag=True, help="A smaller grid (under two minutes on a 2-core CPU).")

@@ -25,6 +25,7 @@ from torch import nn
 
 from scylla_impl.drafts.layers import rotary
 from scylla_impl.kv_cache import RowKVCache
+from scylla_impl.layer_masks import FULL
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write, atomic_write_bytes
 
@@ -56,9 +57,13 @@ class DraftConfig:
 
     @classmethod
     def from_target(cls, method: str, target, **overrides) -> "DraftConfig":
-        cfg = target.model.config
+        cfg = target.model.config.get_text_config()
         heads = cfg.num_attention_heads
         rope = getattr(cfg, "rope_parameters", None) or {}
+        if "rope_theta" not in rope and FULL in rope:
+            # Per layer type (Gemma-3: 1e6 for full attention, 1e4 for sliding layers): the
+            # draft attends over the whole context, as the target's full-attention layers do.
+            rope = rope[FULL]
         values = dict(
             method=method,
             hidden_size=cfg.hidden_size,
@@ -208,7 +213,7 @@ class Draft(nn.Module):
         positions = cache.positions(idx.expand(b, q))
         dtype = next(self.parameters()).dtype
         out = self.hidden_states(tokens, features.to(dtype), True, positions, cache.attention_mask(causal), cache)
-        cache.advance()
+        cache.advance(idx.expand(b, q))
         counts = counts.to(cache.device)
         cache.commit(idx.expand(b, q), counts)
         last = out[torch.arange(b, device=out.device), counts - 1]
@@ -219,7 +224,7 @@ class Draft(nn.Module):
         """Score one tree level (tentative): tokens [b,k] fed with their parents' outputs."""
         cache = self.cache
         out = self.hidden_states(tokens, hidden, False, cache.positions(depths), cache.attention_mask(new_mask), cache)
-        cache.advance()
+        cache.advance(depths)
         return F.log_softmax(self.logits(out).float(), dim=-1), out
 
     def rollback(self) -> None:
