@@ -1,18 +1,19 @@
 """`nox -s bench`: the main job. Profile, sweep, report, micro-benchmarks, regression checks.
 
-    python -m reports.bench [--out bench-results] [--update-baseline] [--plant shrink-tree] ...
+    python -m reports.bench [--full] [--out bench-results] [--update-baseline] [--plant shrink-tree] ...
 
 Steps, each a subprocess of the public CLI so the job exercises exactly what users run:
 0. the trained default drafts (scylla_impl/trained.py): trained on the first run on a
    machine (the engine's recipe, minutes per draft) and reused afterwards;
 1. `scylla profile --quick` -> OUT/profile (needed by top_k auto);
 2. `scylla sweep` on the embedded default target: AR and each method, a few prompts from
-   each of the six datasets, batch 1 and 4, a fixed top_k and auto -> OUT/sweep;
+   each of the six datasets, batch 1 and 4, a fixed top_k and auto, on the preset's tree
+   (PRESETS: `regression` by default, `--full` for the 60-token tree) -> OUT/sweep;
 3. `scylla report` -> OUT/report.html, and a summary table on stdout;
 4. pytest-benchmark micro-benchmarks (tests/benchmarks) compared with
    reports/bench_micro_baseline.json through `--benchmark-compare`;
-5. the sweep's figures (tau at T=0, spec/AR throughput ratios) against
-   reports/bench_baseline.json (reports/regression.py says how).
+5. the sweep's figures (tau at T=0, spec/AR throughput ratios) against the preset's
+   reports/bench_baseline*.json (reports/regression.py says how).
 A regression exits 1 with one line per failing figure. `--update-baseline` rewrites both
 baselines from this run instead of comparing.
 
@@ -38,11 +39,20 @@ from reports import regression
 from workloads.errors import ScyllaError
 
 REPO = Path(__file__).resolve().parent.parent
-BASELINE = Path(__file__).resolve().parent / "bench_baseline.json"
 MICRO_BASELINE = Path(__file__).resolve().parent / "bench_micro_baseline.json"
 SHARED_EVAL = REPO.parent / "shared" / "data" / "eagle-eval"
 DATASETS = "mt_bench,humaneval,gsm8k,alpaca,cnn_dm,natural_questions"
 METHODS = ("eagle2", "eagle3", "scylla")
+# What each mode sweeps (AR and each method, temperature 0), and the committed baseline it
+# compares with. `regression`, the default, answers "did the engine or the drafts regress" in
+# minutes: every dataset and both batch sizes, on the tree the roofline policy ties to top_k 4
+# (10 tokens) and on top_k auto. `full` is the 60-token tree the project's figures come from.
+PRESETS = {
+    "regression": dict(datasets=DATASETS, batch_sizes="1,4", top_k="4,auto", depths="5", total_tokens="tied",
+                       prompts=4, max_new_tokens=16, baseline="bench_baseline.json"),
+    "full": dict(datasets=DATASETS, batch_sizes="1,4", top_k="4,auto", depths="5", total_tokens="60",
+                 prompts=4, max_new_tokens=16, baseline="bench_baseline_full.json"),
+}
 # A planted regression: the tree a buggy commit might build instead of the requested one.
 PLANTS = {"shrink-tree": {"depths": "2", "total_tokens": "6"}}
 # The micro-benchmarks' own check: the fastest round (min, the figure least disturbed by
@@ -189,14 +199,15 @@ def choose_dtype(requested: str, profile: Path | None) -> str:
     bf16 is the fast path where the CPU has bf16 instructions (and on GPUs); on a CPU
     without them torch emulates it, and this machine measured bf16 matmuls 9-25x slower
     than fp32, which would make the job hours long for no benefit. The sweep's top_k auto
-    then follows a knee measured in the dtype it runs in.
+    then follows a knee measured in the dtype it runs in. Without a profile the sweep's own
+    `auto` decides (scylla_impl/precision.py).
     """
-    if requested != "auto":
+    if requested != "auto" or profile is None:
         return requested
     try:
         return json.loads((profile / "profile.json").read_text())["options"]["dtype"]
     except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        return "bfloat16"
+        return requested
 
 
 def _git_commit() -> str | None:
@@ -210,20 +221,23 @@ def _git_commit() -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="nox -s bench --", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench-results")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="regression",
+                    help="regression (default, minutes) or full (the 60-token tree, about half an hour on 2 CPU cores)")
+    ap.add_argument("--full", dest="preset", action="store_const", const="full", help="same as --preset full")
     ap.add_argument("--update-baseline", action="store_true", help="rewrite the committed baselines from this run")
-    ap.add_argument("--baseline", type=Path, default=BASELINE)
+    ap.add_argument("--baseline", type=Path, default=None, help="default: the preset's reports/bench_baseline*.json")
     ap.add_argument("--draft", action="append", default=[], metavar="METHOD=SPEC",
                     help="draft per method (checkpoint folder); default $SCYLLA_BENCH_DRAFTS, else the trained defaults")
     ap.add_argument("--untrained", action="store_true",
                     help="random-init drafts for methods without --draft (quick plumbing run; tau is meaningless)")
     ap.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=METHODS)
-    ap.add_argument("--datasets", default=DATASETS)
-    ap.add_argument("--batch-sizes", default="1,4")
-    ap.add_argument("--top-k", default="4,auto")
-    ap.add_argument("--depths", default="5")
-    ap.add_argument("--total-tokens", default="60")
-    ap.add_argument("--prompts", type=int, default=4, help="per dataset; batch 4 needs at least 4")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--datasets", help="default: the preset's")
+    ap.add_argument("--batch-sizes", help="default: the preset's")
+    ap.add_argument("--top-k", help="default: the preset's")
+    ap.add_argument("--depths", help="default: the preset's")
+    ap.add_argument("--total-tokens", help="default: the preset's")
+    ap.add_argument("--prompts", type=int, help="per dataset; batch 4 needs at least 4 (default: the preset's)")
+    ap.add_argument("--max-new-tokens", type=int, help="default: the preset's")
     ap.add_argument("--turns", default="first", choices=("first", "all"), help="MT-bench turns")
     ap.add_argument("--dtype", default="auto", help="target dtype, or auto (the faster of bf16/fp32 by the profile)")
     ap.add_argument("--threads", default="auto", help="torch threads, or auto (1 when the machine is already busy)")
@@ -234,7 +248,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-profile", action="store_true", help="skip the profile (then top_k auto cannot run)")
     ap.add_argument("--skip-micro", action="store_true")
     ap.add_argument("--resume", action="store_true", help="reuse OUT/profile and finished sweep cells")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    preset = PRESETS[args.preset]
+    for key, value in preset.items():
+        if key != "baseline" and getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.baseline is None:
+        args.baseline = Path(__file__).resolve().parent / preset["baseline"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             base = regression.make_baseline(figs, cfg, tol, _git_commit())
             args.baseline.write_text(json.dumps(base, indent=1) + "\n")
             _say(f"wrote {args.baseline} ({len(base['tau'])} tau figures, {len(base['ratio'])} ratios)")
+        elif not args.baseline.is_file() and args.preset != "regression":
+            _say(f"NOT CHECKED: no baseline for the {args.preset} preset at {args.baseline}; the figures are in "
+                 f"{out / 'figures.json'} (make one with `nox -s bench -- --preset {args.preset} --update-baseline`)")
         else:
             verdict = regression.compare(figs, regression.read_baseline(args.baseline), cfg, args.tolerance)
             for n in verdict.notes:

@@ -14,6 +14,12 @@ Two kinds of figure, keyed by (method, dataset, batch size, top_k setting):
   either kernel level gave identical tau. The bench's planted shrunk tree (depth 2, 6 tokens)
   drops pooled tau by 5.8% (EAGLE-2) and 8.0% (EAGLE-3), single figures by 0-17.5%: the
   pooled figure is what catches it when the drafts were retrained.
+- the tree itself: draft nodes per verify step. It follows from the tree's top_k, depth and
+  size alone (9 for the bench's 10-token tree, on every machine and with any drafts), so it
+  is compared exactly everywhere: a commit that builds another tree than the one asked for
+  fails here even where retrained drafts leave tau only a loose check. With the bench's
+  10-token tree the planted shrunk tree (depth 2, 6 tokens) moved pooled tau by only 0-3%
+  (within TAU_POOLED_TOLERANCE), and this figure by 9 -> 5.
 - speculative/AR throughput ratio, per (method, batch size, top_k setting) as the
   geometric mean over datasets of each cell's speedup over its AR partner. Both sides
   are timed in the same run, which cancels most machine load, but not all of it on a
@@ -100,9 +106,12 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
         if len(sp):
             # Geometric mean: a ratio of ratios, and one slow dataset does not dominate.
             ratio[key] = float(np.exp(np.log(sp).mean()))
+    # Draft nodes per verify step (each row's step counts once): the shape of the tree built.
+    tree = {r.key: float(r.drafted_nodes / r.verify_steps) for r in t0.itertuples()
+            if r.verify_steps == r.verify_steps and r.verify_steps > 0 and r.drafted_nodes == r.drafted_nodes}
     failed = {r.key: str(r.error)[:200] for r in cells[cells["status"] == "failed"].itertuples()}
     return {"tau": tau, "tau_pooled": tau_pooled, "ratio": ratio, "failed": failed, "auto_tree": auto,
-            "draft_hash": hashes}
+            "draft_hash": hashes, "tree": tree}
 
 
 def machine() -> dict:
@@ -157,6 +166,7 @@ def make_baseline(figs: dict, config: dict, tolerance: float, commit: str | None
         "failed": dict(sorted(figs["failed"].items())),
         "auto_tree": dict(sorted(figs.get("auto_tree", {}).items())),
         "draft_hash": dict(sorted(figs.get("draft_hash", {}).items())),
+        "tree": dict(sorted(figs.get("tree", {}).items())),
     }
 
 
@@ -213,6 +223,12 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
             if now < base * (1 - TAU_TOLERANCE):
                 v.failures.append(f"tau {key} at T=0: {now:.3f} < baseline {base:.3f} by {(1 - now / base) * 100:.0f}% "
                                   f"(other draft weights or kernels: tolerance {TAU_TOLERANCE:.0%})")
+    for key, base in sorted(baseline.get("tree", {}).items()):
+        now = figs.get("tree", {}).get(key)
+        was_tree, now_tree = baseline.get("auto_tree", {}).get(key), figs.get("auto_tree", {}).get(key)
+        if now is not None and not (was_tree and now_tree and was_tree != now_tree) and abs(now - base) > TAU_EPSILON:
+            v.failures.append(f"tree {key}: {now:.2f} draft nodes per step, baseline {base:.2f} (the engine built "
+                              "another tree than the sweep asked for)")
     if loose:
         v.notes.append(f"tau: {exact} figures compared exactly (same draft weights and kernels), {loose} within "
                        f"{TAU_TOLERANCE:.0%}, and pooled over datasets within {TAU_POOLED_TOLERANCE:.0%} "

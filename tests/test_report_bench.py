@@ -54,11 +54,14 @@ def baseline(cells) -> dict:
 
 
 def shrink_tree(cells: pd.DataFrame, factor: float) -> pd.DataFrame:
-    """What a shrunk tree does to speculative cells: fewer tokens accepted per step."""
+    """What a shrunk tree does to speculative cells: fewer draft nodes per step, and `factor`
+    of the tokens accepted beyond the first."""
     out = cells.copy()
     spec = out["method"] != "ar"
     out.loc[spec, "tau"] = 1 + (out.loc[spec, "tau"] - 1) * factor
     out.loc[spec, "speedup_vs_ar"] = out.loc[spec, "speedup_vs_ar"] * factor
+    nodes = (out.loc[spec, "drafted_nodes"] / out.loc[spec, "verify_steps"]).clip(upper=5)  # depth 2, 6 tokens
+    out.loc[spec, "drafted_nodes"] = nodes * out.loc[spec, "verify_steps"]
     return out
 
 
@@ -113,6 +116,15 @@ def test_retrained_drafts_still_catch_a_shrunk_tree_and_a_real_drop(cells, basel
     dropped.loc[row, "tau"] *= 1 - 1.5 * regression.TAU_TOLERANCE
     v = regression.compare(regression.figures(dropped), baseline, CONFIG)
     assert [f.split(":")[0] for f in v.failures] == ["tau eagle3|gsm8k|b4|kauto at T=0"]
+
+
+def test_a_shrunk_tree_that_hardly_moves_tau_still_fails(cells, baseline):
+    """With the bench's 10-token tree the planted tree moved pooled tau by only 0-3% (weak
+    drafts accept little beyond depth 2); the tree figure catches it with any drafts."""
+    v = regression.compare(regression.figures(shrink_tree(retrained(cells), 0.97)), baseline, CONFIG)
+    assert v.failures and all(f.startswith("tree ") for f in v.failures), v.failures
+    assert any(f.startswith("tree eagle2|mt_bench|b1|k10: 5.00 draft nodes per step, baseline 59.00")
+               for f in v.failures), v.failures
 
 
 def test_other_kernels_compare_within_the_spread(cells, baseline):
@@ -216,3 +228,15 @@ def test_auto_tree_change_is_noted_not_failed(cells, baseline):
     v = regression.compare(regression.figures(moved), baseline, CONFIG)
     assert v.ok, v.failures
     assert any("auto chose another tree" in n for n in v.notes)
+
+
+def test_presets_fill_what_is_not_given():
+    from reports.bench import PRESETS, parse_args
+
+    quick = parse_args([])
+    assert quick.preset == "regression" and quick.total_tokens == "tied"
+    assert quick.baseline.name == "bench_baseline.json" and quick.baseline.is_file()
+    full = parse_args(["--full", "--prompts", "8"])
+    assert full.total_tokens == PRESETS["full"]["total_tokens"] == "60"
+    assert full.prompts == 8 and full.baseline.name == "bench_baseline_full.json"
+    assert parse_args(["--preset", "full"]).total_tokens == "60"
