@@ -40,7 +40,6 @@ from workloads.errors import ScyllaError
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO_BASELINE = Path(__file__).resolve().parent / "bench_micro_baseline.json"
-SHARED_EVAL = REPO.parent / "shared" / "data" / "eagle-eval"
 DATASETS = "mt_bench,humaneval,gsm8k,alpaca,cnn_dm,natural_questions"
 METHODS = ("eagle2", "eagle3", "scylla")
 # What each mode sweeps (AR and each method, temperature 0), and the committed baseline it
@@ -154,8 +153,6 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
         cmd += ["--draft", d]
     if profile is not None:
         cmd += ["--profile", str(profile)]
-    if SHARED_EVAL.is_dir():
-        cmd += ["--data-dir", str(SHARED_EVAL)]
     return cmd
 
 

@@ -109,9 +109,12 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
     # Draft nodes per verify step (each row's step counts once): the shape of the tree built.
     tree = {r.key: float(r.drafted_nodes / r.verify_steps) for r in t0.itertuples()
             if r.verify_steps == r.verify_steps and r.verify_steps > 0 and r.drafted_nodes == r.drafted_nodes}
+    # The prompts measured: figures of other prompts (another source of a dataset) do not compare.
+    prompts = {str(d): str(c) for d, c in ok.groupby("dataset")["dataset_checksum"].first().items() if c == c} \
+        if "dataset_checksum" in ok else {}
     failed = {r.key: str(r.error)[:200] for r in cells[cells["status"] == "failed"].itertuples()}
     return {"tau": tau, "tau_pooled": tau_pooled, "ratio": ratio, "failed": failed, "auto_tree": auto,
-            "draft_hash": hashes, "tree": tree}
+            "draft_hash": hashes, "tree": tree, "dataset_checksum": prompts}
 
 
 def machine() -> dict:
@@ -167,6 +170,7 @@ def make_baseline(figs: dict, config: dict, tolerance: float, commit: str | None
         "auto_tree": dict(sorted(figs.get("auto_tree", {}).items())),
         "draft_hash": dict(sorted(figs.get("draft_hash", {}).items())),
         "tree": dict(sorted(figs.get("tree", {}).items())),
+        "dataset_checksum": dict(sorted(figs.get("dataset_checksum", {}).items())),
     }
 
 
@@ -193,6 +197,11 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
         diff = sorted(k for k in set(same_sweep) | set(base_sweep) if same_sweep.get(k) != base_sweep.get(k))
         raise ScyllaError(f"the baseline was made with a different sweep ({', '.join(diff)} differ); "
                           "refresh it with --update-baseline")
+    other_prompts = sorted(d for d, c in baseline.get("dataset_checksum", {}).items()
+                           if figs.get("dataset_checksum", {}).get(d) not in (None, c))
+    if other_prompts:
+        raise ScyllaError(f"the baseline measured other prompts for {', '.join(other_prompts)} (another dataset file "
+                          "or package version); refresh it with --update-baseline")
     tol = baseline.get("ratio_tolerance", DEFAULT_RATIO_TOLERANCE) if tolerance is None else tolerance
     here, there = machine(), baseline.get("machine", {})
     same_numerics = numerics(here, config) == numerics(there, baseline.get("config", {}))

@@ -80,11 +80,16 @@ class GenerationResult:
         return float(total / self.stats.decode_s) if self.stats.decode_s > 0 else 0.0
 
 
+def _synchronizer(device: torch.device):
+    """Waits for `device`'s queued work: on cuda:N that GPU's, not the current one's."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 class _PhaseTimer:
     """Attributes wall time to phases; synchronises the device so GPU work lands where it ran."""
 
     def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.sync = _synchronizer(device)
         self.current: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self.mark = time.perf_counter()
         self.phase = "commit"
@@ -120,7 +125,7 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
     cache = target.new_cache(b, capacity)
     eos = target.eos_ids
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _synchronizer(device)
     sync()
     t0 = time.perf_counter()
     out = target.prefill(cache, prompts, layers)
@@ -156,7 +161,10 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
         timer("accept")
         verdict = verify(tree, scored.logits, config.temperature, config.top_p, gen)
         timer("commit")
-        target.commit(cache, verdict.path, verdict.path_len)
+        # A finished row keeps nothing more: its cache stops growing, so it no longer widens
+        # every other row's attention (it still rides along in the batch's forward).
+        kept = verdict.path_len.masked_fill(torch.tensor(done, device=device), 0)  # [b]
+        target.commit(cache, verdict.path, kept)
         path_tokens = tree.tokens.gather(1, verdict.path)  # [b, depth+1], root first
         # Accepted draft tokens then the bonus: row r's first path_len[r] entries count.
         new_tokens = torch.cat([path_tokens[:, 1:], path_tokens[:, :1]], 1)
@@ -172,7 +180,7 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
             timer("draft")
             feats = scored.layer_inputs if layers else scored.hidden
             path_feats = feats.gather(1, verdict.path[:, :, None].expand(-1, -1, feats.shape[-1]))
-            root_logprobs, root_out = draft.extend(new_tokens, path_feats, verdict.path_len)
+            root_logprobs, root_out = draft.extend(new_tokens, path_feats, kept)
         for name, seconds in timer.take().items():
             phases[name].append(seconds)
         records["step_s"].append(time.perf_counter() - step_start)

@@ -100,7 +100,9 @@ class RowKVCache:
             scratch = self.committed_end + self.tentative  # a free slot: padded entries copy onto it
             src = torch.where(valid, src, scratch)
             dst = torch.where(valid, dst, scratch)
-            for layer in range(self.num_layers):
+            # An AR step at batch 1 keeps its one token where it was written: nothing to move.
+            layers = range(self.num_layers) if bool((src != dst).any()) else ()
+            for layer in layers:
                 for buf in (self.keys[layer], self.values[layer]):
                     if buf is None:
                         continue

