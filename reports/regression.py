@@ -215,9 +215,8 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     moved, exact, loose = [], 0, 0
     for key, base in sorted(baseline.get("tau", {}).items()):
         now = figs["tau"].get(key)
-        was_tree, now_tree = baseline.get("auto_tree", {}).get(key), figs.get("auto_tree", {}).get(key)
-        if now is not None and was_tree and now_tree and was_tree != now_tree:
-            moved.append(f"{key} ({was_tree} -> {now_tree})")
+        if now is not None and (change := _auto_tree_change(key, figs, baseline)):
+            moved.append(f"{key} ({change})")
             continue
         if now is None:
             why = figs["failed"].get(key)
@@ -234,8 +233,7 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
                                   f"(other draft weights or kernels: tolerance {TAU_TOLERANCE:.0%})")
     for key, base in sorted(baseline.get("tree", {}).items()):
         now = figs.get("tree", {}).get(key)
-        was_tree, now_tree = baseline.get("auto_tree", {}).get(key), figs.get("auto_tree", {}).get(key)
-        if now is not None and not (was_tree and now_tree and was_tree != now_tree) and abs(now - base) > TAU_EPSILON:
+        if now is not None and not _auto_tree_change(key, figs, baseline) and abs(now - base) > TAU_EPSILON:
             v.failures.append(f"tree {key}: {now:.2f} draft nodes per step, baseline {base:.2f} (the engine built "
                               "another tree than the sweep asked for)")
     if loose:
@@ -277,6 +275,12 @@ def _weights(row) -> str | None:
     if isinstance(draft, str) and (draft in ("oracle", *TRAINING_FREE_DRAFTS) or draft in RANDOM_DRAFTS):
         return draft
     return None
+
+
+def _auto_tree_change(key: str, figs: dict, baseline: dict) -> str | None:
+    """'was -> now' where top_k auto chose another tree than the baseline's (the knee moved)."""
+    was, now = baseline.get("auto_tree", {}).get(key), figs.get("auto_tree", {}).get(key)
+    return f"{was} -> {now}" if was and now and was != now else None
 
 
 def _same_weights(key: str, figs: dict, baseline: dict) -> bool:

@@ -77,10 +77,11 @@ def layer_rules(config, decoder) -> dict[str, LayerRule]:
     return rules
 
 
-def layer_masks(rules: dict[str, LayerRule], visible: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+def layer_masks(rules: dict[str, LayerRule], visible: torch.Tensor, q_pos: torch.Tensor,
+                k_pos: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
     """Additive masks [b, 1, q, kv] from the tree's `visible` [b, 1, q, kv] (True = attend):
-    one tensor, or {layer type: mask} where the rules differ by type."""
+    one tensor, or {layer type: mask} where the rules differ by type. `k_pos` may be None
+    where every rule is FULL (nothing is measured from positions)."""
     masks = {}
     for kind, rule in rules.items():
         allowed = rule.allows(q_pos, k_pos)  # [b, q, kv] or None

@@ -18,7 +18,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from scylla_impl import dtypes
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
-from scylla_impl.layer_masks import layer_masks, layer_rules
+from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
 from scylla_impl.precision import fast_dtype
 from workloads.errors import ScyllaError
 
@@ -119,6 +119,7 @@ class Target:
         self.embed = model.get_input_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.layer_rules = layer_rules(model.config, self.decoder)  # sliding windows, chunks
+        self.windowed = any(rule.kind != FULL for rule in self.layer_rules.values())
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
@@ -201,8 +202,8 @@ class Target:
         new tokens each may see (committed tokens of its row are always visible). `logits_at`
         [b]: compute logits at that one index per row only."""
         positions = cache.positions(depths)  # [b, q]
-        mask = layer_masks(self.layer_rules, cache.attention_mask(new_mask), positions, cache.key_positions(depths),
-                           self.dtype)
+        key_positions = cache.key_positions(depths) if self.windowed else None  # [b, kv]
+        mask = layer_masks(self.layer_rules, cache.attention_mask(new_mask), positions, key_positions, self.dtype)
         out = self.decoder(
             input_ids=tokens.to(self.device),
             attention_mask=mask,
