@@ -100,7 +100,7 @@ from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flo
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
 from roofline.unmeasured import Unmeasured
-from scylla_impl import dtypes
+from scylla_impl import dtypes, precision
 from workloads.errors import ScyllaError, os_error
 from workloads.files import check_writable_folder
 
@@ -342,11 +342,13 @@ def _compute(run: _Run, progress: _Progress) -> None:
 
 
 def faster_dtype(flops_per_s: dict) -> str:
-    """bf16 unless fp32 measured faster: a CPU without bf16 instructions emulates it (this
-    project's 2-core EPYC: 18 vs 161 GFLOP/s), and a knee measured in one dtype says
-    nothing about a run in the other."""
+    """The dtype `--dtype auto` resolves to, by precision.choose over this run's measured
+    matmul peaks (a knee measured in one dtype says nothing about a run in the other).
+    bf16 where a peak is missing: a GPU always has it, and it is the dtype specs quote."""
     bf16, fp32 = flops_per_s.get("bfloat16"), flops_per_s.get("float32")
-    return "float32" if bf16 and fp32 and fp32 > bf16 else "bfloat16"
+    if not (bf16 and fp32):
+        return "bfloat16"
+    return precision.choose(bf16 / fp32)
 
 
 def _resolve_dtype(run: _Run, options: ProfileOptions) -> None:

@@ -34,6 +34,12 @@ def bf16_speedup(device: str = "cpu") -> float:
     return seconds[torch.float32] / max(seconds[torch.bfloat16], 1e-9)
 
 
+def choose(bf16_over_fp32: float) -> str:
+    """The one rule for 'auto': bf16 where it beats fp32 by MIN_SPEEDUP, else fp32. A CPU
+    without bf16 instructions emulates it (an AVX2 EPYC: 18 vs 161 GFLOP/s)."""
+    return "bfloat16" if bf16_over_fp32 >= MIN_SPEEDUP else "float32"
+
+
 def fast_dtype(device: str = "cpu") -> str:
     """'bfloat16' where it is measurably faster than fp32 on `device`, else 'float32'."""
-    return "bfloat16" if bf16_speedup(str(device)) >= MIN_SPEEDUP else "float32"
+    return choose(bf16_speedup(str(device)))

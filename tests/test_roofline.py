@@ -25,6 +25,7 @@ from roofline.spec_sheet import (
 )
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
+from scylla_impl.precision import MIN_SPEEDUP
 from workloads.errors import ScyllaError
 
 # -- policy (Theorem 1.3) ---------------------------------------------------------------------
@@ -344,8 +345,10 @@ def test_profile_completes_without_a_target(tmp_path, monkeypatch, default_model
     assert on_disk["knee_tokens"] is None and on_disk["topk_policy"] == []
     whats = {u["what"] for u in on_disk["unmeasured"]}
     assert {"knee", "topk_policy", "bandwidth.triton", "flops_per_s.float32_tf32", "spec"} <= whats
+    quoted = on_disk["i_crit"]["dtype"]  # `--dtype auto`: whichever this run's matmuls favoured
+    assert quoted == prof.faster_dtype(on_disk["flops_per_s"]) == on_disk["options"]["dtype"]
     assert on_disk["i_crit"]["measured"] == pytest.approx(
-        on_disk["flops_per_s"]["bfloat16"] / on_disk["bandwidth_peak_bytes_per_s"])
+        on_disk["flops_per_s"][quoted] / on_disk["bandwidth_peak_bytes_per_s"])
     import pandas as pd
 
     table = pd.read_parquet(tmp_path / "p" / "bandwidth.parquet")
@@ -405,9 +408,11 @@ def test_profile_dtype_auto_measures_the_knee_in_the_faster_dtype(tmp_path, monk
     assert doc["options"]["dtype"] == chosen and doc["options"]["dtype_requested"] == "auto"
     assert doc["knee"]["target"]["dtype"] == chosen and doc["i_crit"]["dtype"] == chosen
     flops = doc["flops_per_s"]
-    assert chosen == ("float32" if flops["float32"] > flops["bfloat16"] else "bfloat16")
+    assert chosen == ("bfloat16" if flops["bfloat16"] >= MIN_SPEEDUP * flops["float32"] else "float32")
     assert prof.faster_dtype({"bfloat16": 2e12, "float32": 5e11}) == "bfloat16"
     assert prof.faster_dtype({"bfloat16": 1.8e10, "float32": 1.6e11}) == "float32"
+    assert prof.faster_dtype({"bfloat16": 1.2e11, "float32": 1.0e11}) == "float32"  # not worth the rounding
+    assert prof.faster_dtype({"float32": 1.0e11}) == "bfloat16"
 
 
 def test_profile_rejects_bad_arguments(tmp_path):
