@@ -113,16 +113,22 @@ def make_labels(target, draft, batch: Batch, steps: int, ce_fraction: float, wit
     # so the target head (the costliest matmul of a step) runs once per distinct position.
     wanted = [c // length * t + c % length + k + 1 for k, (_v, c) in enumerate(chosen_by_step)]
     positions = torch.unique(torch.cat(wanted)) if wanted else torch.zeros(0, dtype=torch.long, device=device)
-    all_logits = target_logits(target, batch.hidden.reshape(b * t, -1)[positions])
+    # Everything over the full vocabulary happens once per distinct position, before the steps
+    # pick their rows: per-step copies of [n, V] logits cost more than the head's matmul.
+    full_logits = target_logits(target, batch.hidden.reshape(b * t, -1)[positions])  # [P, V]
+    all_argmax = full_logits.argmax(-1)  # [P] target ids
+    all_probs = None
+    if with_probs:  # the target's distribution restricted to the draft's vocabulary, renormalised
+        all_probs = torch.softmax(full_logits[:, vocab_ids] if vocab_ids is not None else full_logits, dim=-1)
+    del full_logits
     out = []
     for (valid, chosen), flat in zip(chosen_by_step, wanted):
-        logits = all_logits[torch.searchsorted(positions, flat)]
-        argmax = logits.argmax(-1)
+        rows = torch.searchsorted(positions, flat)  # [n] into the distinct positions
         if in_vocab is not None:  # a reduced vocabulary scores only positions it can get right (EAGLE-3)
-            keep = in_vocab[argmax]
-            chosen, argmax, logits = chosen[keep], argmax[keep], logits[keep][:, vocab_ids]
-        probs = torch.softmax(logits, dim=-1) if with_probs else None
-        out.append(StepLabels(valid, chosen, probs, argmax))
+            keep = in_vocab[all_argmax[rows]]
+            chosen, rows = chosen[keep], rows[keep]
+        probs = all_probs[rows] if all_probs is not None else None
+        out.append(StepLabels(valid, chosen, probs, all_argmax[rows]))
     return out
 
 
