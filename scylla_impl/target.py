@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
-from scylla_impl import dtypes
+from scylla_impl import dtypes, gqa_attention
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
@@ -60,7 +60,9 @@ def _load_model(path: str, dtype: torch.dtype):
     """SDPA where the architecture has it (it takes our 4D tree mask as is); eager attention
     for those that do not (Gemma-2's logit soft-capping)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        model.set_attn_implementation(gqa_attention.NAME)  # SDPA without the per-verify copy of the KV heads
+        return model
     except ValueError as err:
         if "attention implementation" not in str(err):
             raise

@@ -111,6 +111,39 @@ def test_speculative_equals_transformers_generate(tiny_target, draft_spec, tree)
         assert result.stats.tau > 2  # the tree really was accepted in several tokens per step
 
 
+def _tree_logits(target, prompts):
+    """Logits of a 6-node tree (a root with two branches) after the prompts, batch 2."""
+    cache = target.new_cache(len(prompts), 128)
+    target.prefill(cache, prompts)
+    tokens = torch.tensor([[11, 12, 13, 14, 15, 16], [21, 22, 23, 24, 25, 26]])
+    depths = torch.tensor([[0, 1, 1, 2, 2, 3]] * 2)
+    parent = [-1, 0, 0, 1, 2, 3]
+    mask = torch.eye(6, dtype=torch.bool)
+    for node, up in enumerate(parent):
+        if up >= 0:
+            mask[node] |= mask[up]
+    return target.forward_tree(cache, tokens, depths, mask.expand(2, -1, -1)).logits
+
+
+def test_grouped_attention_without_repeat_equals_transformers_sdpa(tiny_target):
+    """The target's SDPA broadcasts the KV heads instead of copying them (2 KV heads for 4
+    query heads here): tree logits equal those of transformers' own SDPA."""
+    from scylla_impl import gqa_attention
+
+    model = tiny_target.model
+    if model.config._attn_implementation != gqa_attention.NAME:
+        pytest.skip(f"{tiny_target.architecture} runs eager attention (soft-capping)")
+    tok = tiny_target.tokenizer
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    ours = _tree_logits(tiny_target, prompts)
+    model.set_attn_implementation("sdpa")
+    try:
+        theirs = _tree_logits(tiny_target, prompts)
+    finally:
+        model.set_attn_implementation(gqa_attention.NAME)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_the_window_changes_transformers_output(tiny_target):
     """The same weights with the window widened past the text answer differently: so the
     test above compares against output that depends on the window."""
