@@ -103,11 +103,11 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
           f"({config.pretrain_tokens} pretraining + {config.sft_tokens} chat tokens, about {RECIPE_MINUTES} min "
           f"on 2 CPU cores) into {folder}; it is kept for later runs, and an interrupted run "
           f"{'resumes now' if resume else 'resumes where it stopped'}.", file=sys.stderr, flush=True)
-    train_target = target  # features are extracted in fp32: reload a target loaded in another precision
-    if target.dtype != torch.float32:
+    train_target = target  # features are extracted in the recipe's precision: reload a target loaded in another
+    if target.dtype != getattr(torch, config.dtype):
         from scylla_impl.target import Target
 
-        train_target = Target.load(target.info.path, dtype="float32", device=str(target.device))
+        train_target = Target.load(target.info.path, dtype=config.dtype, device=str(target.device))
     train(None if resume else config, folder, resume=resume, force=not resume, target=train_target,
           progress=progress)
     return str(trained_draft(target, name))

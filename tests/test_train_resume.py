@@ -47,7 +47,7 @@ def test_killed_run_resumes_exactly(tmp_path, monkeypatch, default_model_dir):
     torch.set_num_threads(1)
     try:
         config = TrainConfig.load(run / CONFIG_FILE)
-        train(config, tmp_path / "straight", target=Target.load(str(tiny), dtype="float32"), progress="none")
+        train(config, tmp_path / "straight", target=Target.load(str(tiny), dtype=config.dtype), progress="none")
     finally:
         torch.set_num_threads(threads)
     got, want = load_file(run / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")

@@ -108,6 +108,7 @@ def test_resume_never_unpickles_a_crafted_checkpoint(tiny_target, corpus, tmp_pa
     (["--lr", "nan"], ["lr must be a positive number"], 1),
     (["--lr", "-1e-3"], ["lr must be a positive number"], 1),
     (["--draft-vocab", "-5"], ["draft-vocab must be >= 0"], 1),
+    (["--dtype", "int8"], ["--dtype", "int8"], 2),
     (["--threads", "-1"], ["--threads", "-1"], 2),
     (["--device", "cuda"], ["no CUDA GPU"], 1),
 ])

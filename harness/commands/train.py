@@ -6,6 +6,7 @@ its share of every global batch; gloo on CPU).
 
 import click
 
+from scylla_impl import dtypes
 from scylla_impl.training.config import AUTOCAST, METHOD_NAMES, RECIPE_NAMES, SFT_ANSWERS
 
 
@@ -37,7 +38,8 @@ from scylla_impl.training.config import AUTOCAST, METHOD_NAMES, RECIPE_NAMES, SF
 @click.option("--no-decontaminate", "no_decontaminate", is_flag=True, default=None,
               help="keep training documents that contain evaluation prompts")
 @click.option("--seed", type=int, default=None, help="[0]")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, help="target precision for features [float32]")
+@click.option("--dtype", type=click.Choice(dtypes.CHOICES), default=None,
+              help="target precision for its features and labels; auto: as decoding's default (bf16 where native and faster) [auto]")
 @click.option("--device", default=None, help="[cpu]")
 @click.option("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints [50]")
 @click.option("--log-every", type=int, default=None, help="optimizer steps between accuracy evaluations [10]")

@@ -10,6 +10,7 @@ the newest checkpoint to the same weights an uninterrupted run reaches.
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -565,6 +566,8 @@ def train(config: TrainConfig | None, out: Path | str | None = None, *, resume: 
                 raise ScyllaError("train needs a config or a target to resume")
             target = Target.load(config.target, dtype=config.dtype,
                                  device=distributed.device_for(dist, config.device))
+        elif config is not None:  # the config records the precision the features really come from
+            config = dataclasses.replace(config, dtype=str(target.dtype).removeprefix("torch."))
         if out is None:
             from scylla_impl.trained import drafts_dir
 
