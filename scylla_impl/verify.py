@@ -46,11 +46,10 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def without(p: torch.Tensor, token: int) -> torch.Tensor:
-    """The residual after rejecting `token`: zero it and renormalise."""
-    p = p.clone()
-    p[token] = 0.0
-    return p / p.sum()
+def without(p: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """The residual after rejecting tokens: p [r, V] with `rejected` [r, V] (bool) zeroed, renormalised."""
+    p = p.masked_fill(rejected, 0.0)
+    return p / p.sum(-1, keepdim=True)
 
 
 def verify(tree: Tree, logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
@@ -83,29 +82,39 @@ def verify_greedy(tree: Tree, logits: torch.Tensor) -> Verdict:
 
 def verify_sampling(tree: Tree, logits: torch.Tensor, temperature: float, top_p: float,
                     generator: torch.Generator | None) -> Verdict:
+    """All rows walk down together, one depth per iteration, with no sync per child.
+
+    Children are tried in node order. Rejecting tokens x_1..x_{i-1} (distinct: top-k) leaves
+    p(x_i) / (1 - sum_{j<i} p(x_j)) as child i's acceptance probability, which is what zeroing
+    each rejected token and renormalising gives, so the first child whose uniform falls below
+    it is the one the sequential rule accepts."""
     b, n = tree.tokens.shape
-    depth = int(tree.depths.max()) + 1
-    uniform = torch.rand(b, n, generator=generator, device=logits.device).tolist()
-    parents, tokens = tree.parents.tolist(), tree.tokens.tolist()
-    paths, bonus = [], []
-    for row in range(b):
-        children: dict[int, list[int]] = {}
-        for node in range(1, n):
-            children.setdefault(parents[row][node], []).append(node)
-        node, path = 0, [0]
-        while True:
-            p = target_probs(logits[row, node], temperature, top_p)  # only nodes on the walk
-            for child in children.get(node, []):
-                x = tokens[row][child]
-                if uniform[row][child] < p[x].item():
-                    node = child
-                    break
-                p = without(p, x)
-            else:
-                bonus.append(int(torch.multinomial(p, 1, generator=generator)))
-                break
-            path.append(node)
-        paths.append(path)
-    path_len = torch.tensor([len(p) for p in paths], device=logits.device)
-    path = torch.tensor([p + [0] * (depth - len(p)) for p in paths], device=logits.device)
-    return Verdict(path, path_len, torch.tensor(bonus, device=logits.device))
+    device = logits.device
+    rows = torch.arange(b, device=device)
+    uniform = torch.rand(b, n, generator=generator, device=device)  # one draw per node, as children are tried
+    node = torch.zeros(b, dtype=torch.long, device=device)  # [b] where each row's walk stands
+    walking = torch.ones(b, dtype=torch.bool, device=device)
+    path = torch.zeros(b, int(tree.depths.max()) + 1, dtype=torch.long, device=device)
+    path_len = torch.ones(b, dtype=torch.long, device=device)
+    bonus = torch.zeros(b, dtype=torch.long, device=device)
+    for depth in range(path.shape[1]):
+        p = target_probs(logits[rows, node], temperature, top_p)  # [b, V] after each row's node
+        child = (tree.parents == node[:, None]) & (torch.arange(n, device=device) > 0)  # [b, n]
+        px = torch.where(child, p.gather(1, tree.tokens), 0.0)  # [b, n] each child's token under p
+        tried = px.cumsum(1) - px  # [b, n] mass of the children tried before
+        accept = child & (uniform < px / (1.0 - tried).clamp_min(1e-12))
+        took = accept.any(1) & walking  # [b]
+        first = accept.int().argmax(1)  # [b] the first accepted child (argmax takes the first of ties)
+        ended = walking & ~took
+        if bool(ended.any()):
+            rejected = torch.zeros_like(p, dtype=torch.int).scatter_reduce(1, tree.tokens, child.int(), "amax").bool()
+            residual = without(p[ended], rejected[ended])
+            bonus[ended] = torch.multinomial(residual, 1, generator=generator).squeeze(-1)
+        if depth + 1 < path.shape[1]:
+            path[:, depth + 1] = torch.where(took, first, 0)
+        path_len += took.long()
+        node = torch.where(took, first, node)
+        walking &= took
+        if not bool(walking.any()):
+            break
+    return Verdict(path, path_len, bonus)
