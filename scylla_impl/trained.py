@@ -24,10 +24,10 @@ DEFAULT_DRAFTS: dict[str, tuple[str, int | None]] = {
     "scylla": ("scylla", 3),
 }
 ALIASES = {"scylla": "scylla-3"}  # the default draft is the Scylla-3 one
-# Measured for the default recipe on this project's 2-core CPUs with bf16 (AVX-512 BF16): 6-7 min
-# of training per draft, plus about 7 min once per target for its answers and features; see
-# scylla_impl/training/config.py. Without fast bf16 the training runs in fp32, about twice as long.
-RECIPE_MINUTES = "6-15"
+# Measured for the default recipe on this project's 2-core CPUs with bf16 (AVX-512 BF16): 3-6 min
+# of training per draft, plus about 4 min once per target for its answers and features; see
+# scylla_impl/training/config.py. Without fast bf16 everything runs in fp32, several times longer.
+RECIPE_MINUTES = "4-10"
 
 
 def drafts_dir(target) -> Path:
