@@ -82,7 +82,6 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
         if found is not None:
             return str(found)
         raise ScyllaError(f"no default recipe for a draft named '{name}'; known: {', '.join(DEFAULT_DRAFTS)}")
-    import torch
 
     from scylla_impl.training import recipe, train
     from scylla_impl.training.loop import CONFIG_FILE, same_run
@@ -103,10 +102,10 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
           f"({config.pretrain_tokens} pretraining + {config.sft_tokens} chat tokens, about {RECIPE_MINUTES} min "
           f"on 2 CPU cores) into {folder}; it is kept for later runs, and an interrupted run "
           f"{'resumes now' if resume else 'resumes where it stopped'}.", file=sys.stderr, flush=True)
-    train_target = target  # features are extracted in the recipe's precision: reload a target loaded in another
-    if target.dtype != getattr(torch, config.dtype):
-        from scylla_impl.target import Target
+    from scylla_impl.target import Target, resolve_dtype
 
+    train_target = target  # features are extracted in the recipe's precision: reload a target loaded in another
+    if target.dtype != resolve_dtype(config.dtype):
         train_target = Target.load(target.info.path, dtype=config.dtype, device=str(target.device))
     train(None if resume else config, folder, resume=resume, force=not resume, target=train_target,
           progress=progress)

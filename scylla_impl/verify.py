@@ -107,8 +107,9 @@ def verify_sampling(tree: Tree, logits: torch.Tensor, temperature: float, top_p:
         first = accept.int().argmax(1)  # [b] the first accepted child (argmax takes the first of ties)
         ended = walking & ~took
         if bool(ended.any()):
-            rejected = torch.zeros_like(p, dtype=torch.int).scatter_reduce(1, tree.tokens, child.int(), "amax").bool()
-            residual = without(p[ended], rejected[ended])
+            rejected = torch.zeros_like(p[ended], dtype=torch.int).scatter_reduce(
+                1, tree.tokens[ended], child[ended].int(), "amax").bool()  # [ended, V] the children's tokens
+            residual = without(p[ended], rejected)
             bonus[ended] = torch.multinomial(residual, 1, generator=generator).squeeze(-1)
         if depth + 1 < path.shape[1]:
             path[:, depth + 1] = torch.where(took, first, 0)

@@ -14,6 +14,7 @@ import torch
 from scylla_impl.decode import DecodeConfig, generate
 from scylla_impl.drafts import load_draft
 from scylla_impl.target import Target
+from scylla_impl.tree import ancestor_mask
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=49152, max_position_embeddings=512)
@@ -117,12 +118,8 @@ def _tree_logits(target, prompts):
     target.prefill(cache, prompts)
     tokens = torch.tensor([[11, 12, 13, 14, 15, 16], [21, 22, 23, 24, 25, 26]])
     depths = torch.tensor([[0, 1, 1, 2, 2, 3]] * 2)
-    parent = [-1, 0, 0, 1, 2, 3]
-    mask = torch.eye(6, dtype=torch.bool)
-    for node, up in enumerate(parent):
-        if up >= 0:
-            mask[node] |= mask[up]
-    return target.forward_tree(cache, tokens, depths, mask.expand(2, -1, -1)).logits
+    parents = torch.tensor([[-1, 0, 0, 1, 2, 3]] * 2)
+    return target.forward_tree(cache, tokens, depths, ancestor_mask(parents, 3)).logits
 
 
 def test_grouped_attention_without_repeat_equals_transformers_sdpa(tiny_target):
