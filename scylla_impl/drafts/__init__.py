@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from scylla_impl.drafts import interop
 from scylla_impl.drafts.base import (
     Draft,
     DraftConfig,
@@ -53,7 +54,8 @@ def new_draft(method: str, target, layers: int | None = None, seed: int = 0, dra
 
 def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 0):
     """None/'none' -> None (AR); 'oracle'; 'lookup' (prompt lookup, training-free);
-    'random:<method>'; or a checkpoint folder."""
+    'random:<method>'; or a checkpoint folder: this project's, or an EAGLE-1/2 or EAGLE-3 /
+    SpecForge one (interop.py)."""
     if spec in (None, "", "none", "ar"):
         return None
     if spec == "oracle":
@@ -65,6 +67,8 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
     folder = Path(spec)
     if not folder.exists():
         raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, 'oracle', 'lookup' or random:{{{','.join(METHODS)}}}")
+    if interop.is_foreign(folder):  # an EAGLE-1/2 or EAGLE-3 / SpecForge checkpoint
+        return interop.import_draft(folder, target)
     config = read_config(folder)
     check_target(config, target, folder)
     if config.method not in METHODS:
