@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from harness.spec import AUTO, TIED, SweepSpec
 from roofline.policy import total_tokens_for
+from roofline.tree_policy import TreeChoice
 from workloads.errors import ScyllaError
 
 PLANNED = "planned"
 PRUNED = "pruned"
 
-# (batch_size, depth) -> (top_k, total_tokens), from the roofline profile.
-TopKPolicy = Callable[[int, int], tuple[int, int]]
+# (batch_size, draft) -> the tree top_k auto runs (harness/auto_trees.py); total_tokens 1 is no tree.
+TreePolicy = Callable[[int, str], TreeChoice]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Cell:
     def label(self) -> str:
         if self.is_ar:
             return f"ar {self.dataset} b={self.batch_size} T={self.temperature:g}"
+        if self.total_tokens == 1:
+            return f"{self.method} {self.dataset} b={self.batch_size} k=auto->AR (no tree pays) T={self.temperature:g}"
         k = f"{self.top_k_setting}->{self.top_k}" if self.top_k_setting == AUTO else str(self.top_k)
         return (
             f"{self.method} {self.dataset} b={self.batch_size} k={k} d={self.depth} "
@@ -112,10 +115,13 @@ def prune_reason(spec: SweepSpec, method: str, batch_size: int, top_k: int | Non
     return None
 
 
-def plan(spec: SweepSpec, policy: TopKPolicy | None = None) -> list[Cell]:
-    """All cells of the spec in run order, pruned ones included (status PRUNED, with reason)."""
+def plan(spec: SweepSpec, policy: TreePolicy | None = None) -> list[Cell]:
+    """All cells of the spec in run order, pruned ones included (status PRUNED, with reason).
+
+    top_k auto takes (top_k, depth, total_tokens) from `policy` (one cell per batch size and
+    draft, whatever the spec's depths); a choice of total_tokens 1 runs the draft's cell as AR."""
     if AUTO in spec.top_k and policy is None:
-        policy = policy_from_profile(spec.profile)
+        raise ScyllaError("top_k 'auto' needs the trees priced for this sweep (harness.auto_trees.sweep_policy)")
     shared = dict(
         target=spec.target, dtype=spec.dtype, device=spec.device, max_new_tokens=spec.max_new_tokens,
         prompts=spec.prompts, turns=spec.turns, top_p=spec.top_p, seed=spec.seed,
@@ -143,44 +149,19 @@ def plan(spec: SweepSpec, policy: TopKPolicy | None = None) -> list[Cell]:
                         continue
                     for draft in spec.draft[method]:
                         for setting in spec.top_k:
-                            for depth in spec.depths:
-                                if setting == AUTO:
-                                    trees = [_auto(policy, batch, depth)]
-                                else:
-                                    k = int(setting)
-                                    trees = list(dict.fromkeys(
-                                        (k, total_tokens_for(k, depth) if n == TIED else int(n)) for n in spec.total_tokens))
-                                for k, n in trees:
-                                    reason = prune_reason(spec, method, batch, k, depth, n)
-                                    add(method=method, draft=draft, top_k=k, top_k_setting=str(setting),
-                                        depth=depth, total_tokens=n,
-                                        status=PRUNED if reason else PLANNED, reason=reason,
-                                        ar_partner=ar.cell_id, **base)
+                            if setting == AUTO:
+                                choice = policy(batch, draft)
+                                trees = [(choice.top_k, choice.depth, choice.total_tokens)]
+                            else:
+                                k = int(setting)
+                                trees = list(dict.fromkeys(
+                                    (k, depth, total_tokens_for(k, depth) if n == TIED else int(n))
+                                    for depth in spec.depths for n in spec.total_tokens))
+                            for k, depth, n in trees:
+                                reason = (prune_reason(spec, "ar", batch, None, None, None) if n == 1
+                                          else prune_reason(spec, method, batch, k, depth, n))
+                                add(method=method, draft=draft, top_k=k, top_k_setting=str(setting),
+                                    depth=depth, total_tokens=n,
+                                    status=PRUNED if reason else PLANNED, reason=reason,
+                                    ar_partner=ar.cell_id, **base)
     return list(cells.values())
-
-
-def _auto(policy: TopKPolicy | None, batch: int, depth: int) -> tuple[int, int]:
-    assert policy is not None
-    try:
-        k, n = policy(batch, depth)
-    except ScyllaError:
-        raise
-    except Exception as err:  # a broken profile is bad input, not a crash
-        raise ScyllaError(f"top_k auto: the profile's policy failed for batch {batch}, depth {depth}: {err}") from None
-    return int(k), int(n)
-
-
-def policy_from_profile(profile_dir: str | None) -> TopKPolicy:
-    """The roofline top-k policy of a profile folder, as a (batch, depth) -> (k, n) function."""
-    if profile_dir is None:
-        raise ScyllaError("top_k 'auto' needs a device profile: run `scylla profile --quick --out PROFILE_DIR` and pass --profile PROFILE_DIR")
-    from roofline.policy import load_profile, topk_for_batch
-
-    try:
-        profile = load_profile(profile_dir)
-    except ScyllaError:
-        raise
-    except Exception as err:
-        raise ScyllaError(f"profile {profile_dir}: cannot be read ({type(err).__name__}: {err})") from None
-    return lambda batch, depth: topk_for_batch(profile, batch, depth)
-

@@ -32,6 +32,9 @@ class BarProgress(Progress):
         if self.bar is not None:
             self.bar.set_description_str(cell.label(), refresh=True)
 
+    def note(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     def cell_done(self, cell, row: dict[str, Any]) -> None:
         if row.get("status") == "failed":
             self.failed += 1

@@ -53,7 +53,7 @@ from harness.schema import (
     STEP_SCHEMA,
     empty_row,
 )
-from harness.spec import SweepSpec
+from harness.spec import AUTO, SweepSpec
 from harness.storage import ResultStore
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
@@ -245,7 +245,7 @@ class CellWorker:
 
         kw: dict[str, Any] = dict(temperature=cell.temperature, top_p=cell.top_p,
                                   max_new_tokens=max_new_tokens, seed=seed)
-        if not cell.is_ar:
+        if not cell.is_ar and cell.total_tokens > 1:
             kw.update(top_k=cell.top_k, depth=cell.depth, total_tokens=cell.total_tokens)
         return DecodeConfig(**kw)
 
@@ -299,13 +299,15 @@ class CellWorker:
         row["target"] = target.info.name
         row["target_fingerprint"] = target.info.fingerprint
         draft = None
-        if not cell.is_ar:
+        if not cell.is_ar:  # a top_k auto cell whose choice is no tree (total_tokens 1) still loads its draft
             draft = self.draft(cell.draft)
             if draft is None:
                 raise ScyllaError(f"draft {cell.draft!r} loaded as no draft")
             info = draft.info
             row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens,
                        draft_hash=info.weights_hash)
+            if cell.total_tokens == 1:
+                draft = None
         prompts, info = self.dataset(cell.dataset, cell.prompts)
         if len(prompts) < cell.batch_size:
             raise ScyllaError(f"dataset {cell.dataset} has {len(prompts)} prompts, fewer than batch_size {cell.batch_size}")
@@ -345,7 +347,7 @@ class CellWorker:
                         answers[i].append(result.texts[r])
                     call += 1
             self._sync()
-        row.update(metrics.summarize(got.stats, None if cell.is_ar else cell.depth))
+        row.update(metrics.summarize(got.stats, None if draft is None else cell.depth))
         row.update(sampler.medians())
         row["n_requests"] = len(got.outputs)
         row.update(_peak_memory(self.device))
@@ -421,6 +423,9 @@ class Progress:
 
     def cell_done(self, cell: Cell, row: dict[str, Any]) -> None: ...
 
+    def note(self, line: str) -> None:
+        """A line about a long step before the cells (pricing the auto trees)."""
+
     def close(self) -> None: ...
 
 
@@ -449,13 +454,10 @@ def run_sweep(
     consolidate_every_s: float = 10.0,
 ) -> SweepReport:
     """Run (or resume) a sweep into `out`. Bad input raises ScyllaError before any model loads."""
-    cells = plan(spec)
     executor = get_executor(spec.executor)
     progress = progress or Progress()
     store = ResultStore(out)
     run_id = new_run_id()
-    report = SweepReport(Path(out), run_id, cells)
-    order = [c.cell_id for c in cells]
     # Every input check before anything is written: a failing sweep leaves no skeleton behind.
     def refuse_to_overwrite() -> None:
         if store.has_results() and not resume:
@@ -464,6 +466,14 @@ def run_sweep(
 
     store.check_out()
     refuse_to_overwrite()
+    auto_trees = None
+    if AUTO in spec.top_k:
+        from harness.auto_trees import sweep_policy
+
+        auto_trees = sweep_policy(spec, out, echo=progress.note)
+    cells = plan(spec, auto_trees)
+    report = SweepReport(Path(out), run_id, cells)
+    order = [c.cell_id for c in cells]
     env = _driver_environment(spec)
     if spec.executor == "local":  # the devices are this machine's
         environment.resolve_device(spec.device)
@@ -474,6 +484,8 @@ def run_sweep(
         for name, checksum in checksums.items():
             check_input(recorded, "datasets", name, checksum, out)
         store.prepare()
+        if auto_trees is not None:
+            auto_trees.write(store.out)
         done = store.done()
 
         def record(kind: str, name: str | None, value: str | None) -> None:

@@ -293,7 +293,7 @@ KEYS: dict[str, Key] = {
         Key("draft", _drafts, "draft per method, METHOD=DRAFT; DRAFT is a checkpoint folder, random:eagle2|eagle3|scylla or oracle; repeatable", "METHOD=DRAFT", multiple=True),
         Key("datasets", _datasets, "datasets, comma-separated", "LIST"),
         Key("batch_sizes", _pos_ints, "batch sizes, comma-separated", "LIST"),
-        Key("top_k", _top_k, "tree top-k values, comma-separated; 'auto' takes it from --profile", "LIST"),
+        Key("top_k", _top_k, "tree top-k values, comma-separated; 'auto': per batch size the tree (top_k, depth, size) or AR with the most tokens/s, priced with --profile's verify curve and the draft's measured acceptance", "LIST"),
         Key("depths", _pos_ints, "tree depths, comma-separated", "LIST"),
         Key("total_tokens", _total_tokens, "tree sizes (root included), comma-separated; 'tied' (the default) "
             "gives each top_k the size the roofline policy ties to it (60 for top_k 10, 10 for 4, 4 for 1 at depth 3)",

@@ -5,10 +5,11 @@
 Steps, each a subprocess of the public CLI so the job exercises exactly what users run:
 0. the trained default drafts (scylla_impl/trained.py): trained on the first run on a
    machine (the engine's recipe, minutes per draft) and reused afterwards;
-1. `scylla profile --quick` -> OUT/profile (needed by top_k auto);
+1. `scylla profile --quick` -> OUT/profile (its verify latency curve prices top_k auto's trees);
 2. `scylla sweep` on the embedded default target: AR and each method, a few prompts from
-   each of the six datasets, batch 1 and 4, a fixed top_k and auto, on the preset's tree
-   (PRESETS: `regression` by default, `--full` for the 60-token tree) -> OUT/sweep;
+   each of the six datasets, batch 1 and 4, a fixed top_k on the preset's tree (PRESETS:
+   `regression` by default, `--full` for the 60-token tree) and top_k auto (the
+   throughput-optimal tree per batch size, roofline/tree_policy.py) -> OUT/sweep;
 3. `scylla report` -> OUT/report.html, and a summary table on stdout;
 4. pytest-benchmark micro-benchmarks (tests/benchmarks) compared with
    reports/bench_micro_baseline.json through `--benchmark-compare`;
@@ -44,8 +45,8 @@ DATASETS = "mt_bench,humaneval,gsm8k,alpaca,cnn_dm,natural_questions"
 METHODS = ("eagle2", "eagle3", "scylla")
 # What each mode sweeps (AR and each method, temperature 0), and the committed baseline it
 # compares with. `regression`, the default, answers "did the engine or the drafts regress" in
-# minutes: every dataset and both batch sizes, on the tree the roofline policy ties to top_k 4
-# (10 tokens) and on top_k auto. `full` is the 60-token tree the project's figures come from.
+# minutes: every dataset and both batch sizes, on the tree the tie rule gives top_k 4
+# (10 tokens; roofline/policy.py) and on top_k auto. `full` is the 60-token tree the project's figures come from.
 _REGRESSION = dict(datasets=DATASETS, batch_sizes="1,4", top_k="4,auto", depths="5", total_tokens="tied",
                    prompts=4, max_new_tokens=16, baseline="bench_baseline.json")
 PRESETS = {
@@ -196,7 +197,7 @@ def choose_dtype(requested: str, profile: Path | None) -> str:
     bf16 is the fast path where the CPU has bf16 instructions (and on GPUs); on a CPU
     without them torch emulates it, and this machine measured bf16 matmuls 9-25x slower
     than fp32, which would make the job hours long for no benefit. The sweep's top_k auto
-    then follows a knee measured in the dtype it runs in. Without a profile the sweep's own
+    then prices its trees with a verify curve measured in the dtype it runs in. Without a profile the sweep's own
     `auto` decides (scylla_impl/precision.py).
     """
     if requested != "auto" or profile is None:

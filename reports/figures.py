@@ -214,7 +214,7 @@ def throughput_vs_batch(tt: pd.DataFrame) -> str | None:
             gs = g[g["top_k_setting"] == s].sort_values("batch_size")
             if gs.empty:
                 continue
-            label = "auto (roofline policy)" if s == "auto" else f"top_k = {s}"
+            label = "auto (priced tree)" if s == "auto" else f"top_k = {s}"
             ax.plot(gs["batch_size"], gs["speedup"], marker="o", ms=4, color=pal[s], label=label,
                     lw=2.2 if s == "auto" else 1.4)
         ax.axhline(1.0, color=METHOD_COLORS["ar"], ls="--", lw=1)
@@ -228,6 +228,26 @@ def throughput_vs_batch(tt: pd.DataFrame) -> str | None:
     for ax in axes[:, 0]:
         ax.set_ylabel("speedup over AR (x)")
     axes.flat[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return to_svg(fig)
+
+
+def throughput_surface(surface: pd.DataFrame, policy: pd.DataFrame, title: str) -> str | None:
+    """tokens/s over (top_k, depth) per batch size, one panel each; the title names auto's tree."""
+    if surface.empty:
+        return None
+    batches = sorted(surface["batch_size"].unique())
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(WIDTH, 2.4 * len(batches)), 2.8), squeeze=False)
+    for ax, b in zip(axes.flat, batches):
+        piv = surface[surface["batch_size"] == b].pivot(index="top_k", columns="depth", values="tokens_per_s")
+        sns.heatmap(piv.sort_index(ascending=False), annot=True, fmt=".0f", cmap="viridis", ax=ax, cbar=False,
+                    annot_kws={"fontsize": 7})
+        row = policy[policy["batch_size"] == b]
+        choice = f"\nauto: {row['auto'].iloc[0]}, {row['auto_tokens_per_s'].iloc[0]:.0f}/s" if len(row) else ""
+        ax.set_title(f"batch {b}{choice}", fontsize=8)
+        ax.set_xlabel("depth")
+        ax.set_ylabel("top_k")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return to_svg(fig)
 

@@ -263,7 +263,7 @@ def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos
 def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame) -> str:
     out = [figure(figures.throughput_vs_batch(tt), "throughput", "Speedup over AR against batch size per top_k",
                   f"Speedup over AR (same dataset, batch and temperature, same run) against batch size, mean over datasets; T={h.temperature:g}, depth {h.depth}, "
-                  f"fixed top_k at total_tokens {h.total_tokens}, auto with the profile's own budget. Below the dashed line speculation is slower than AR.",
+                  f"fixed top_k at total_tokens {h.total_tokens}, auto with the tree it priced (any depth and size, or AR). Below the dashed line speculation is slower than AR.",
                   "No throughput measurements.")]
     if len(tt):
         out.append(render_table(tt, [
@@ -280,12 +280,41 @@ def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame) -> str:
                 Col("method", "method", method_label), Col("batch_size", "batch", fint, True),
                 Col("best_fixed", "best fixed top_k"), Col("best_fixed_speedup", "its speedup", fnum(2), True),
                 Col("auto_speedup", "auto speedup", fnum(2), True), Col("auto_keeps_up", "auto within 3%"),
-            ], "auto_vs_fixed", "Is the roofline policy at least as fast as the best fixed top_k at each batch size?"))
+            ], "auto_vs_fixed", "Is top_k auto at least as fast as the best fixed top_k of the headline shape at each batch size?"))
     m, grid = tables.tree_grid(res.ok, h)
     out.append("<h3>Tree shape: top_k x depth</h3>")
     out.append(figure(figures.tree_heatmap(m, grid), "heatmap", "Heatmap of tau and speedup over top_k and depth",
                       f"{method_label(m) if m else ''} at T={h.temperature:g}, batch {h.batch_size}: pooled tau and mean speedup for each tree shape.",
                       "No method was run over at least two top_k values and two depths, so there is no tree-shape grid."))
+    return "".join(out)
+
+
+def _tree_policy(res: Results, h: tables.Headline) -> str:
+    pol = tables.tree_policy_table(res.ok, h.temperature)
+    if pol.empty:
+        return ('<p class="note">No sweep here ran top_k auto beside fixed trees, so the tree policy is not '
+                "compared (run `scylla sweep --top-k 1,2,4,8,auto --depths 3,4,5,6 --batch-sizes 1,2,4,8,16`).</p>")
+    out = []
+    for (m, draft), g in pol.groupby(["method", "draft"], sort=False):
+        slope_best = tables.topk_slope(g["batch_size"], g["best_fixed_top_k"])
+        slope_auto = tables.topk_slope(g["batch_size"], g["auto_top_k"])
+        surface = tables.throughput_surface(res.ok, m, draft, h.temperature)
+        out.append(figure(figures.throughput_surface(surface, g, f"{method_label(m)} ({draft})"), f"surface-{m}",
+                          "Throughput over top_k and depth per batch size, with the policy's choice",
+                          "Tokens/s of each fixed tree (mean over datasets; per shape the largest total_tokens run), "
+                          "one panel per batch size; each title names the tree top_k auto chose and its tokens/s.",
+                          "No fixed trees."))
+        out.append(render_table(g, [
+            Col("batch_size", "batch", fint, True), Col("ar_tokens_per_s", "AR tokens/s", fnum(1), True),
+            Col("best_fixed", "best fixed tree"), Col("best_fixed_tokens_per_s", "its tokens/s", fnum(1), True),
+            Col("auto", "auto's tree"), Col("auto_tokens_per_s", "auto tokens/s", fnum(1), True),
+            Col("auto_over_best", "auto / best", fnum(2), True), Col("fixed_trees", "fixed trees", fint, True),
+        ], f"tree-policy-{m}", f"{method_label(m)}: top_k auto against the fastest of every fixed tree run at each "
+                               "batch size (target >= 0.95)."))
+        fmt = lambda v: "n/a (fewer than two batch sizes with a tree)" if v is None else f"{v:+.2f}"  # noqa: E731
+        out.append(f'<p class="note">k*(b), log-log slope of top_k against batch size: best fixed tree {fmt(slope_best)}, '
+                   f"auto {fmt(slope_auto)}. The paper (Theorem 1.3) claims the optimal top_k falls as the batch "
+                   "grows, a negative slope; a batch size where auto runs AR is left out of its fit.</p>")
     return "".join(out)
 
 
@@ -402,7 +431,7 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
     title = title or "scylla-bench report"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in (
-        ("acceptance", "Acceptance"), ("throughput", "Throughput"), ("roofline", "Roofline"),
+        ("acceptance", "Acceptance"), ("throughput", "Throughput"), ("tree-policy", "Tree policy"), ("roofline", "Roofline"),
         ("scaling", "Scaling"), ("published", "Published"), ("checks", "Checks"), ("meta", "Run"), ("cells", "Cells")))
     body = [
         f"<h1>{html.escape(title)}</h1>",
@@ -414,6 +443,7 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
         # Results first (what readers come for), then the device, then how it was measured.
         _section("acceptance", "Acceptance", _acceptance(h, tau, claims, pos) if len(tau) else '<p class="note">No finished cells.</p>'),
         _section("throughput", "Throughput against batch size", _throughput(res, h, tt) if len(ok) else ""),
+        _section("tree-policy", "Tree policy: top_k auto against every fixed tree", _tree_policy(res, h) if len(ok) else ""),
         _section("roofline", "Roofline and verify knee", _roofline(profs)),
         _section("scaling", "Scaling laws", _scaling(res, h) if len(ok) else ""),
         _section("published", "Published reference numbers", _published(tau, tables.speedup_table(hc), h) if len(tau) else ""),

@@ -91,10 +91,11 @@ def figures(cells: pd.DataFrame) -> dict[str, dict]:
     tau = {r.key: float(r.tau) for r in t0.itertuples() if r.tau == r.tau}
     # Which weights each tau was measured with: the same weights are compared exactly.
     hashes = {r.key: weights for r in t0.itertuples() if (weights := _weights(r)) is not None}
-    # The tree `auto` chose (from this run's profile): tau of two different trees is not
-    # comparable, and the choice follows the measured knee, which a busy machine moves.
-    auto = {r.key: f"top_k={int(r.top_k)},total_tokens={int(r.total_tokens)}"
-            for r in t0.itertuples() if r.top_k_setting == "auto" and r.top_k == r.top_k and r.total_tokens == r.total_tokens}
+    # The tree `auto` chose (priced with this run's measured costs): tau of two different trees
+    # is not comparable, and the choice follows timings, which a busy machine moves.
+    auto = {r.key: f"top_k={int(r.top_k)},depth={int(r.depth)},total_tokens={int(r.total_tokens)}"
+            for r in t0.itertuples() if r.top_k_setting == "auto" and r.top_k == r.top_k and r.total_tokens == r.total_tokens
+            and r.depth == r.depth}
     # tau over all datasets of a (method, batch, top_k): emitted tokens over verify steps.
     steps = pd.to_numeric(t0["verify_steps"], errors="coerce")
     weighted = (t0["tau"] * steps).groupby(t0["group"]).sum()
@@ -246,7 +247,7 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
                 v.failures.append(f"tau {key} pooled over datasets at T=0: {now:.3f} < baseline {base:.3f} by "
                                   f"{(1 - now / base) * 100:.1f}% (tolerance {TAU_POOLED_TOLERANCE:.0%})")
     if moved:
-        v.notes.append(f"top_k auto chose another tree than in the baseline (the profile's knee moved), so "
+        v.notes.append(f"top_k auto chose another tree than in the baseline (its measured costs moved), so "
                        f"tau is not compared for: {', '.join(moved[:4])}" + (f" and {len(moved) - 4} more" if len(moved) > 4 else ""))
     for key, base in sorted(baseline.get("ratio", {}).items()):
         now = figs["ratio"].get(key)
@@ -278,7 +279,7 @@ def _weights(row) -> str | None:
 
 
 def _auto_tree_change(key: str, figs: dict, baseline: dict) -> str | None:
-    """'was -> now' where top_k auto chose another tree than the baseline's (the knee moved)."""
+    """'was -> now' where top_k auto chose another tree than the baseline's (its measured costs moved)."""
     was, now = baseline.get("auto_tree", {}).get(key), figs.get("auto_tree", {}).get(key)
     return f"{was} -> {now}" if was and now and was != now else None
 

@@ -237,10 +237,10 @@ def throughput_cells(ok: pd.DataFrame, h: Headline) -> pd.DataFrame:
     spec = base[base["method"] != "ar"]
     keep = spec.apply(lambda r: (h.drafts.get(r["method"]) or "") == (r["draft"] if isinstance(r["draft"], str) else ""), axis=1) if len(spec) else pd.Series(dtype=bool)
     spec = spec[keep] if len(spec) else spec
+    # Fixed top_k settings at the headline depth and node budget; `auto` brings its own tree.
     if h.depth is not None:
-        spec = spec[spec["depth"] == h.depth]
+        spec = spec[(spec["top_k_setting"] == "auto") | (spec["depth"] == h.depth)]
     if h.total_tokens is not None:
-        # Fixed top_k settings at the headline node budget; `auto` brings its own budget.
         spec = spec[(spec["top_k_setting"] == "auto") | (spec["total_tokens"] == h.total_tokens)]
     return pd.concat([base[base["method"] == "ar"], spec])
 
@@ -313,6 +313,60 @@ def tree_grid(ok: pd.DataFrame, h: Headline) -> tuple[str | None, pd.DataFrame]:
                              "speedup": float(g["speedup_vs_ar"].mean()), "datasets": int(g["dataset"].nunique())})
             return m, pd.DataFrame(rows)
     return None, pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- tree policy
+
+
+def _tree_label(k, d, n) -> str:
+    return "AR (no tree)" if int(n) == 1 else f"k={int(k)} d={int(d)} n={int(n)}"
+
+
+def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
+    """Per (method, draft, batch): top_k auto's tree and tokens/s beside the fastest fixed tree's.
+
+    tokens/s is the mean over the datasets each tree ran on; the fixed trees compete over every
+    (top_k, depth, total_tokens) the sweep ran, not one headline shape."""
+    base = ok[(ok["temperature"].fillna(0.0) == temperature) & (ok["method"] != "ar")]
+    ar = ok[(ok["temperature"].fillna(0.0) == temperature) & (ok["method"] == "ar")]
+    rows = []
+    for (m, draft, b), g in base.groupby(["method", base["draft"].fillna(""), "batch_size"]):
+        auto = g[g["top_k_setting"] == "auto"]
+        fixed = g[g["top_k_setting"] != "auto"]
+        if auto.empty or fixed.empty:
+            continue
+        trees = fixed.groupby(["top_k", "depth", "total_tokens"])["tokens_per_s"].mean().sort_values(ascending=False)
+        (k, d, n), best = trees.index[0], float(trees.iloc[0])
+        a = auto.iloc[0]
+        auto_tps = float(auto["tokens_per_s"].mean())
+        ar_tps = float(ar[ar["batch_size"] == b]["tokens_per_s"].mean())
+        rows.append({
+            "method": m, "draft": draft, "batch_size": int(b), "ar_tokens_per_s": ar_tps,
+            "best_fixed": _tree_label(k, d, n), "best_fixed_top_k": int(k), "best_fixed_tokens_per_s": best,
+            "auto": _tree_label(a["top_k"], a["depth"], a["total_tokens"]), "auto_top_k": int(a["top_k"]),
+            "auto_tokens_per_s": auto_tps, "auto_over_best": auto_tps / best if best > 0 else np.nan,
+            "fixed_trees": int(len(trees)),
+        })
+    return pd.DataFrame(rows)
+
+
+def topk_slope(batch_sizes, top_ks) -> float | None:
+    """Least-squares slope of log k* against log b over the points with k* >= 1 (None with under 2)."""
+    pts = [(np.log(b), np.log(k)) for b, k in zip(batch_sizes, top_ks) if k and k >= 1]
+    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.array(pts).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def throughput_surface(ok: pd.DataFrame, method: str, draft: str, temperature: float) -> pd.DataFrame:
+    """Fixed trees of one draft: mean tokens/s over datasets per (batch, top_k, depth), largest size kept."""
+    g = ok[(ok["temperature"].fillna(0.0) == temperature) & (ok["method"] == method)
+           & (ok["draft"].fillna("") == draft) & (ok["top_k_setting"] != "auto")]
+    if g.empty:
+        return pd.DataFrame()
+    mean = g.groupby(["batch_size", "top_k", "depth", "total_tokens"], as_index=False)["tokens_per_s"].mean()
+    return mean.sort_values("total_tokens").groupby(["batch_size", "top_k", "depth"], as_index=False).last()
 
 
 # --------------------------------------------------------------------------- scaling

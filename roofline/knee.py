@@ -140,47 +140,64 @@ def measure_knee(
     warmup: int = 1,
     reps: int = 3,
     deadline: float | None = None,
-    on_point: Callable[[KneePoint], None] | None = None,
+    on_point: Callable[[int, int], None] | None = None,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> tuple[list[KneePoint], list[tuple[int, int]]]:
     """Time `target.forward_tree` at every (b, n) of the grid; return (points, skipped).
 
     The prefix is prefilled once into a one-row cache; every batch size gets copies of it
     (`_replicate`), or its own prefill if the engine's cache layout is not the expected one.
-    Points run in order of tokens in flight, so the cheap end of the grid (every batch
-    size at small n) comes first. With a `deadline` (a `time.perf_counter()` value), a point
-    whose predicted cost would overrun it is skipped along with everything after it:
-    a quick profile on a busy machine ends on time with the most informative points.
+    Repetitions run in rounds over the whole grid, not back to back per point: on a shared
+    machine a slow spell then lands on one sample of many points, which the medians drop,
+    instead of on every sample of a few points, which would bend the curve the tree policy
+    prices with. The first round goes in order of tokens in flight, so the cheap end of the
+    grid (every batch size at small n) comes first. With a `deadline` (a
+    `time.perf_counter()` value), a point whose predicted cost would overrun it is skipped
+    along with everything after it, and later rounds stop when the next would overrun it.
     """
     prefix = chat_prefix(target.tokenizer, prefix_tokens)
     capacity = len(prefix) + max(n for _, n in grid) + 8  # room for the largest tree in every cache
     source = _new_cache(target, 1, capacity)
     prefill_s = timer.once(lambda: target.prefill(source, [list(prefix)]))
     caches: dict[int, tuple[object, str, float]] = {1: (source, "prefill", prefill_s)}
-    points: list[KneePoint] = []
     order = sorted(grid, key=lambda bn: (bn[0] * bn[1], bn[0]))
+    calls, samples = [], []  # per measured point: its timed call, its samples
     last: tuple[int, float] | None = None  # (tokens in flight, seconds) of the latest point
+    skipped: list[tuple[int, int]] = []
     for i, (b, n) in enumerate(order):
         if deadline is not None:
             # Cost of the next point if time grew linearly in tokens from the last one:
             # an upper bound in the flat region, exact past the knee.
             per_call = last[1] * max(1.0, b * n / last[0]) if last else 0.0
-            if time.perf_counter() + (warmup + reps) * per_call > deadline:
-                return points, order[i:]
+            if time.perf_counter() + (warmup + 1) * per_call > deadline:
+                skipped = order[i:]
+                break
         if b not in caches:
             caches[b] = _batch_cache(target, source, prefill_s, b, prefix, capacity, timer)
-        cache, cache_source, row_prefill_s = caches[b]
+        cache = caches[b][0]
         tokens, depths, mask = chain_inputs(b, n, target.info.vocab_size, target.device)
-        timing = timer.measure(
-            lambda cache=cache, tokens=tokens, depths=depths, mask=mask: target.forward_tree(cache, tokens, depths, mask),
-            warmup=warmup, reps=reps, before=lambda cache=cache: target.rollback(cache),
-        )
+        call = lambda cache=cache, tokens=tokens, depths=depths, mask=mask: target.forward_tree(cache, tokens, depths, mask)  # noqa: E731
+        calls.append((b, n, call, lambda cache=cache: target.rollback(cache)))
+        samples.append(list(timer.measure(call, warmup=warmup, reps=1, before=calls[-1][3]).samples_s))
         target.rollback(cache)
-        point = KneePoint(b, n, len(prefix), timing, row_prefill_s, cache_source)
-        points.append(point)
-        last = (b * n, timing.median_s)
+        last = (b * n, samples[-1][0])
         if on_point is not None:
-            on_point(point)
-    return points, []
+            on_point(b, n)
+    round_s = sum(s[0] for s in samples)
+    for r in range(2, reps + 1):
+        if deadline is not None and time.perf_counter() + round_s > deadline:
+            break
+        for (_, _, call, rollback), got in zip(calls, samples):
+            got += timer.measure(call, warmup=0, reps=1, before=rollback).samples_s
+            rollback()
+        if on_round is not None:
+            on_round(r, reps)
+    points = []
+    for (b, n, _, _), got in zip(calls, samples):
+        cache, cache_source, row_prefill_s = caches[b]
+        point = KneePoint(b, n, len(prefix), Timing(tuple(got), warmup, timer.clock_name), row_prefill_s, cache_source)
+        points.append(point)
+    return points, skipped
 
 
 def _batch_cache(target, source, prefill_s: float, b: int, prefix: list[int], capacity: int, timer: Timer):

@@ -1,33 +1,31 @@
-"""The hardware-aware top-k policy (Scylla, Theorem 1.3), as the harness calls it for top_k="auto".
+"""The tie rule for fixed top_k, and the draft-free knee rule the profile reports.
 
-Verification is almost free while the tokens one forward verifies stay under the device's
-verify knee (knee.py), and costs linearly past it. With batch size b and a tree of
-total_tokens(k) per row, one step verifies b * total_tokens(k) tokens, so the policy is
+Sweeps' `top_k auto` does not use the knee rule: it prices every tree with the draft's measured
+acceptance and the whole verify latency curve (tree_policy.py). What lives here:
 
-    top_k(b) = the largest k with  b * total_tokens(k, depth) <= knee_tokens.
-
-The tie between top_k and total_tokens (`total_tokens_for`, the one place it is defined):
-an EAGLE-2 tree of top-k k and depth D draws its nodes from a pool of k + (D-1)k^2
-candidates, and keeps a fixed share of that pool as it widens. We anchor the share on
-EAGLE-2's defaults (top_k=10 -> total_tokens=60, so 0.6 k^2), never below one full-depth
-chain (D+1 tokens, root included) and never above the whole pool plus the root:
+The tie between top_k and total_tokens (`total_tokens_for`, the one place it is defined),
+used by every fixed top_k unless --total-tokens is given: an EAGLE-2 tree of top-k k and
+depth D draws its nodes from a pool of k + (D-1)k^2 candidates, and keeps a fixed share of
+that pool as it widens. We anchor the share on EAGLE-2's defaults (top_k=10 ->
+total_tokens=60, so 0.6 k^2), never below one full-depth chain (D+1 tokens, root included)
+and never above the whole pool plus the root:
 
     total_tokens(k, D) = min(k + (D-1)k^2 + 1, max(D + 1, round(0.6 k^2)))
 
-Because total_tokens grows as k^2, the policy's top_k falls as 1/sqrt(b) (a tie linear
-in k would make it fall as 1/b, against the paper's scaling law). When not even top_k=1
-fits, the chain is shortened to fit the knee, but never below one draft token
-(total_tokens=2); such an entry reports within_knee=False if it still exceeds the knee.
+The knee rule (profile.json's `topk_policy`): the largest top_k with
+b * total_tokens(k, depth) <= knee_tokens, a chain shortened to fit when not even top_k=1
+does (never below one draft token; within_knee=False if it still exceeds the knee). It
+needs no draft, so it is what a profile alone can say; a binary knee ignores how the cost
+curve bends and what the draft accepts, which is why sweeps price trees instead.
 
     profile = load_profile("prof/")              # the folder `scylla profile --out` wrote
-    top_k, total_tokens = topk_for_batch(profile, batch_size=16, depth=5)
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,34 +121,3 @@ def load_profile(directory: str | Path) -> ProfileSummary:
                           + (f" ({why})" if why else ""))
     device = doc.get("device") or {}
     return ProfileSummary(file.parent, float(knee), str(device.get("name", "unknown")), doc)
-
-
-def _knee_of(profile: ProfileSummary | Mapping[str, Any] | float | int) -> float:
-    if isinstance(profile, ProfileSummary):
-        return profile.knee_tokens
-    if isinstance(profile, Mapping):
-        knee = profile.get("knee_tokens")
-        if not isinstance(knee, int | float) or knee <= 0:
-            raise ScyllaError("the profile has no verify knee (knee_tokens)")
-        return float(knee)
-    if isinstance(profile, int | float) and profile > 0:
-        return float(profile)
-    raise TypeError(f"expected a ProfileSummary, a profile.json mapping or a knee in tokens, got {profile!r}")
-
-
-def topk_for_batch(profile: ProfileSummary | Mapping[str, Any] | float, batch_size: int,
-                   depth: int = DEFAULT_DEPTH) -> tuple[int, int]:
-    """(top_k, total_tokens) for a batch size under a profile's verify knee."""
-    entry = policy_entry(_knee_of(profile), batch_size, depth)
-    return entry.top_k, entry.total_tokens
-
-
-def resolve_top_k(top_k: int | str, profile: ProfileSummary | Mapping[str, Any] | float | None,
-                  batch_size: int, depth: int = DEFAULT_DEPTH) -> tuple[int, int]:
-    """An explicit top_k (with its tied total_tokens), or the policy's for top_k="auto"."""
-    if top_k == "auto":
-        if profile is None:
-            raise ScyllaError("top_k 'auto' needs a device profile (`scylla profile --out DIR`)")
-        return topk_for_batch(profile, batch_size, depth)
-    k = int(top_k)
-    return k, total_tokens_for(k, depth)

@@ -45,13 +45,17 @@ profile.json (schema_version 1). Units: bytes, seconds, FLOP; null = not measure
              "nvml_derived": float | null, "measured_per_dtype": {mode: float},
              "spec_per_dtype": {mode: float}, "bandwidth_bytes_per_s": float | null},
   "knee_tokens": int | null,         # floor of the fitted knee (>= 1): max tokens in flight per verify
-                                     # forward; what roofline.policy.load_profile/topk_for_batch read
+                                     # forward (the knee rule; roofline/policy.py)
   "knee": null | {"target": {name, fingerprint, dtype, num_layers, hidden_size, vocab_size},
                   "prefix_tokens": int, "grid": [[b, n]], "skipped": [[b, n]], "clock": str,
                   "fit": {knee_tokens, t0_s, per_row_s, per_token_s, rel_rmse, censored,
-                          points, measured_range, model}},
+                          points, measured_range, model},
+                  "points": [{batch_size, tokens, seconds}]},   # the latency curve (medians); top_k auto
+                                     # prices trees with it (roofline/tree_policy.py)
   "topk_policy": [{"batch_size", "top_k", "total_tokens", "depth", "tokens_in_flight", "within_knee"}],
-                                     # batch sizes 1..64 (powers of 2); [] when no knee was measured
+                                     # the draft-free knee rule (roofline/policy.py), batch sizes 1..64;
+                                     # [] when no knee was measured. Sweeps' top_k auto does not use it:
+                                     # it prices every tree with a draft's measured acceptance
   "topk_policy_rule": {"formula", "tokens_per_topk_squared", "max_top_k", "depth"},
   "nvml": {available, reason, samples, interval_s, <field>_mean, <field>_max, missing?},
   "unmeasured": [{"what": str, "reason": str}],   # everything above that is null, and why
@@ -139,13 +143,13 @@ PLANS: dict[tuple[str, bool], Plan] = {
         bw_llc_multiples=(4, 8), bw_min_bytes=128 * MiB, bw_configs=(LaunchConfig(4096, 8),),
         bw_warmup=1, bw_reps=5, mm_sizes=(256, 512, 1024), mm_budget_s=0.25, mm_warmup=1, mm_reps=3,
         knee_batches=(1, 2, 4, 8), knee_tokens=_POW2_TOKENS[:7], knee_max_in_flight=128,
-        knee_warmup=1, knee_reps=3, knee_budget_s=55.0,
+        knee_warmup=1, knee_reps=9, knee_budget_s=55.0,
     ),
     ("cpu", False): Plan(
         bw_llc_multiples=(0.25, 1, 4, 8, 16), bw_min_bytes=256 * MiB, bw_configs=(LaunchConfig(4096, 8),),
         bw_warmup=2, bw_reps=9, mm_sizes=(256, 512, 1024, 2048), mm_budget_s=1.5, mm_warmup=1, mm_reps=5,
         knee_batches=(1, 2, 4, 8, 16, 32), knee_tokens=_POW2_TOKENS, knee_max_in_flight=256,
-        knee_warmup=1, knee_reps=5, knee_budget_s=480.0,
+        knee_warmup=1, knee_reps=9, knee_budget_s=480.0,
     ),
     ("cuda", True): Plan(
         bw_llc_multiples=(16, 64), bw_min_bytes=512 * MiB,
@@ -425,7 +429,8 @@ def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
         points, skipped = knee_mod.measure_knee(
             target, grid, prefix_tokens=plan.prefix_tokens, timer=timer, warmup=plan.knee_warmup,
             reps=plan.knee_reps, deadline=deadline,
-            on_point=lambda p: progress.step(f"verify b={p.batch_size} n={p.tree_tokens}"),
+            on_point=lambda b, n: progress.step(f"verify b={b} n={n}"),
+            on_round=lambda r, reps: progress.step(f"verify round {r}/{reps}", n=0),
         )
     except Exception as err:
         run.unmeasured.append(Unmeasured("knee", f"verify forward failed: {type(err).__name__}: {err}"))
@@ -459,6 +464,9 @@ def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
         "skipped": [list(bn) for bn in skipped],
         "clock": timer.clock_name,
         "fit": fit.to_json(),
+        # The whole latency curve (medians), which `top_k auto` prices trees with.
+        "points": [{"batch_size": r["batch_size"], "tokens": r["tree_tokens"], "seconds": r["seconds"]}
+                   for r in summary_rows],
     }
     run.doc["knee_tokens"] = max(1, int(fit.knee_tokens))
     if fit.censored:

@@ -76,14 +76,30 @@ def retrieve_paths(tree: Tree, row: int) -> list[list[int]]:
     return paths
 
 
-def build_tree(draft, root_logprobs: torch.Tensor, root_out: torch.Tensor, roots: torch.Tensor,
-               top_k: int, depth: int, total_tokens: int, timer=None) -> Tree:
-    """Grow the tree with `draft` (after its `extend`), then roll the draft's cache back.
+@dataclass
+class Pool:
+    """Every candidate an EAGLE-2 tree draws from, in pool order (level by level)."""
+
+    scores: torch.Tensor  # [b, P] cumulative draft log-prob of each candidate
+    tokens: torch.Tensor  # [b, P] target token ids
+    parents: torch.Tensor  # [b, P] pool index of the parent; -1 under the root
+    top_k: int
+
+    def levels(self) -> torch.Tensor:
+        """[P] depth of each pool entry (1 for the root's children)."""
+        k, pool = self.top_k, self.scores.shape[1]
+        return torch.cat([torch.ones(k, dtype=torch.long, device=self.scores.device),
+                          2 + torch.arange(pool - k, device=self.scores.device) // (k * k)])
+
+
+def grow_pool(draft, root_logprobs: torch.Tensor, root_out: torch.Tensor, top_k: int, depth: int,
+              timer=None) -> Pool:
+    """Grow the candidate pool with `draft` (after its `extend`), then roll the draft's cache back.
 
     root_logprobs [b, V'] and root_out [b, h]: the draft's prediction at the root.
     `timer(phase)` (optional) attributes time to "draft" forwards vs "tree" bookkeeping.
     """
-    b, k, device = roots.shape[0], top_k, roots.device
+    b, k, device = root_logprobs.shape[0], top_k, root_logprobs.device
     ar = torch.arange(k, device=device)
     scores, ids = root_logprobs.topk(k, dim=-1)  # [b, k]
     pool_scores, pool_tokens = [scores], [draft.to_target(ids)]
@@ -118,26 +134,35 @@ def build_tree(draft, root_logprobs: torch.Tensor, root_out: torch.Tensor, roots
     draft.rollback()
     if timer:
         timer("tree")
-    return _select(torch.cat(pool_scores, 1), torch.cat(pool_tokens, 1), torch.cat(pool_parents, 1),
-                   roots, top_k, depth, total_tokens - 1)
+    return Pool(torch.cat(pool_scores, 1), torch.cat(pool_tokens, 1), torch.cat(pool_parents, 1), k)
 
 
-def _select(scores, tokens, parents, roots, top_k, depth, n_keep) -> Tree:
-    b, pool = scores.shape
+def keep_order(scores: torch.Tensor) -> torch.Tensor:
+    """[b, P] pool indices from first kept to last: descending score, and on equal scores the
+    lower pool index (a parent, never its child) first, so every prefix is closed under ancestors."""
+    return torch.sort(-scores, dim=1, stable=True).indices
+
+
+def build_tree(draft, root_logprobs: torch.Tensor, root_out: torch.Tensor, roots: torch.Tensor,
+               top_k: int, depth: int, total_tokens: int, timer=None) -> Tree:
+    """The tree of `total_tokens` (root included) that EAGLE-2 verifies; see `grow_pool`."""
+    pool = grow_pool(draft, root_logprobs, root_out, top_k, depth, timer)
+    return _select(pool, roots, depth, total_tokens - 1)
+
+
+def _select(pool: Pool, roots, depth, n_keep) -> Tree:
+    scores, tokens, parents = pool.scores, pool.tokens, pool.parents
+    b, size = scores.shape
     device = scores.device
-    # Stable descending sort: on equal scores the lower pool index (a parent, never its
-    # child) wins, so the kept set is closed under ancestors.
-    order = torch.sort(-scores, dim=1, stable=True).indices[:, :n_keep]
+    order = keep_order(scores)[:, :n_keep]
     chosen = torch.sort(order, dim=1).values  # [b, N] pool indices, parents first
-    node_of = torch.full((b, pool), -1, dtype=torch.long, device=device)
+    node_of = torch.full((b, size), -1, dtype=torch.long, device=device)
     node_of.scatter_(1, chosen, torch.arange(1, n_keep + 1, device=device).expand(b, n_keep))
     pool_parent = parents.gather(1, chosen)
     node_parent = torch.where(pool_parent < 0, 0, node_of.gather(1, pool_parent.clamp(min=0)))
     tree_parents = torch.cat([torch.full((b, 1), -1, dtype=torch.long, device=device), node_parent], 1)
     tree_tokens = torch.cat([roots[:, None], tokens.gather(1, chosen)], 1)
-    level = torch.cat([torch.zeros(top_k, dtype=torch.long, device=device),
-                       1 + torch.arange(pool - top_k, device=device) // (top_k * top_k)])
-    tree_depths = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=device), 1 + level[chosen]], 1)
+    tree_depths = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=device), pool.levels()[chosen]], 1)
     if (node_parent < 0).any():
         raise AssertionError("draft tree lost a parent: selection is not ancestor-closed")
     return Tree(tree_tokens, tree_parents, tree_depths, ancestor_mask(tree_parents, depth))

@@ -19,7 +19,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RESULTS = FIXTURES / "report_results"
 PROFILES = [FIXTURES / "report_profile_cpu", FIXTURES / "report_profile_gpu"]
 # Every figure the fixture has data for (the fixture is built to exercise all of them).
-EXPECTED_FIGURES = {"roofline", "knee", "tau", "positions", "throughput", "heatmap", "scaling"}
+EXPECTED_FIGURES = {"roofline", "knee", "tau", "positions", "throughput", "heatmap", "scaling",
+                    "surface-eagle2", "surface-eagle3", "surface-scylla"}
 LAPTOP = (1366, 768)
 
 pytestmark = pytest.mark.skipif(

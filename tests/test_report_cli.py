@@ -43,7 +43,8 @@ def test_report_from_fixture(tmp_path):
     # Self-contained: no reference to anything outside the file.
     for needle in ("http://", "https://", "<script", "<link", "src=\"file:"):
         assert needle not in page.replace("http-equiv", ""), needle
-    assert page.count('data-figure="') == 7
+    assert page.count('data-figure="') == 10  # 7 sections' figures + one tree-policy surface per method
+    assert 'id="tree-policy"' in page and "auto / best" in page
 
 
 def test_missing_directory(tmp_path, monkeypatch, capsys):

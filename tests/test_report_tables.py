@@ -78,3 +78,28 @@ def test_published_baselines_are_labelled():
     # Spot checks against the paper's Table 1 (Vicuna 13B, T=0, MT-bench).
     row = pub[(pub["target_model"] == "Vicuna-13B") & (pub["temperature"] == 0) & (pub["dataset"] == "mt_bench")]
     assert dict(zip(row["method"], row["tau"])) == {"eagle2": 4.83, "eagle3": 6.65}
+
+
+def test_tree_policy_table_compares_auto_with_every_fixed_tree():
+    def cell(b, setting, k, d, n, tps, dataset="gsm8k", method="eagle2"):
+        return {"method": method, "draft": "d" if method != "ar" else None, "batch_size": b, "temperature": 0.0,
+                "top_k_setting": setting, "top_k": k, "depth": d, "total_tokens": n, "tokens_per_s": tps,
+                "dataset": dataset}
+
+    rows = [cell(1, None, None, None, None, 20.0, method="ar"), cell(8, None, None, None, None, 100.0, method="ar")]
+    for ds, scale in (("gsm8k", 1.0), ("alpaca", 0.5)):
+        rows += [cell(1, "4", 4, 3, 10, 30 * scale, ds), cell(1, "4", 4, 5, 10, 28 * scale, ds),
+                 cell(1, "8", 8, 3, 38, 25 * scale, ds), cell(1, "auto", 8, 2, 17, 29 * scale, ds),
+                 cell(8, "4", 4, 3, 10, 80 * scale, ds), cell(8, "1", 1, 3, 4, 90 * scale, ds),
+                 cell(8, "auto", 0, 0, 1, 99 * scale, ds)]
+    pol = tables.tree_policy_table(pd.DataFrame(rows), 0.0).set_index("batch_size")
+    assert pol.loc[1, "best_fixed"] == "k=4 d=3 n=10" and pol.loc[1, "best_fixed_tokens_per_s"] == pytest.approx(22.5)
+    assert pol.loc[1, "auto"] == "k=8 d=2 n=17" and pol.loc[1, "auto_over_best"] == pytest.approx(29 / 30)
+    assert pol.loc[8, "auto"] == "AR (no tree)" and pol.loc[8, "auto_over_best"] == pytest.approx(99 / 90)
+    assert pol.loc[1, "fixed_trees"] == 3 and pol.loc[8, "ar_tokens_per_s"] == 100.0
+    # k*(b): best fixed top_k 4 at b=1 and 1 at b=8 -> slope log(1/4)/log(8)
+    assert tables.topk_slope([1, 8], [4, 1]) == pytest.approx(np.log(0.25) / np.log(8))
+    assert tables.topk_slope([1, 8], [4, 0]) is None  # AR at b=8 leaves one point
+    surface = tables.throughput_surface(pd.DataFrame(rows), "eagle2", "d", 0.0)
+    assert set(zip(surface["batch_size"], surface["top_k"], surface["depth"])) == {
+        (1, 4, 3), (1, 4, 5), (1, 8, 3), (8, 4, 3), (8, 1, 3)}

@@ -15,6 +15,7 @@ from roofline import knee as knee_mod
 from roofline import policy
 from roofline.compute import MODES, mode_unavailable, peak_flops, search_mode
 from roofline.device_facts import _parse_size, collect_device_facts
+from roofline.latency_curve import verify_curve
 from roofline.nvml_sampler import NvmlSampler
 from roofline.nvtx_ranges import phase
 from roofline.spec_sheet import (
@@ -82,7 +83,7 @@ def test_policy_floor_when_nothing_fits():
     assert (e.top_k, e.total_tokens, e.within_knee) == (1, 4, True)
 
 
-def test_load_profile_and_topk_for_batch(tmp_path):
+def test_load_profile(tmp_path):
     with pytest.raises(ScyllaError, match="no profile.json"):
         policy.load_profile(tmp_path)
     (tmp_path / "profile.json").write_text(json.dumps(
@@ -95,13 +96,6 @@ def test_load_profile_and_topk_for_batch(tmp_path):
     (tmp_path / "profile.json").write_text(json.dumps({"knee_tokens": 480, "device": {"name": "X"}}))
     prof = policy.load_profile(tmp_path)
     assert prof.knee_tokens == 480 and prof.device_name == "X"
-    k, n = policy.topk_for_batch(prof, 8, 5)
-    assert 8 * n <= 480 and n == policy.total_tokens_for(k, 5)
-    assert policy.topk_for_batch(prof.doc, 8, 5) == (k, n)
-    assert policy.resolve_top_k("auto", prof, 8, 5) == (k, n)
-    assert policy.resolve_top_k(4, None, 8, 5) == (4, policy.total_tokens_for(4, 5))
-    with pytest.raises(ScyllaError):
-        policy.resolve_top_k("auto", None, 8, 5)
 
 
 # -- knee fit -------------------------------------------------------------------------------
@@ -465,9 +459,10 @@ def test_quick_profile_end_to_end(tmp_path, default_model_dir):
     assert doc["knee_tokens"] >= 1 and doc["knee"]["fit"]["points"] >= 3
     assert [e["batch_size"] for e in doc["topk_policy"]] == list(policy.DEFAULT_BATCH_SIZES)
     assert doc["numpy_triad"]["numpy_verified"]
-    prof = policy.load_profile(tmp_path)
-    for e in doc["topk_policy"]:
-        assert policy.topk_for_batch(prof, e["batch_size"], e["depth"]) == (e["top_k"], e["total_tokens"])
+    knee = doc["knee_tokens"]
+    assert all(e == policy.policy_entry(knee, e["batch_size"], e["depth"]).to_json() for e in doc["topk_policy"])
+    curve = verify_curve(doc)  # the latency curve top_k auto prices trees with: every measured point
+    assert sum(len(p) for p in curve.points.values()) == len(doc["knee"]["points"]) >= 3
     for name in ("bandwidth", "compute", "knee", "numpy_triad"):
         assert (tmp_path / f"{name}.parquet").exists()
 

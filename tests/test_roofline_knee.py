@@ -51,10 +51,11 @@ def test_replicated_cache_equals_prefilled_cache(target):
 
 def test_measure_knee_small_grid(target):
     grid = knee_mod.knee_grid((1, 2), (1, 4), 8)
-    seen = []
+    seen, rounds = [], []
     points, skipped = knee_mod.measure_knee(target, grid, prefix_tokens=PREFIX, timer=Timer("cpu", clock="wall"),
-                                            warmup=0, reps=2, on_point=seen.append)
-    assert not skipped and len(points) == len(grid) == len(seen)
+                                            warmup=0, reps=2, on_point=lambda b, n: seen.append((b, n)),
+                                            on_round=lambda r, reps: rounds.append((r, reps)))
+    assert not skipped and len(points) == len(grid) == len(seen) and rounds == [(2, 2)]
     # cheapest first: in order of tokens in flight, so a budget cut keeps every batch size
     assert [(p.batch_size, p.tree_tokens) for p in points] == [(1, 1), (2, 1), (1, 4), (2, 4)]
     assert {p.batch_size: p.cache_source for p in points} == {1: "prefill", 2: "replicated"}

@@ -170,18 +170,26 @@ def test_fixed_top_k_without_total_tokens_gets_the_tied_size():
 
 
 def test_auto_top_k_resolved_by_policy():
+    from roofline.tree_policy import TreeChoice
+
     calls = []
 
-    def policy(batch, depth):
-        calls.append((batch, depth))
-        return (8, 48) if batch == 1 else (4, 24)
+    def policy(batch, draft):
+        calls.append((batch, draft))
+        if batch == 1:
+            return TreeChoice(batch, 8, 3, 48, 1.5, 0.1, 25.0)
+        return TreeChoice(batch, 0, 0, 1, 0.0, 0.1, 40.0)  # no tree pays: the cell runs as AR
 
-    cells = plan(spec_for(top_k=(4, "auto"), profile="/p"), policy=policy)
+    cells = plan(spec_for(top_k=(4, "auto"), depths=(3, 5), profile="/p"), policy=policy)
     auto = [c for c in cells if c.top_k_setting == "auto"]
-    assert [(c.batch_size, c.top_k, c.total_tokens) for c in auto] == [(1, 8, 48), (4, 4, 24)]
-    assert sorted(set(calls)) == [(1, 5), (4, 5)]
+    # one auto cell per batch size, whatever the spec's depths: the policy chooses the depth
+    assert [(c.batch_size, c.top_k, c.depth, c.total_tokens) for c in auto] == [(1, 8, 3, 48), (4, 0, 0, 1)]
+    assert all(c.status == PLANNED for c in auto) and "AR (no tree pays)" in auto[1].label()
+    assert sorted(set(calls)) == [(1, "random:scylla"), (4, "random:scylla")]
     fixed = [c for c in cells if c.top_k_setting == "4"]
     assert len({c.cell_id for c in fixed + auto}) == len(fixed) + len(auto)
+    with pytest.raises(ScyllaError, match="needs the trees priced"):
+        plan(spec_for(top_k=("auto",), profile="/p"))
 
 
 def test_cell_ids_are_stable_and_sensitive():
@@ -218,27 +226,14 @@ def write_profile(folder: Path, knee: float | None) -> Path:
     return folder
 
 
-def test_auto_top_k_from_a_real_profile_folder(tmp_path):
-    from harness.environment import profile_id
-    from roofline.policy import load_profile, topk_for_batch
-
-    prof = write_profile(tmp_path / "prof", knee=64)
-    spec = build_spec(None, {"draft": ("scylla=random:scylla",), "datasets": "gsm8k", "batch_sizes": "1,4,16",
-                             "top_k": "4,auto", "depths": "5", "prompts": "16", "profile": str(prof)})
-    auto = [c for c in plan(spec) if c.top_k_setting == "auto"]
-    profile = load_profile(prof)
-    assert [(c.top_k, c.total_tokens) for c in auto] == [topk_for_batch(profile, b, 5) for b in (1, 4, 16)]
-    assert [c.top_k for c in auto] == sorted((c.top_k for c in auto), reverse=True)  # falls with batch size
-    assert all(c.status == PLANNED for c in auto)
-    assert profile_id(str(prof)) == "test-profile"
-
-
 def test_profile_without_knee_is_a_clear_error(tmp_path):
     prof = write_profile(tmp_path / "prof", knee=None)
     spec = build_spec(None, {"draft": ("scylla=random:scylla",), "datasets": "gsm8k", "top_k": "auto",
                              "profile": str(prof)})
+    from harness.auto_trees import sweep_policy
+
     with pytest.raises(ScyllaError, match="no verify knee"):
-        plan(spec)
+        sweep_policy(spec, None)
 
 
 def test_progress_bar_shows_tau_and_tokens_per_s_and_is_a_line_per_cell_without_tty(capsys):

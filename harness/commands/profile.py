@@ -34,7 +34,8 @@ def _auto_threads() -> int:
                    "of bf16 and fp32 by the measured matmul peaks (fp32 on a CPU without bf16 instructions).")
 @click.option("--quick", is_flag=True, help="A smaller grid (under two minutes on a 2-core CPU).")
 @click.option("--depth", default=5, show_default=True, type=click.IntRange(min=1),
-              help="Tree depth the top-k policy table in profile.json is computed for.")
+              help="Tree depth of the draft-free knee-rule table in profile.json (sweeps' top_k auto "
+                   "chooses its depth itself).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads [default: every CPU this process may use, or 1 when the "
                    "load average already fills them: busy cores stall multi-threaded torch].")
@@ -71,8 +72,15 @@ def profile(device: str, target: str, dtype: str, quick: bool, depth: int, threa
     fit = knee.get("fit") or {}
     censored = f" (censored {fit['censored']})" if fit.get("censored") else ""
     click.echo(f"verify knee: {doc.get('knee_tokens') or 'n/a'} tokens in flight{censored}")
+    if knee.get("points"):
+        from roofline.latency_curve import verify_curve
+
+        curve = verify_curve(doc)
+        one = curve.seconds(1, 1)
+        click.echo("verify cost against one token, batch 1 (what top_k auto prices trees with): " + ", ".join(
+            f"n={n} {curve.seconds(1, n) / one:.2f}x" for n, _ in curve.points[min(curve.points)] if n > 1))
     if doc.get("topk_policy"):
-        click.echo("top-k policy (depth {}): ".format(doc["topk_policy"][0]["depth"]) + ", ".join(
+        click.echo("knee rule, draft-free (depth {}): ".format(doc["topk_policy"][0]["depth"]) + ", ".join(
             f"b={e['batch_size']}: k={e['top_k']}/N={e['total_tokens']}" for e in doc["topk_policy"]))
     if doc.get("unmeasured"):
         click.echo(f"not measured: {len(doc['unmeasured'])} item(s), see 'unmeasured' in profile.json")

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from harness.spec import KEYS, build_spec
+from harness.spec import AUTO, KEYS, build_spec
 from workloads.errors import ScyllaError
 
 
@@ -44,7 +44,12 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
     from harness.cells import PRUNED, plan
 
     if dry_run:
-        cells = plan(spec)
+        auto_trees = None
+        if AUTO in spec.top_k:  # pricing the trees loads the models: the one slow part of a dry run
+            from harness.auto_trees import sweep_policy
+
+            auto_trees = sweep_policy(spec, spec.out if resume else None, echo=click.echo)
+        cells = plan(spec, auto_trees)
         _print_plan(cells)
         return
     if spec.out is None:

@@ -1,0 +1,201 @@
+"""How many draft tokens the target accepts from each tree shape, measured by replay.
+
+At temperature 0 the target's continuation of a prompt is fixed, so what a tree gets
+accepted at any point is the longest path of the tree that spells the next tokens of
+that continuation. Replay, per batch of held-out prompts:
+
+1. decode the prompts autoregressively once: the reference continuation;
+2. run the target once over prompt + reference, for the features the draft reads;
+3. at every position, feed the draft exactly what decoding would have fed it (pair t is
+   (token t+1, feature t)), grow the widest pool for each top_k (`tree.grow_pool`), and
+   find the reference path in it: the node at depth j whose token is the j-th next
+   reference token and whose parent is the node found at depth j-1;
+4. for every (depth D, total_tokens N): the tree keeps the pool's first N-1 entries in
+   `tree.keep_order` among its first D levels, and the path's nodes rank in increasing
+   order along it (a child never scores above its parent), so the accepted count is the
+   number of path nodes within depth D that rank below N-1.
+
+That count equals what speculative decoding accepts from the same state (the tests check
+it step by step against `decode.generate`). Unlike a sweep, one replay prices every tree
+of every top_k at once, at every position rather than only where decoding happened to
+land. Sampled decoding (T > 0) accepts more than this greedy count from flat targets and
+less from peaked ones; the table is the greedy one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.tree import Pool, grow_pool, keep_order, pool_size
+from workloads.errors import ScyllaError
+
+TOP_KS = (1, 2, 3, 4, 6, 8, 10)  # EAGLE-2's default top_k (10) is the widest priced
+MAX_DEPTH = 8
+MAX_TREE_TOKENS = 128  # trees past this never paid on the devices measured; raise it here
+
+
+def tokens_cap(top_k: int, depth: int) -> int:
+    """Largest total_tokens (root included) priced for a (top_k, depth): the pool, capped."""
+    return min(pool_size(top_k, depth) + 1, MAX_TREE_TOKENS)
+
+
+@dataclass
+class AcceptanceTable:
+    """E[accepted draft tokens per step | top_k, depth, total_tokens] at temperature 0."""
+
+    top_ks: tuple[int, ...]
+    max_depth: int
+    positions: int = 0  # replayed (prompt, position) pairs
+    # (top_k, depth) -> accepted tokens summed over positions, one entry per total_tokens 2..cap
+    sums: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for k in self.top_ks:
+            for d in range(1, self.max_depth + 1):
+                self.sums.setdefault((k, d), np.zeros(tokens_cap(k, d) - 1))
+
+    def mean_accepted(self, top_k: int, depth: int, total_tokens: int) -> float:
+        if self.positions == 0:
+            raise ScyllaError("the acceptance table is empty: no position was replayed")
+        sums = self.sums.get((top_k, depth))
+        if sums is None or not 2 <= total_tokens <= sums.size + 1:
+            raise KeyError(f"no replayed acceptance for top_k {top_k}, depth {depth}, total_tokens {total_tokens}")
+        return float(sums[total_tokens - 2] / self.positions)
+
+    def trees(self):
+        """Every priced (top_k, depth, total_tokens)."""
+        for (k, d), sums in self.sums.items():
+            for n in range(2, sums.size + 2):
+                yield k, d, n
+
+    def to_json(self) -> dict:
+        return {"top_ks": list(self.top_ks), "max_depth": self.max_depth, "positions": self.positions,
+                "mean_accepted": {f"{k},{d}": (s / max(self.positions, 1)).round(6).tolist()
+                                  for (k, d), s in self.sums.items()},
+                "definition": "mean accepted draft tokens per verify step at temperature 0 (the bonus token "
+                              "not counted); list index i is total_tokens i + 2 (root included)"}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> AcceptanceTable:
+        try:
+            table = cls(tuple(int(k) for k in doc["top_ks"]), int(doc["max_depth"]), int(doc["positions"]))
+            for key, means in doc["mean_accepted"].items():
+                k, d = (int(x) for x in key.split(","))
+                table.sums[(k, d)] = np.asarray(means, dtype=float) * table.positions
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ScyllaError(f"not an acceptance table ({type(err).__name__}: {err})") from None
+        return table
+
+
+def path_in_pool(pool: Pool, reference: torch.Tensor) -> torch.Tensor:
+    """[b, D] pool index of the reference path's node at each depth, -1 past where it leaves the pool.
+
+    reference [b, D]: the next D target tokens after the root."""
+    b, depth = reference.shape
+    k = pool.top_k
+    found = torch.full((b, depth), -1, dtype=torch.long, device=reference.device)
+    parent = torch.full((b,), -1, dtype=torch.long, device=reference.device)
+    for j in range(depth):
+        start = 0 if j == 0 else k + (j - 1) * k * k
+        end = k + j * k * k
+        if end > pool.tokens.shape[1]:
+            break
+        hit = (pool.tokens[:, start:end] == reference[:, j:j + 1]) & (pool.parents[:, start:end] == parent[:, None])
+        idx = torch.where(hit.any(1), start + hit.int().argmax(1), -1)  # at most one hit: siblings differ
+        idx = torch.where(parent >= 0, idx, -1) if j > 0 else idx
+        found[:, j] = idx
+        parent = idx
+    return found
+
+
+def accepted_by_tree(pool: Pool, path: torch.Tensor, depth: int) -> torch.Tensor:
+    """[b, N-1 options] accepted draft tokens for trees of depth `depth` keeping 1..cap-1 nodes."""
+    b = path.shape[0]
+    k = pool.top_k
+    size = pool_size(k, depth)  # pool order is level order: depth D is a prefix of the pool
+    scores = pool.scores[:, :size]
+    order = keep_order(scores)  # [b, size]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(size, device=order.device).expand(b, size))
+    on_path = path[:, :depth]  # [b, depth]
+    exists = on_path >= 0
+    path_rank = torch.where(exists, rank.gather(1, on_path.clamp(min=0)), size)  # [b, depth]
+    keep = torch.arange(1, tokens_cap(k, depth), device=order.device)  # nodes kept: N - 1
+    return (path_rank[:, :, None] < keep[None, None, :]).sum(1)  # [b, cap-1]
+
+
+def replay(target, draft, prompts: Sequence[list[int]], *, new_tokens: int = 64, batch_size: int = 8,
+           top_ks: Sequence[int] = TOP_KS, max_depth: int = MAX_DEPTH,
+           on_batch: Callable[[int, int], None] | None = None,
+           on_position: Callable[[int, int, dict[tuple[int, int], torch.Tensor]], None] | None = None
+           ) -> AcceptanceTable:
+    """The acceptance table of `draft` on `target` over `prompts` (token ids); see the module docstring.
+
+    on_position(prompt index, root index in its continuation, {(k, D): accepted [cap-1]}) sees
+    each replayed position (tests compare it with decoding)."""
+    top_ks = tuple(k for k in top_ks if k <= draft.draft_vocab)
+    if not top_ks:
+        raise ScyllaError(f"no top_k fits the draft's vocabulary of {draft.draft_vocab} tokens")
+    if new_tokens <= max_depth:
+        raise ScyllaError(f"replay needs more new tokens ({new_tokens}) than the deepest tree ({max_depth})")
+    table = AcceptanceTable(top_ks, max_depth)
+    layers = tuple(draft.feature_layers)
+    for start in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        ref = generate(target, chunk, None, DecodeConfig(max_new_tokens=new_tokens)).token_ids
+        _replay_batch(target, draft, chunk, ref, layers, table, max_depth, start, on_position)
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(prompts)), len(prompts))
+    return table
+
+
+@torch.no_grad()
+def _replay_batch(target, draft, prompts, continuations, layers, table, max_depth, first, on_position) -> None:
+    device, b = target.device, len(prompts)
+    seqs = [p + c for p, c in zip(prompts, continuations)]
+    cache = target.new_cache(b, max(map(len, seqs)) + 8)
+    out = target.prefill(cache, seqs, layers)
+    feats = out.layer_inputs if layers else out.hidden  # [b, L, f] every position of prompt + reference
+    del cache
+    lengths = [len(p) for p in prompts]
+    steps = max(len(c) for c in continuations) - max_depth  # root c_i needs c_{i+1..i+D}
+    if steps <= 0:
+        return
+    longest = max(lengths)
+    draft.start(prompts, longest + steps + max_depth + 8)
+    pair_tokens = torch.tensor([p[1:] + [c[0]] + [0] * (longest - len(p)) for p, c in zip(prompts, continuations)],
+                               device=device)
+    pair_feats = torch.stack([torch.nn.functional.pad(feats[r, :lengths[r]], (0, 0, 0, longest - lengths[r]))
+                              for r in range(b)])
+    root_logprobs, root_out = draft.extend(pair_tokens, pair_feats, torch.tensor(lengths, device=device))
+    width = max(len(s) for s in seqs) + max_depth
+    padded = torch.tensor([s + [-1] * (width - len(s)) for s in seqs], device=device)  # -1 never matches a token
+    rows = torch.arange(b, device=device)
+    for i in range(steps):
+        valid = torch.tensor([i + max_depth < len(c) for c in continuations], device=device)
+        root_at = torch.tensor(lengths, device=device) + i  # sequence index of root c_i
+        reference = padded[rows[:, None], root_at[:, None] + 1 + torch.arange(max_depth, device=device)]
+        found = {}
+        for k in table.top_ks:
+            pool = grow_pool(draft, root_logprobs, root_out, k, max_depth)
+            path = path_in_pool(pool, reference)
+            for d in range(1, max_depth + 1):
+                accepted = accepted_by_tree(pool, path, d)  # [b, cap-1]
+                table.sums[(k, d)] += accepted[valid].sum(0).cpu().numpy()
+                found[(k, d)] = accepted
+        table.positions += int(valid.sum())
+        if on_position is not None:
+            for r in range(b):
+                if valid[r]:
+                    on_position(first + r, i, {key: acc[r] for key, acc in found.items()})
+        if not bool(valid.any()):
+            break
+        # One more pair per row: (token c_{i+1}, feature of c_i), as decoding extends after a step.
+        next_tokens = padded[rows, root_at + 1].clamp(min=0)[:, None]
+        next_feats = feats[rows, (root_at).clamp(max=feats.shape[1] - 1)][:, None]
+        root_logprobs, root_out = draft.extend(next_tokens, next_feats, torch.ones(b, dtype=torch.long, device=device))

@@ -1,0 +1,89 @@
+"""The acceptance replay counts exactly what speculative decoding accepts, position by position,
+on the embedded default target in float32 with real MT-bench prompts, and feeds the draft
+exactly the (token, feature) pairs decoding feeds it."""
+
+import pytest
+import torch
+
+from scylla_impl.calibration import AcceptanceTable, replay, tokens_cap
+from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.drafts import load_draft
+from workloads.errors import ScyllaError
+
+NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def prompts(mt_bench_prompts):
+    return mt_bench_prompts[:2]
+
+
+@pytest.mark.parametrize("spec,tree", [("lookup", (3, 4, 12)), ("random:eagle2", (4, 3, 10)),
+                                       ("oracle", (2, 5, 8)), ("random:eagle3", (1, 6, 7))])
+def test_replay_accepts_what_decoding_accepts(target_fp32, prompts, spec, tree):
+    k, d, n = tree
+    draft = load_draft(spec, target_fp32)
+    seen = {}
+    table = replay(target_fp32, draft, prompts, new_tokens=NEW_TOKENS, batch_size=2, top_ks=(k,), max_depth=d + 1,
+                   on_position=lambda p, i, got: seen.__setitem__((p, i), int(got[(k, d)][n - 2])))
+    assert table.positions == len(seen) > 0
+    compared = 0
+    for p, prompt in enumerate(prompts):
+        stats = generate(target_fp32, [prompt], draft, DecodeConfig(top_k=k, depth=d, total_tokens=n,
+                                                                    max_new_tokens=NEW_TOKENS)).stats
+        root = 0  # index in the continuation of the step's root token
+        for accepted in stats.accepted[:, 0].tolist():
+            if (p, root) in seen:
+                assert seen[(p, root)] == accepted, (spec, p, root)
+                compared += 1
+            root += accepted + 1
+    assert compared >= 8
+    mean = sum(seen.values()) / len(seen)
+    assert table.mean_accepted(k, d, n) == pytest.approx(mean)
+
+
+class Spy:
+    """A draft that records every pair `extend` is fed."""
+
+    def __init__(self, draft):
+        self.draft, self.pairs = draft, []
+
+    def __getattr__(self, name):
+        return getattr(self.draft, name)
+
+    def start(self, prompts, capacity=256):
+        self.pairs = []
+        self.draft.start(prompts, capacity)
+
+    def extend(self, tokens, features, counts):
+        for r in range(tokens.shape[0]):
+            for j in range(int(counts[r])):
+                self.pairs.append((r, int(tokens[r, j]), features[r, j].clone()))
+        return self.draft.extend(tokens, features, counts)
+
+
+def test_replay_feeds_the_pairs_decoding_feeds(target_fp32, prompts):
+    # A random draft accepts nothing, so decoding extends one pair per step, as the replay does.
+    spy = Spy(load_draft("random:eagle2", target_fp32))
+    prompt = prompts[0]
+    replay(target_fp32, spy, [prompt], new_tokens=12, batch_size=1, top_ks=(2,), max_depth=3)
+    replayed = spy.pairs
+    generate(target_fp32, [prompt], spy, DecodeConfig(top_k=2, depth=3, total_tokens=4, max_new_tokens=12))
+    decoded = spy.pairs
+    assert len(replayed) >= len(prompt) + 5
+    for (ra, ta, fa), (rb, tb, fb) in zip(replayed, decoded):
+        assert (ra, ta) == (rb, tb)
+        torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-4)
+
+
+def test_acceptance_table_round_trips_and_refuses_what_it_never_priced():
+    table = AcceptanceTable((1, 4), 3, positions=2)
+    table.sums[(4, 3)][:] = 1.0
+    back = AcceptanceTable.from_json(table.to_json())
+    assert back.mean_accepted(4, 3, 10) == 0.5 and back.positions == 2
+    assert sorted(set((k, d) for k, d, _ in back.trees())) == [(k, d) for k in (1, 4) for d in (1, 2, 3)]
+    assert tokens_cap(1, 3) == 4 and tokens_cap(10, 8) == 128
+    with pytest.raises(KeyError):
+        back.mean_accepted(4, 3, 500)
+    with pytest.raises(ScyllaError, match="not an acceptance table"):
+        AcceptanceTable.from_json({"top_ks": [1]})

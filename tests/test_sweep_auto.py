@@ -1,0 +1,96 @@
+"""`top_k auto` end to end on the embedded default target: the trees are priced with the draft's
+replayed acceptance and the profile's latency curve, the sweep runs the choice, "no tree pays"
+runs as AR, and a resume plans the same cells from the record."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from harness import auto_trees
+from harness.runner import Progress, run_sweep
+from harness.spec import build_spec
+from roofline import tree_costs
+from scylla_impl import calibration
+from workloads.errors import ScyllaError
+
+
+@pytest.fixture(autouse=True)
+def small_replay(monkeypatch):
+    monkeypatch.setattr(auto_trees, "HELD_OUT_PROMPTS", 2)
+    monkeypatch.setattr(auto_trees, "REPLAY_NEW_TOKENS", 12)
+    monkeypatch.setattr(calibration, "TOP_KS", (1, 3))
+    monkeypatch.setattr(calibration, "MAX_DEPTH", 3)
+    monkeypatch.setattr(tree_costs, "LEVEL_WIDTHS", (1, 3))
+
+
+def profile(folder, seconds, dtype="float32"):
+    """A profile folder whose verify curve is `seconds(b, n)` on a grid up to 16 tokens per row."""
+    points = [{"batch_size": b, "tokens": n, "seconds": seconds(b, n)} for b in (1, 2) for n in (1, 2, 4, 8, 16)]
+    folder.mkdir()
+    (folder / "profile.json").write_text(json.dumps({
+        "profile_id": f"test-{folder.name}", "device": {"name": "cpu"}, "knee_tokens": 4,
+        "knee": {"target": {"dtype": dtype}, "points": points}}))
+    return folder
+
+
+class Notes(Progress):
+    def __init__(self):
+        self.lines = []
+
+    def note(self, line):
+        self.lines.append(line)
+
+
+def spec_for(prof, **over):
+    keys = {"methods": "ar,scylla", "draft": ("scylla=oracle",), "datasets": "mt_bench", "batch_sizes": "1",
+            "top_k": "auto", "prompts": "2", "max_new_tokens": "8", "warmup": "0", "dtype": "float32",
+            "threads": "1", "turns": "first", "profile": str(prof)}
+    return build_spec(None, {**keys, **over})
+
+
+def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default_model_dir):
+    spec = spec_for(profile(tmp_path / "flat", lambda b, n: 5.0))  # a huge target: drafting is cheap beside it
+    notes = Notes()
+    run_sweep(spec, tmp_path / "out", progress=notes)
+    record = json.loads((tmp_path / "out" / "auto_trees.json").read_text())
+    choice = record["drafts"]["oracle"]["batch_sizes"]["1"]["choice"]
+    assert choice["total_tokens"] > 1 and choice["accepted"] > 0
+    assert record["drafts"]["oracle"]["acceptance"]["positions"] > 0
+    assert any("replaying draft oracle" in line for line in notes.lines)
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    auto = [r for r in rows if r["top_k_setting"] == "auto"]
+    assert len(auto) == 1 and auto[0]["status"] == "ok"
+    assert (auto[0]["top_k"], auto[0]["depth"], auto[0]["total_tokens"]) == (
+        choice["top_k"], choice["depth"], choice["total_tokens"])
+    assert auto[0]["lossless"] is True
+
+    again = Notes()
+    report = run_sweep(spec, tmp_path / "out", resume=True, progress=again)
+    assert report.ran == 0 and report.skipped == 2 and not again.lines  # planned from the record, nothing re-measured
+    other = spec_for(tmp_path / "flat", batch_sizes="1,2", prompts="4")
+    with pytest.raises(ScyllaError, match="made for another sweep"):
+        run_sweep(other, tmp_path / "out", resume=True)
+
+
+def test_auto_runs_ar_when_no_tree_pays(tmp_path, default_model_dir):
+    # Compute-bound from the first token: every verified token costs a full step.
+    spec = spec_for(profile(tmp_path / "steep", lambda b, n: 0.02 * b * n))
+    run_sweep(spec, tmp_path / "out")
+    rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    auto = next(r for r in rows if r["top_k_setting"] == "auto")
+    ar = next(r for r in rows if r["method"] == "ar")
+    assert (auto["top_k"], auto["depth"], auto["total_tokens"]) == (0, 0, 1)
+    assert auto["status"] == "ok" and auto["tau"] == 1.0 and auto["lossless"] is True
+    assert auto["emitted_tokens"] == ar["emitted_tokens"]
+
+
+def test_auto_refuses_a_profile_of_another_dtype_or_without_a_curve(tmp_path, default_model_dir):
+    spec = spec_for(profile(tmp_path / "bf16", lambda b, n: 5.0, dtype="bfloat16"))
+    with pytest.raises(ScyllaError, match="timed the target in bfloat16, this sweep runs it in float32"):
+        run_sweep(spec, tmp_path / "out")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "profile.json").write_text(json.dumps({"knee_tokens": 4, "knee": {"fit": {}}}))
+    with pytest.raises(ScyllaError, match="no verify latency curve"):
+        run_sweep(spec_for(tmp_path / "old"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
