@@ -3,6 +3,7 @@ with the reference repositories' key names (SafeAILab/EAGLE cnets1.py for EAGLE-
 cnets.py and SpecForge llama3_eagle.py for EAGLE-3) load, compute what the reference
 forward computes, decode losslessly, and export and re-import unchanged."""
 
+import dataclasses
 import json
 
 import pytest
@@ -93,6 +94,13 @@ def first_logprobs(draft, token, features):
     return logprobs[0]
 
 
+def assert_lossless(target, draft, text: str, config: DecodeConfig) -> None:
+    """Speculative decoding with `draft` emits exactly the AR baseline's 16 tokens."""
+    prompts = [target.tokenizer(text)["input_ids"]]
+    assert generate(target, prompts, draft, dataclasses.replace(config, max_new_tokens=16)).token_ids == generate(
+        target, prompts, None, DecodeConfig(max_new_tokens=16)).token_ids
+
+
 def eagle2_folder(tmp_path, target, bias: bool):
     torch.manual_seed(1)
     state = {"fc.weight": r(H, 2 * H), **layer_keys("layers.0", H), "embed_tokens.weight": target.embed.weight.clone()}
@@ -128,10 +136,7 @@ def test_eagle2_checkpoint_computes_the_reference_forward_and_decodes_losslessly
     with torch.no_grad():
         want = F.log_softmax(eagle2_reference(state, target, token, hidden).float(), -1)
     torch.testing.assert_close(first_logprobs(draft, token, hidden), want, rtol=1e-4, atol=1e-4)
-    prompts = [target.tokenizer("Write a haiku about the sea.")["input_ids"]]
-    config = DecodeConfig(top_k=4, depth=4, total_tokens=12, max_new_tokens=16)
-    assert generate(target, prompts, draft, config).token_ids == generate(
-        target, prompts, None, DecodeConfig(max_new_tokens=16)).token_ids
+    assert_lossless(target, draft, "Write a haiku about the sea.", DecodeConfig(top_k=4, depth=4, total_tokens=12))
 
 
 def test_eagle3_checkpoint_computes_the_reference_forward_exports_and_round_trips(tmp_path, target):
@@ -144,10 +149,7 @@ def test_eagle3_checkpoint_computes_the_reference_forward_exports_and_round_trip
     with torch.no_grad():
         want = F.log_softmax(eagle3_reference(state, target, token, features).float(), -1)
     torch.testing.assert_close(first_logprobs(draft, token, features), want, rtol=1e-4, atol=1e-4)
-    prompts = [target.tokenizer("List three prime numbers.")["input_ids"]]
-    config = DecodeConfig(top_k=4, depth=3, total_tokens=10, max_new_tokens=16)
-    assert generate(target, prompts, draft, config).token_ids == generate(
-        target, prompts, None, DecodeConfig(max_new_tokens=16)).token_ids
+    assert_lossless(target, draft, "List three prime numbers.", DecodeConfig(top_k=4, depth=3, total_tokens=10))
 
     out = export_draft(draft, tmp_path / "exported")
     written = load_file(str(out / "model.safetensors"))
@@ -208,3 +210,25 @@ def test_cli_exports_a_published_checkpoint_again(tmp_path, target):
     res = CliRunner().invoke(cli, ["models", "export-draft", "lookup", "--target", target.info.name,
                                    "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "not a trained draft folder" in res.output
+
+
+def test_llama3_rope_scaling_matches_transformers(tmp_path, target):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from scylla_impl.drafts.layers import inverse_frequencies
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    config = LlamaConfig(hidden_size=4096, num_attention_heads=32, rope_parameters={"rope_theta": 500000.0, **scaling})
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    got = inverse_frequencies(128, 500000.0, scaling)
+    torch.testing.assert_close(got, want.float())
+    assert not torch.allclose(got, inverse_frequencies(128, 500000.0, None))  # the scaling does change them
+    # a Llama-3.1 EAGLE-3 config (transformers 4 spelling) loads with its scaling
+    folder, _, _ = eagle3_folder(tmp_path, target)
+    (folder / "config.json").write_text(json.dumps(llama_json(draft_vocab_size=DRAFT_VOCAB, rope_theta=500000.0,
+                                                              rope_scaling=scaling)))
+    draft = load_draft(str(folder), target)
+    assert draft.config.rope_scaling == scaling and draft.config.rope_theta == 500000.0
+    assert json.loads((export_draft(draft, tmp_path / "x") / "config.json").read_text())["rope_scaling"] == scaling

@@ -53,6 +53,7 @@ class DraftConfig:
     target_fingerprint: str = ""
     pretrain_tokens: int | None = None
     sft_tokens: int | None = None
+    rope_scaling: dict | None = None  # None, or Llama-3.1's llama3 scaling (layers.inverse_frequencies)
     format: int = DRAFT_FORMAT
 
     @classmethod
@@ -190,7 +191,7 @@ class Draft(nn.Module):
 
     def hidden_states(self, tokens, features, from_target: bool, positions, mask, cache=None):
         x, attn_input = self._inputs(tokens, features, from_target)
-        cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta, x.dtype, self.config.rope_scaling)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i, attn_input if i == 0 else None)
         return x

@@ -76,13 +76,21 @@ def layout_of(state: dict[str, torch.Tensor], folder: Path) -> str:
                       f"checkpoint; keys start {sorted(state)[:4]}")
 
 
-def _rope_theta(raw: dict, folder: Path) -> float:
+LLAMA3_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _rope(raw: dict, folder: Path) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling) from a config that writes them the transformers 4 or 5 way."""
     rope = raw.get("rope_parameters") or {}
-    scaling = raw.get("rope_scaling")
-    kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or rope.get("rope_type") or "default"
-    if kind != "default":
-        raise ScyllaError(f"draft '{folder}': rope scaling '{kind}' is not supported by this engine's draft layer")
-    return float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    scaling = raw.get("rope_scaling") or rope
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    theta = float(rope.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    if kind == "default":
+        return theta, None
+    if kind == "llama3" and all(k in scaling for k in LLAMA3_SCALING):
+        return theta, {"rope_type": "llama3", **{k: float(scaling[k]) for k in LLAMA3_SCALING}}
+    raise ScyllaError(f"draft '{folder}': rope scaling '{kind}' is not supported by this engine's draft layer "
+                      "(default and llama3 are)")
 
 
 def _feature_layers(raw: dict, target) -> list[int]:
@@ -128,11 +136,12 @@ def import_draft(folder: Path, target) -> Draft:
     if t_hidden != h:
         raise ScyllaError(f"draft '{folder}': a draft narrower than its target (hidden {h}, target {t_hidden}) is "
                           "not supported")
+    rope = _rope(raw, folder)
     config = DraftConfig(
         method="eagle2" if layout == EAGLE else "eagle3", hidden_size=h, num_heads=heads,
         num_kv_heads=int(raw.get("num_key_value_heads") or heads), head_dim=int(raw.get("head_dim") or h // heads),
         intermediate_size=int(raw["intermediate_size"]), rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        rope_theta=_rope_theta(raw, folder), vocab_size=vocab,
+        rope_theta=rope[0], rope_scaling=rope[1], vocab_size=vocab,
         draft_vocab_size=int(raw.get("draft_vocab_size") or 0) if layout == EAGLE3 else 0,
         feature_layers=_feature_layers(raw, target) if layout == EAGLE3 else [],
         target_name=target.info.name, target_hidden_size=t_hidden, target_fingerprint=target.info.fingerprint,
@@ -195,6 +204,7 @@ def export_draft(draft: Draft, folder: str | Path) -> Path:
             "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim,
             "num_hidden_layers": 1, "rms_norm_eps": c.rms_norm_eps, "hidden_act": "silu", "rope_theta": c.rope_theta,
             "vocab_size": c.vocab_size, "max_position_embeddings": 4096, "tie_word_embeddings": False,
+            **({"rope_scaling": c.rope_scaling} if c.rope_scaling else {}),
             "torch_dtype": str(next(draft.parameters()).dtype).removeprefix("torch.")}
     from scylla_impl.target import default_layer_choice
 

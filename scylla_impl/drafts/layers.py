@@ -4,6 +4,8 @@ Attention reads and writes a RowKVCache (the same class the target uses) when de
 or runs over whole sequences with a given mask when training.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,9 +26,26 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None, device=None) -> torch.Tensor:
+    """[head_dim / 2] rotary frequencies; `scaling` None, or Llama-3.1's {"rope_type": "llama3", ...}:
+    wavelengths past the original context are stretched by `factor`, short ones kept, and the
+    band between blended (as transformers' `_compute_llama3_parameters`)."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+    if scaling is None:
+        return inv
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    stretched = torch.where(wavelen > context / low, inv / factor, inv)
+    smooth = (context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * stretched / factor + smooth * stretched
+    between = (wavelen >= context / high) & (wavelen <= context / low)
+    return torch.where(between, blended, stretched)
+
+
+def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype, scaling: dict | None = None):
     """cos, sin [b, 1, q, head_dim] for absolute positions [b, q]."""
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    inv = inverse_frequencies(head_dim, theta, scaling, positions.device)
     freqs = positions.float()[..., None] * inv
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]
     return emb.cos().to(dtype), emb.sin().to(dtype)
