@@ -93,7 +93,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
         if knee_dtype and knee_dtype != dtype:
             raise ScyllaError(f"the profile {spec.profile} timed the target in {knee_dtype}, this sweep runs it in "
                               f"{dtype}: profile again with --dtype {dtype}, or sweep with --dtype {knee_dtype}")
-        prompts = held_out_prompts(spec, worker, target.tokenizer)
+        prompts = held_out_prompts(spec, target.tokenizer)
         drafts = {}
         for name in _auto_drafts(spec):
             draft = worker.draft(name)
@@ -102,19 +102,13 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                  f"{', '.join(map(str, sorted(spec.batch_sizes)))}")
             costs = tree_costs.measure(target, draft, spec.batch_sizes, widths=tree_costs.LEVEL_WIDTHS)
             drafts[name] = _price(spec, table, curve, costs)
-            best = ", ".join(f"b={b}: {_describe(e['choice'])}" for b, e in drafts[name]["batch_sizes"].items())
+            best = ", ".join(f"b={b}: {TreeChoice(**e['choice']).label()}" for b, e in drafts[name]["batch_sizes"].items())
             echo(f"auto trees for {name}: {best}")
     finally:
         worker.close()
     return AutoTrees({"key": _key(spec), "profile_id": profile.profile_id, "verify_curve": curve.to_json(),
                       "drafts": drafts, "definition": "tokens/s = b(1+a) / (V(b,N) + L(b,1+a) + (D-1) L(b,k) + o_spec(b)); "
                       "AR: b / (V(b,1) + o_ar(b)); see roofline/tree_policy.py"})
-
-
-def _describe(choice: dict) -> str:
-    if choice["total_tokens"] == 1:
-        return "AR (no tree pays)"
-    return f"k={choice['top_k']} d={choice['depth']} n={choice['total_tokens']}"
 
 
 def _price(spec: SweepSpec, table: AcceptanceTable, curve, costs: tree_costs.DraftCosts) -> dict[str, Any]:
@@ -132,7 +126,7 @@ def _nearest(values: dict[int, float]) -> Callable[[int], float]:
     return lambda b: values[min(values, key=lambda m: abs(m - b))]
 
 
-def held_out_prompts(spec: SweepSpec, worker: CellWorker, tokenizer) -> list[list[int]]:
+def held_out_prompts(spec: SweepSpec, tokenizer) -> list[list[int]]:
     """Token ids of the last prompts of each dataset, none among the first `spec.prompts` the sweep runs."""
     from workloads.chat import prompt_token_ids
     from workloads.datasets import load_dataset

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from harness.spec import AUTO, TIED, SweepSpec
 from roofline.policy import total_tokens_for
 from roofline.tree_policy import TreeChoice
+from scylla_impl.tree import pool_size
 from workloads.errors import ScyllaError
 
 PLANNED = "planned"
@@ -93,11 +94,6 @@ def cell_id(params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def tree_pool(top_k: int, depth: int) -> int:
-    """Draft tokens the EAGLE-2 tree can choose from: k + (D-1) k^2."""
-    return top_k + (depth - 1) * top_k * top_k
-
-
 def prune_reason(spec: SweepSpec, method: str, batch_size: int, top_k: int | None, depth: int | None,
                  total_tokens: int | None) -> str | None:
     """Why a combination cannot run, or None."""
@@ -106,7 +102,7 @@ def prune_reason(spec: SweepSpec, method: str, batch_size: int, top_k: int | Non
     if method == "ar":
         return None
     assert top_k is not None and depth is not None and total_tokens is not None
-    pool = tree_pool(top_k, depth)
+    pool = pool_size(top_k, depth)
     if total_tokens - 1 > pool:
         return (
             f"total_tokens {total_tokens} exceeds the tree: top_k {top_k} and depth {depth} "

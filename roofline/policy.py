@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from scylla_impl.tree import pool_size  # the pool is the engine's: k + (D-1)k^2
 from workloads.errors import ScyllaError
 
 # EAGLE-2's defaults: top_k=10 keeps total_tokens=60 -> 60 / 10^2.
@@ -38,11 +39,6 @@ MAX_TOP_K = 32  # wider first levels stop paying off long before any knee we hav
 DEFAULT_DEPTH = 5
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 PROFILE_FILE = "profile.json"
-
-
-def pool_size(top_k: int, depth: int) -> int:
-    """Candidate nodes an EAGLE-2 tree of this top-k and depth draws from (root excluded)."""
-    return top_k + (depth - 1) * top_k * top_k
 
 
 def total_tokens_for(top_k: int, depth: int) -> int:

@@ -40,6 +40,9 @@ class TreeChoice:
     def speculative(self) -> bool:
         return self.total_tokens > 1
 
+    def label(self) -> str:
+        return f"k={self.top_k} d={self.depth} n={self.total_tokens}" if self.speculative else "AR (no tree pays)"
+
     def to_json(self) -> dict:
         return asdict(self)
 

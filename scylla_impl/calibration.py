@@ -106,8 +106,8 @@ def path_in_pool(pool: Pool, reference: torch.Tensor) -> torch.Tensor:
         if end > pool.tokens.shape[1]:
             break
         hit = (pool.tokens[:, start:end] == reference[:, j:j + 1]) & (pool.parents[:, start:end] == parent[:, None])
-        idx = torch.where(hit.any(1), start + hit.int().argmax(1), -1)  # at most one hit: siblings differ
-        idx = torch.where(parent >= 0, idx, -1) if j > 0 else idx
+        # At most one hit (siblings differ); none below a missing parent (-1 is no deeper node's parent).
+        idx = torch.where(hit.any(1), start + hit.int().argmax(1), -1)
         found[:, j] = idx
         parent = idx
     return found
@@ -197,5 +197,5 @@ def _replay_batch(target, draft, prompts, continuations, layers, table, max_dept
             break
         # One more pair per row: (token c_{i+1}, feature of c_i), as decoding extends after a step.
         next_tokens = padded[rows, root_at + 1].clamp(min=0)[:, None]
-        next_feats = feats[rows, (root_at).clamp(max=feats.shape[1] - 1)][:, None]
+        next_feats = feats[rows, root_at.clamp(max=feats.shape[1] - 1)][:, None]
         root_logprobs, root_out = draft.extend(next_tokens, next_feats, torch.ones(b, dtype=torch.long, device=device))

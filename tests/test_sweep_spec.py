@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from harness.cells import PLANNED, PRUNED, cell_id, plan, tree_pool
+from harness.cells import PLANNED, PRUNED, cell_id, plan
 from harness.spec import KEYS, SweepSpec, build_spec, spec_from_dict
+from scylla_impl.tree import pool_size
 from workloads.errors import ScyllaError
 
 
@@ -149,7 +150,7 @@ def test_plan_prunes_with_reasons():
     # top_k 4, depth 3: 4 + 2*16 = 36 < 59 draft tokens
     assert ("scylla", 1, 4, 60) in pruned
     assert all(c.status == PLANNED for c in cells if c.batch_size == 1 and c.total_tokens == 4)
-    assert tree_pool(4, 3) == 36
+    assert pool_size(4, 3) == 36
 
 
 def test_fixed_top_k_without_total_tokens_gets_the_tied_size():
