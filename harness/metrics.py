@@ -24,14 +24,7 @@ from typing import Any
 
 import numpy as np
 
-PHASES = ("draft", "tree", "verify", "accept", "commit")
-
-
-def _arr(x: Any, dtype=None) -> np.ndarray:
-    a = np.asarray(x, dtype=dtype)
-    if a.ndim == 1:  # a single row given flat
-        a = a[:, None]
-    return a
+from scylla_impl.decode import PHASES, DecodeStats
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -58,7 +51,7 @@ def acceptance(accepted: np.ndarray, active: np.ndarray, depth: int) -> tuple[li
     return cond, uncond
 
 
-def summarize(stats: Iterable[Any], depth: int | None) -> dict[str, Any]:
+def summarize(stats: Iterable[DecodeStats], depth: int | None) -> dict[str, Any]:
     """Metric columns of one cell from its calls' stats. `depth` None (AR): no acceptance lists."""
     stats = list(stats)
     drafted, accepted, emitted, active = [], [], [], []
@@ -68,12 +61,7 @@ def summarize(stats: Iterable[Any], depth: int | None) -> dict[str, Any]:
     batch_steps = 0
     per_request: list[tuple[int, int]] = []  # (emitted, steps) per request
     for s in stats:
-        act = _arr(s.active, bool)
-        em = _arr(s.emitted, np.int64)
-        if em.shape != act.shape:
-            raise ValueError(f"emitted {em.shape} and active {act.shape} disagree")
-        dr = _arr(s.drafted, np.int64) if s.drafted is not None else np.zeros_like(em)
-        ac = _arr(s.accepted, np.int64) if s.accepted is not None else np.zeros_like(em)
+        act, em, dr, ac = s.active, s.emitted, s.drafted, s.accepted  # [steps, rows] each
         drafted.append(dr[act])
         accepted.append(ac[act])
         emitted.append(em[act])
@@ -81,11 +69,9 @@ def summarize(stats: Iterable[Any], depth: int | None) -> dict[str, Any]:
         batch_steps += int(act.shape[0])
         for r in range(act.shape[1]):
             per_request.append((int(em[:, r][act[:, r]].sum()), int(act[:, r].sum())))
-        step_s.append(np.asarray(s.step_s, dtype=float).ravel())
+        step_s.append(s.step_s)
         for p in PHASES:
-            v = (s.phase_s or {}).get(p)
-            if v is not None:
-                phase[p].append(np.asarray(v, dtype=float).ravel())
+            phase[p].append(s.phase_s[p])
         prefill_s += float(s.prefill_s)
         decode_s += float(s.decode_s)
 
@@ -117,7 +103,7 @@ def summarize(stats: Iterable[Any], depth: int | None) -> dict[str, Any]:
     out["step_time_median_s"] = _median(all_steps)
     out["step_time_p90_s"] = _p90(all_steps)
     for p in PHASES:
-        out[f"{p}_time_median_s"] = _median(cat(phase[p], float)) if phase[p] else None
+        out[f"{p}_time_median_s"] = _median(cat(phase[p], float))
     return out
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import torch
 
 from harness import environment, metrics
 from harness.cells import PLANNED, PRUNED, Cell, plan
@@ -55,6 +56,7 @@ from harness.schema import (
 )
 from harness.spec import AUTO, SweepSpec
 from harness.storage import ResultStore
+from roofline.nvml_sampler import NvmlSampler
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 
@@ -114,40 +116,27 @@ class _DeviceSampler:
 
     def __init__(self, device: str):
         self._sampler = None
-        if not device.startswith("cuda"):
-            return
-        try:
-            from roofline.nvml_sampler import NvmlSampler
-
+        if device.startswith("cuda"):
             index = int(device.split(":")[1]) if ":" in device else 0
             self._sampler = NvmlSampler(interval_s=0.1, devices=[index])
-        except Exception:  # sampling is optional: a cell never fails for it
-            self._sampler = None
 
     def __enter__(self) -> _DeviceSampler:
         if self._sampler is not None:
-            with contextlib.suppress(Exception):
-                self._sampler.start()
+            self._sampler.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._sampler is not None:
-            with contextlib.suppress(Exception):
-                self._sampler.stop()
+            self._sampler.stop()
 
     def medians(self) -> dict[str, float | None]:
-        samples = list(getattr(self._sampler, "samples", None) or [])
-        return {col: metrics.median_or_none([getattr(s, name, None) for s in samples])
+        samples = self._sampler.samples if self._sampler is not None else []
+        return {col: metrics.median_or_none([getattr(s, name) for s in samples])
                 for col, name in self.COLUMNS.items()}
 
 
 def _is_oom(err: BaseException) -> bool:
-    import torch
-
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(err, oom):
-        return True
-    return isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError | MemoryError) or "out of memory" in str(err).lower()
 
 
 def _error_text(err: BaseException) -> str:
@@ -170,8 +159,6 @@ class CellWorker:
         self.device = environment.resolve_device(settings.device)
         self._threads_before: int | None = None
         if settings.threads:
-            import torch
-
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(settings.threads)
         self._target = None
@@ -228,8 +215,6 @@ class CellWorker:
         self._target = None
         gc.collect()
         if self._threads_before is not None:  # in-process callers get their setting back
-            import torch
-
             torch.set_num_threads(self._threads_before)
 
     # -- the engine's decode, one place (tests plant faults here) ----------------------
@@ -251,8 +236,6 @@ class CellWorker:
 
     def _sync(self) -> None:
         if self.device.startswith("cuda"):
-            import torch
-
             torch.cuda.synchronize(self.device)
 
     # -- one cell ----------------------------------------------------------------------
@@ -281,8 +264,6 @@ class CellWorker:
     def _free_memory(self) -> None:
         gc.collect()
         with contextlib.suppress(Exception):
-            import torch
-
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
@@ -291,8 +272,6 @@ class CellWorker:
             self._sync()
 
     def _run(self, cell: Cell, row: dict[str, Any]) -> CellOutcome:
-        import torch
-
         row["threads"] = torch.get_num_threads()
         row["device_name"] = environment.device_name(self.device)
         target = self.target()
@@ -357,8 +336,6 @@ class CellWorker:
         return CellOutcome(row, outputs, steps)
 
     def _collect(self, cell: Cell, got: _Collected, result, chunk: list[int], prompts, turn: int, call: int) -> None:
-        import numpy as np
-
         stats = result.stats
         got.stats.append(stats)
         for r, i in enumerate(chunk):
@@ -366,27 +343,16 @@ class CellWorker:
                                     token_ids=[int(t) for t in result.token_ids[r]]))
         if not self.settings.step_table:
             return
-        active = np.asarray(stats.active, dtype=bool)
-        if active.ndim == 1:
-            active = active[:, None]
-        arrays = {}
-        for name in ("drafted", "accepted", "emitted"):
-            v = getattr(stats, name, None)
-            a = np.zeros(active.shape, dtype=np.int64) if v is None else np.asarray(v, dtype=np.int64)
-            arrays[name] = a.reshape(active.shape)
-        step_s = np.asarray(stats.step_s, dtype=float).ravel()
-        for s in range(active.shape[0]):
-            for r in range(active.shape[1]):
+        for s in range(stats.steps):
+            for r in range(len(chunk)):
                 got.steps.append(dict(cell_id=cell.cell_id, turn=turn, batch=call, step=s, row=r,
-                                      active=bool(active[s, r]), drafted=int(arrays["drafted"][s, r]),
-                                      accepted=int(arrays["accepted"][s, r]), emitted=int(arrays["emitted"][s, r]),
-                                      step_s=float(step_s[s]) if s < step_s.size else None))
+                                      active=bool(stats.active[s, r]), drafted=int(stats.drafted[s, r]),
+                                      accepted=int(stats.accepted[s, r]), emitted=int(stats.emitted[s, r]),
+                                      step_s=float(stats.step_s[s])))
 
 
 def _peak_memory(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
-        import torch
-
         return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_max_allocated"}
     try:
         import resource

@@ -21,7 +21,6 @@ reported as censored (the true knee lies beyond what was measured).
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 import time
@@ -114,14 +113,6 @@ class KneePoint:
         return [{**base, "rep": i, "seconds": s} for i, s in enumerate(self.timing.samples_s)]
 
 
-def _new_cache(target, batch_size: int, capacity: int):
-    # Ask for room for prefix + tree up front (if the adapter takes a capacity) so no
-    # timed forward pays for growing the cache.
-    if "capacity" in inspect.signature(target.new_cache).parameters:
-        return target.new_cache(batch_size, capacity=capacity)
-    return target.new_cache(batch_size)
-
-
 def chain_inputs(batch_size: int, n: int, vocab: int, device, seed: int = 0):
     """tokens [b, n] (random ids), depths [b, n] = 0..n-1, mask [b, n, n] lower-triangular."""
     gen = torch.Generator(device="cpu").manual_seed(seed + 1000 * batch_size + n)
@@ -145,8 +136,7 @@ def measure_knee(
 ) -> tuple[list[KneePoint], list[tuple[int, int]]]:
     """Time `target.forward_tree` at every (b, n) of the grid; return (points, skipped).
 
-    The prefix is prefilled once into a one-row cache; every batch size gets copies of it
-    (`_replicate`), or its own prefill if the engine's cache layout is not the expected one.
+    The prefix is prefilled once into a one-row cache; every batch size gets copies of it.
     Repetitions run in rounds over the whole grid, not back to back per point: on a shared
     machine a slow spell then lands on one sample of many points, which the medians drop,
     instead of on every sample of a few points, which would bend the curve the tree policy
@@ -157,7 +147,7 @@ def measure_knee(
     """
     prefix = chat_prefix(target.tokenizer, prefix_tokens)
     capacity = len(prefix) + max(n for _, n in grid) + 8  # room for the largest tree in every cache
-    source = _new_cache(target, 1, capacity)
+    source = target.new_cache(1, capacity)
     prefill_s = timer.once(lambda: target.prefill(source, [list(prefix)]))
     caches: dict[int, tuple[object, str, float]] = {1: (source, "prefill", prefill_s)}
     order = sorted(grid, key=lambda bn: (bn[0] * bn[1], bn[0]))
@@ -173,7 +163,7 @@ def measure_knee(
                 skipped = order[i:]
                 break
         if b not in caches:
-            caches[b] = _batch_cache(target, source, prefill_s, b, prefix, capacity, timer)
+            caches[b] = _batch_cache(target, source, prefill_s, b, capacity)
         cache = caches[b][0]
         tokens, depths, mask = chain_inputs(b, n, target.info.vocab_size, target.device)
         call = lambda cache=cache, tokens=tokens, depths=depths, mask=mask: target.forward_tree(cache, tokens, depths, mask)  # noqa: E731
@@ -200,39 +190,13 @@ def measure_knee(
     return points, skipped
 
 
-def _batch_cache(target, source, prefill_s: float, b: int, prefix: list[int], capacity: int, timer: Timer):
-    """(cache of b rows holding the prefix, how it was made, prefill seconds)."""
-    cache = _replicate(target, source, b, capacity)
-    if cache is not None:
-        return cache, "replicated", prefill_s
-    cache = _new_cache(target, b, capacity)
-    return cache, "prefill", timer.once(lambda: target.prefill(cache, [list(prefix)] * b))
-
-
-def _replicate(target, source, b: int, capacity: int):
-    """A b-row cache whose rows all hold `source`'s single committed row, or None.
-
-    Prefilling b identical rows costs b prefills; on a CPU that dominates the whole knee
-    grid. Copying the one-row KV cache gives the same cache (same keys, values, lengths)
-    for free. This reads the engine's RowKVCache layout (per-layer [rows, heads, slots,
-    dim] keys/values, `lengths`, `committed_end`); if that layout is not there, the
-    caller prefills instead, so a change in the engine costs time, never correctness.
-    """
-    try:
-        cache = _new_cache(target, b, capacity)
-        if len(source.keys) != len(cache.keys) or source.batch_size != 1:
-            return None
-        for layer, (k, v) in enumerate(zip(source.keys, source.values)):
-            if k is None or v is None or k.dim() != 4:
-                return None
-            cache.keys[layer] = k.expand(b, -1, -1, -1).contiguous()
-            cache.values[layer] = v.expand(b, -1, -1, -1).contiguous()
-        cache.lengths = source.lengths.expand(b).clone()
-        cache.committed_end = source.committed_end
-        cache.tentative = 0
-        return cache
-    except (AttributeError, TypeError):
-        return None
+def _batch_cache(target, source, prefill_s: float, b: int, capacity: int):
+    """(cache of b rows holding the prefix, how it was made, prefill seconds). Copying the one-row
+    cache gives the same keys, values and lengths as b prefills, which on a CPU would dominate
+    the whole grid."""
+    cache = target.new_cache(b, capacity)
+    cache.repeat_row(source)
+    return cache, "replicated", prefill_s
 
 
 # -- the fit ----------------------------------------------------------------------------------

@@ -561,9 +561,9 @@ def _write_staged(run: _Run, staging: Path) -> None:
         pd.DataFrame(rows).to_parquet(staging / f"{name}.parquet", index=False)
         written[name] = f"{name}.parquet"
     run.doc["tables"] = written
-    try:
-        from roofline.figure import plot_profile
+    from roofline.figure import plot_profile  # here, not at the top: matplotlib is slow to import
 
+    try:
         figures = plot_profile(run.doc, run.knee_rows, staging / "roofline")
         run.doc["figures"] = [p.name for p in figures]
     except Exception as err:  # a plotting problem must not lose the measurements

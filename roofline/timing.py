@@ -115,15 +115,17 @@ class Timer:
         # All events are recorded first and read after one synchronise, so reading a
         # result never stalls the stream between repetitions. `before` (a cache flush)
         # is enqueued ahead of the start event and so is not inside the timed span.
+        # Recorded on this device's stream: on cuda:N, N's work, whatever the current device is.
+        stream = torch.cuda.current_stream(self.device)
         pairs = []
         for _ in range(reps):
             if before is not None:
                 before()
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             fn()
-            end.record()
+            end.record(stream)
             pairs.append((start, end))
         torch.cuda.synchronize(self.device)
         return [s.elapsed_time(e) / 1e3 for s, e in pairs]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from scylla_impl.phase_timer import PhaseTimer
 from scylla_impl.tree import Tree, build_tree, check_shape
 from scylla_impl.verify import next_token, verify
 from workloads.errors import ScyllaError
@@ -81,30 +82,9 @@ class GenerationResult:
 
 
 def _synchronizer(device: torch.device):
-    """Waits for `device`'s queued work: on cuda:N that GPU's, not the current one's."""
+    """Waits for `device`'s queued work: on cuda:N that GPU's, not the current one's. The loop
+    waits only around prefill and after its last step; phase boundaries never wait (PhaseTimer)."""
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-
-
-class _PhaseTimer:
-    """Attributes wall time to phases; synchronises the device so GPU work lands where it ran."""
-
-    def __init__(self, device: torch.device):
-        self.sync = _synchronizer(device)
-        self.current: dict[str, float] = dict.fromkeys(PHASES, 0.0)
-        self.mark = time.perf_counter()
-        self.phase = "commit"
-
-    def __call__(self, phase: str) -> None:
-        """End the running phase and start `phase`."""
-        self.sync()
-        now = time.perf_counter()
-        self.current[self.phase] += now - self.mark
-        self.mark, self.phase = now, phase
-
-    def take(self) -> dict[str, float]:
-        self("commit")
-        out, self.current = self.current, dict.fromkeys(PHASES, 0.0)
-        return out
 
 
 def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig = DecodeConfig()) -> GenerationResult:
@@ -145,8 +125,7 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
     outputs = [[int(t)] for t in roots.tolist()]
     done = [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()]
     records: dict[str, list] = {"drafted": [], "accepted": [], "emitted": [], "active": [], "step_s": []}
-    phases: dict[str, list[float]] = {p: [] for p in PHASES}
-    timer = _PhaseTimer(device)
+    timer = PhaseTimer(device, PHASES)
     t_loop = time.perf_counter()
     while not all(done):
         step_start = time.perf_counter()
@@ -181,8 +160,7 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
             feats = scored.layer_inputs if layers else scored.hidden
             path_feats = feats.gather(1, verdict.path[:, :, None].expand(-1, -1, feats.shape[-1]))
             root_logprobs, root_out = draft.extend(new_tokens, path_feats, kept)
-        for name, seconds in timer.take().items():
-            phases[name].append(seconds)
+        timer.end_step()
         records["step_s"].append(time.perf_counter() - step_start)
     sync()
     decode_s = time.perf_counter() - t_loop
@@ -194,7 +172,7 @@ def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig 
         accepted=np.array(records["accepted"], dtype=np.int64).reshape(shape),
         emitted=np.array(records["emitted"], dtype=np.int64).reshape(shape),
         active=np.array(records["active"], dtype=bool).reshape(shape),
-        phase_s={k: np.array(v) for k, v in phases.items()},
+        phase_s=timer.resolve(),
         step_s=np.array(records["step_s"]),
         prefill_s=prefill_s,
         decode_s=decode_s,

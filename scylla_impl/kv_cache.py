@@ -113,6 +113,19 @@ class RowKVCache:
         self.committed_end = int(self.lengths.max()) if self.batch_size else 0
         self.rollback()
 
+    def repeat_row(self, source: "RowKVCache") -> None:
+        """Make every row a copy of `source`'s one committed row: b identical prefills for the
+        price of one (the roofline's verify timings at batch b)."""
+        if source.batch_size != 1 or source.num_layers != self.num_layers:
+            raise ValueError(f"repeat_row needs a one-row cache of {self.num_layers} layers, got "
+                             f"{source.batch_size} rows of {source.num_layers}")
+        for layer, (k, v) in enumerate(zip(source.keys, source.values, strict=True)):
+            self.keys[layer] = None if k is None else k.expand(self.batch_size, -1, -1, -1).contiguous()
+            self.values[layer] = None if v is None else v.expand(self.batch_size, -1, -1, -1).contiguous()
+        self.lengths = source.lengths.expand(self.batch_size).clone()
+        self.committed_end = source.committed_end
+        self.rollback()
+
     def rollback(self) -> None:
         self.tentative = 0
         self.tentative_depths = self.tentative_depths[:, :0]

@@ -19,6 +19,7 @@ from harness import executors
 from harness.runner import CellOutcome, WorkerSettings, base_row, run_sweep
 from harness.schema import OUTPUT_SCHEMA
 from harness.spec import build_spec
+from scylla_impl.decode import PHASES, DecodeStats
 from workloads.errors import ScyllaError
 
 
@@ -34,11 +35,12 @@ class CountingWorker:
         row = base_row(cell)
         steps = 4
         accepted = np.zeros((steps, 1), int) if cell.is_ar else np.full((steps, 1), 1)
-        stats = type("S", (), dict(
+        stats = DecodeStats(
             accepted=accepted, active=np.ones((steps, 1), bool), emitted=accepted + 1,
-            drafted=np.zeros((steps, 1), int), step_s=np.full(steps, 0.1), phase_s={}, prefill_s=0.0,
-            decode_s=(accepted + 1).sum() / (10.0 if cell.is_ar else 20.0),
-        ))
+            drafted=np.zeros((steps, 1), int), step_s=np.full(steps, 0.1),
+            phase_s={p: np.zeros(steps) for p in PHASES}, prefill_s=0.0,
+            decode_s=(accepted + 1).sum() / (10.0 if cell.is_ar else 20.0), first_tokens=np.ones(1, int),
+        )
         row.update(metrics.summarize([stats], None if cell.is_ar else cell.depth), status="ok")
         tokens = [1, 2, 3] if cell.top_k != 3 else [1, 2, 4]
         outputs = pa.Table.from_pylist([dict(cell_id=cell.cell_id, prompt_id="p0", turn=0, batch=0, row=0,

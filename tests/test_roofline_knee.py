@@ -7,6 +7,7 @@ import torch
 
 from roofline import knee as knee_mod
 from roofline.timing import Timer
+from scylla_impl.target import Target
 
 PREFIX = 24  # a short real chat prefix keeps these tests to seconds
 
@@ -23,8 +24,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def target(default_model_dir):
-    target_mod = pytest.importorskip("scylla_impl.target")
-    return target_mod.Target.load(str(default_model_dir), dtype="float32", device="cpu")
+    return Target.load(str(default_model_dir), dtype="float32", device="cpu")
 
 
 def test_chat_prefix_is_a_real_templated_prompt(target):
@@ -39,8 +39,8 @@ def test_replicated_cache_equals_prefilled_cache(target):
     prefix = knee_mod.chat_prefix(target.tokenizer, PREFIX)
     one = target.new_cache(1)
     target.prefill(one, [prefix])
-    replicated = knee_mod._replicate(target, one, 3, capacity=PREFIX + 16)
-    assert replicated is not None, "the engine's cache layout changed: the knee now prefills every batch"
+    replicated = target.new_cache(3, capacity=PREFIX + 16)
+    replicated.repeat_row(one)
     prefilled = target.new_cache(3)
     target.prefill(prefilled, [prefix] * 3)
     tokens, depths, mask = knee_mod.chain_inputs(3, 4, target.info.vocab_size, "cpu")
