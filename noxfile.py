@@ -51,10 +51,13 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def speed(session: nox.Session) -> None:
-    """AR vs speculative decode speed at batch 1 (tests/benchmarks/test_decode_speed.py).
+    """Where a decode step's time goes: weight-read floor, verify(n), one draft level per method,
+    the bookkeeping share (reports/speed.py); then AR vs speculative decode at batch 1
+    (tests/benchmarks/test_decode_speed.py). Options go to reports/speed.py (`-- --help`).
 
-    SCYLLA_BENCH_DTYPE=float32 on a CPU without bf16 instructions, where bf16 is emulated.
+    SCYLLA_BENCH_DTYPE=float32 fixes the second part's dtype (default: auto, as the first).
     """
     _install(session)
+    session.run("python", "-m", "reports.speed", *session.posargs)
     session.run("pytest", "tests/benchmarks/test_decode_speed.py", "-m", "bench", "-s", "-p", "no:cacheprovider",
-                "--benchmark-columns=min,median,rounds", *session.posargs)
+                "--benchmark-columns=min,median,rounds")

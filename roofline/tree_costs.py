@@ -54,7 +54,7 @@ def measure(target, draft, batch_sizes: Sequence[int], *, prefix_tokens: int = 2
     feats = out.layer_inputs if layers else out.hidden  # [1, L, f]
     samples, over_ar, over_spec = [], {}, {}
     for b in sorted(set(batch_sizes)):
-        samples += _level_samples(draft, prefix, feats, b, widths, timer, reps)
+        samples += level_samples(draft, prefix, feats, b, widths, timer, reps)
         over_ar[b] = _overhead(target, None, [prefix] * b)
         over_spec[b] = _overhead(target, draft, [prefix] * b)
         if on_batch is not None:
@@ -62,7 +62,9 @@ def measure(target, draft, batch_sizes: Sequence[int], *, prefix_tokens: int = 2
     return DraftCosts(LatencyCurve.from_points(samples), over_ar, over_spec)
 
 
-def _level_samples(draft, prefix, feats, b: int, widths, timer: Timer, reps: int) -> list[tuple[int, int, float]]:
+def level_samples(draft, prefix, feats, b: int, widths, timer: Timer, reps: int) -> list[tuple[int, int, float]]:
+    """(b, w, seconds) of one `draft.expand` of w tokens per row, `reps` times per width, on a
+    draft cache holding `prefix` with the target's features `feats` [1, len(prefix), f]."""
     device = feats.device
     n = len(prefix)
     draft.start([prefix] * b, n + max(widths) + 8)

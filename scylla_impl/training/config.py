@@ -193,7 +193,8 @@ RECIPE_NAMES = tuple(BUDGETS)
 # own answer tokens; the head then reads 4.7M weights instead of 28.3M), the CE on every position,
 # 3 unrolled steps (the log's held-out accuracy at depths 4-5, never trained, matches depths 1-3),
 # and SFT on the target's own answers.
-_COMMON = dict(lr=1e-3, ttt_steps=3, ce_fraction=1.0, draft_vocab=8192, sft_answers="target")
+DRAFT_VOCAB = 8192
+_COMMON = dict(lr=1e-3, ttt_steps=3, ce_fraction=1.0, draft_vocab=DRAFT_VOCAB, sft_answers="target")
 _RECIPES: dict[str, dict] = {
     "eagle2": dict(noise=0.2),
     "scylla": dict(noise=0.2),
@@ -231,4 +232,4 @@ def parse_tokens(text: str | int) -> int:
     return int(round(float(match.group(1)) * _SUFFIX[match.group(2).lower()]))
 
 
-__all__ = ["BUDGETS", "METHOD_NAMES", "RECIPE_NAMES", "STAGES", "Budget", "TrainConfig", "parse_tokens", "recipe"]
+__all__ = ["BUDGETS", "DRAFT_VOCAB", "METHOD_NAMES", "RECIPE_NAMES", "STAGES", "Budget", "TrainConfig", "parse_tokens", "recipe"]
