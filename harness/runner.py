@@ -246,6 +246,7 @@ class CellWorker:
         self.target()  # outside the cell's failure isolation: no target, no sweep
         row["device"] = self.device
         row["dtype"] = str(self.target().dtype).removeprefix("torch.")  # what `auto` resolved to on this device
+        row["matmul"] = self.target().matmul
         row["system_prompt"] = self.settings.system_prompt
         t0 = time.perf_counter()
         try:

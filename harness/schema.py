@@ -10,7 +10,7 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 2  # 2: draft_hash
+SCHEMA_VERSION = 3  # 2: draft_hash; 3: matmul
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -56,6 +56,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("seed", pa.int64()),
     # environment
     pa.field("dtype", pa.string()),
+    pa.field("matmul", pa.string()),  # "skinny" (scylla_impl/skinny_linear.py) or "torch"
     pa.field("device", pa.string()),
     pa.field("device_name", pa.string()),
     pa.field("threads", pa.int64()),

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
-from scylla_impl import dtypes, gqa_attention
+from scylla_impl import dtypes, gqa_attention, skinny_linear
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
@@ -125,6 +125,8 @@ class Target:
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        # Few-row fp32 CPU matmuls at weight-read speed (skinny_linear.py); "torch" elsewhere.
+        self.matmul = "skinny" if skinny_linear.install(model) else "torch"
 
     @classmethod
     def load(cls, name: str = "default", dtype: str | torch.dtype = dtypes.AUTO, device: str = "cpu") -> "Target":

@@ -11,6 +11,7 @@ from scylla_impl.drafts.base import (
     DraftInfo,
     check_target,
     load_weights,
+    place,
     read_config,
 )
 from scylla_impl.drafts.eagle2 import Eagle2Draft
@@ -49,7 +50,7 @@ def new_draft(method: str, target, layers: int | None = None, seed: int = 0, dra
     config = DraftConfig.from_target(method, target, **overrides)
     torch.manual_seed(seed)
     draft = METHODS[method](config, target)
-    return draft.to(device=target.device, dtype=target.dtype).eval()
+    return place(draft, target)
 
 
 def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 0):
@@ -76,7 +77,7 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
     draft = METHODS[config.method](config, target)
     load_weights(draft, folder)
     draft.checkpoint = str(folder)
-    return draft.to(device=target.device, dtype=target.dtype).eval()
+    return place(draft, target)
 
 
 __all__ = ["Draft", "DraftConfig", "DraftInfo", "METHODS", "OracleDraft", "PromptLookupDraft", "load_draft",

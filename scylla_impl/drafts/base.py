@@ -23,6 +23,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
+from scylla_impl import skinny_linear
 from scylla_impl.drafts.layers import rotary
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL
@@ -176,7 +177,7 @@ class Draft(nn.Module):
         """Logits of the target's frozen LM head, over the draft vocabulary."""
         if not self.reduced:
             return self._target_parts[1](out)
-        return F.linear(out, self.head_weight, self.head_bias)
+        return skinny_linear.linear(out, self.head_weight, self.head_bias)
 
     def _slice_target_head(self) -> None:
         """Non-persistent copies of the target head's rows for the draft vocabulary: they belong
@@ -241,6 +242,14 @@ class Draft(nn.Module):
         atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
         atomic_write_bytes(json.dumps(config, indent=2).encode(), folder / "config.json")
         return folder
+
+
+def place(draft: Draft, target) -> Draft:
+    """The draft ready to decode beside `target`: on its device and dtype, in eval mode, its
+    few-row fp32 CPU matmuls through the same kernel as the target's (skinny_linear.py)."""
+    draft = draft.to(device=target.device, dtype=target.dtype).eval()
+    skinny_linear.install(draft)
+    return draft
 
 
 def read_config(folder: Path) -> DraftConfig:

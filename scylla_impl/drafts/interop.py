@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from scylla_impl.drafts.base import DRAFT_FORMAT, Draft, DraftConfig
+from scylla_impl.drafts.base import DRAFT_FORMAT, Draft, DraftConfig, place
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write, atomic_write_bytes
 
@@ -157,7 +157,7 @@ def import_draft(folder: Path, target) -> Draft:
     draft._vocab_changed()
     draft.checkpoint = str(folder)
     draft.weights_hash = _hash(state)
-    return draft.to(device=target.device, dtype=target.dtype).eval()
+    return place(draft, target)
 
 
 def _to_ours(state: dict[str, torch.Tensor], layout: str, draft: Draft, folder: Path) -> dict[str, torch.Tensor]:

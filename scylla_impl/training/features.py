@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scylla_impl import skinny_linear
 from scylla_impl.training.data import StageData
 from scylla_impl.training.distributed import Dist
 from workloads.cache import scylla_home
@@ -30,17 +31,21 @@ from workloads.files import atomic_write
 
 @torch.no_grad()
 def target_forward(target, input_ids: torch.Tensor, layers: tuple[int, ...]):
-    """(hidden [b,T,h], layer inputs [b,T,len(layers)*h] or None), fp32 on the target's device."""
-    out = target.decoder(input_ids=input_ids.to(target.device), use_cache=False,
-                         output_hidden_states=bool(layers))
+    """(hidden [b,T,h], layer inputs [b,T,len(layers)*h] or None), fp32 on the target's device.
+    torch's matmul throughout: features must not depend on how the rows were batched."""
+    with skinny_linear.off():
+        out = target.decoder(input_ids=input_ids.to(target.device), use_cache=False,
+                             output_hidden_states=bool(layers))
     hidden = out.last_hidden_state.float()
     feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1).float() if layers else None
     return hidden, feats
 
 
 def target_logits(target, hidden: torch.Tensor) -> torch.Tensor:
-    """The target's logits from its last hidden state (what Target.features returns), fp32."""
-    logits = target.lm_head(hidden.to(target.dtype)).float()
+    """The target's logits from its last hidden state (what Target.features returns), fp32,
+    through torch's matmul as the features are."""
+    with skinny_linear.off():
+        logits = target.lm_head(hidden.to(target.dtype)).float()
     if target.softcap:
         logits = torch.tanh(logits / target.softcap) * target.softcap
     return logits

@@ -1,0 +1,197 @@
+"""fp32 matmuls with few rows on the CPU, at the speed of reading the weights once.
+
+A decode step multiplies a handful of rows (1 for AR, b x tree tokens for a verify or a
+draft level) by every weight matrix of the model. BLAS libraries are built for big
+matrices: for a few rows they pack the weights first, so every weight byte is read,
+written and read again. Measured on a 2-core AVX2 machine over the embedded target's 211
+weight matrices (538 MB, fp32, 2 threads; `python -m reports.speed` shows the effect on
+whole steps):
+
+    rows              1      2      4      8     16     32     60
+    torch (MKL)     47.8   76.0  121.4  171.3  192.4  262.8  341.9 ms
+    this kernel     26.9   30.0   33.1   44.6   88.0  169.7  322.4 ms
+    (the read stream over the same bytes: 21 ms)
+
+The kernel streams each weight row once and multiplies it into up to 8 input rows held in
+vector registers (a register block per 8 rows; larger inputs walk the row again from L1).
+Every output is summed in the same order whatever the number of rows or threads, so a
+token scored alone (AR) and the same token scored inside a tree (verify) get bit-identical
+logits, which BLAS does not promise.
+
+It is compiled for this CPU on first use (about 45 s, once per machine, kept where torch
+keeps its extensions: $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions) with the C++
+compiler and ninja. Where either is missing, or the build fails,
+`kernel()` says why once and returns None, and callers use torch's own matmul.
+"""
+
+import contextlib
+import contextvars
+import hashlib
+import os
+import platform
+import sys
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_ROWS = 32  # above this torch's blocked GEMM is as fast (the table above: equal near 60)
+
+SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cstring>
+
+typedef float v8 __attribute__((vector_size(32)));
+static inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof(v)); return v; }
+static inline float hsum(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+
+// y[i, n] for MB input rows against weight row n: lane j sums k = j mod 8 in order, then the
+// lanes in a fixed tree, then the tail; no step depends on MB, M or the thread split.
+template <int MB>
+static inline void rows(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t n) {
+  v8 acc[MB];
+  for (int i = 0; i < MB; ++i) acc[i] = v8{0, 0, 0, 0, 0, 0, 0, 0};
+  const int64_t K8 = K - K % 8;
+  for (int64_t k = 0; k < K8; k += 8) {
+    const v8 wv = load8(w + k);
+    for (int i = 0; i < MB; ++i) acc[i] += wv * load8(x + i * K + k);
+  }
+  for (int i = 0; i < MB; ++i) {
+    float s = hsum(acc[i]);
+    for (int64_t k = K8; k < K; ++k) s += w[k] * x[i * K + k];
+    y[i * N + n] = s;
+  }
+}
+
+// x [M, K] and w [N, K], contiguous fp32 -> x @ w.T [M, N].
+torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "skinny_linear: shapes");
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "skinny_linear: contiguous inputs");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "skinny_linear: fp32");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto y = torch::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* wr = wp + n * K;
+      for (int64_t m = 0; m < M; m += 8) {
+        const float* xb = xp + m * K;
+        float* yb = yp + m * N;
+        switch (std::min<int64_t>(8, M - m)) {
+          case 1: rows<1>(xb, wr, yb, K, N, n); break;
+          case 2: rows<2>(xb, wr, yb, K, N, n); break;
+          case 3: rows<3>(xb, wr, yb, K, N, n); break;
+          case 4: rows<4>(xb, wr, yb, K, N, n); break;
+          case 5: rows<5>(xb, wr, yb, K, N, n); break;
+          case 6: rows<6>(xb, wr, yb, K, N, n); break;
+          case 7: rows<7>(xb, wr, yb, K, N, n); break;
+          default: rows<8>(xb, wr, yb, K, N, n); break;
+        }
+      }
+    }
+  });
+  return y;
+}
+"""
+
+
+def _cpu_signature() -> str:
+    """What the binary depends on: the source, this CPU's instruction set (-march=native),
+    torch and Python. A machine that differs in any of them builds its own."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    text = "\n".join([SOURCE, flags, platform.machine(), torch.__version__, sys.version])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; the ninja package's binary is not there when the venv is
+    used without being activated (`.venv/bin/python ...`)."""
+    try:
+        import ninja
+    except ImportError:  # the user's own ninja, if any, is on PATH already
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+@cache
+def kernel():
+    """The compiled `skinny_linear(x, w)`, or None (said once on stderr) where it cannot be built."""
+    from torch.utils import cpp_extension
+
+    _ninja_on_path()
+    name = f"skinny_linear_{_cpu_signature()}"
+    if not any(Path(cpp_extension._get_build_directory(name, verbose=False)).glob("*.so")):
+        print("compiling the CPU matmul kernel for few-row fp32 steps (once per machine, about a minute)",
+              file=sys.stderr, flush=True)
+    try:
+        module = cpp_extension.load_inline(name, cpp_sources=SOURCE, functions=["skinny_linear"],
+                                           extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                                           verbose=False)
+    except (OSError, RuntimeError, ImportError) as err:  # no compiler or ninja here, or the build failed
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"note: CPU matmul kernel unavailable ({first}); fp32 decode steps use torch's matmul",
+              file=sys.stderr, flush=True)
+        return None
+    return module.skinny_linear
+
+
+_ENABLED = contextvars.ContextVar("skinny_linear_enabled", default=True)
+
+
+@contextlib.contextmanager
+def off():
+    """torch's matmul for every row count inside: training's target features and labels, so a
+    position's feature does not depend on how many rows were batched with it (the kernel and
+    BLAS round differently, and the row count picks between them)."""
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, through the kernel where it applies: fp32 on the CPU, at most MAX_ROWS rows,
+    no autograd, not inside `off()`, and the kernel built here."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if (not _ENABLED.get() or not 0 < rows <= MAX_ROWS or x.dtype != torch.float32 or weight.dtype != torch.float32
+            or x.device.type != "cpu" or weight.device.type != "cpu" or not weight.is_contiguous()
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) or kernel() is None):
+        return F.linear(x, weight, bias)
+    y = kernel()(x.reshape(rows, x.shape[-1]).contiguous(), weight)  # [rows, out]
+    if bias is not None:
+        y += bias
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+class SkinnyLinear(nn.Linear):
+    """nn.Linear through `linear`. Installed by changing the class of a model's existing Linear
+    modules (`install`): parameters, tying and state-dict keys stay exactly as they were."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def install(model: nn.Module) -> int:
+    """Route `model`'s fp32 CPU Linear layers through the kernel where it builds; returns how
+    many layers now use it (0 where it is unavailable or nothing qualifies)."""
+    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"
+               and m.weight.dtype == torch.float32 and m.weight.is_contiguous()]
+    if not linears or kernel() is None:
+        return 0
+    for module in linears:
+        module.__class__ = SkinnyLinear
+    return len(linears)
+
+
+__all__ = ["MAX_ROWS", "SkinnyLinear", "install", "kernel", "linear", "off"]
