@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from scylla_impl.contracts import DraftModel, TargetModel
 from scylla_impl.phase_timer import PhaseTimer
 from scylla_impl.tree import Tree, build_tree, check_shape
 from scylla_impl.verify import next_token, verify
@@ -87,8 +88,10 @@ def _synchronizer(device: torch.device):
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
-def generate(target, prompts: list[list[int]], draft=None, config: DecodeConfig = DecodeConfig()) -> GenerationResult:
-    """Decode a batch of token-id prompts; `draft=None` is the autoregressive baseline."""
+def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | None = None,
+             config: DecodeConfig = DecodeConfig()) -> GenerationResult:
+    """Decode a batch of token-id prompts; `draft=None` is the autoregressive baseline. The two
+    objects' contracts: scylla_impl/contracts.py."""
     config.validate(speculative=draft is not None)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ScyllaError("every prompt needs at least one token")

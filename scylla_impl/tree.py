@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scylla_impl.contracts import DraftModel
 from workloads.errors import ScyllaError
 
 
@@ -92,7 +93,7 @@ class Pool:
                           2 + torch.arange(pool - k, device=self.scores.device) // (k * k)])
 
 
-def grow_pool(draft, root_logprobs: torch.Tensor, root_out: torch.Tensor, top_k: int, depth: int,
+def grow_pool(draft: DraftModel, root_logprobs: torch.Tensor, root_out: torch.Tensor, top_k: int, depth: int,
               timer=None) -> Pool:
     """Grow the candidate pool with `draft` (after its `extend`), then roll the draft's cache back.
 
@@ -143,7 +144,7 @@ def keep_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(-scores, dim=1, stable=True).indices
 
 
-def build_tree(draft, root_logprobs: torch.Tensor, root_out: torch.Tensor, roots: torch.Tensor,
+def build_tree(draft: DraftModel, root_logprobs: torch.Tensor, root_out: torch.Tensor, roots: torch.Tensor,
                top_k: int, depth: int, total_tokens: int, timer=None) -> Tree:
     """The tree of `total_tokens` (root included) that EAGLE-2 verifies; see `grow_pool`."""
     pool = grow_pool(draft, root_logprobs, root_out, top_k, depth, timer)
