@@ -18,9 +18,8 @@ Every output is summed in the same order whatever the number of rows or threads,
 token scored alone (AR) and the same token scored inside a tree (verify) get bit-identical
 logits, which BLAS does not promise.
 
-It is compiled for this CPU on first use (about 45 s, once per machine, kept where torch
-keeps its extensions: $TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions) with the C++
-compiler and ninja. Where either is missing, or the build fails,
+It is compiled for this CPU on first use (about a minute, once per machine, kept in the
+user's cache folder, ~/.cache/scylla-bench/kernels on Linux) with the C++ compiler and ninja. Where either is missing, or the build fails,
 `kernel()` says why once and returns None, and callers use torch's own matmul.
 """
 
@@ -33,6 +32,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
+import platformdirs
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,13 +134,16 @@ def kernel():
 
     _ninja_on_path()
     name = f"skinny_linear_{_cpu_signature()}"
-    if not any(Path(cpp_extension._get_build_directory(name, verbose=False)).glob("*.so")):
-        print("compiling the CPU matmul kernel for few-row fp32 steps (once per machine, about a minute)",
-              file=sys.stderr, flush=True)
+    # The machine's cache, not SCYLLA_HOME: the binary belongs to the CPU, not to a data folder.
+    folder = Path(platformdirs.user_cache_dir("scylla-bench")) / "kernels" / name
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not any(folder.glob("*.so")):
+            print("compiling the CPU matmul kernel for few-row fp32 steps (once per machine, about a minute)",
+                  file=sys.stderr, flush=True)
         module = cpp_extension.load_inline(name, cpp_sources=SOURCE, functions=["skinny_linear"],
                                            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                                           verbose=False)
+                                           build_directory=str(folder), verbose=False)
     except (OSError, RuntimeError, ImportError) as err:  # no compiler or ninja here, or the build failed
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"note: CPU matmul kernel unavailable ({first}); fp32 decode steps use torch's matmul",
