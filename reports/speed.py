@@ -30,7 +30,7 @@ import torch
 
 from roofline import bandwidth
 from roofline.cpu_threads import auto_threads
-from roofline.knee import chat_prefix, measure_knee
+from roofline.knee import ModelStats, chat_prefix, measure_knee
 from roofline.timing import Timer
 from roofline.tree_costs import level_samples
 from scylla_impl import dtypes
@@ -79,11 +79,6 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def weight_bytes(target: Target) -> int:
-    """Bytes of the target's parameters, a tied embedding counted once (parameters() dedups)."""
-    return sum(p.numel() * p.element_size() for p in target.model.parameters())
-
-
 def _split(stats) -> tuple[float, dict[str, float], float]:
     """(median step, median per phase, bookkeeping share of all step time)."""
     step = float(np.median(stats.step_s))
@@ -95,7 +90,7 @@ def _split(stats) -> tuple[float, dict[str, float], float]:
 @torch.no_grad()
 def measure(target: Target, *, reps: int = 7, steps: int = 32) -> SpeedReport:
     timer = Timer(target.device)
-    nbytes = weight_bytes(target)
+    nbytes = ModelStats.of(target.model).weight_bytes  # a tied embedding counted once
     _say(f"weight read: a read stream over {nbytes / 1e6:.0f} MB")
     n = bandwidth.elements_for(nbytes, bandwidth.DEFAULT_CONFIG.block)
     read = bandwidth.measure_stream(bandwidth.KERNELS["read"], "torch", n, target.device, timer,

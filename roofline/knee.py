@@ -149,7 +149,7 @@ def measure_knee(
     capacity = len(prefix) + max(n for _, n in grid) + 8  # room for the largest tree in every cache
     source = target.new_cache(1, capacity)
     prefill_s = timer.once(lambda: target.prefill(source, [list(prefix)]))
-    caches: dict[int, tuple[object, str, float]] = {1: (source, "prefill", prefill_s)}
+    caches = {1: source}  # batch size -> a cache holding the prefix in every row
     order = sorted(grid, key=lambda bn: (bn[0] * bn[1], bn[0]))
     calls, samples = [], []  # per measured point: its timed call, its samples
     last: tuple[int, float] | None = None  # (tokens in flight, seconds) of the latest point
@@ -163,8 +163,11 @@ def measure_knee(
                 skipped = order[i:]
                 break
         if b not in caches:
-            caches[b] = _batch_cache(target, source, prefill_s, b, capacity)
-        cache = caches[b][0]
+            # Copies of the one-row cache: the same keys, values and lengths as b prefills,
+            # which on a CPU would dominate the whole grid.
+            caches[b] = target.new_cache(b, capacity)
+            caches[b].repeat_row(source)
+        cache = caches[b]
         tokens, depths, mask = chain_inputs(b, n, target.info.vocab_size, target.device)
         call = lambda cache=cache, tokens=tokens, depths=depths, mask=mask: target.forward_tree(cache, tokens, depths, mask)  # noqa: E731
         calls.append((b, n, call, lambda cache=cache: target.rollback(cache)))
@@ -184,19 +187,10 @@ def measure_knee(
             on_round(r, reps)
     points = []
     for (b, n, _, _), got in zip(calls, samples):
-        cache, cache_source, row_prefill_s = caches[b]
-        point = KneePoint(b, n, len(prefix), Timing(tuple(got), warmup, timer.clock_name), row_prefill_s, cache_source)
+        cache_source = "prefill" if b == 1 else "replicated"
+        point = KneePoint(b, n, len(prefix), Timing(tuple(got), warmup, timer.clock_name), prefill_s, cache_source)
         points.append(point)
     return points, skipped
-
-
-def _batch_cache(target, source, prefill_s: float, b: int, capacity: int):
-    """(cache of b rows holding the prefix, how it was made, prefill seconds). Copying the one-row
-    cache gives the same keys, values and lengths as b prefills, which on a CPU would dominate
-    the whole grid."""
-    cache = target.new_cache(b, capacity)
-    cache.repeat_row(source)
-    return cache, "replicated", prefill_s
 
 
 # -- the fit ----------------------------------------------------------------------------------

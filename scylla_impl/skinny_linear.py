@@ -171,11 +171,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear, through the kernel where it applies: fp32 on the CPU, at most MAX_ROWS rows,
     no autograd, not inside `off()`, and the kernel built here."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if (not _ENABLED.get() or not 0 < rows <= MAX_ROWS or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or x.device.type != "cpu" or weight.device.type != "cpu" or not weight.is_contiguous()
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) or kernel() is None):
+    applies = (_ENABLED.get() and 0 < rows <= MAX_ROWS and x.dtype == weight.dtype == torch.float32
+               and x.device.type == weight.device.type == "cpu" and weight.is_contiguous()
+               and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    run = kernel() if applies else None
+    if run is None:
         return F.linear(x, weight, bias)
-    y = kernel()(x.reshape(rows, x.shape[-1]).contiguous(), weight)  # [rows, out]
+    y = run(x.reshape(rows, x.shape[-1]).contiguous(), weight)  # [rows, out]
     if bias is not None:
         y += bias
     return y.view(*x.shape[:-1], y.shape[-1])

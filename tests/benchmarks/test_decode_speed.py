@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from reports.speed import BOOKKEEPING  # phases that are neither model's forward
+
 pytestmark = pytest.mark.bench
 
 NEW_TOKENS = 128
 N_PROMPTS = int(os.environ.get("SCYLLA_BENCH_PROMPTS", "3"))
 DTYPE = os.environ.get("SCYLLA_BENCH_DTYPE", "auto")  # the faster of bf16 and fp32 here
-# Phases that are neither model's forward: what the engine adds around them.
-BOOKKEEPING = ("tree", "accept", "commit")
 TREES = {"default": (10, 5, 60), "small": (4, 4, 16)}
 RESULTS: dict[str, dict] = {}
 
