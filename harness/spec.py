@@ -19,16 +19,17 @@ from typing import Any
 import yaml
 
 from scylla_impl import dtypes
+from scylla_impl.methods import NAMES, TRAINED, TRAINING_FREE
 from workloads.errors import ScyllaError, os_error
 
 AUTO = "auto"
 # total_tokens "tied": each fixed top_k gets the size the roofline policy ties to it (EAGLE-2's
 # 60 for top_k 10), so a narrow tree is measured instead of pruned for exceeding its pool.
 TIED = "tied"
-KNOWN_METHODS = ("ar", "eagle2", "eagle3", "scylla", "lookup")
+KNOWN_METHODS = NAMES
 # Methods whose draft needs no checkpoint: given in --methods alone, they take this draft.
-TRAINING_FREE_DRAFTS = {"lookup": "lookup"}
-RANDOM_DRAFTS = ("random:eagle2", "random:eagle3", "random:scylla")
+TRAINING_FREE_DRAFTS = {m: m for m in TRAINING_FREE}
+RANDOM_DRAFTS = tuple(f"random:{m}" for m in TRAINED)
 TURNS = ("all", "first")
 _METHOD_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -222,7 +223,7 @@ def _draft_value(method: str, value: str, base: Path | None) -> str:
     if not p.is_absolute() and base is not None:
         p = base / p
     if not p.is_dir():
-        raise ScyllaError(f"draft for {method}: no checkpoint folder at {p} (give a folder with config.json, random:{method if method in ('eagle2', 'eagle3', 'scylla') else 'scylla'}, or oracle)")
+        raise ScyllaError(f"draft for {method}: no checkpoint folder at {p} (give a folder with config.json, random:{method if method in TRAINED else 'scylla'}, or oracle)")
     if not (p / "config.json").exists():
         raise ScyllaError(f"draft for {method}: {p} has no config.json (not a draft checkpoint folder)")
     return str(p.resolve())
@@ -290,7 +291,7 @@ KEYS: dict[str, Key] = {
     for k in [
         Key("target", lambda k, v, b: _str(k, v), "target model: 'default' (embedded SmolLM2-135M-Instruct) or a Hugging Face path", "TARGET"),
         Key("methods", _methods, "methods to run, comma-separated (ar is always added as the baseline)", "LIST"),
-        Key("draft", _drafts, "draft per method, METHOD=DRAFT; DRAFT is a checkpoint folder, random:eagle2|eagle3|scylla or oracle; repeatable", "METHOD=DRAFT", multiple=True),
+        Key("draft", _drafts, f"draft per method, METHOD=DRAFT; DRAFT is a checkpoint folder, random:{'|'.join(TRAINED)} or oracle; repeatable", "METHOD=DRAFT", multiple=True),
         Key("datasets", _datasets, "datasets, comma-separated", "LIST"),
         Key("batch_sizes", _pos_ints, "batch sizes, comma-separated", "LIST"),
         Key("top_k", _top_k, "tree top-k values, comma-separated; 'auto': per batch size the tree (top_k, depth, size) or AR with the most tokens/s, priced with --profile's verify curve and the draft's measured acceptance", "LIST"),

@@ -37,12 +37,13 @@ from pathlib import Path
 import pandas as pd
 
 from reports import regression
+from scylla_impl.methods import TRAINED
 from workloads.errors import ScyllaError
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO_BASELINE = Path(__file__).resolve().parent / "bench_micro_baseline.json"
 DATASETS = "mt_bench,humaneval,gsm8k,alpaca,cnn_dm,natural_questions"
-METHODS = ("eagle2", "eagle3", "scylla")
+METHODS = TRAINED
 # What each mode sweeps (AR and each method, temperature 0), and the committed baseline it
 # compares with. `regression`, the default, answers "did the engine or the drafts regress" in
 # minutes: every dataset and both batch sizes, on the tree the tie rule gives top_k 4

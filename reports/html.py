@@ -25,6 +25,7 @@ from reports import figures, profiles, tables
 from reports.load import Profile, Results
 from reports.published import SCYLLA_CITATION
 from reports.tables import dataset_label, method_label
+from scylla_impl.methods import BASELINES
 
 CSS = """
 *{box-sizing:border-box}
@@ -132,7 +133,7 @@ def _glance(res: Results, h: tables.Headline, tau: pd.DataFrame, claims: pd.Data
         parts = [f"{html.escape(method_label(m))} {tau.loc['all', m]:.2f}" for m in tau.columns
                  if not pd.isna(tau.loc["all", m])]
         items.append("tau over all datasets: " + ", ".join(parts) + ".")
-    for base in ("eagle2", "eagle3"):
+    for base in BASELINES:
         c = claims[(claims["baseline"] == base) & (claims["dataset"] == "all")] if len(claims) else claims
         if len(c):
             r = c.iloc[0]
@@ -240,7 +241,7 @@ def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos
                              "scylla": [tau.loc[d, "scylla"] for d in wide.index]}).set_index("dataset", drop=False)
         cols = [Col("dataset", "dataset", lambda d: "all datasets" if d == "all" else dataset_label(d)),
                 Col("scylla", "Scylla tau", fnum(2), True)]
-        for base in [b for b in ("eagle2", "eagle3") if b in set(claims["baseline"])]:
+        for base in [b for b in BASELINES if b in set(claims["baseline"])]:
             claim = claims.loc[claims["baseline"] == base, "claim"].iloc[0]
             rows[f"{base}_tau"] = wide[("baseline_tau", base)]
             rows[f"{base}_delta"] = [

@@ -36,13 +36,15 @@ from roofline.tree_costs import level_samples
 from scylla_impl import dtypes
 from scylla_impl.decode import PHASES, DecodeConfig, generate
 from scylla_impl.drafts import new_draft
+from scylla_impl.methods import BY_NAME, METHODS
 from scylla_impl.target import Target
 from scylla_impl.training.config import DRAFT_VOCAB
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 
 VERIFY_TOKENS = (1, 2, 4, 8, 16, 32, 60)
-DRAFTS = (("eagle2", 1), ("eagle3", 1), ("scylla", 1), ("scylla", 3))  # (method, decoder layers)
+# (method, decoder layers): every trained method's default drafts (scylla_impl/methods.py)
+DRAFTS = tuple((m.name, n) for m in METHODS if m.trained for n in (m.layers or (1,)))
 TREE = DecodeConfig()  # the default tree (top_k 10, depth 5, 60 tokens)
 BOOKKEEPING = ("tree", "accept", "commit")
 PREFIX_TOKENS = 200
@@ -110,7 +112,7 @@ def measure(target: Target, *, reps: int = 7, steps: int = 32) -> SpeedReport:
 
     methods = []
     for method, layers in DRAFTS:
-        name = f"{method}-{layers}" if method == "scylla" else method
+        name = BY_NAME[method].draft_name(layers)
         _say(f"draft {name}: one level, then {steps} steps of the default tree")
         draft = new_draft(method, target, layers=layers, draft_vocab=DRAFT_VOCAB)
         cache = target.new_cache(1, len(prefix) + 8)

@@ -16,9 +16,10 @@ import pandas as pd
 
 from reports.published import SCYLLA_CLAIMS, published_baselines
 from reports.scaling import LogFit, fit_log10
+from scylla_impl.methods import LABELS, REPORT_ORDER, TRAINED
 
-METHOD_ORDER = ["ar", "lookup", "eagle2", "eagle3", "scylla"]
-METHOD_LABELS = {"ar": "AR", "lookup": "Prompt lookup", "eagle2": "EAGLE-2", "eagle3": "EAGLE-3", "scylla": "Scylla"}
+METHOD_ORDER = list(REPORT_ORDER)
+METHOD_LABELS = LABELS
 DATASET_ORDER = ["mt_bench", "humaneval", "gsm8k", "alpaca", "cnn_dm", "natural_questions"]
 DATASET_LABELS = {
     "mt_bench": "MT-bench", "humaneval": "HumanEval", "gsm8k": "GSM8K", "alpaca": "Alpaca",
@@ -302,7 +303,8 @@ def tree_grid(ok: pd.DataFrame, h: Headline) -> tuple[str | None, pd.DataFrame]:
     """top_k x depth at the headline T and batch for one method with a real grid (>=2 x >=2)."""
     base = ok[(ok["temperature"].fillna(0.0) == h.temperature) & (ok["batch_size"] == h.batch_size)]
     base = base[(base["method"] != "ar") & (base["top_k_setting"] != "auto") & base["top_k"].notna()]
-    candidates = ordered(base["method"], ["scylla", "eagle3", "eagle2"])
+    # One method's grid: the trained methods from the report's last (Scylla) back.
+    candidates = ordered(base["method"], [m for m in reversed(METHOD_ORDER) if m in TRAINED])
     for m in candidates:
         mc = base[(base["method"] == m) & (base["draft"].fillna("") == (h.drafts.get(m) or ""))]
         if mc["top_k"].nunique() >= 2 and mc["depth"].nunique() >= 2:

@@ -125,64 +125,107 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     sync()
     prefill_s = time.perf_counter() - t0
 
-    outputs = [[int(t)] for t in roots.tolist()]
-    done = [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()]
-    records: dict[str, list] = {"drafted": [], "accepted": [], "emitted": [], "active": [], "step_s": []}
+    rows = Rows([[int(t)] for t in roots.tolist()], [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()])
+    front = Frontier(roots, root_logprobs, root_out) if draft is not None else Frontier(roots)
+    counts: list[StepCounts] = []
+    step_s: list[float] = []
     timer = PhaseTimer(device, PHASES)
     t_loop = time.perf_counter()
-    while not all(done):
+    while not all(rows.done):
         step_start = time.perf_counter()
-        if draft is not None:
-            timer("tree")
-            tree = build_tree(draft, root_logprobs, root_out, roots, config.top_k, config.depth,
-                              config.total_tokens, timer)
-        else:
-            tree = Tree.root_only(roots)
-        timer("verify")
-        scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask, layers)
-        timer("accept")
-        verdict = verify(tree, scored.logits, config.temperature, config.top_p, gen)
-        timer("commit")
-        # A finished row keeps nothing more: its cache stops growing, so it no longer widens
-        # every other row's attention (it still rides along in the batch's forward).
-        kept = verdict.path_len.masked_fill(torch.tensor(done, device=device), 0)  # [b]
-        target.commit(cache, verdict.path, kept)
-        path_tokens = tree.tokens.gather(1, verdict.path)  # [b, depth+1], root first
-        # Accepted draft tokens then the bonus: row r's first path_len[r] entries count.
-        new_tokens = torch.cat([path_tokens[:, 1:], path_tokens[:, :1]], 1)
-        new_tokens.scatter_(1, (verdict.path_len - 1)[:, None], verdict.bonus[:, None])
-        emitted_row = _emit(outputs, done, new_tokens.tolist(), verdict.path_len.tolist(), eos,
-                            config.max_new_tokens)
-        records["active"].append([e is not None for e in emitted_row])
-        records["emitted"].append([e or 0 for e in emitted_row])
-        records["accepted"].append(verdict.accepted.tolist())
-        records["drafted"].append([tree.size - 1] * b)
-        roots = verdict.bonus
-        if draft is not None and not all(done):
-            timer("draft")
-            feats = scored.layer_inputs if layers else scored.hidden
-            path_feats = feats.gather(1, verdict.path[:, :, None].expand(-1, -1, feats.shape[-1]))
-            root_logprobs, root_out = draft.extend(new_tokens, path_feats, kept)
+        front, counted = step(target, draft, cache, front, rows, config, layers, gen, timer)
         timer.end_step()
-        records["step_s"].append(time.perf_counter() - step_start)
+        counts.append(counted)
+        step_s.append(time.perf_counter() - step_start)
     sync()
     decode_s = time.perf_counter() - t_loop
 
-    steps = len(records["step_s"])
-    shape = (steps, b)
+    shape = (len(step_s), b)
     stats = DecodeStats(
-        drafted=np.array(records["drafted"], dtype=np.int64).reshape(shape),
-        accepted=np.array(records["accepted"], dtype=np.int64).reshape(shape),
-        emitted=np.array(records["emitted"], dtype=np.int64).reshape(shape),
-        active=np.array(records["active"], dtype=bool).reshape(shape),
+        drafted=np.array([c.drafted for c in counts], dtype=np.int64).reshape(shape),
+        accepted=np.array([c.accepted for c in counts], dtype=np.int64).reshape(shape),
+        emitted=np.array([c.emitted for c in counts], dtype=np.int64).reshape(shape),
+        active=np.array([c.active for c in counts], dtype=bool).reshape(shape),
         phase_s=timer.resolve(),
-        step_s=np.array(records["step_s"]),
+        step_s=np.array(step_s),
         prefill_s=prefill_s,
         decode_s=decode_s,
         first_tokens=np.ones(b, dtype=np.int64),
     )
-    texts = [target.tokenizer.decode(ids, skip_special_tokens=True) for ids in outputs]
-    return GenerationResult(outputs, texts, stats, config)
+    texts = [target.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows.outputs]
+    return GenerationResult(rows.outputs, texts, stats, config)
+
+
+@dataclass
+class Rows:
+    """Each row's tokens so far (the prefill's first one included) and whether it has finished."""
+
+    outputs: list[list[int]]
+    done: list[bool]
+
+
+@dataclass
+class Frontier:
+    """Where the rows stand between steps: each row's last emitted token, the root of its next
+    tree, and with a draft, the draft's log-probs and output at that root (the tree grows from them)."""
+
+    roots: torch.Tensor  # [b]
+    root_logprobs: torch.Tensor | None = None  # [b, draft vocab]
+    root_out: torch.Tensor | None = None  # [b, h]: the draft's hidden state at the root
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """One step's raw counters per row; DecodeStats stacks them."""
+
+    drafted: list[int]  # draft nodes scored
+    accepted: list[int]  # draft tokens accepted
+    emitted: list[int]  # tokens that count (accepted + bonus, cut at EOS or the limit)
+    active: list[bool]  # row still decoding at this step
+
+
+def step(target: TargetModel, draft: DraftModel | None, cache, front: Frontier, rows: Rows, config: DecodeConfig,
+         layers: tuple[int, ...], gen: torch.Generator, timer: PhaseTimer) -> tuple[Frontier, StepCounts]:
+    """One verify step for every row: draft a tree from its root, score the whole tree with one
+    target forward, accept the longest path the target agrees with plus its bonus token, commit
+    that path to the cache, and feed it to the draft for the next tree. Without a draft the tree
+    is the root alone: an AR step."""
+    b = front.roots.shape[0]
+    # Draft: the tree's levels, each one draft forward (build_tree marks "draft" and "tree" inside).
+    if draft is not None:
+        timer("tree")
+        tree = build_tree(draft, front.root_logprobs, front.root_out, front.roots, config.top_k, config.depth,
+                          config.total_tokens, timer)
+    else:
+        tree = Tree.root_only(front.roots)
+    # Verify: every row's tree in one forward over the cached prefix.
+    timer("verify")
+    scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask, layers)
+    # Accept: greedy or lossless rejection sampling down the tree.
+    timer("accept")
+    verdict = verify(tree, scored.logits, config.temperature, config.top_p, gen)
+    # Commit: the accepted path stays in the cache, the rest of the tree is dropped.
+    timer("commit")
+    # A finished row keeps nothing more: its cache stops growing, so it no longer widens
+    # every other row's attention (it still rides along in the batch's forward).
+    kept = verdict.path_len.masked_fill(torch.tensor(rows.done, device=front.roots.device), 0)  # [b]
+    target.commit(cache, verdict.path, kept)
+    path_tokens = tree.tokens.gather(1, verdict.path)  # [b, depth+1], root first
+    # Accepted draft tokens then the bonus: row r's first path_len[r] entries count.
+    new_tokens = torch.cat([path_tokens[:, 1:], path_tokens[:, :1]], 1)  # [b, depth+1]
+    new_tokens.scatter_(1, (verdict.path_len - 1)[:, None], verdict.bonus[:, None])
+    emitted = _emit(rows.outputs, rows.done, new_tokens.tolist(), verdict.path_len.tolist(), target.eos_ids,
+                    config.max_new_tokens)
+    counted = StepCounts(drafted=[tree.size - 1] * b, accepted=verdict.accepted.tolist(),
+                         emitted=[e or 0 for e in emitted], active=[e is not None for e in emitted])
+    if draft is None or all(rows.done):
+        return Frontier(verdict.bonus), counted
+    # The draft reads the accepted path (pair t: token t+1 with the target's feature at t).
+    timer("draft")
+    feats = scored.layer_inputs if layers else scored.hidden  # [b, n, h or 3h]
+    path_feats = feats.gather(1, verdict.path[:, :, None].expand(-1, -1, feats.shape[-1]))  # [b, depth+1, .]
+    root_logprobs, root_out = draft.extend(new_tokens, path_feats, kept)
+    return Frontier(verdict.bonus, root_logprobs, root_out), counted
 
 
 def _emit(outputs, done, new_tokens, path_len, eos, max_new_tokens) -> list[int | None]:

@@ -12,18 +12,17 @@ it here for every later run. Nothing falls back to a random draft.
 import sys
 from pathlib import Path
 
+from scylla_impl.methods import METHODS
 from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
 
-# name -> (method, decoder layers)
+# name -> (method, decoder layers): each trained method's default drafts (methods.py)
 DEFAULT_DRAFTS: dict[str, tuple[str, int | None]] = {
-    "eagle2": ("eagle2", None),
-    "eagle3": ("eagle3", None),
-    "scylla-1": ("scylla", 1),
-    "scylla-3": ("scylla", 3),
-    "scylla": ("scylla", 3),
+    m.draft_name(n): (m.name, n) for m in METHODS if m.trained for n in (m.layers or (None,))
 }
-ALIASES = {"scylla": "scylla-3"}  # the default draft is the Scylla-3 one
+# A method with several depths: its own name is its last draft (the default draft is the Scylla-3 one).
+ALIASES = {m.name: m.draft_name(m.layers[-1]) for m in METHODS if m.trained and m.layers}
+DEFAULT_DRAFTS.update({alias: DEFAULT_DRAFTS[name] for alias, name in ALIASES.items()})
 # Measured for the default recipe on this project's 2-core CPUs with bf16 (AVX-512 BF16): 3-6 min
 # of training per draft, plus about 4 min once per target for its answers and features; see
 # scylla_impl/training/config.py. Without fast bf16 everything runs in fp32, several times longer.

@@ -5,8 +5,9 @@ import json
 import click
 
 from scylla_impl import dtypes
+from scylla_impl.methods import TRAINED
 
-DRAFT_HELP = "checkpoint folder, oracle, or random:eagle2|random:eagle3|random:scylla"
+DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in TRAINED)
 
 
 @click.command()

@@ -31,6 +31,9 @@ from scylla_impl.training.config import AUTOCAST, METHOD_NAMES, RECIPE_NAMES, SF
                    "(EAGLE-2 as published: --draft-vocab 0 --ttt-steps 1 --sft-answers sharegpt)")
 @click.option("--sft-answers", type=click.Choice(SFT_ANSWERS), default=None,
               help="SFT on the target's own greedy answers to ShareGPT prompts (self-distillation) or on ShareGPT's")
+@click.option("--sft-mix", default=None, metavar="SOURCE=SHARE,...",
+              help="shares of the SFT prompts by source (sharegpt, code, math), e.g. sharegpt=2,code=1,math=1 "
+                   "[recipe]; code and math need --sft-answers target")
 @click.option("--autocast", type=click.Choice(AUTOCAST), default=None,
               help="bf16 autocast of the draft's training: auto = where measured faster than fp32 [auto]")
 @click.option("--features", type=click.Choice(["cache", "online"]), default=None, help="target features cached on disk or recomputed [cache]")
@@ -52,7 +55,7 @@ from scylla_impl.training.config import AUTOCAST, METHOD_NAMES, RECIPE_NAMES, SF
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads per process (default: torch's)")
 @click.pass_context
 def train(ctx, target, method, layers, budget, pretrain_tokens, sft_tokens, seq_len, batch_size, micro_batch, epochs, lr,
-          ttt_steps, ce_fraction, ce_weight, draft_vocab, sft_answers, autocast, features, pretrain_data, no_decontaminate, seed, dtype, device, checkpoint_every, log_every, name,
+          ttt_steps, ce_fraction, ce_weight, draft_vocab, sft_answers, sft_mix, autocast, features, pretrain_data, no_decontaminate, seed, dtype, device, checkpoint_every, log_every, name,
           out, resume, force, progress, threads) -> None:
     """Train a draft for --target: pretraining on the general corpus, then SFT on chat."""
     from pathlib import Path
@@ -60,7 +63,7 @@ def train(ctx, target, method, layers, budget, pretrain_tokens, sft_tokens, seq_
     import torch
 
     from harness.quiet import quiet_libraries
-    from scylla_impl.training import parse_tokens, recipe
+    from scylla_impl.training import parse_shares, parse_tokens, recipe
     from scylla_impl.training import train as run
     from workloads.errors import ScyllaError
     from workloads.files import check_writable_folder
@@ -78,6 +81,7 @@ def train(ctx, target, method, layers, budget, pretrain_tokens, sft_tokens, seq_
         "checkpoint_every": checkpoint_every, "log_every": log_every, "name": name,
         "pretrain_tokens": parse_tokens(pretrain_tokens) if pretrain_tokens is not None else None,
         "sft_tokens": parse_tokens(sft_tokens) if sft_tokens is not None else None,
+        "sft_mix": parse_shares(sft_mix, "--sft-mix") if sft_mix is not None else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
     if resume:
@@ -102,7 +106,7 @@ def train(ctx, target, method, layers, budget, pretrain_tokens, sft_tokens, seq_
         result = run(config, out, resume=True, target=tgt, progress=progress)
     else:
         if method is None:
-            raise ScyllaError("--method is required (eagle2, eagle3 or scylla)")
+            raise ScyllaError(f"--method is required ({', '.join(METHOD_NAMES)})")
         config = recipe(method, budget=budget, target=target, **given)
         result = run(config, out, force=force, progress=progress)
     final = result.final

@@ -14,42 +14,35 @@ from scylla_impl.drafts.base import (
     place,
     read_config,
 )
-from scylla_impl.drafts.eagle2 import Eagle2Draft
-from scylla_impl.drafts.eagle3 import Eagle3Draft
 from scylla_impl.drafts.lookup import PromptLookupDraft
 from scylla_impl.drafts.oracle import OracleDraft
-from scylla_impl.drafts.scylla import ScyllaDraft
+from scylla_impl.methods import BY_NAME, TRAINED, TRAINING_FREE
 from workloads.errors import ScyllaError
-
-# One registry of trainable draft architectures.
-METHODS: dict[str, type[Draft]] = {"eagle2": Eagle2Draft, "eagle3": Eagle3Draft, "scylla": ScyllaDraft}
-# An untrained EAGLE-3 draft gets a reduced vocabulary of this size, so decoding with
-# random:eagle3 exercises the draft-to-target id map; trained drafts take theirs from the recipe.
-RANDOM_EAGLE3_VOCAB = 8192
 
 
 def new_draft(method: str, target, layers: int | None = None, seed: int = 0, draft_vocab: int | None = None,
               **overrides) -> Draft:
     """A freshly initialised draft of `method` for `target` (random weights, seeded). `draft_vocab`:
     size of the reduced vocabulary (capped at the target's; 0 = the full vocabulary)."""
-    if method not in METHODS:
-        raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(METHODS)}")
+    if method not in TRAINED:
+        raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(TRAINED)}")
+    cls = BY_NAME[method].draft_class
     if draft_vocab is None:
-        draft_vocab = RANDOM_EAGLE3_VOCAB if method == "eagle3" else 0
+        draft_vocab = cls.untrained_vocab
     if draft_vocab < 0:
         raise ScyllaError(f"draft vocabulary size must be >= 0 (0 = the target's), got {draft_vocab}")
     overrides["draft_vocab_size"] = min(draft_vocab, target.info.vocab_size)
-    if method == "eagle3":
+    if cls.fuses_layers:
         from scylla_impl.target import default_layer_choice
 
         overrides.setdefault("feature_layers", list(default_layer_choice(target.info.num_layers)))
     if layers is not None:
-        if method != "scylla" and layers != 1:
+        if cls.max_layers == 1 and layers != 1:
             raise ScyllaError(f"--layers applies to scylla drafts; {method} has one decoder layer")
         overrides["num_layers"] = layers
     config = DraftConfig.from_target(method, target, **overrides)
     torch.manual_seed(seed)
-    draft = METHODS[method](config, target)
+    draft = cls(config, target)
     return place(draft, target)
 
 
@@ -61,24 +54,24 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
         return None
     if spec == "oracle":
         return OracleDraft(target)
-    if spec == "lookup":
-        return PromptLookupDraft(target)
+    if spec in TRAINING_FREE:
+        return BY_NAME[spec].draft_class(target)
     if spec.startswith("random:"):
         return new_draft(spec.split(":", 1)[1], target, layers=layers, seed=seed)
     folder = Path(spec)
     if not folder.exists():
-        raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, 'oracle', 'lookup' or random:{{{','.join(METHODS)}}}")
+        free = ", ".join(f"'{s}'" for s in ("oracle", *TRAINING_FREE))
+        raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, {free} or random:{{{','.join(TRAINED)}}}")
     if interop.is_foreign(folder):  # an EAGLE-1/2 or EAGLE-3 / SpecForge checkpoint
         return interop.import_draft(folder, target)
     config = read_config(folder)
     check_target(config, target, folder)
-    if config.method not in METHODS:
+    if config.method not in TRAINED:
         raise ScyllaError(f"draft '{folder}' has unknown method '{config.method}'")
-    draft = METHODS[config.method](config, target)
+    draft = BY_NAME[config.method].draft_class(config, target)
     load_weights(draft, folder)
     draft.checkpoint = str(folder)
     return place(draft, target)
 
 
-__all__ = ["Draft", "DraftConfig", "DraftInfo", "METHODS", "OracleDraft", "PromptLookupDraft", "load_draft",
-           "new_draft"]
+__all__ = ["Draft", "DraftConfig", "DraftInfo", "OracleDraft", "PromptLookupDraft", "load_draft", "new_draft"]

@@ -96,7 +96,18 @@ class DraftInfo:
 class Draft(nn.Module):
     """Base of the trainable drafts. Subclasses define `_inputs` and `_head`."""
 
+    # What sets an architecture apart where new_draft and training must know it, so that they
+    # never compare method names.
     own_head = False  # True: the draft trains its own LM head (EAGLE-3) instead of the target's
+    # False: its output is no target feature to regress onto (EAGLE-3), so it learns from CE alone.
+    regresses_features = True
+    # True: a norm before the target's head (Scylla), which training starts at the feature scale.
+    norm_before_target_head = False
+    fuses_layers = False  # True: it reads the inputs of several target layers (EAGLE-3)
+    max_layers = 1  # decoder layers it may have; EAGLE's drafts have one
+    untrained_vocab = 0  # reduced vocabulary of a random-init draft; 0: the target's
+    # TrainConfig fields its training recipe sets apart from every method's (training/config.py).
+    recipe: dict = {}
 
     def __init__(self, config: DraftConfig, target):
         super().__init__()

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scylla_impl.drafts.base import DRAFT_FORMAT, Draft, DraftConfig, place
+from scylla_impl.methods import BY_NAME
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write, atomic_write_bytes
 
@@ -110,8 +111,6 @@ def _feature_layers(raw: dict, target) -> list[int]:
 
 def import_draft(folder: Path, target) -> Draft:
     """An EAGLE-1/2 or EAGLE-3 checkpoint folder as this project's draft for `target`."""
-    from scylla_impl.drafts import METHODS
-
     raw = json.loads((folder / "config.json").read_text())
     made_for = (raw.get("scylla_bench") or {}).get("target_fingerprint")
     if made_for and made_for != target.info.fingerprint:
@@ -148,7 +147,7 @@ def import_draft(folder: Path, target) -> Draft:
     )
     if layout == EAGLE3 and not config.draft_vocab_size:
         config.draft_vocab_size = int(state["lm_head.weight"].shape[0])
-    draft = METHODS[config.method](config, target)
+    draft = BY_NAME[config.method].draft_class(config, target)
     mine = _to_ours(state, layout, draft, folder)
     missing, unexpected = draft.load_state_dict(mine, strict=False)
     if missing or unexpected:

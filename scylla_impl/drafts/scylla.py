@@ -13,6 +13,9 @@ MAX_LAYERS = 10
 
 
 class ScyllaDraft(Draft):
+    norm_before_target_head = True
+    max_layers = MAX_LAYERS
+
     def __init__(self, config: DraftConfig, target):
         if not 1 <= config.num_layers <= MAX_LAYERS:
             raise ScyllaError(f"Scylla drafts have 1..{MAX_LAYERS} layers, not {config.num_layers}")

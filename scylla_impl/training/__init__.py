@@ -11,7 +11,13 @@ loop.py       optimizer, schedule, checkpoints, exact resume, Parquet log, progr
 distributed.py  torchrun / torch.distributed (gloo on CPU)
 """
 
-from scylla_impl.training.config import METHOD_NAMES, TrainConfig, parse_tokens, recipe
+from scylla_impl.training.config import (
+    METHOD_NAMES,
+    TrainConfig,
+    parse_shares,
+    parse_tokens,
+    recipe,
+)
 from scylla_impl.training.loop import TrainResult, checkpoints, train
 
-__all__ = ["METHOD_NAMES", "TrainConfig", "TrainResult", "checkpoints", "parse_tokens", "recipe", "train"]
+__all__ = ["METHOD_NAMES", "TrainConfig", "TrainResult", "checkpoints", "parse_shares", "parse_tokens", "recipe", "train"]

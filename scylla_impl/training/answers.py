@@ -24,79 +24,117 @@ BATCH = 32  # wide batches amortise the weight reads: 458 tok/s at 32 rows again
 MARGIN = 1.1  # tokens generated beyond the budget, so packing never runs out and repeats data
 
 
-def answers_path(target, dtype: str, seed: int, data_dir, decontaminate: bool, system_prompt: str | None) -> Path:
-    options = {"seed": seed, "data_dir": str(data_dir) if data_dir else None, "decontaminate": decontaminate,
-               "system_prompt": system_prompt, "answer_tokens": ANSWER_TOKENS,
+def answers_path(target, dtype: str, system_prompt: str | None) -> Path:
+    """One file per target, precision and answer settings, holding answers by prompt id: which
+    prompts a run takes (seed, prompt mix, decontamination) only decides which records it reads,
+    so runs with other mixes reuse every answer already made."""
+    options = {"system_prompt": system_prompt, "answer_tokens": ANSWER_TOKENS,
                "max_prompt_tokens": MAX_PROMPT_TOKENS, "dtype": dtype}
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
     return scylla_home() / "answers" / target.info.fingerprint / f"{key}.jsonl"
 
 
-def _read(path: Path) -> list[dict]:
+def _read(path: Path) -> dict[str, dict]:
+    """Records by prompt id. A prompt too long to answer is recorded without messages, so it is
+    tokenized once, not on every run."""
     if not path.is_file():
-        return []
-    records = []
+        return {}
+    records = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill: that answer is made again
             break
+        records[record["id"]] = record
     return records
 
 
 def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, decontaminate: bool = True,
-                   system_prompt: str | None = None, progress: str = "none") -> list[list[dict]]:
-    """Conversations [user prompt, the target's answer] holding at least `tokens` tokens in all.
+                   system_prompt: str | None = None, mix: dict[str, float] | None = None,
+                   progress: str = "none") -> list[list[dict]]:
+    """Conversations [user prompt, the target's answer] holding at least `tokens` tokens in all,
+    over the SFT prompts of `seed` and `mix` in their order (workloads.corpora.sft_prompts).
     They are generated in the faster precision of the device (scylla_impl/precision.py)."""
     from scylla_impl.decode import DecodeConfig, generate
     from scylla_impl.precision import fast_dtype
-    from workloads.chat import render_chat
+    from workloads.chat import render_chat, tokenize_conversation
     from workloads.corpora import sft_prompts
 
     dtype = fast_dtype(str(target.device))
-    path = answers_path(target, dtype, seed, data_dir, decontaminate, system_prompt)
-    records = _read(path)
+    path = answers_path(target, dtype, system_prompt)
+    cached = _read(path)
     want = int(tokens * MARGIN) + 2 * ANSWER_TOKENS
-    have = sum(r["tokens"] for r in records)
-    done_ids = {r["id"] for r in records}
-    if have < want:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if records:  # rewrite without any torn last line before appending
-            path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        if str(target.dtype).removeprefix("torch.") != dtype:
-            from scylla_impl.target import Target
-
-            target = Target.load(target.info.path, dtype=dtype, device=str(target.device))
-        tok = target.tokenizer
-        prompts = ((pid, msgs) for pid, msgs in sft_prompts(seed, decontaminate=decontaminate, data_dir=data_dir)
-                   if pid not in done_ids)
-        config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
-        start, made = time.perf_counter(), 0
-        with path.open("a", encoding="utf-8") as out:
-            while have < want:
-                batch = []
-                for pid, msgs in prompts:
-                    ids = list(tok(render_chat(tok, msgs, system_prompt), add_special_tokens=False)["input_ids"])
-                    if len(ids) <= MAX_PROMPT_TOKENS:
-                        batch.append((pid, msgs, ids))
-                    if len(batch) == BATCH:
-                        break
-                if not batch:
-                    raise ScyllaError(f"the SFT prompts ran out after {have} of {want} tokens of target answers; "
-                                      "lower --sft-tokens")
-                result = generate(target, [ids for _, _, ids in batch], None, config)
-                for (pid, msgs, ids), answer_ids, text in zip(batch, result.token_ids, result.texts):
-                    if not text.strip():
-                        continue
-                    record = {"id": pid, "messages": [*msgs, {"role": "assistant", "content": text.strip()}],
-                              "tokens": len(ids) + len(answer_ids)}
-                    out.write(json.dumps(record) + "\n")
-                    records.append(record)
+    order: list[str] = []  # the prompt ids this run walked, in order
+    have = 0
+    prompts = sft_prompts(seed, decontaminate=decontaminate, data_dir=data_dir, mix=mix)
+    start, made, out = time.perf_counter(), 0, None
+    try:
+        while have < want:
+            # The next prompts in order, up to one batch of answers still to make.
+            pending: list[tuple[str, list[dict], list[int]]] = []
+            for pid, msgs in prompts:
+                record = cached.get(pid)
+                if record is not None:
+                    order.append(pid)
                     have += record["tokens"]
-                    made += record["tokens"]
-                out.flush()
-                if progress != "none":
-                    rate = made / max(time.perf_counter() - start, 1e-9)
-                    print(f"[train] target answers: {min(have, want)}/{want} tokens, {rate:.0f} tok/s, "
-                          f"{time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
-    return [r["messages"] for r in records]
+                    if have >= want:
+                        break
+                    continue
+                if str(target.dtype).removeprefix("torch.") != dtype:
+                    from scylla_impl.target import Target
+
+                    target = Target.load(target.info.path, dtype=dtype, device=str(target.device))
+                ids = list(target.tokenizer(render_chat(target.tokenizer, msgs, system_prompt),
+                                            add_special_tokens=False)["input_ids"])
+                if len(ids) > MAX_PROMPT_TOKENS:  # no room for the answer in a training sequence
+                    out = out or _open_for_append(path, cached)
+                    cached[pid] = {"id": pid, "messages": None, "tokens": 0}
+                    out.write(json.dumps(cached[pid]) + "\n")
+                    continue
+                order.append(pid)
+                pending.append((pid, msgs, ids))
+                if len(pending) == BATCH:
+                    break
+            if not pending:
+                if have >= want:
+                    break
+                raise ScyllaError(f"the SFT prompts ran out after {have} of {want} tokens of target answers; "
+                                  "lower --sft-tokens")
+            config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
+            result = generate(target, [ids for _, _, ids in pending], None, config)
+            out = out or _open_for_append(path, cached)
+            for (pid, msgs, _ids), text in zip(pending, result.texts):
+                messages = [*msgs, {"role": "assistant", "content": text.strip()}] if text.strip() else None
+                # Counted as training will tokenize it: a decoded answer need not re-encode to its own ids.
+                # An empty answer teaches nothing: kept out, and not asked again.
+                tokens = len(tokenize_conversation(target.tokenizer, messages, system_prompt)[0]) if messages else 0
+                cached[pid] = {"id": pid, "messages": messages, "tokens": tokens}
+                out.write(json.dumps(cached[pid]) + "\n")
+                have += cached[pid]["tokens"]
+                made += cached[pid]["tokens"]
+            out.flush()
+            if progress != "none":
+                rate = made / max(time.perf_counter() - start, 1e-9)
+                print(f"[train] target answers: {min(have, want)}/{want} tokens, {rate:.0f} tok/s, "
+                      f"{time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+    finally:
+        if out is not None:
+            out.close()
+    # The shortest prefix of the prompt order that holds `want` tokens, whatever the cache held
+    # beyond it: a run's data does not depend on what earlier runs of other budgets generated.
+    conversations, total = [], 0
+    for pid in order:
+        if total >= want:
+            break
+        record = cached[pid]
+        if record["messages"] is not None:
+            conversations.append(record["messages"])
+            total += record["tokens"]
+    return conversations
+
+
+def _open_for_append(path: Path, records: dict[str, dict]):
+    """The cache opened for appending, rewritten first without any torn last line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records.values()), encoding="utf-8")
+    return path.open("a", encoding="utf-8")

@@ -54,6 +54,8 @@ def stream_key(config: TrainConfig, stage: str) -> str:
         options.update(mix=config.mix, pretrain_data=str(Path(config.pretrain_data).resolve()) if config.pretrain_data else None)
     else:
         options.update(system_prompt=config.system_prompt, sft_answers=config.sft_answers)
+        if config.sft_mix is not None:  # absent when unset, so streams made before the option keep their key
+            options.update(sft_mix=config.sft_mix)
     return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -81,7 +83,7 @@ def build_stage(config: TrainConfig, tokenizer, stage: str, target_name: str = "
                 raise ScyllaError("SFT on the target's own answers needs the target to generate them")
             options["conversations"] = target_answers(
                 target, tokens, seed=config.seed, data_dir=config.data_dir, decontaminate=config.decontaminate,
-                system_prompt=config.system_prompt, progress=progress)
+                system_prompt=config.system_prompt, mix=config.sft_mix, progress=progress)
     if stage == "pretrain" and config.pretrain_data:
         stream = _text_corpus(config, tokenizer, tokens)
     else:

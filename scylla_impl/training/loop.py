@@ -263,9 +263,9 @@ class Trainer:
                                draft_vocab=config.draft_vocab)
         if self.draft.reduced:
             self.draft.set_vocab(token_counts(self.stages, target.info.vocab_size))
-        if config.method == "eagle3" and config.head_from_target:
+        if self.draft.own_head and config.head_from_target:
             init_head_from_target(self.draft, target)
-        if config.method == "scylla":
+        if self.draft.norm_before_target_head:
             init_scylla_norm(self.draft, target)
         self.draft.train()
         self.loss = UnrolledLoss(self.draft, config)

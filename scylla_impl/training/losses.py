@@ -156,7 +156,7 @@ class UnrolledLoss(nn.Module):
         self.draft = draft
         self.steps = config.ttt_steps
         self.decay = config.step_decay
-        self.feature_weight = config.feature_weight if draft.config.method != "eagle3" else 0.0
+        self.feature_weight = config.feature_weight if draft.regresses_features else 0.0
         self.ce_weight = config.ce_weight
         self.noise = config.noise
 

@@ -18,13 +18,14 @@ from workloads.chat import tokenize_conversation
 from workloads.corpora import sharegpt
 from workloads.corpora.decontaminate import Decontaminator, from_datasets
 from workloads.corpora.packing import PackedSequence, pack
+from workloads.corpora.prompt_sources import PROMPT_SOURCES, SFT_SOURCES
 from workloads.corpora.streams import CorpusStream, SourceStats, document_stream
 from workloads.corpora.text_sources import DEFAULT_MIX, TEXT_SOURCES, Document
 from workloads.errors import ScyllaError
 
 __all__ = [
     "CORPUS_KINDS", "DEFAULT_MIX", "CorpusStream", "Decontaminator", "PackedSequence", "SourceReport",
-    "SourceStats", "corpus", "corpus_report", "pack", "sft_prompts",
+    "SFT_SOURCES", "SourceStats", "corpus", "corpus_report", "pack", "sft_prompts",
 ]
 
 
@@ -49,19 +50,19 @@ def _text_tokenizer(tokenizer) -> Callable[[object, str], tuple[list[int], list[
     return tokenize
 
 
-def _check_mix(mix: dict[str, float]) -> dict[str, float]:
-    unknown = set(mix) - set(TEXT_SOURCES)
+def _check_ratios(mix: dict[str, float], known: tuple[str, ...], what: str) -> dict[str, float]:
+    unknown = set(mix) - set(known)
     if unknown:
-        raise ScyllaError(f"unknown corpus source(s) {sorted(unknown)} in mix; known: {', '.join(TEXT_SOURCES)}")
-    if any(r < 0 for r in mix.values()) or sum(mix.values()) <= 0:
-        raise ScyllaError(f"mix ratios must be non-negative and not all zero, got {mix}")
+        raise ScyllaError(f"unknown {what} source(s) {sorted(unknown)} in mix; known: {', '.join(known)}")
+    if any(not r >= 0 for r in mix.values()) or sum(mix.values()) <= 0:
+        raise ScyllaError(f"{what} mix ratios must be non-negative and not all zero, got {mix}")
     total = sum(mix.values())
     return {name: r / total for name, r in mix.items() if r > 0}
 
 
 def _pretrain(tokenizer, seed, stats, decontaminator, mix=None, **unused):
     _no_options(unused, "pretrain", "mix, decontaminate, data_dir")
-    ratios = _check_mix(dict(mix) if mix is not None else DEFAULT_MIX)
+    ratios = _check_ratios(dict(mix) if mix is not None else DEFAULT_MIX, tuple(TEXT_SOURCES), "corpus")
     tokenize = _text_tokenizer(tokenizer)
     streams = {}
     for name in ratios:
@@ -90,23 +91,41 @@ def _sft(tokenizer, seed, stats, decontaminator, system_prompt=None, conversatio
     return {name: stream}, {name: 1.0}
 
 
-def sft_prompts(seed: int = 0, *, decontaminate: bool = True,
-                data_dir: str | Path | None = None) -> Iterator[tuple[str, list[dict]]]:
-    """(id, [first user message]) of the ShareGPT conversations in a seeded order, contaminated ones
-    left out: the prompts a target answers to make its own SFT data."""
+def sft_prompts(seed: int = 0, *, decontaminate: bool = True, data_dir: str | Path | None = None,
+                mix: dict[str, float] | None = None) -> Iterator[tuple[str, list[dict]]]:
+    """(id, [first user message]) of the prompts a target answers to make its own SFT data:
+    ShareGPT's first user turns in a seeded order, interleaved with the code and math sources
+    (prompt_sources.py) by the share of prompts `mix` gives each (None: ShareGPT alone);
+    contaminated ones are left out. A source that runs out leaves the others to go on."""
+    ratios = _check_ratios(mix if mix is not None else {"sharegpt": 1.0}, SFT_SOURCES, "SFT prompt")
+    streams = {name: (_sharegpt_prompts(seed) if name == "sharegpt" else PROMPT_SOURCES[name].prompts(seed))
+               for name in ratios}
+    decon = _decontaminator(None if data_dir is None else str(data_dir)) if decontaminate else None
+    taken = dict.fromkeys(ratios, 0)
+    while streams:
+        # Deficit rule: the source furthest below its share goes next.
+        name = min(streams, key=lambda n: (taken[n] + 1) / ratios[n])
+        item = next(streams[name], None)
+        if item is None:
+            del streams[name]
+            continue
+        taken[name] += 1
+        pid, text = item
+        if decon is not None and decon.contaminated(text):
+            continue
+        yield pid, [{"role": "user", "content": text}]
+
+
+def _sharegpt_prompts(seed: int) -> Iterator[tuple[str, str]]:
     import random
 
     data = sharegpt.load()
-    decon = _decontaminator(None if data_dir is None else str(data_dir)) if decontaminate else None
     order = list(range(len(data.conversations)))
     random.Random(seed).shuffle(order)
     for i in order:
         first = next((m for m in data.conversations[i] if m["role"] == "user"), None)
-        if first is None:
-            continue
-        if decon is not None and decon.contaminated(first["content"]):
-            continue
-        yield data.ids[i], [dict(first)]
+        if first is not None:
+            yield data.ids[i], first["content"]
 
 
 def _no_options(unused: dict, kind: str, known: str) -> None:

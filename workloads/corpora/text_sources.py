@@ -63,7 +63,7 @@ def stdlib_files() -> tuple[Path, ...]:
     return tuple(sorted(found))
 
 
-def _read_source(path: Path) -> str:
+def read_source(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -73,7 +73,7 @@ def _read_source(path: Path) -> str:
 def docstrings(path: Path) -> str:
     """The module, class and function docstrings of one file, as one prose document."""
     try:
-        tree = ast.parse(_read_source(path))
+        tree = ast.parse(read_source(path))
     except (SyntaxError, ValueError):
         return ""
     parts = []
@@ -91,7 +91,7 @@ def docstrings(path: Path) -> str:
 def _code_documents() -> list[Document]:
     root = stdlib_root()
     return [
-        Document(f"stdlib/{p.relative_to(root).as_posix()}", functools.partial(_read_source, p))
+        Document(f"stdlib/{p.relative_to(root).as_posix()}", functools.partial(read_source, p))
         for p in stdlib_files()
         if p.relative_to(root).as_posix() not in _NOT_CODE
     ]
