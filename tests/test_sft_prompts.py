@@ -150,3 +150,16 @@ def test_a_torn_last_answer_is_made_again(target_fp32, small_answers, monkeypatc
     # Made again only where this run needs it: the torn record may lie past its budget's prefix.
     assert len(small_answers) == made + (torn["messages"] in first_run)
     assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_the_recipe_mixes_domains_unless_answers_are_sharegpts_own():
+    from scylla_impl.training.config import SFT_MIX, recipe
+
+    assert recipe("eagle3", dtype="float32").sft_mix == SFT_MIX
+    # EAGLE-2 as published trains on ShareGPT's own answers, which only ShareGPT's prompts have.
+    assert recipe("eagle2", dtype="float32", draft_vocab=0, ttt_steps=1, sft_answers="sharegpt").sft_mix is None
+    with pytest.raises(ScyllaError, match="needs --sft-answers target"):
+        recipe("eagle2", dtype="float32", sft_answers="sharegpt", sft_mix={"sharegpt": 1, "code": 1})
+    config = recipe("scylla", layers=3, dtype="float32")
+    config.sft_mix["code"] = 5.0  # a config's mix is its own
+    assert SFT_MIX["code"] == 1.0
