@@ -121,12 +121,13 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
         longest = int(lengths.max())
         pair_tokens = torch.tensor([p[1:] + [int(roots[r])] + [0] * (longest - len(p))
                                     for r, p in enumerate(prompts)], device=device)
-        root_logprobs, root_out = draft.extend(pair_tokens, features, lengths)
+        front = Frontier(roots, *draft.extend(pair_tokens, features, lengths))
+    else:
+        front = Frontier(roots)
     sync()
     prefill_s = time.perf_counter() - t0
 
     rows = Rows([[int(t)] for t in roots.tolist()], [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()])
-    front = Frontier(roots, root_logprobs, root_out) if draft is not None else Frontier(roots)
     counts: list[StepCounts] = []
     step_s: list[float] = []
     timer = PhaseTimer(device, PHASES)

@@ -67,6 +67,7 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
     order: list[str] = []  # the prompt ids this run walked, in order
     have = 0
     prompts = sft_prompts(seed, decontaminate=decontaminate, data_dir=data_dir, mix=mix)
+    config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
     start, made, out = time.perf_counter(), 0, None
     try:
         while have < want:
@@ -100,7 +101,6 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
                     break
                 raise ScyllaError(f"the SFT prompts ran out after {have} of {want} tokens of target answers; "
                                   "lower --sft-tokens")
-            config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
             result = generate(target, [ids for _, _, ids in pending], None, config)
             out = out or _open_for_append(path, cached)
             for (pid, msgs, _ids), text in zip(pending, result.texts):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scylla_impl import dtypes
 from scylla_impl.methods import BY_NAME, TRAINED
-from workloads.corpora.prompt_sources import SFT_SOURCES
+from workloads.corpora import SFT_SOURCES, check_shares
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 
@@ -126,11 +126,7 @@ class TrainConfig:
         if self.sft_answers not in SFT_ANSWERS:
             raise ScyllaError(f"sft-answers must be one of {', '.join(SFT_ANSWERS)}, got '{self.sft_answers}'")
         if self.sft_mix is not None:
-            unknown = sorted(set(self.sft_mix) - set(SFT_SOURCES))
-            if unknown:
-                raise ScyllaError(f"unknown SFT prompt source(s) {unknown}; known: {', '.join(SFT_SOURCES)}")
-            if not all(math.isfinite(r) and r >= 0 for r in self.sft_mix.values()) or sum(self.sft_mix.values()) <= 0:
-                raise ScyllaError(f"sft-mix shares must be non-negative and not all zero, got {self.sft_mix}")
+            check_shares(self.sft_mix, SFT_SOURCES, "SFT prompt")  # the check sft_prompts makes, up front
             if self.sft_answers != "target" and set(self.sft_mix) - {"sharegpt"}:
                 raise ScyllaError("only ShareGPT prompts come with answers: an sft-mix with code or math "
                                   "needs --sft-answers target")

@@ -9,6 +9,7 @@ six evaluation datasets.
 """
 
 import functools
+import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from workloads.errors import ScyllaError
 
 __all__ = [
     "CORPUS_KINDS", "DEFAULT_MIX", "CorpusStream", "Decontaminator", "PackedSequence", "SourceReport",
-    "SFT_SOURCES", "SourceStats", "corpus", "corpus_report", "pack", "sft_prompts",
+    "SFT_SOURCES", "SourceStats", "check_shares", "corpus", "corpus_report", "pack", "sft_prompts",
 ]
 
 
@@ -50,11 +51,13 @@ def _text_tokenizer(tokenizer) -> Callable[[object, str], tuple[list[int], list[
     return tokenize
 
 
-def _check_ratios(mix: dict[str, float], known: tuple[str, ...], what: str) -> dict[str, float]:
+def check_shares(mix: dict[str, float], known: tuple[str, ...], what: str) -> dict[str, float]:
+    """A mix of sources by share, normalised to sum to 1 with zero shares dropped; unknown
+    sources and shares that are negative, not finite or all zero are errors naming `what`."""
     unknown = set(mix) - set(known)
     if unknown:
         raise ScyllaError(f"unknown {what} source(s) {sorted(unknown)} in mix; known: {', '.join(known)}")
-    if any(not r >= 0 for r in mix.values()) or sum(mix.values()) <= 0:
+    if not all(math.isfinite(r) and r >= 0 for r in mix.values()) or sum(mix.values()) <= 0:
         raise ScyllaError(f"{what} mix ratios must be non-negative and not all zero, got {mix}")
     total = sum(mix.values())
     return {name: r / total for name, r in mix.items() if r > 0}
@@ -62,7 +65,7 @@ def _check_ratios(mix: dict[str, float], known: tuple[str, ...], what: str) -> d
 
 def _pretrain(tokenizer, seed, stats, decontaminator, mix=None, **unused):
     _no_options(unused, "pretrain", "mix, decontaminate, data_dir")
-    ratios = _check_ratios(dict(mix) if mix is not None else DEFAULT_MIX, tuple(TEXT_SOURCES), "corpus")
+    ratios = check_shares(dict(mix) if mix is not None else DEFAULT_MIX, tuple(TEXT_SOURCES), "corpus")
     tokenize = _text_tokenizer(tokenizer)
     streams = {}
     for name in ratios:
@@ -97,7 +100,7 @@ def sft_prompts(seed: int = 0, *, decontaminate: bool = True, data_dir: str | Pa
     ShareGPT's first user turns in a seeded order, interleaved with the code and math sources
     (prompt_sources.py) by the share of prompts `mix` gives each (None: ShareGPT alone);
     contaminated ones are left out. A source that runs out leaves the others to go on."""
-    ratios = _check_ratios(mix if mix is not None else {"sharegpt": 1.0}, SFT_SOURCES, "SFT prompt")
+    ratios = check_shares(mix if mix is not None else {"sharegpt": 1.0}, SFT_SOURCES, "SFT prompt")
     streams = {name: (_sharegpt_prompts(seed) if name == "sharegpt" else PROMPT_SOURCES[name].prompts(seed))
                for name in ratios}
     decon = _decontaminator(None if data_dir is None else str(data_dir)) if decontaminate else None
