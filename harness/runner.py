@@ -35,7 +35,7 @@ import torch
 
 from harness import environment, metrics
 from harness.cells import PLANNED, PRUNED, Cell, plan
-from harness.executors import get_executor
+from harness.executors import WorkerLost, get_executor
 from harness.inputs import (
     INPUTS_FILE,
     Inputs,
@@ -421,7 +421,7 @@ def run_sweep(
     consolidate_every_s: float = 10.0,
 ) -> SweepReport:
     """Run (or resume) a sweep into `out`. Bad input raises ScyllaError before any model loads."""
-    executor = get_executor(spec.executor)
+    executor = get_executor(spec)
     progress = progress or Progress()
     store = ResultStore(out)
     run_id = new_run_id()
@@ -445,7 +445,8 @@ def run_sweep(
     if spec.executor == "local":  # the devices are this machine's
         environment.resolve_device(spec.device)
     checksums = preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
-    with store.locked():
+    # A cluster that is not there is refused before anything is written.
+    with executor.connect() as where, store.locked():
         refuse_to_overwrite()  # again under the lock: another sweep may have written since
         recorded = read_inputs(store.out)
         for name, checksum in checksums.items():
@@ -462,7 +463,7 @@ def run_sweep(
         for name, checksum in checksums.items():
             record("datasets", name, checksum)
         store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),
-                                 "environment": env, "cells": len(cells)})
+                                 "environment": env, "executor": where, "cells": len(cells)})
         import yaml
 
         atomic_write_bytes(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode(), store.out / "spec.yaml")
@@ -485,15 +486,17 @@ def run_sweep(
                 dependents.setdefault(c.ar_partner, []).append(c)
         last_consolidated = time.monotonic()
 
-        def on_result(cell: Cell, outcome: CellOutcome) -> None:
+        def on_result(cell: Cell, outcome: CellOutcome | WorkerLost) -> None:
             try:
                 store_result(cell, outcome)
             except ScyllaError as err:  # a full disk: what is written stays, and a resume continues
                 raise ScyllaError(f"{err}; the cells finished before are kept, and `scylla sweep --resume` "
                                   "continues") from None
 
-        def store_result(cell: Cell, outcome: CellOutcome) -> None:
+        def store_result(cell: Cell, outcome: CellOutcome | WorkerLost) -> None:
             nonlocal last_consolidated
+            if isinstance(outcome, WorkerLost):
+                outcome = CellOutcome({**base_row(cell), "status": STATUS_FAILED, "error": outcome.error})
             row = {k: v for k, v in outcome.row.items() if k in RESULT_COLUMNS}
             row.update(common, run_id=run_id)
             store.write_cell(row, outcome.outputs, outcome.steps)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from harness.executors import EXECUTORS
 from scylla_impl import dtypes
 from scylla_impl.methods import NAMES, TRAINED, TRAINING_FREE
 from workloads.errors import ScyllaError, os_error
@@ -61,6 +62,9 @@ class SweepSpec:
     warmup: int = 8
     step_table: bool = False
     executor: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    retries: int = 2
     out: str | None = None
 
     @property
@@ -142,6 +146,13 @@ def _str(key: str, v: Any) -> str:
     s = str(v).strip()
     if not s:
         raise ScyllaError(f"{key}: empty value")
+    return s
+
+
+def _ray_address(key: str, v: Any, base: Path | None) -> str:
+    s = _str(key, v)
+    if s != "auto" and not re.match(r"^(ray://)?(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):\d+$", s):
+        raise ScyllaError(f"{key}: {s!r} is not HOST:PORT, ray://HOST:PORT or auto")
     return s
 
 
@@ -314,7 +325,13 @@ KEYS: dict[str, Key] = {
         Key("system_prompt", lambda k, v, b: str(v) if v is not None else None, "system prompt for the chat template", "TEXT"),
         Key("warmup", _opt_int(0), "warm-up new tokens per cell before timing (0: none)", "N"),
         Key("step_table", _bool, "also write the per-step table (steps.parquet)", flag=True),
-        Key("executor", lambda k, v, b: _str(k, v), "executor: local", "NAME"),
+        Key("executor", lambda k, v, b: _choice(tuple(EXECUTORS))(k, v, b), "where cells run: local (this process, one after another) or "
+            "ray (one worker per GPU, or per --threads CPUs, of a Ray cluster)", "|".join(EXECUTORS)),
+        Key("ray_address", _ray_address, "executor ray: the cluster to join (HOST:6379, or "
+            "ray://HOST:10001); default: start a local Ray instance for the sweep", "ADDRESS"),
+        Key("workers", _opt_int(1), "executor ray: workers to start (default: as many as the cluster holds)", "N"),
+        Key("retries", _opt_int(0), "executor ray: times a cell whose worker process died runs again on a new "
+            "worker before it is recorded as failed", "N"),
         Key("out", _path, "results folder", "DIR"),
     ]
 }
@@ -334,7 +351,7 @@ def parse_mapping(raw: Mapping[str, Any], base: Path | None, where: str) -> dict
             raise ScyllaError(f"{where}: unknown key {k!r}{_suggest(key)}; known keys: {', '.join(KEYS)}")
         if key in out:
             raise ScyllaError(f"{where}: key {key!r} given twice")
-        if v is None and key in ("data_dir", "profile", "threads", "system_prompt", "out"):
+        if v is None and key in ("data_dir", "profile", "threads", "system_prompt", "ray_address", "workers", "out"):
             out[key] = None
             continue
         out[key] = KEYS[key].parse(key, v, base)
@@ -422,10 +439,10 @@ def validate(spec: SweepSpec) -> None:
         raise ScyllaError(f"profile: no profile folder at {spec.profile} (make one with `scylla profile --out DIR`)")
     if spec.data_dir is not None and not Path(spec.data_dir).is_dir():
         raise ScyllaError(f"data_dir: no such folder {spec.data_dir}")
-    from harness.executors import EXECUTORS
-
-    if spec.executor not in EXECUTORS:
-        raise ScyllaError(f"executor: unknown {spec.executor!r}; known: {', '.join(EXECUTORS)}")
+    if spec.executor != "ray":
+        for key in ("ray_address", "workers"):
+            if getattr(spec, key) is not None:
+                raise ScyllaError(f"{key}: only with executor ray (the executor is {spec.executor})")
     dev = spec.device
     if not (dev in ("auto", "cpu", "cuda") or re.match(r"^cuda:\d+$", dev) or dev == "mps"):
         raise ScyllaError(f"device: {dev!r} is not auto, cpu, cuda or cuda:N")

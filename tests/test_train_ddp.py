@@ -1,9 +1,11 @@
-"""DDP: two gloo processes under torchrun, the same global batch split between them, follow the
-loss curve of one process (gradient accumulation over the same sequences) within tolerance, for
-every method: a reduced vocabulary, unrolled steps, and SFT on the target's own answers (which
-one process generates while the other waits)."""
+"""DDP: two gloo processes under torchrun (on one node, or as two nodes joined by c10d
+rendezvous), the same global batch split between them, follow the loss curve of one process
+(gradient accumulation over the same sequences) within tolerance, for every trained method: a
+reduced vocabulary, unrolled steps, and SFT on the target's own answers (which one process
+generates while the other waits)."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +16,37 @@ import pytest
 from safetensors.torch import load_file
 from test_train import make_tiny
 
+from scylla_impl.methods import TRAINED
+
 SEQ = 32
 
 
-@pytest.mark.parametrize("method", ["scylla", "eagle2", "eagle3"])
-def test_two_gloo_processes_match_one(method, tmp_path, default_model_dir):
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nodes: str, out: Path, common: list[str], env: dict) -> None:
+    """`torchrun` as a user starts it: 2 processes on one node, or 2 nodes of one process each
+    joining by c10d rendezvous (two launchers, here on one machine, as on two)."""
+    if nodes == "one node":
+        launchers = [["--standalone", "--nproc-per-node", "2"]]
+    else:
+        rdzv = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "ddp-test"]
+        launchers = [rdzv, rdzv]
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args, "-m", "harness.cli", *common,
+                               "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args in launchers]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+
+
+@pytest.mark.parametrize(("method", "nodes"), [*((m, "one node") for m in TRAINED),
+                                               pytest.param("scylla", "two nodes", marks=pytest.mark.slow)])
+def test_two_gloo_processes_match_one(method, nodes, tmp_path, default_model_dir):
     tiny = make_tiny(tmp_path / "tiny-llama", default_model_dir)
     text = tmp_path / "corpus.txt"
     text.write_text("\n\n".join(Path(m).read_text() for m in (subprocess.__file__, os.__file__)))
@@ -27,16 +55,12 @@ def test_two_gloo_processes_match_one(method, tmp_path, default_model_dir):
               "--sft-tokens", str(SEQ * 8), "--sft-answers", "target", "--draft-vocab", "2048", "--ttt-steps", "2",
               "--epochs", "1", "--seq-len", str(SEQ), "--batch-size", "4", "--micro-batch", "2", "--log-every", "2",
               "--threads", "1", "--progress", "none"]
-    runs = {
-        "one": [sys.executable, "-m", "harness.cli", *common, "--out", str(tmp_path / "one")],
-        "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "harness.cli", *common, "--out", str(tmp_path / "two")],
-    }
-    for name, cmd in runs.items():
-        # Separate homes: the two-process run builds its feature cache split between the ranks.
-        env = {**os.environ, "SCYLLA_HOME": str(tmp_path / f"home-{name}"), "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-        assert done.returncode == 0, done.stderr[-3000:]
+    # Separate homes: the two-process run builds its feature cache split between the ranks.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "harness.cli", *common, "--out", str(tmp_path / "one")],
+                          capture_output=True, text=True, timeout=600, env={**env, "SCYLLA_HOME": str(tmp_path / "h1")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    launch(nodes, tmp_path / "two", common, {**env, "SCYLLA_HOME": str(tmp_path / "h2")})
     one = pd.read_parquet(tmp_path / "one" / "train_log.parquet")
     two = pd.read_parquet(tmp_path / "two" / "train_log.parquet")
     assert len(one) == len(two) == 8 and list(one["stage"]) == ["pretrain"] * 6 + ["sft"] * 2
