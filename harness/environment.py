@@ -10,6 +10,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from roofline.profile_doc import read_profile_doc
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (
     "scylla-bench", "torch", "transformers", "tokenizers", "safetensors", "accelerate", "numpy",
@@ -57,23 +59,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def resolve_device(device: str) -> str:
-    """`auto` -> cuda when present, else cpu; a CUDA device that is not here is bad input."""
-    import torch
-
-    from workloads.errors import ScyllaError
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ScyllaError(f"device {device}: no CUDA device here (torch {torch.__version__}); use --device cpu or auto")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ScyllaError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
 def device_name(device: str) -> str:
     import torch
 
@@ -86,19 +71,8 @@ def profile_id(profile_dir: str | None) -> str | None:
     """A profile's own id if it records one, else a hash of its profile.json."""
     if profile_dir is None:
         return None
-    path = Path(profile_dir) / "profile.json"
-    try:
-        blob = path.read_bytes()
-    except OSError:
-        return None
-    try:
-        data = json.loads(blob)
-        for key in ("profile_id", "id"):
-            if isinstance(data, dict) and isinstance(data.get(key), str):
-                return data[key]
-    except ValueError:
-        pass
-    return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
+    profile = read_profile_doc(profile_dir)
+    return profile.profile_id or "sha256:" + hashlib.sha256(profile.file.read_bytes()).hexdigest()[:16]
 
 
 def snapshot(device: str, profile_dir: str | None) -> dict:

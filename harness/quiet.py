@@ -10,4 +10,6 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("torch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    # The libraries' advisory warnings only: a UserWarning from this project, or from anything
+    # else the user runs in the process, still shows.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|torch|accelerate)(\.|$)")

@@ -57,6 +57,7 @@ from harness.schema import (
 from harness.spec import AUTO, SweepSpec
 from harness.storage import ResultStore
 from roofline.nvml_sampler import NvmlSampler
+from scylla_impl import devices
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 
@@ -84,8 +85,9 @@ class WorkerSettings:
 
     @classmethod
     def from_spec(cls, spec: SweepSpec, out: str | Path = "", inputs: Inputs | None = None) -> WorkerSettings:
-        return cls(spec.target, spec.dtype, spec.device, spec.threads, spec.data_dir, spec.system_prompt,
-                   spec.warmup, spec.step_table, str(out), inputs or {})
+        return cls(target=spec.target, dtype=spec.dtype, device=spec.device, threads=spec.threads,
+                   data_dir=spec.data_dir, system_prompt=spec.system_prompt, warmup=spec.warmup,
+                   step_table=spec.step_table, out=str(out), inputs=inputs or {})
 
 
 @dataclass
@@ -156,7 +158,7 @@ class CellWorker:
 
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
-        self.device = environment.resolve_device(settings.device)
+        self.device = devices.resolve(settings.device)
         self._threads_before: int | None = None
         if settings.threads:
             self._threads_before = torch.get_num_threads()
@@ -443,7 +445,7 @@ def run_sweep(
     order = [c.cell_id for c in cells]
     env = _driver_environment(spec)
     if spec.executor == "local":  # the devices are this machine's
-        environment.resolve_device(spec.device)
+        devices.resolve(spec.device)
     checksums = preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
     # A cluster that is not there is refused before anything is written.
     with executor.connect() as where, store.locked():

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from harness.executors import EXECUTORS
-from scylla_impl import dtypes
+from scylla_impl import devices, dtypes
 from scylla_impl.methods import NAMES, TRAINED, TRAINING_FREE
 from workloads.errors import ScyllaError, os_error
 
@@ -55,7 +55,7 @@ class SweepSpec:
     data_dir: str | None = None
     profile: str | None = None
     dtype: str = dtypes.AUTO
-    device: str = "auto"
+    device: str = devices.AUTO
     threads: int | None = None
     seed: int = 0
     system_prompt: str | None = None
@@ -319,7 +319,7 @@ KEYS: dict[str, Key] = {
         Key("profile", _path, "roofline profile folder (from `scylla profile`), needed by top_k auto", "DIR"),
         Key("dtype", _choice(dtypes.CHOICES), "target and draft dtype; auto: bf16 where the device runs it "
             "natively and faster, else fp32", "DTYPE"),
-        Key("device", lambda k, v, b: _str(k, v), "device: auto, cpu, cuda, cuda:N", "DEVICE"),
+        Key("device", lambda k, v, b: devices.check_name(_str(k, v)), "device: " + devices.HELP, "DEVICE"),
         Key("threads", _opt_int(1), "torch CPU threads (default: torch's)", "N"),
         Key("seed", _opt_int(0), "random seed", "N"),
         Key("system_prompt", lambda k, v, b: str(v) if v is not None else None, "system prompt for the chat template", "TEXT"),
@@ -443,9 +443,6 @@ def validate(spec: SweepSpec) -> None:
         for key in ("ray_address", "workers"):
             if getattr(spec, key) is not None:
                 raise ScyllaError(f"{key}: only with executor ray (the executor is {spec.executor})")
-    dev = spec.device
-    if not (dev in ("auto", "cpu", "cuda") or re.match(r"^cuda:\d+$", dev) or dev == "mps"):
-        raise ScyllaError(f"device: {dev!r} is not auto, cpu, cuda or cuda:N")
 
 
 def _close(word: str, options: tuple[str, ...] | list[str]) -> str:

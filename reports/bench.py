@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports import regression
+from roofline.profile_doc import PROFILE_FILE, read_profile_doc
 from scylla_impl.methods import TRAINED
 from workloads.errors import ScyllaError
 
@@ -53,6 +54,20 @@ _REGRESSION = dict(datasets=DATASETS, batch_sizes="1,4", top_k="4,auto", depths=
 PRESETS = {
     "regression": _REGRESSION,
     "full": dict(_REGRESSION, total_tokens="60", baseline="bench_baseline_full.json"),
+}
+# The options the job hands to `scylla sweep` under the same names: one table, which the
+# argument parser, the configuration the baseline records and the sweep command all read.
+_PRESET = "default: the preset's"
+SWEEP_OPTIONS: dict[str, dict] = {
+    "datasets": dict(help=_PRESET),
+    "batch_sizes": dict(help=_PRESET),
+    "top_k": dict(help=_PRESET),
+    "depths": dict(help=_PRESET),
+    "total_tokens": dict(help=_PRESET),
+    "prompts": dict(type=int, help="per dataset; batch 4 needs at least 4 (" + _PRESET + ")"),
+    "max_new_tokens": dict(type=int, help=_PRESET),
+    "turns": dict(default="first", choices=("first", "all"), help="MT-bench turns"),
+    "dtype": dict(default="auto", help="target dtype, or auto (the faster of bf16/fp32 by the profile)"),
 }
 # A planted regression: the tree a buggy commit might build instead of the requested one.
 PLANTS = {"shrink-tree": {"depths": "2", "total_tokens": "6"}}
@@ -74,6 +89,10 @@ def _run(cmd: list[str], what: str, written: Path | None = None) -> None:
     if proc.returncode != 0 and not (proc.returncode == 1 and written is not None and written.is_file()):
         raise ScyllaError(f"{what} failed (exit {proc.returncode}); its output is above")
     _say(f"{what} took {time.perf_counter() - t0:.0f} s")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _scylla(*args: str) -> list[str]:
@@ -126,16 +145,8 @@ def sweep_config(args, drafts: list[str]) -> dict:
         # Folder names, not absolute paths: the same drafts on another checkout compare equal.
         "drafts": sorted(d.split("=", 1)[0] + "=" + Path(d.split("=", 1)[1]).name if "random:" not in d else d
                          for d in drafts),
-        "datasets": args.datasets,
-        "batch_sizes": args.batch_sizes,
-        "top_k": args.top_k,
-        "depths": args.depths,
-        "total_tokens": args.total_tokens,
         "temperatures": "0",
-        "prompts": args.prompts,
-        "max_new_tokens": args.max_new_tokens,
-        "turns": args.turns,
-        "dtype": args.dtype,
+        **{name: getattr(args, name) for name in SWEEP_OPTIONS},
     }
 
 
@@ -144,13 +155,10 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
     run = dict(cfg, drafts=drafts)
     if plant:
         run.update(PLANTS[plant])
-    cmd = _scylla(
-        "sweep", "--target", run["target"], "--methods", "ar," + run["methods"],
-        "--datasets", run["datasets"], "--batch-sizes", run["batch_sizes"], "--top-k", run["top_k"],
-        "--depths", run["depths"], "--total-tokens", run["total_tokens"], "--temperatures", run["temperatures"],
-        "--prompts", str(run["prompts"]), "--max-new-tokens", str(run["max_new_tokens"]), "--out", str(out),
-        "--threads", str(threads), "--turns", run["turns"], "--dtype", run["dtype"],
-    )
+    cmd = _scylla("sweep", "--target", run["target"], "--methods", "ar," + run["methods"],
+                  "--temperatures", run["temperatures"], "--out", str(out), "--threads", str(threads))
+    for name in SWEEP_OPTIONS:
+        cmd += [_flag(name), str(run[name])]
     for d in run["drafts"]:
         cmd += ["--draft", d]
     if profile is not None:
@@ -203,10 +211,7 @@ def choose_dtype(requested: str, profile: Path | None) -> str:
     """
     if requested != "auto" or profile is None:
         return requested
-    try:
-        return json.loads((profile / "profile.json").read_text())["options"]["dtype"]
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        return requested
+    return read_profile_doc(profile).dtype or requested
 
 
 def _git_commit() -> str | None:
@@ -230,15 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--untrained", action="store_true",
                     help="random-init drafts for methods without --draft (quick plumbing run; tau is meaningless)")
     ap.add_argument("--methods", type=lambda s: tuple(s.split(",")), default=METHODS)
-    ap.add_argument("--datasets", help="default: the preset's")
-    ap.add_argument("--batch-sizes", help="default: the preset's")
-    ap.add_argument("--top-k", help="default: the preset's")
-    ap.add_argument("--depths", help="default: the preset's")
-    ap.add_argument("--total-tokens", help="default: the preset's")
-    ap.add_argument("--prompts", type=int, help="per dataset; batch 4 needs at least 4 (default: the preset's)")
-    ap.add_argument("--max-new-tokens", type=int, help="default: the preset's")
-    ap.add_argument("--turns", default="first", choices=("first", "all"), help="MT-bench turns")
-    ap.add_argument("--dtype", default="auto", help="target dtype, or auto (the faster of bf16/fp32 by the profile)")
+    for name, option in SWEEP_OPTIONS.items():
+        ap.add_argument(_flag(name), **option)
     ap.add_argument("--threads", default="auto", help="torch threads, or auto (1 when the machine is already busy)")
     ap.add_argument("--tolerance", type=float, default=None,
                     help=f"allowed drop of spec/AR ratios (default: the baseline's, else {regression.DEFAULT_RATIO_TOLERANCE})")
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"torch threads: {threads} on {os.cpu_count()} CPUs")
 
         profile = None if args.no_profile else out / "profile"
-        if profile is not None and not (args.resume and (profile / "profile.json").is_file()):
+        if profile is not None and not (args.resume and (profile / PROFILE_FILE).is_file()):
             _run(_scylla("profile", "--quick", "--dtype", "auto", "--out", str(profile)), "profile")
         args.dtype = choose_dtype(args.dtype, profile)
         _say(f"target dtype: {args.dtype}")

@@ -21,8 +21,9 @@ import seaborn as sns  # noqa: E402
 
 from reports.profiles import KneeFit  # noqa: E402
 from reports.tables import dataset_label, method_label, ordered  # noqa: E402
+from scylla_impl.methods import COLORS  # noqa: E402
 
-METHOD_COLORS = {"ar": "#7f7f7f", "lookup": "#937860", "eagle2": "#4c72b0", "eagle3": "#dd8452", "scylla": "#55a868"}
+METHOD_COLORS = COLORS  # in report order
 _EXTRA = ["#c44e52", "#8172b3", "#da8bc3", "#8c8c8c", "#ccb974"]
 WIDTH = 9.0  # inches; the page scales figures to its column, this sets text size relative to it
 

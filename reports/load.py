@@ -10,7 +10,6 @@ wrong type, is refused: guessing there would give a report that looks right and 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,10 @@ import pyarrow.parquet as pq
 
 from harness.schema import STATUSES
 from harness.storage import ResultStore
+from roofline.profile_doc import PROFILE_FILE, ProfileDoc, read_profile_doc
 from workloads.errors import ScyllaError
 
 RESULTS_FILE = "results.parquet"
-PROFILE_FILE = "profile.json"
 
 # Columns the report reads, with the dtype a missing one is filled with. The harness's
 # schema (harness/schema.py, docs/results-schema.md) has more; those are kept as they are.
@@ -114,15 +113,12 @@ class Profile:
     tables: dict[str, pd.DataFrame]
 
     @property
+    def document(self) -> ProfileDoc:
+        return ProfileDoc(self.path / PROFILE_FILE, self.doc)
+
+    @property
     def name(self) -> str:
-        dev = self.doc.get("device")
-        if isinstance(dev, dict):
-            for key in ("name", "model", "cpu_model", "gpu_name"):
-                if dev.get(key):
-                    return str(dev[key])
-        if isinstance(dev, str) and dev:
-            return dev
-        return self.path.name
+        return self.document.device_name or self.path.name
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -326,56 +322,11 @@ def _finite(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _is_number(v: object) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def _json_kind(v: object) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "true/false", type(None): "null"}.get(
-        type(v), "number")
-
-
 def load_profile(directory: str | Path) -> Profile:
-    """Read `DIR/profile.json` and every Parquet table beside it (keyed by file stem)."""
-    path = Path(directory)
-    if not path.exists():
-        raise ScyllaError(f"profile directory not found: {path}")
-    doc_path = path / PROFILE_FILE if path.is_dir() else path
-    if not doc_path.is_file():
-        raise ScyllaError(f"no {PROFILE_FILE} in {path} (is it a `scylla profile --out` folder?)")
-    hint = "give the folder `scylla profile --out` wrote"
-    try:
-        text = doc_path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise ScyllaError(f"cannot read {doc_path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise ScyllaError(f"{doc_path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
-                          f"a profile.json is UTF-8 JSON: {hint}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ScyllaError(f"{doc_path} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
-                          f"{hint}") from None
-    if not isinstance(doc, dict):
-        raise ScyllaError(f"{doc_path}: expected a JSON object, found a {_json_kind(doc)}; {hint}")
-    device = doc.get("device")
-    # Profile.name also takes a bare device name; any other kind means this is not a profile.
-    if device is not None and not isinstance(device, (dict, str)):
-        raise ScyllaError(f"{doc_path}: \"device\" is a {_json_kind(device)}, expected an object of device facts "
-                          f"(name, kind, ...); {hint}")
-    # The other keys are read through number(), where a wrong kind reads as "not measured";
-    # these two are iterated and printed as they are, so a wrong kind would crash or mislead.
-    for key in ("unmeasured", "unavailable"):
-        if doc.get(key) is not None and not isinstance(doc[key], (list, dict)):
-            raise ScyllaError(f"{doc_path}: \"{key}\" is a {_json_kind(doc[key])}, expected a list; {hint}")
-    policy = doc.get("topk_policy")
-    if policy is not None and not (isinstance(policy, list) and all(
-            isinstance(r, dict) and all(_is_number(r.get(k)) for k in ("batch_size", "top_k", "total_tokens"))
-            for r in policy)):
-        raise ScyllaError(f"{doc_path}: \"topk_policy\" must be a list of objects with numeric batch_size, top_k "
-                          f"and total_tokens; {hint}")
-    tables = {p.stem: _read_parquet(p) for p in sorted(doc_path.parent.glob("*.parquet"))}
-    return Profile(path=doc_path.parent, doc=doc, tables=tables)
+    """Read `DIR/profile.json` (roofline/profile_doc.py) and every Parquet table beside it (keyed by file stem)."""
+    profile = read_profile_doc(directory)
+    tables = {p.stem: _read_parquet(p) for p in sorted(profile.folder.glob("*.parquet"))}
+    return Profile(path=profile.folder, doc=profile.doc, tables=tables)
 
 
 def number(doc: dict, *keys: str) -> float | None:

@@ -59,32 +59,19 @@ def ceilings(p: Profile) -> Ceilings:
     return Ceilings(peak, kernel, compute, spec_bw, spec_compute, i_crit, i_crit_spec, dtype)
 
 
-def _pick(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
-    for n in names:
-        if n in df.columns:
-            return n
-    return None
-
-
 def knee_points(p: Profile) -> pd.DataFrame:
-    """Verify-knee timings as columns batch_size, tree_tokens, tokens (= b*n), time_s."""
-    for name, df in p.tables.items():
-        if "knee" not in name.lower():
-            continue
-        b = _pick(df, ("batch_size", "b", "batch", "rows"))
-        n = _pick(df, ("tree_tokens", "n", "tokens_per_row", "n_tokens", "new_tokens"))
-        t = _pick(df, ("seconds", "time_s", "median_s", "t_s", "step_s"))
-        if not (b and n and t):
-            continue
-        out = pd.DataFrame({
-            "batch_size": pd.to_numeric(df[b], errors="coerce"),
-            "tree_tokens": pd.to_numeric(df[n], errors="coerce"),
-            "time_s": pd.to_numeric(df[t], errors="coerce"),
-        }).dropna()
-        out["tokens"] = out["batch_size"] * out["tree_tokens"]
-        # Several repetitions per point: the median is the robust summary.
-        return out.groupby(["batch_size", "tree_tokens", "tokens"], as_index=False)["time_s"].median()
-    return pd.DataFrame(columns=["batch_size", "tree_tokens", "tokens", "time_s"])
+    """Verify-knee timings as columns batch_size, tree_tokens, tokens (= b*n), time_s: the
+    profiler's knee.parquet (roofline/profile.py), one row per repetition, as medians."""
+    df = p.tables.get("knee")
+    if df is None or not {"batch_size", "tree_tokens", "seconds"} <= set(df.columns):
+        return pd.DataFrame(columns=["batch_size", "tree_tokens", "tokens", "time_s"])
+    out = pd.DataFrame({
+        "batch_size": pd.to_numeric(df["batch_size"], errors="coerce"),
+        "tree_tokens": pd.to_numeric(df["tree_tokens"], errors="coerce"),
+        "time_s": pd.to_numeric(df["seconds"], errors="coerce"),
+    }).dropna()
+    out["tokens"] = out["batch_size"] * out["tree_tokens"]
+    return out.groupby(["batch_size", "tree_tokens", "tokens"], as_index=False)["time_s"].median()
 
 
 @dataclass(frozen=True)
@@ -195,10 +182,6 @@ def facts(p: Profile) -> list[tuple[str, str]]:
     dev = p.doc.get("device")
     if isinstance(dev, dict):
         walk("", {k: v for k, v in dev.items() if k != "unmeasured"})
-    gaps = p.doc.get("unmeasured") or p.doc.get("unavailable") or []
-    if isinstance(gaps, dict):
-        gaps = [{"what": k, "reason": v} for k, v in gaps.items()]
-    for g in gaps:
-        if isinstance(g, dict):
-            rows.append((f"not measured: {g.get('what')}", str(g.get("reason"))))
+    for g in p.document.unmeasured:
+        rows.append((f"not measured: {g.get('what')}", str(g.get("reason"))))
     return rows

@@ -23,13 +23,13 @@ curve bends and what the draft accepts, which is why sweeps price trees instead.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from roofline.profile_doc import read_profile_doc
 from scylla_impl.tree import pool_size  # the pool is the engine's: k + (D-1)k^2
 from workloads.errors import ScyllaError
 
@@ -38,7 +38,6 @@ TOKENS_PER_TOPK_SQUARED = 0.6
 MAX_TOP_K = 32  # wider first levels stop paying off long before any knee we have measured
 DEFAULT_DEPTH = 5
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
-PROFILE_FILE = "profile.json"
 
 
 def total_tokens_for(top_k: int, depth: int) -> int:
@@ -101,19 +100,9 @@ class ProfileSummary:
 
 def load_profile(directory: str | Path) -> ProfileSummary:
     """Read `DIR/profile.json`; a missing file or a profile without a measured knee is a ScyllaError."""
-    path = Path(directory)
-    file = path / PROFILE_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise ScyllaError(f"no {PROFILE_FILE} at {path} (make one with `scylla profile --out DIR`)")
-    try:
-        doc = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ScyllaError(f"{file}: not a readable profile ({err})") from None
-    knee = doc.get("knee_tokens") if isinstance(doc, dict) else None
-    if not isinstance(knee, int | float) or isinstance(knee, bool) or knee <= 0:
-        why = next((u.get("reason") for u in doc.get("unmeasured", []) if str(u.get("what", "")).startswith("knee")),
-                   None) if isinstance(doc, dict) else None
-        raise ScyllaError(f"{file}: the profile has no verify knee, so top_k 'auto' cannot be used"
+    profile = read_profile_doc(directory)
+    if profile.knee_tokens is None:
+        why = profile.why_unmeasured("knee")
+        raise ScyllaError(f"{profile.file}: the profile has no verify knee, so top_k 'auto' cannot be used"
                           + (f" ({why})" if why else ""))
-    device = doc.get("device") or {}
-    return ProfileSummary(file.parent, float(knee), str(device.get("name", "unknown")), doc)
+    return ProfileSummary(profile.folder, profile.knee_tokens, profile.device_name or "unknown", profile.doc)

@@ -83,7 +83,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,15 +99,16 @@ from roofline import policy as policy_mod
 from roofline.device_facts import DeviceFacts, collect_device_facts
 from roofline.nvml_sampler import NvmlSampler
 from roofline.nvtx_ranges import phase
+from roofline.profile_doc import PROFILE_FILE, SCHEMA_VERSION
 from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flops_per_s
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
 from roofline.unmeasured import Unmeasured
-from scylla_impl import dtypes, precision
+from scylla_impl import devices, dtypes, precision
 from workloads.errors import ScyllaError, os_error
 from workloads.files import check_writable_folder
+from workloads.progress import ProgressBar
 
-SCHEMA_VERSION = 1
 TARGET_DTYPES = dtypes.NAMES  # the knee's target dtype; I_crit is quoted for it
 MiB = 1 << 20
 
@@ -177,48 +177,16 @@ class ProfileOptions:
     dtype: str = dtypes.AUTO  # the target's dtype for the knee (auto: the faster by the measured peaks)
     quick: bool = False
     depth: int = policy_mod.DEFAULT_DEPTH
-    progress: bool | None = None  # None: a bar only when stderr is a terminal
+    progress: bool | None = None  # None: a bar on a terminal, a line a minute off one; False: none
     plan: Plan | None = None  # override (tests use tiny plans)
 
 
 def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ScyllaError(f"--device {spec}: choose auto, cuda, cuda:N or cpu") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ScyllaError(f"--device {spec}: torch sees no CUDA device (torch {torch.__version__}, "
-                              f"CUDA build: {torch.version.cuda or 'no'})")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise ScyllaError(f"--device {spec}: choose auto, cuda, cuda:N or cpu")
+    """The device to profile; `cuda` names the current GPU, so its index is recorded."""
+    device = torch.device(devices.resolve(spec))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-class _Progress:
-    """A tqdm bar on a terminal, silence otherwise."""
-
-    def __init__(self, total: int, enabled: bool | None):
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
-
-    def step(self, desc: str, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.set_description(desc, refresh=False)
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 @dataclass
@@ -252,7 +220,7 @@ def _buffer_sizes(run: _Run) -> list[int]:
     return sorted(set(sizes))
 
 
-def _bandwidth(run: _Run, progress: _Progress) -> None:
+def _bandwidth(run: _Run, progress: ProgressBar) -> None:
     plan, device = run.plan, run.device
     timer = Timer(device)
     llc = run.facts.llc_bytes
@@ -283,7 +251,7 @@ def _bandwidth(run: _Run, progress: _Progress) -> None:
                         run.unmeasured.append(Unmeasured(
                             f"bandwidth.{backend}.{name}", f"result verification failed at {n} elements"))
                     samples.append(sample)
-                progress.step(f"bandwidth {name} {size // MiB} MiB")
+                progress.update(1, desc=f"bandwidth {name} {size // MiB} MiB")
         if device.type == "cuda":
             torch.cuda.empty_cache()
     run.tables["bandwidth"] = [row for s in samples for row in s.rows()]
@@ -311,14 +279,14 @@ def _bandwidth(run: _Run, progress: _Progress) -> None:
                                               warmup=1, reps=plan.bw_reps)
         run.doc["numpy_triad"] = check.to_json()
         run.tables["numpy_triad"] = check.rows()
-        progress.step("numpy triad")
+        progress.update(1, desc="numpy triad")
     else:
         run.doc["numpy_triad"] = None
         run.unmeasured.append(Unmeasured("numpy_triad", "numpy streams host memory; it cannot cross-check a GPU"
                                          if device.type == "cuda" else "last-level cache size unknown"))
 
 
-def _compute(run: _Run, progress: _Progress) -> None:
+def _compute(run: _Run, progress: ProgressBar) -> None:
     timer = Timer(run.device)
     results = []
     for mode in mm_mod.MODES.values():
@@ -334,7 +302,7 @@ def _compute(run: _Run, progress: _Progress) -> None:
             run.unmeasured.append(Unmeasured(f"flops_per_s.{mode.name}", f"{type(err).__name__}: {err}"))
             continue
         results.append(result)
-        progress.step(f"matmul {mode.name}")
+        progress.update(1, desc=f"matmul {mode.name}")
     peaks, missing = mm_mod.peak_flops(results)
     run.unmeasured += missing
     run.doc["flops_per_s"] = peaks
@@ -413,14 +381,14 @@ def _load_target(run: _Run, name: str, dtype: str):
     return None
 
 
-def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
+def _knee(run: _Run, options: ProfileOptions, progress: ProgressBar) -> None:
     run.doc["knee"] = None
     run.doc["knee_tokens"] = None
     plan = run.plan
     # The budget covers loading the target too: on a busy machine that alone takes a while.
     deadline = None if plan.knee_budget_s is None else time.perf_counter() + plan.knee_budget_s
     target = _load_target(run, options.target, options.dtype)
-    progress.step("load target")
+    progress.update(1, desc="load target")
     if target is None:
         return
     grid = knee_mod.knee_grid(plan.knee_batches, plan.knee_tokens, plan.knee_max_in_flight)
@@ -429,14 +397,14 @@ def _knee(run: _Run, options: ProfileOptions, progress: _Progress) -> None:
         points, skipped = knee_mod.measure_knee(
             target, grid, prefix_tokens=plan.prefix_tokens, timer=timer, warmup=plan.knee_warmup,
             reps=plan.knee_reps, deadline=deadline,
-            on_point=lambda b, n: progress.step(f"verify b={b} n={n}"),
-            on_round=lambda r, reps: progress.step(f"verify round {r}/{reps}", n=0),
+            on_point=lambda b, n: progress.update(1, desc=f"verify b={b} n={n}"),
+            on_round=lambda r, reps: progress.update(0, desc=f"verify round {r}/{reps}"),
         )
     except Exception as err:
         run.unmeasured.append(Unmeasured("knee", f"verify forward failed: {type(err).__name__}: {err}"))
         return
     if skipped:
-        progress.step("verify (budget spent)", len(skipped))
+        progress.update(len(skipped), desc="verify (budget spent)")
         run.unmeasured.append(Unmeasured(
             "knee.grid", f"{len(skipped)} of {len(grid)} grid points skipped: they would have overrun the "
                          f"plan's {plan.knee_budget_s:.0f}s knee budget (machine busy?); first skipped (b, n) = "
@@ -528,7 +496,7 @@ def _write_outputs(run: _Run, out: Path, sampler: NvmlSampler) -> None:
         staging.mkdir()
         _write_staged(run, staging)
         if out.is_dir():
-            for f in sorted(staging.iterdir(), key=lambda f: f.name == "profile.json"):
+            for f in sorted(staging.iterdir(), key=lambda f: f.name == PROFILE_FILE):
                 os.replace(f, out / f.name)
             staging.rmdir()
         else:
@@ -576,7 +544,7 @@ def _write_staged(run: _Run, staging: Path) -> None:
     body.pop("profile_id", None)
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
     doc = {"schema_version": SCHEMA_VERSION, "profile_id": digest, **body}
-    (staging / "profile.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    (staging / PROFILE_FILE).write_text(json.dumps(doc, indent=2, default=str) + "\n")
     run.doc = doc
 
 
@@ -697,7 +665,7 @@ def run_profile(options: ProfileOptions, *, device: torch.device | None = None) 
     # Other processes on the CPUs slow and skew every timing (torch's OpenMP threads stall
     # at barriers when a core is taken); the load before and after says how far to trust them.
     run.doc["machine_load"] = {"loadavg_start": _loadavg(), "cpus_available": facts.cpu.cpus_available}
-    progress = _Progress(_planned_steps(plan, device), options.progress)
+    progress = ProgressBar("profile", "start", _planned_steps(plan, device), unit="steps", mode=options.progress)
     sampler = NvmlSampler(interval_s=0.1, devices=None)
     if not sampler.available:
         run.unmeasured.append(Unmeasured("nvml_samples", sampler.reason or "no GPU"))

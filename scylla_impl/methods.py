@@ -29,6 +29,7 @@ class Method:
     name: str  # as sweeps, cells and checkpoints spell it
     label: str  # as the report prints it
     report_order: int  # its place in the report's tables and figures
+    color: str  # its colour in the report's figures
     draft: str | None = None  # "module:Class" of its draft; None: no draft (AR)
     trained: bool = False  # its draft needs training (a checkpoint); False: training-free or none
     baseline: bool = False  # the report sets Scylla's measured tau against it
@@ -51,14 +52,14 @@ class Method:
 
 # In the order the CLI lists them; the report orders them by report_order.
 METHODS: tuple[Method, ...] = (
-    Method("ar", "AR", report_order=0),
-    Method("eagle2", "EAGLE-2", report_order=2, draft="scylla_impl.drafts.eagle2:Eagle2Draft", trained=True,
+    Method("ar", "AR", report_order=0, color="#7f7f7f"),
+    Method("eagle2", "EAGLE-2", report_order=2, color="#4c72b0", draft="scylla_impl.drafts.eagle2:Eagle2Draft", trained=True,
            baseline=True),
-    Method("eagle3", "EAGLE-3", report_order=3, draft="scylla_impl.drafts.eagle3:Eagle3Draft", trained=True,
+    Method("eagle3", "EAGLE-3", report_order=3, color="#dd8452", draft="scylla_impl.drafts.eagle3:Eagle3Draft", trained=True,
            baseline=True),
-    Method("scylla", "Scylla", report_order=4, draft="scylla_impl.drafts.scylla:ScyllaDraft", trained=True,
+    Method("scylla", "Scylla", report_order=4, color="#55a868", draft="scylla_impl.drafts.scylla:ScyllaDraft", trained=True,
            layers=(1, 3)),
-    Method("lookup", "Prompt lookup", report_order=1, draft="scylla_impl.drafts.lookup:PromptLookupDraft"),
+    Method("lookup", "Prompt lookup", report_order=1, color="#937860", draft="scylla_impl.drafts.lookup:PromptLookupDraft"),
 )
 BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
 NAMES = tuple(BY_NAME)
@@ -68,6 +69,7 @@ TRAINING_FREE = tuple(m.name for m in METHODS if m.draft is not None and not m.t
 BASELINES = tuple(m.name for m in METHODS if m.baseline)
 REPORT_ORDER = tuple(m.name for m in sorted(METHODS, key=lambda m: m.report_order))
 LABELS = {n: BY_NAME[n].label for n in REPORT_ORDER}
+COLORS = {n: BY_NAME[n].color for n in REPORT_ORDER}
 
-__all__ = ["BASELINES", "BY_NAME", "LABELS", "METHODS", "NAMES", "REPORT_ORDER", "TRAINED", "TRAINING_FREE",
+__all__ = ["BASELINES", "BY_NAME", "COLORS", "LABELS", "METHODS", "NAMES", "REPORT_ORDER", "TRAINED", "TRAINING_FREE",
            "Method"]

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
-from scylla_impl import dtypes, gqa_attention, skinny_linear
+from scylla_impl import devices, dtypes, gqa_attention, skinny_linear
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
@@ -23,23 +23,6 @@ from scylla_impl.precision import fast_dtype
 from workloads.errors import ScyllaError
 
 DTYPES = {name: getattr(torch, name) for name in dtypes.NAMES}
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """The torch device `device` names, or one clear error: a typo, or a GPU this machine lacks."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ScyllaError(f"device '{device}' is not a device name; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ScyllaError(f"device '{device}': torch sees no CUDA GPU on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= count:
-            raise ScyllaError(f"device '{device}': this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
-    elif dev.type not in ("cpu", "mps"):
-        raise ScyllaError(f"device '{device}' is not supported; use cpu, cuda or cuda:N")
-    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
@@ -130,7 +113,7 @@ class Target:
 
     @classmethod
     def load(cls, name: str = "default", dtype: str | torch.dtype = dtypes.AUTO, device: str = "cpu") -> "Target":
-        check_device(device)
+        device = devices.resolve(str(device))
         torch_dtype = resolve_dtype(dtype, device)
         path = str(ensure_default_model()) if name == "default" else name
         local = Path(path).expanduser()

@@ -251,3 +251,24 @@ def test_other_prompts_under_a_dataset_name_are_refused(cells, baseline):
     other.loc[other["dataset"] == "gsm8k", "dataset_checksum"] = "0" * 64
     with pytest.raises(ScyllaError, match="other prompts for gsm8k"):
         regression.compare(regression.figures(other), baseline, CONFIG)
+
+
+def test_the_sweep_runs_what_the_baseline_records(tmp_path):
+    """Each option the baseline's configuration records reaches `scylla sweep` with its value,
+    and the sweep's own parser takes the command the job builds."""
+    from harness.commands.sweep import sweep
+    from harness.spec import build_spec
+    from reports.bench import parse_args, sweep_command, sweep_config
+
+    args = parse_args(["--datasets", "gsm8k,alpaca", "--prompts", "2", "--top-k", "2", "--dtype", "float32"])
+    drafts = ["eagle2=random:eagle2", "eagle3=random:eagle3", "scylla=random:scylla"]
+    cfg = sweep_config(args, drafts)
+    cmd = sweep_command(cfg, drafts, tmp_path / "sweep", None, None, threads=1)
+    assert cmd[3] == "sweep"
+    params = sweep.make_context("sweep", cmd[4:]).params  # parsed as `scylla sweep` parses them
+    spec = build_spec(params.pop("spec_file"), {k: v for k, v in params.items()
+                                                 if k not in ("resume", "retry_failed", "dry_run")})
+    assert spec.datasets == ("gsm8k", "alpaca") and spec.prompts == 2 and spec.top_k == (2,)
+    assert spec.dtype == cfg["dtype"] == "float32" and spec.max_new_tokens == cfg["max_new_tokens"]
+    planted = sweep_command(cfg, drafts, tmp_path / "sweep", None, "shrink-tree", threads=1)
+    assert planted[planted.index("--depths") + 1] == "2" and cfg["depths"] == "5"

@@ -96,6 +96,10 @@ def test_load_profile(tmp_path):
     (tmp_path / "profile.json").write_text(json.dumps({"knee_tokens": 480, "device": {"name": "X"}}))
     prof = policy.load_profile(tmp_path)
     assert prof.knee_tokens == 480 and prof.device_name == "X"
+    # A version this code does not read is refused, not half-read.
+    (tmp_path / "profile.json").write_text(json.dumps({"schema_version": 2, "knee_tokens": 480}))
+    with pytest.raises(ScyllaError, match="schema_version 2.*scylla profile"):
+        policy.load_profile(tmp_path)
 
 
 # -- knee fit -------------------------------------------------------------------------------

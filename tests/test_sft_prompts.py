@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from scylla_impl.precision import fast_dtype
 from scylla_impl.training import answers
 from workloads import ScyllaError
 from workloads.corpora import prompt_sources, sft_prompts
@@ -132,7 +133,7 @@ def test_answers_are_made_once_and_reused_by_any_mix_and_budget(target_fp32, sma
     reused = [c for c in alone if c in big]
     assert reused and len(alone) - len(reused) <= len(small_answers) - made < len(alone) - len(reused) + answers.BATCH
     # Too-long prompts are recorded once, unanswered, and never returned.
-    records = [json.loads(line) for line in answers.answers_path(target_fp32, "float32", None).read_text().splitlines()]
+    records = [json.loads(line) for line in answers.answers_path(target_fp32, fast_dtype("cpu"), None).read_text().splitlines()]
     assert any(r["messages"] is None for r in records)
     assert len({r["id"] for r in records}) == len(records)
 
@@ -141,7 +142,7 @@ def test_a_torn_last_answer_is_made_again(target_fp32, small_answers, monkeypatc
     monkeypatch.setattr(answers, "MARGIN", 1.0)
     monkeypatch.setattr(answers, "BATCH", 1)  # the last record made is the last one this budget needs
     first_run = answers.target_answers(target_fp32, 300)
-    path = answers.answers_path(target_fp32, "float32", None)
+    path = answers.answers_path(target_fp32, fast_dtype("cpu"), None)
     lines = path.read_text().splitlines(keepends=True)
     torn = json.loads(lines[-1])
     path.write_text("".join(lines[:-1]) + lines[-1][:10])  # the last record cut short by a kill

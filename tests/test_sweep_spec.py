@@ -258,5 +258,5 @@ def test_progress_bar_shows_tau_and_tokens_per_s_and_is_a_line_per_cell_without_
     lines.cell_done(cell, {"status": "ok", "tau": 2.0, "tokens_per_s": 1.0})
     lines.close()
     err = capsys.readouterr().err
-    assert err.startswith("[sweep] 1/3 cells, ") and err.endswith(f"ETA 0 s: {cell.label()}: tau 2.00, 1.0 tok/s\n")
+    assert err.startswith("[sweep] 1/3 cells, ") and err.endswith(f"ETA 0s: {cell.label()}: tau 2.00, 1.0 tok/s\n")
     assert "\r" not in err

@@ -110,7 +110,7 @@ def test_resume_never_unpickles_a_crafted_checkpoint(tiny_target, corpus, tmp_pa
     (["--draft-vocab", "-5"], ["draft-vocab must be >= 0"], 1),
     (["--dtype", "int8"], ["--dtype", "int8"], 2),
     (["--threads", "-1"], ["--threads", "-1"], 2),
-    (["--device", "cuda"], ["no CUDA GPU"], 1),
+    (["--device", "cuda"], ["no CUDA device"], 1),
 ])
 def test_bad_options_are_one_line_before_any_work(extra, words, code, tiny_target, corpus, tmp_path):
     done = scylla_train(*run_args(tiny_target, corpus, tmp_path / "run"), *extra, home=tmp_path / "home")

@@ -7,14 +7,13 @@ slow to reach (the jar is decompressed whole), so they are cached once extracted
 """
 
 import io
-import os
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
 from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
+from workloads.files import atomic_write_bytes
 
 NESTED = "!"
 
@@ -29,11 +28,7 @@ def read_member(archive: Path, member: str) -> bytes:
         return cached.read_bytes()
     data = _read_one(io.BytesIO(_read_one(archive, outer)), inner, label=f"{archive.name}!{outer}")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside its final name and renamed, so a killed run never leaves half a file.
-    fd, tmp = tempfile.mkstemp(dir=cached.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, cached)
+    atomic_write_bytes(data, cached)  # a killed run never leaves half a file
     return data
 
 

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from scylla_impl import dtypes
+from scylla_impl import devices, dtypes
 from scylla_impl.methods import TRAINED
 
 DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in TRAINED)
@@ -24,7 +24,7 @@ DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in 
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--dtype", type=click.Choice(dtypes.CHOICES), default=dtypes.AUTO, show_default=True,
               help="auto: bf16 where the device runs it natively and faster, else fp32")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help=devices.HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--system-prompt", default=None, help="system message for the chat template")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")

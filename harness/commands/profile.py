@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scylla_impl import dtypes
+from scylla_impl import devices, dtypes
 
 
 def _fmt(value: float | None, unit: str, scale: float = 1.0) -> str:
@@ -26,7 +26,7 @@ def _auto_threads() -> int:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--device", default="auto", show_default=True,
-              help="auto | cuda | cpu (or cuda:N): the device to measure.")
+              help=f"{devices.HELP}: the device to measure.")
 @click.option("--target", default="default", show_default=True,
               help="Target model for the verify knee: 'default' (embedded SmolLM2-135M) or a Hugging Face model folder.")
 @click.option("--dtype", default=dtypes.AUTO, show_default=True, type=click.Choice(dtypes.CHOICES),

@@ -64,7 +64,14 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
     quiet_libraries()  # no weight-loading bars under the sweep's own
     # SIGTERM (a scheduler's stop) unwinds like Ctrl-C: finished cells are consolidated first.
     signal.signal(signal.SIGTERM, _terminated)
-    report = run_sweep(spec, spec.out, resume=resume, retry_failed=retry_failed, progress=BarProgress())
+    try:
+        report = run_sweep(spec, spec.out, resume=resume, retry_failed=retry_failed, progress=BarProgress())
+    except Exception:
+        # A C extension running Python code when the signal came (pyarrow importing zoneinfo for
+        # its first timestamp, say) turns the handler's SystemExit into an error of its own.
+        if _stopped_by:
+            raise SystemExit(128 + _stopped_by[0]) from None
+        raise
     import pyarrow.parquet as pq
 
     rows = pq.read_table(report.results_path).to_pylist()
@@ -83,7 +90,11 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
                           "runs them again")
 
 
+_stopped_by: list[int] = []  # the signal that asked the sweep to stop, once one has
+
+
 def _terminated(signum, frame) -> None:
+    _stopped_by.append(signum)
     click.echo("terminated: writing the finished cells to the results file; `scylla sweep --resume` "
                "continues with the rest", err=True)
     raise SystemExit(128 + signum)

@@ -10,12 +10,11 @@ interrupted one, reuses every answer already written and generates only what is 
 
 import hashlib
 import json
-import sys
-import time
 from pathlib import Path
 
 from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
+from workloads.progress import ProgressBar
 
 # Long prompts are skipped: the answer must fit beside them in one training sequence.
 MAX_PROMPT_TOKENS = 320
@@ -68,7 +67,8 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
     have = 0
     prompts = sft_prompts(seed, decontaminate=decontaminate, data_dir=data_dir, mix=mix)
     config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
-    start, made, out = time.perf_counter(), 0, None
+    out = None
+    bar = ProgressBar("train", "target answers", want, unit="tokens", rate_unit="tok", mode=progress, every_s=0)
     try:
         while have < want:
             # The next prompts in order, up to one batch of answers still to make.
@@ -78,6 +78,7 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
                 if record is not None:
                     order.append(pid)
                     have += record["tokens"]
+                    bar.skip(record["tokens"])
                     if have >= want:
                         break
                     continue
@@ -111,13 +112,10 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
                 cached[pid] = {"id": pid, "messages": messages, "tokens": tokens}
                 out.write(json.dumps(cached[pid]) + "\n")
                 have += cached[pid]["tokens"]
-                made += cached[pid]["tokens"]
+                bar.update(cached[pid]["tokens"])
             out.flush()
-            if progress != "none":
-                rate = made / max(time.perf_counter() - start, 1e-9)
-                print(f"[train] target answers: {min(have, want)}/{want} tokens, {rate:.0f} tok/s, "
-                      f"{time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
     finally:
+        bar.close()
         if out is not None:
             out.close()
     # The shortest prefix of the prompt order that holds `want` tokens, whatever the cache held

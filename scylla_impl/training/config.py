@@ -9,10 +9,12 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from scylla_impl import dtypes
+from scylla_impl import devices, dtypes
 from scylla_impl.methods import BY_NAME, TRAINED
 from workloads.corpora import SFT_SOURCES, check_shares
 from workloads.errors import ScyllaError
@@ -24,18 +26,37 @@ SFT_ANSWERS = ("sharegpt", "target")
 AUTOCAST = ("auto", "bf16", "off")
 
 
+@dataclass(frozen=True)
+class Option:
+    """A TrainConfig field that is also a `scylla train` option (harness/commands/train.py makes
+    the flag from it: `--field-name`, its type, and the help with the default the field holds)."""
+
+    help: str
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] | None = None  # the flag's text -> the field's value (token counts, shares)
+    metavar: str | None = None
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"option": Option(help, **kw)})
+
+
+def _parse_mix(text: str) -> dict[str, float]:
+    return parse_shares(text, "--sft-mix")
+
+
 @dataclass
 class TrainConfig:
     method: str
     target: str = "default"
-    layers: int | None = None  # decoder layers (scylla); eagle2/eagle3 have one
-    pretrain_tokens: int = 0
-    sft_tokens: int = 0
-    seq_len: int = 256
-    batch_size: int = 4  # global batch, in sequences, per optimizer step
-    micro_batch: int = 4  # sequences per forward on one process (gradient accumulation above it)
-    epochs: int = 1  # passes over each stage's data (later passes reuse cached features)
-    lr: float = 1e-3
+    layers: int | None = _opt(None, "decoder layers of a scylla draft (default 1)")
+    pretrain_tokens: int = _opt(0, "stage-1 budget, e.g. 16k, 1.5M", parse=lambda t: parse_tokens(t), metavar="N")
+    sft_tokens: int = _opt(0, "stage-2 (chat SFT) budget", parse=lambda t: parse_tokens(t), metavar="N")
+    seq_len: int = _opt(256, "packed sequence length")
+    batch_size: int = _opt(4, "global batch in sequences, per optimizer step")
+    micro_batch: int = _opt(4, "sequences per forward per process (gradient accumulation above it)")
+    epochs: int = _opt(1, "passes over each stage's data (later passes read cached features)")
+    lr: float = _opt(1e-3, "peak learning rate of both stages")
     sft_lr: float | None = None  # stage 2 peak learning rate (None: lr); each stage warms up anew
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of the stage's peak lr
     warmup_frac: float = 0.05
@@ -44,44 +65,53 @@ class TrainConfig:
     clip: float = 0.5
     # Losses (EAGLE-1/2 and Scylla: feature_weight * SmoothL1 + ce_weight * soft CE; EAGLE-3: soft CE).
     feature_weight: float = 1.0
-    ce_weight: float = 0.1
+    ce_weight: float = _opt(0.1, "weight of the soft CE beside the feature regression")
     noise: float = 0.2  # width of the uniform noise added to target input features (EAGLE: U(-0.1, 0.1))
-    ttt_steps: int = 1  # unrolled steps trained (training-time test); EAGLE-3 uses several
+    ttt_steps: int = _opt(1, "unrolled steps trained (training-time test); EAGLE-3 uses several")
     step_decay: float = 0.8  # loss weight of unrolled step i is step_decay ** i
-    ce_fraction: float = 1.0  # share of positions whose logits enter the CE (the vocab head dominates CPU cost)
+    ce_fraction: float = _opt(1.0, "share of positions whose logits enter the CE (the vocab head dominates CPU cost)")
     eval_steps: int = 5  # unrolled steps for per-position accuracy in the log (the tree depth)
-    # Size of the reduced draft vocabulary: the most frequent trained tokens (capped at the
-    # target's vocabulary); 0 = the full vocabulary (EAGLE-2's paper form: --draft-vocab 0 --ttt-steps 1).
-    draft_vocab: int = 0
+    draft_vocab: int = _opt(0, "reduced draft vocabulary: the N most frequent trained tokens; 0 = the target's "
+                               "full vocabulary (EAGLE-2 as published: --draft-vocab 0 --ttt-steps 1 "
+                               "--sft-answers sharegpt)")
     head_from_target: bool = True  # EAGLE-3: start its LM head and final norm from the target's
     # Data.
-    seed: int = 0
+    seed: int = _opt(0, "seed of the data order, the draft's initialisation and the SFT prompts")
     mix: dict[str, float] | None = None  # pretrain source ratios (None: the corpus default)
-    pretrain_data: str | None = None  # a text file or folder of .txt files instead of the default mix
+    pretrain_data: str | None = _opt(None, "a text file or folder of .txt files to pretrain on instead of the "
+                                           "default mix", metavar="PATH")
     system_prompt: str | None = None
-    sft_answers: str = "sharegpt"  # "sharegpt": ShareGPT's own answers; "target": the target's (self-distillation)
-    # Shares of the SFT prompts by source (workloads/corpora/prompt_sources.py): sharegpt, code,
-    # math. None: ShareGPT alone. Sources other than ShareGPT come without answers: the target's.
-    sft_mix: dict[str, float] | None = None
+    sft_answers: str = _opt("sharegpt", "SFT on the target's own greedy answers (target, self-distillation) or on "
+                                        "ShareGPT's (sharegpt)", choices=SFT_ANSWERS)
+    sft_mix: dict[str, float] | None = _opt(None, "shares of the SFT prompts by source (sharegpt, code, math: "
+                                                  "workloads/corpora/prompt_sources.py), e.g. sharegpt=2,code=1,math=1; "
+                                                  "code and math need --sft-answers target (None: ShareGPT alone)",
+                                            parse=_parse_mix, metavar="SOURCE=SHARE,...")
     max_epochs_of_data: int = 1  # how often a corpus may repeat before its budget counts as too big
     data_dir: str | None = None  # evaluation datasets to decontaminate against (None: the defaults)
     decontaminate: bool = True  # drop training documents that contain an evaluation prompt
     eval_sequences: int = 4  # held-out sequences per stage (never trained on) the log's accuracy is measured on
     # Machinery.
-    features: str = "cache"  # "online": target forward every step; "cache": once, on disk, reused
-    # Target precision for its features and the labels: "auto" resolves on construction to the
-    # dtype decoding uses by default (scylla_impl/precision.py), so the draft learns the hidden
-    # states it will be fed; bf16 features also extract ~4x faster where bf16 is native.
-    dtype: str = dtypes.AUTO
-    autocast: str = "auto"  # "auto": bf16 autocast where measured faster (scylla_impl/precision.py); "bf16"; "off"
-    device: str = "cpu"
-    checkpoint_every: int = 50  # optimizer steps
+    features: str = _opt("cache", "target features cached on disk once, or recomputed every step (online)",
+                         choices=("cache", "online"))
+    # "auto" resolves on construction to the dtype decoding uses by default (scylla_impl/precision.py),
+    # so the draft learns the hidden states it will be fed; bf16 features also extract ~4x faster
+    # where bf16 is native.
+    dtype: str = _opt(dtypes.AUTO, "target precision for its features and labels; auto: as decoding's default "
+                                   "(bf16 where native and faster)", choices=dtypes.CHOICES)
+    autocast: str = _opt("auto", "bf16 autocast of the draft's training: auto = where measured faster than fp32",
+                         choices=AUTOCAST)
+    device: str = _opt("cpu", devices.HELP)
+    checkpoint_every: int = _opt(50, "optimizer steps between checkpoints")
     keep_checkpoints: int = 2
-    log_every: int = 10
-    name: str | None = None  # the draft's name under drafts_dir(target) when --out is not given
+    log_every: int = _opt(10, "optimizer steps between held-out accuracy evaluations")
+    name: str | None = _opt(None, "save as drafts_dir(target)/NAME (default: eagle2, eagle3, scylla-<layers>)")
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        if self.device == devices.AUTO:  # what a saved config (and a resume) records is what ran
+            self.device = devices.resolve(self.device)
+        devices.check_name(self.device)
         if self.dtype == dtypes.AUTO:
             from scylla_impl.precision import fast_dtype
 
@@ -210,6 +240,19 @@ DRAFT_VOCAB = 8192
 # 1.25 -> 1.26 on MT-bench, 1.32 -> 1.39 on HumanEval, 1.25 -> 1.38 on GSM8K against ShareGPT alone.
 SFT_MIX = {"sharegpt": 2.0, "code": 1.0, "math": 1.0}
 _COMMON = dict(lr=1e-3, ttt_steps=3, ce_fraction=1.0, draft_vocab=DRAFT_VOCAB, sft_answers="target", sft_mix=SFT_MIX)
+
+
+def recipe_fields() -> set[str]:
+    """The fields a method's recipe sets (its defaults are the recipe's, not the dataclass's)."""
+    fields = {*dataclasses.asdict(BUDGETS["default"]), *_COMMON}
+    for method in METHOD_NAMES:
+        fields |= set(BY_NAME[method].draft_class.recipe)
+    return fields
+
+
+def options() -> list[dataclasses.Field]:
+    """TrainConfig's fields that are `scylla train` options, in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if "option" in f.metadata]
 
 
 def recipe(method: str, layers: int | None = None, budget: str = "default", **overrides) -> TrainConfig:

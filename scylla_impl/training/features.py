@@ -55,6 +55,7 @@ class OnlineFeatures:
     """Runs the target on each batch as it is needed."""
 
     kind = "online"
+    build_s = 0.0  # nothing is built ahead: each step's target forward is counted in the step
 
     def __init__(self, target, layers: tuple[int, ...]):
         self.target, self.layers = target, tuple(layers)

@@ -17,7 +17,6 @@ import random
 import re
 import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from scylla_impl.training.losses import (
 )
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write, check_writable_folder
+from workloads.progress import ProgressBar, resolve_mode
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.parquet"
@@ -173,51 +173,22 @@ def init_scylla_norm(draft, target) -> None:
         draft.norm.weight.fill_(float(weight.pow(2).mean().sqrt()))
 
 
-class _LineBar:
-    """A progress line a minute (for logs): done/total, tokens/s, ETA."""
-
-    def __init__(self, desc: str, total: int, initial: int = 0, every_s: float = 60.0):
-        self.desc, self.total, self.every_s = desc, total, every_s
-        self.done = self.before = initial  # initial: done by an earlier run this one resumes
-        self.start = self.last = time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every_s or self.done >= self.total:
-            self.last = now
-            rate = (self.done - self.before) / max(now - self.start, 1e-9)
-            eta = f", ETA {(self.total - self.done) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
-            print(f"[train] {self.desc}: {self.done}/{self.total} tokens, {rate:.1f} tok/s, "
-                  f"{now - self.start:.0f}s{eta}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
 class _Progress:
-    """tqdm bar on a terminal, a line a minute off one (logs, CI, the bench), or quiet ('none')."""
+    """The run's display: a bar per stage (features) and one for the whole run, with the loss and
+    held-out acceptance beside the bar, or as a line at each evaluation off a terminal."""
 
     def __init__(self, mode: str, enabled: bool):
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        self.mode = mode if enabled else "none"
+        self.mode = resolve_mode(mode) if enabled else "none"
         self.bar = None
 
-    def stage_bar(self, desc: str, total: int, initial: int = 0):
-        if self.mode == "lines":
-            return _LineBar(desc, total, initial)
-        if self.mode != "bar":
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, unit="tok", unit_scale=True, file=sys.stderr,
-                    dynamic_ncols=True)
+    def stage_bar(self, desc: str, total: int, initial: int = 0) -> ProgressBar:
+        return ProgressBar("train", desc, total, unit="tokens", rate_unit="tok", mode=self.mode, initial=initial)
 
     def start(self, total: int, done: int) -> None:
         self.bar = self.stage_bar("train", total, done)
 
     def step(self, tokens: int, row: dict) -> None:
+        post = {}
         if self.mode == "bar":
             post = {"tok/s": f"{row['tokens_per_s']:.0f}", "loss": f"{row['loss']:.3f}"}
             accs = [row.get(f"eval_acc_{k}") for k in range(8)]
@@ -225,14 +196,12 @@ class _Progress:
             if accs:
                 post["acc"] = "/".join(f"{a:.2f}" for a in accs[:5])
                 post["sim"] = f"{row['sim_accept']:.2f}"
-            self.bar.set_postfix(post, refresh=False)
-        if self.bar is not None:
-            self.bar.update(tokens)
+        self.bar.update(tokens, **post)
         if self.mode == "lines" and not math.isnan(row.get("sim_accept", math.nan)):
             accs = " ".join(f"{row[f'eval_acc_{k}']:.3f}" for k in range(8) if f"eval_acc_{k}" in row)
-            print(f"[train] step {row['step']} {row['stage']} loss {row['loss']:.4f} acc {accs} "
-                  f"sim {row['sim_accept']:.3f} lr {row['lr']:.2e} tok/s {row['tokens_per_s']:.1f} "
-                  f"elapsed {row['elapsed_s']:.0f}s", file=sys.stderr, flush=True)
+            self.bar.write(f"[train] step {row['step']} {row['stage']} loss {row['loss']:.4f} acc {accs} "
+                           f"sim {row['sim_accept']:.3f} lr {row['lr']:.2e} tok/s {row['tokens_per_s']:.1f} "
+                           f"elapsed {row['elapsed_s']:.0f}s")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -252,7 +221,7 @@ class Trainer:
             if generated and not dist.main:
                 dist.barrier()
             data = build_stage(config, target.tokenizer, stage, target.info.name, target=target,
-                               progress="lines" if self.progress.mode != "none" else "none")
+                               progress=self.progress.mode)
             if generated and dist.main:
                 dist.barrier()
             if data is not None:
@@ -283,6 +252,7 @@ class Trainer:
                                                  and fast_dtype(str(target.device)) == "bfloat16")
         self.autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
+        self.steps = self.plan()  # every optimizer step of the run, fixed by the config and data
         self.global_step = 0
         self.elapsed = 0.0
         self.tokens = 0
@@ -359,7 +329,7 @@ class Trainer:
         self.optimizer.step()
         stats = dist.all_sum(stats)
         row = self._row(data, epoch, lr, stats, counts, float(grad_norm))
-        if (self.global_step + 1) % cfg.log_every == 0 or self.global_step + 1 == self._total:
+        if (self.global_step + 1) % cfg.log_every == 0 or self.global_step + 1 == len(self.steps):
             row.update(self._eval_metrics(data))
         seconds = time.perf_counter() - t0
         self.elapsed += seconds
@@ -456,7 +426,7 @@ class Trainer:
     def _stamp_budget(self) -> None:
         """Record in the draft's config how many tokens each stage has trained so far."""
         done = {"pretrain": 0, "sft": 0}
-        for data, _epoch, _step in self.plan()[:self.global_step]:
+        for data, _epoch, _step in self.steps[:self.global_step]:
             done[data.stage] += self.config.batch_size * data.seq_len
         self.draft.config.pretrain_tokens = done["pretrain"]
         self.draft.config.sft_tokens = done["sft"]
@@ -469,8 +439,7 @@ class Trainer:
     # -- run ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.config
-        plan = self.plan()
-        self._total = len(plan)
+        plan = self.steps
         if not plan:
             raise ScyllaError("the budget makes no full batch: raise the token budgets or lower --batch-size")
         kill_at = int(os.environ.get(KILL_AT_STEP_VAR, "0") or 0)
@@ -501,7 +470,7 @@ class Trainer:
         self.dist.barrier()
         final = next((r for r in reversed(self.rows) if not math.isnan(r.get("sim_accept", math.nan))), {})
         return TrainResult(self.out, self.global_step, self.tokens, self.elapsed,
-                           getattr(self.features, "build_s", 0.0), final)
+                           self.features.build_s, final)
 
 
 def _differences(previous: TrainConfig, config: TrainConfig) -> dict:

@@ -46,6 +46,17 @@ def setup():
     return target, draft, cache, root, root_logprobs, root_out, tree
 
 
+def _verify_and_rollback(target, cache, tree):
+    """Score `tree` and verify it, leaving the cache as it was: one step's verify, repeatable."""
+    from scylla_impl.verify import verify
+
+    with torch.no_grad():
+        scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask)
+        verdict = verify(tree, scored.logits)
+    target.rollback(cache)
+    return verdict
+
+
 def test_tree_build(benchmark, setup):
     from scylla_impl.tree import build_tree
 
@@ -60,18 +71,9 @@ def test_tree_build(benchmark, setup):
 
 
 def test_verify_step(benchmark, setup):
-    from scylla_impl.verify import verify
-
     target, _, cache, _, _, _, tree = setup
 
-    def run():
-        with torch.no_grad():
-            scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask)
-            verdict = verify(tree, scored.logits)
-        target.rollback(cache)
-        return verdict
-
-    verdict = benchmark(run)
+    verdict = benchmark(_verify_and_rollback, target, cache, tree)
     assert int(verdict.path_len[0]) >= 1
 
 
@@ -96,16 +98,7 @@ def test_decode_step(benchmark, setup):
 def test_ar_step(benchmark, setup):
     """The baseline's step: one token forward and its argmax."""
     from scylla_impl.tree import Tree
-    from scylla_impl.verify import verify
 
     target, _, cache, root, _, _, _ = setup
     tree = Tree.root_only(root)
-
-    def run():
-        with torch.no_grad():
-            scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask)
-            verdict = verify(tree, scored.logits)
-        target.rollback(cache)
-        return verdict
-
-    benchmark(run)
+    benchmark(_verify_and_rollback, target, cache, tree)

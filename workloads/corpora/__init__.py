@@ -10,7 +10,6 @@ six evaluation datasets.
 
 import functools
 import math
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from workloads.corpora.prompt_sources import PROMPT_SOURCES, SFT_SOURCES
 from workloads.corpora.streams import CorpusStream, SourceStats, document_stream
 from workloads.corpora.text_sources import DEFAULT_MIX, TEXT_SOURCES, Document
 from workloads.errors import ScyllaError
+from workloads.progress import ProgressBar
 
 __all__ = [
     "CORPUS_KINDS", "DEFAULT_MIX", "CorpusStream", "Decontaminator", "PackedSequence", "SourceReport",
@@ -178,18 +178,16 @@ def corpus_report(kind: str, tokenizer, *, decontaminate: bool = True, data_dir:
                   progress: bool | None = None) -> list[SourceReport]:
     """One full pass over what `kind` can draw on offline: documents, drops and token counts
     per source. Takes a minute or two (every document is tokenized), hence the progress bar."""
-    from tqdm.auto import tqdm
-
     if kind not in CORPUS_KINDS:
         raise ScyllaError(f"unknown corpus '{kind}'; known: {', '.join(CORPUS_KINDS)}")
     decon = _decontaminator(None if data_dir is None else str(data_dir)) if decontaminate else None
-    disable = None if progress is None else not progress  # None: shown only on a terminal
     reports = []
     if kind == "pretrain":
         tokenize = _text_tokenizer(tokenizer)
         for name, source in TEXT_SOURCES.items():
             docs, dropped, n_tokens = 0, 0, 0
-            for doc in tqdm(source.documents(), desc=f"pretrain/{name}", disable=disable, file=sys.stderr):
+            bar = ProgressBar("corpus", f"pretrain/{name}", unit="documents", rate_unit="doc", mode=progress)
+            for doc in bar.iterate(source.documents()):
                 text = doc.read()
                 if not text.strip():
                     continue
@@ -198,12 +196,15 @@ def corpus_report(kind: str, tokenizer, *, decontaminate: bool = True, data_dir:
                     continue
                 docs += 1
                 n_tokens += len(tokenize(doc, text)[0])
+            bar.close()
             reports.append(SourceReport(kind, name, source.description, source.license, docs, dropped,
                                         n_tokens, n_tokens))
         return reports
     data = sharegpt.load()
     docs, dropped, n_tokens, trained = 0, 0, 0, 0
-    for conv in tqdm(data.conversations, desc="sft/sharegpt", disable=disable, file=sys.stderr):
+    bar = ProgressBar("corpus", "sft/sharegpt", len(data.conversations), unit="conversations", rate_unit="conv",
+                      mode=progress)
+    for conv in bar.iterate(data.conversations):
         if decon is not None and decon.contaminated("\n\n".join(m["content"] for m in conv)):
             dropped += 1
             continue
@@ -214,4 +215,5 @@ def corpus_report(kind: str, tokenizer, *, decontaminate: bool = True, data_dir:
     reports.append(SourceReport(kind, "sharegpt", f"ShareGPT conversations ({sharegpt.SHAREGPT_PKG.spec})",
                                 "unspecified (ShareGPT user-shared ChatGPT conversations)", docs, dropped,
                                 n_tokens, trained))
+    bar.close()
     return reports
