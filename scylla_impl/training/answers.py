@@ -111,8 +111,9 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
                 tokens = len(tokenize_conversation(target.tokenizer, messages, system_prompt)[0]) if messages else 0
                 cached[pid] = {"id": pid, "messages": messages, "tokens": tokens}
                 out.write(json.dumps(cached[pid]) + "\n")
-                have += cached[pid]["tokens"]
-                bar.update(cached[pid]["tokens"])
+            made = sum(cached[pid]["tokens"] for pid, _, _ in pending)
+            have += made
+            bar.update(made)  # once per batch: its answers all arrive together
             out.flush()
     finally:
         bar.close()
