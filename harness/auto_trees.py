@@ -88,7 +88,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
     worker = CellWorker(WorkerSettings.from_spec(spec))
     try:
         target = worker.target()
-        knee_dtype = (profile.doc.get("knee") or {}).get("target", {}).get("dtype")
+        knee_dtype = profile.document.knee_dtype
         dtype = str(target.dtype).removeprefix("torch.")
         if knee_dtype and knee_dtype != dtype:
             raise ScyllaError(f"the profile {spec.profile} timed the target in {knee_dtype}, this sweep runs it in "

@@ -336,9 +336,4 @@ def number(doc: dict, *keys: str) -> float | None:
         if not isinstance(cur, dict) or k not in cur:
             return None
         cur = cur[k]
-    if isinstance(cur, dict):
-        for k in ("value", "measured", "best"):
-            if k in cur:
-                return _finite(cur[k])
-        return None
     return _finite(cur)

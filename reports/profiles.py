@@ -27,36 +27,10 @@ class Ceilings:
     i_crit_dtype: str | None = None  # the dtype whose peak the ridge is computed with
 
 
-def _numbers(d) -> dict[str, float]:
-    if not isinstance(d, dict):
-        return {}
-    out = {}
-    for k, _v in d.items():
-        x = number(d, k)
-        if x is not None and x > 0:
-            out[str(k)] = x
-    return out
-
-
 def ceilings(p: Profile) -> Ceilings:
-    doc = p.doc
-    bw = _numbers(doc.get("bandwidth_bytes_per_s"))
-    peak = number(doc, "bandwidth_peak_bytes_per_s")
-    if peak is not None:
-        kernel = doc.get("bandwidth_peak_kernel") or (max(bw, key=bw.get) if bw else None)
-    else:
-        kernel = max(bw, key=bw.get) if bw else None
-        peak = bw.get(kernel) if kernel else None
-    compute = _numbers(doc.get("flops_per_s"))
-    spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
-    spec_bw = number(spec, "bandwidth_bytes_per_s") if spec else None
-    spec_compute = _numbers(spec.get("flops_per_s")) if spec else {}
-    i_crit = number(doc, "i_crit", "measured")
-    if i_crit is None:
-        i_crit = number(doc, "i_crit")
-    i_crit_spec = number(doc, "i_crit", "spec")
-    dtype = doc.get("i_crit", {}).get("dtype") if isinstance(doc.get("i_crit"), dict) else None
-    return Ceilings(peak, kernel, compute, spec_bw, spec_compute, i_crit, i_crit_spec, dtype)
+    doc = p.document
+    return Ceilings(doc.peak_bandwidth, doc.peak_bandwidth_kernel, doc.flops, doc.spec_bandwidth, doc.spec_flops,
+                    doc.i_crit, doc.i_crit_spec, doc.i_crit_dtype)
 
 
 def knee_points(p: Profile) -> pd.DataFrame:
@@ -106,9 +80,7 @@ def fmt_seconds(s: float) -> str:
 
 def profile_fit(p: Profile) -> KneeFit | None:
     """The profiler's own fit of T(b, n), when it recorded one."""
-    fit = (p.doc.get("knee") or {}).get("fit") if isinstance(p.doc.get("knee"), dict) else None
-    if not isinstance(fit, dict):
-        return None
+    fit = p.document.knee_fit
     k, t0, tok = number(fit, "knee_tokens"), number(fit, "t0_s"), number(fit, "per_token_s")
     if k is None or t0 is None or tok is None:
         return None
@@ -140,13 +112,13 @@ def fit_knee(points: pd.DataFrame, knee: float | None) -> KneeFit | None:
 
 
 def knee_tokens(p: Profile) -> float | None:
-    return number(p.doc, "knee_tokens")
+    return p.document.knee_tokens
 
 
 def knee_note(p: Profile) -> str:
     """The profiler's caveat on its knee (e.g. censored: the knee lies outside the measured range)."""
-    fit = (p.doc.get("knee") or {}).get("fit") if isinstance(p.doc.get("knee"), dict) else None
-    if isinstance(fit, dict) and fit.get("censored"):
+    fit = p.document.knee_fit
+    if fit.get("censored"):
         rng = fit.get("measured_range")
         where = f" the measured range {rng[0]}..{rng[1]}" if isinstance(rng, list) and len(rng) == 2 else " the measured range"
         return f"censored {fit['censored']}{where}"
@@ -154,10 +126,10 @@ def knee_note(p: Profile) -> str:
 
 
 def topk_policy(p: Profile) -> pd.DataFrame:
-    pol = p.doc.get("topk_policy")
-    if not isinstance(pol, list):
+    pol = p.document.topk_policy
+    if not pol:
         return pd.DataFrame(columns=["batch_size", "top_k", "total_tokens"])
-    df = pd.DataFrame([r for r in pol if isinstance(r, dict)])
+    df = pd.DataFrame(pol)
     for c in ("batch_size", "top_k", "total_tokens"):
         if c not in df.columns:
             df[c] = np.nan

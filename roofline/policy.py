@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from roofline.profile_doc import read_profile_doc
+from roofline.profile_doc import ProfileDoc, read_profile_doc
 from scylla_impl.tree import pool_size  # the pool is the engine's: k + (D-1)k^2
 from workloads.errors import ScyllaError
 
@@ -86,16 +86,20 @@ def policy_table(knee_tokens: float, batch_sizes: Iterable[int] = DEFAULT_BATCH_
 
 @dataclass(frozen=True)
 class ProfileSummary:
-    """What the policy needs from a profile folder (the whole document is kept in `doc`)."""
+    """What the policy needs from a profile folder (the whole document is kept in `document`)."""
 
     path: Path
     knee_tokens: float
     device_name: str
-    doc: dict[str, Any]
+    document: ProfileDoc
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        return self.document.doc
 
     @property
     def profile_id(self) -> str | None:
-        return self.doc.get("profile_id")
+        return self.document.profile_id
 
 
 def load_profile(directory: str | Path) -> ProfileSummary:
@@ -105,4 +109,4 @@ def load_profile(directory: str | Path) -> ProfileSummary:
         why = profile.why_unmeasured("knee")
         raise ScyllaError(f"{profile.file}: the profile has no verify knee, so top_k 'auto' cannot be used"
                           + (f" ({why})" if why else ""))
-    return ProfileSummary(profile.folder, profile.knee_tokens, profile.device_name or "unknown", profile.doc)
+    return ProfileSummary(profile.folder, profile.knee_tokens, profile.device_name or "unknown", profile)

@@ -14,6 +14,7 @@ refused, since its fields may mean something else.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,65 @@ class ProfileDoc:
         knee = self.doc.get("knee_tokens")
         ok = isinstance(knee, int | float) and not isinstance(knee, bool) and knee > 0
         return float(knee) if ok else None
+
+    @property
+    def knee_dtype(self) -> str | None:
+        """The dtype the target ran in while its verify knee was timed."""
+        dtype = _mapping(_mapping(self.doc.get("knee")).get("target")).get("dtype")
+        return str(dtype) if dtype else None
+
+    @property
+    def bandwidth(self) -> dict[str, float]:
+        """Bytes/s by streaming kernel (read, copy, triad) of the primary backend."""
+        return _positive_numbers(self.doc.get("bandwidth_bytes_per_s"))
+
+    @property
+    def peak_bandwidth(self) -> float | None:
+        """The roofline's slope: the best streaming kernel's bytes/s."""
+        return _positive(self.doc.get("bandwidth_peak_bytes_per_s"))
+
+    @property
+    def peak_bandwidth_kernel(self) -> str | None:
+        kernel = self.doc.get("bandwidth_peak_kernel")
+        return str(kernel) if kernel and self.peak_bandwidth is not None else None
+
+    @property
+    def flops(self) -> dict[str, float]:
+        """Measured matmul FLOP/s by mode (bfloat16, float16, float32, float32_tf32)."""
+        return _positive_numbers(self.doc.get("flops_per_s"))
+
+    @property
+    def spec_bandwidth(self) -> float | None:
+        """The spec sheet's bytes/s for a recognised GPU; None elsewhere."""
+        return _positive(_mapping(self.doc.get("spec")).get("bandwidth_bytes_per_s"))
+
+    @property
+    def spec_flops(self) -> dict[str, float]:
+        return _positive_numbers(_mapping(self.doc.get("spec")).get("flops_per_s"))
+
+    @property
+    def i_crit(self) -> float | None:
+        """The measured ridge point, FLOP/byte, in `i_crit_dtype`'s peak."""
+        return _positive(_mapping(self.doc.get("i_crit")).get("measured"))
+
+    @property
+    def i_crit_spec(self) -> float | None:
+        return _positive(_mapping(self.doc.get("i_crit")).get("spec"))
+
+    @property
+    def i_crit_dtype(self) -> str | None:
+        dtype = _mapping(self.doc.get("i_crit")).get("dtype")
+        return str(dtype) if dtype else None
+
+    @property
+    def knee_fit(self) -> dict[str, Any]:
+        """The profiler's fit of T(b, n) (roofline/knee.py's KneeFit.to_json); {} when none was made."""
+        return _mapping(_mapping(self.doc.get("knee")).get("fit"))
+
+    @property
+    def topk_policy(self) -> list[dict]:
+        """The draft-free knee rule's rows, by batch size (roofline/policy.py's PolicyEntry)."""
+        return [r for r in self.doc.get("topk_policy") or [] if isinstance(r, dict)]
 
     @property
     def unmeasured(self) -> list[dict]:
@@ -113,6 +173,21 @@ def _check(file: Path, doc: object) -> None:
             for r in policy)):
         raise ScyllaError(f"{file}: \"topk_policy\" must be a list of objects with numeric batch_size, top_k "
                           f"and total_tokens; {_HINT}")
+
+
+def _mapping(v: object) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _positive(v: object) -> float | None:
+    """A measured quantity: a finite number above zero, else None (not measured)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        return None
+    return float(v)
+
+
+def _positive_numbers(v: object) -> dict[str, float]:
+    return {str(k): x for k, x in ((k, _positive(x)) for k, x in _mapping(v).items()) if x is not None}
 
 
 def _is_number(v: object) -> bool:
