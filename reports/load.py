@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from harness.schema import STATUSES
 from harness.storage import ResultStore
-from roofline.profile_doc import PROFILE_FILE, ProfileDoc, read_profile_doc
+from roofline.profile_doc import ProfileDoc, read_profile_doc
 from workloads.errors import ScyllaError
 
 RESULTS_FILE = "results.parquet"
@@ -108,13 +108,16 @@ class Results:
 class Profile:
     """One roofline profile: the JSON document plus its raw-measurement tables."""
 
-    path: Path
-    doc: dict
+    document: ProfileDoc
     tables: dict[str, pd.DataFrame]
 
     @property
-    def document(self) -> ProfileDoc:
-        return ProfileDoc(self.path / PROFILE_FILE, self.doc)
+    def path(self) -> Path:
+        return self.document.folder
+
+    @property
+    def doc(self) -> dict:
+        return self.document.doc
 
     @property
     def name(self) -> str:
@@ -326,7 +329,7 @@ def load_profile(directory: str | Path) -> Profile:
     """Read `DIR/profile.json` (roofline/profile_doc.py) and every Parquet table beside it (keyed by file stem)."""
     profile = read_profile_doc(directory)
     tables = {p.stem: _read_parquet(p) for p in sorted(profile.folder.glob("*.parquet"))}
-    return Profile(path=profile.folder, doc=profile.doc, tables=tables)
+    return Profile(profile, tables)
 
 
 def number(doc: dict, *keys: str) -> float | None:
