@@ -43,6 +43,11 @@ from torch import nn
 # once per 8 rows and BLAS's blocking pays for its packing.
 MAX_ROWS = 16
 
+# -ffp-contract=off: otherwise GCC fuses `acc += w * x` into an FMA in some template instances
+# and not in others (seen on Zen 4 with AVX-512), and a row alone rounds differently from the
+# same row in a batch of 8.
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
+
 SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -106,13 +111,13 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
 
 
 def _cpu_signature() -> str:
-    """What the binary depends on: the source, this CPU's instruction set (-march=native),
+    """What the binary depends on: the source and flags, this CPU's instruction set (-march=native),
     torch and Python. A machine that differs in any of them builds its own."""
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:
         flags = platform.processor()
-    text = "\n".join([SOURCE, flags, platform.machine(), torch.__version__, sys.version])
+    text = "\n".join([SOURCE, *CFLAGS, flags, platform.machine(), torch.__version__, sys.version])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -142,7 +147,7 @@ def kernel():
             print("compiling the CPU matmul kernel for few-row fp32 steps (once per machine, about a minute)",
                   file=sys.stderr, flush=True)
         module = cpp_extension.load_inline(name, cpp_sources=SOURCE, functions=["skinny_linear"],
-                                           extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                                           extra_cflags=CFLAGS,
                                            build_directory=str(folder), verbose=False)
     except (OSError, RuntimeError, ImportError) as err:  # no compiler or ninja here, or the build failed
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -31,6 +31,8 @@ def test_a_row_gets_the_same_bits_in_any_batch(kernel):
     whole = kernel(x, w)
     for i in range(20):
         assert torch.equal(kernel(x[i:i + 1].contiguous(), w), whole[i:i + 1])
+    for m in range(1, 17):  # every register block size, with and without a tail block
+        assert torch.equal(kernel(x[:m].contiguous(), w), whole[:m]), m
     assert torch.equal(kernel(x[5:17].contiguous(), w), whole[5:17])
 
 
