@@ -83,7 +83,7 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
         raise ScyllaError(f"no default recipe for a draft named '{name}'; known: {', '.join(DEFAULT_DRAFTS)}")
 
     from scylla_impl.training import recipe, train
-    from scylla_impl.training.loop import CONFIG_FILE, same_run
+    from scylla_impl.training.run_folder import CONFIG_FILE, same_run
 
     method, layers = DEFAULT_DRAFTS[name]
     stored = ALIASES.get(name, name)

@@ -2,17 +2,18 @@
 
 import io
 import sys
+import time
 
-from scylla_impl.training import loop
+from scylla_impl.training import display
 
 
 def test_lines_off_a_terminal_carry_progress_and_eta(monkeypatch):
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)  # not a terminal, as in CI or the bench's log
-    progress = loop._Progress("auto", enabled=True)
+    progress = display.TrainDisplay("auto", enabled=True)
     assert progress.mode == "lines"
     clock = iter([0.0, 61.0, 122.0])
-    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     progress.start(total=4000, done=1000)  # a resumed run: 1000 tokens were done before
     progress.step(1000, {"sim_accept": float("nan")})
     progress.step(1000, {"sim_accept": float("nan")})

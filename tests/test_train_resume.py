@@ -14,7 +14,8 @@ from test_train import make_tiny
 
 from scylla_impl.target import Target
 from scylla_impl.training import TrainConfig, checkpoints, train
-from scylla_impl.training.loop import CONFIG_FILE, KILL_AT_STEP_VAR
+from scylla_impl.training.loop import KILL_AT_STEP_VAR
+from scylla_impl.training.run_folder import CONFIG_FILE
 
 SEQ = 32
 

@@ -11,7 +11,7 @@ import torch
 from test_train import SEQ, make_tiny
 
 from scylla_impl.training import checkpoints
-from scylla_impl.training.loop import STATE_FILE
+from scylla_impl.training.run_folder import STATE_FILE
 
 
 def scylla_train(*args, home):

@@ -77,7 +77,7 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
     if resume:
         from scylla_impl.target import Target
         from scylla_impl.training.config import TrainConfig
-        from scylla_impl.training.loop import CONFIG_FILE
+        from scylla_impl.training.run_folder import CONFIG_FILE
 
         if out is None:
             raise ScyllaError("--resume needs --out: the run folder to continue")
