@@ -17,6 +17,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from roofline.profile_doc import ProfileDoc  # noqa: E402
+
 DTYPE_COLORS = {"bfloat16": "tab:red", "float16": "tab:orange", "float32": "tab:blue", "float32_tf32": "tab:purple"}
 
 
@@ -28,24 +30,21 @@ def _roofline(ax, bw: float, peaks: dict[str, float], xs: np.ndarray, style: str
                 label=f"{mode}{label_suffix}", linewidth=1.6 if style == "-" else 1.0)
 
 
-def plot_profile(doc: dict, knee_rows: list[dict], out_stem: Path) -> list[Path]:
+def plot_profile(profile: ProfileDoc, knee_rows: list[dict], out_stem: Path) -> list[Path]:
     """Draw the figure for a profile document; `knee_rows` are per-point dicts with
     batch_size, tree_tokens, tokens_in_flight, seconds, flops, bytes. Returns the files written."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
     xs = np.logspace(-2, 4, 400)
-    bw = doc.get("bandwidth_peak_bytes_per_s")
-    flops = {k: v for k, v in (doc.get("flops_per_s") or {}).items() if v}
+    bw, flops = profile.peak_bandwidth, profile.flops
     if bw and flops:
         _roofline(ax, bw, flops, xs, "-", " measured")
-    spec = doc.get("spec") or {}
-    if spec.get("bandwidth_bytes_per_s") and spec.get("flops_per_s"):
-        spec_peaks = {k: v for k, v in spec["flops_per_s"].items() if v and k in flops}
-        _roofline(ax, spec["bandwidth_bytes_per_s"], spec_peaks, xs, "--", " spec")
-    icrit = doc.get("i_crit") or {}
-    if icrit.get("measured") and bw:
-        ridge = icrit["measured"]
+    if profile.spec_bandwidth and profile.spec_flops:
+        spec_peaks = {k: v for k, v in profile.spec_flops.items() if k in flops}
+        _roofline(ax, profile.spec_bandwidth, spec_peaks, xs, "--", " spec")
+    ridge = profile.i_crit
+    if ridge and bw:
         ax.axvline(ridge, color="black", linestyle=":", linewidth=1)
-        ax.annotate(f"ridge I_crit = {ridge:.3g} FLOP/B ({icrit.get('dtype')})", (ridge, bw * ridge),
+        ax.annotate(f"ridge I_crit = {ridge:.3g} FLOP/B ({profile.i_crit_dtype})", (ridge, bw * ridge),
                     textcoords="offset points", xytext=(6, -14), fontsize=8)
     if knee_rows:
         intensity = np.array([r["flops"] / r["bytes"] for r in knee_rows])
@@ -58,11 +57,11 @@ def plot_profile(doc: dict, knee_rows: list[dict], out_stem: Path) -> list[Path]
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_ylabel("FLOP/s")
-    ax.set_title(f"Roofline: {(doc.get('device') or {}).get('name', 'device')}")
+    ax.set_title(f"Roofline: {profile.device_name or 'device'}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="lower right")
 
-    _knee_panel(ax2, doc, knee_rows)
+    _knee_panel(ax2, profile.knee_fit, knee_rows)
     fig.tight_layout()
     written = []
     for ext in ("png", "svg"):
@@ -73,9 +72,7 @@ def plot_profile(doc: dict, knee_rows: list[dict], out_stem: Path) -> list[Path]
     return written
 
 
-def _knee_panel(ax, doc: dict, knee_rows: list[dict]) -> None:
-    knee = doc.get("knee") or {}
-    fit = knee.get("fit") or {}
+def _knee_panel(ax, fit: dict, knee_rows: list[dict]) -> None:
     if not knee_rows:
         ax.text(0.5, 0.5, "verify knee not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()

@@ -11,59 +11,8 @@ the user got wrong (a --target folder that is not a model, an --out that cannot 
 is checked first, before any measuring (`check_options`); the files are written through a
 staging folder, so a full disk leaves neither a partial profile nor temp files.
 
-profile.json (schema_version 1). Units: bytes, seconds, FLOP; null = not measured.
-{
-  "schema_version": 1,
-  "profile_id": str,                 # sha256 of the document's content, 16 hex digits
-  "created_utc": str,                # ISO 8601
-  "options": {"device", "target", "dtype", "quick", "depth", "plan", "dtype_requested"?},
-  "device": {                        # device_facts.DeviceFacts.to_json()
-    "kind": "cpu" | "cuda", "name": str, "device": str, "llc_bytes": int | null,
-    "cpu": {model, architecture, logical_cpus, physical_cores, cpus_available, threads_used,
-            mhz, memory_bytes, caches: [{level, type, size_bytes, shared_cpus}], llc_bytes, isa: [str]},
-    "gpu": null | {index, name, compute_capability, sm_count, l2_cache_bytes, memory_bytes,
-                   max_sm_clock_mhz, max_mem_clock_mhz, sm_clock_mhz, mem_clock_mhz,
-                   memory_bus_width_bits, power_limit_w, clock_event_reasons, driver_version,
-                   cuda_driver_version, uuid},
-    "software": {python, torch, torch_cuda, numpy, triton}, "nvml_available": bool, "nvml_reason": str | null,
-    "unmeasured": [{what, reason}]
-  },
-  "bandwidth_bytes_per_s": {"read": float, "copy": float, "triad": float},  # primary backend,
-                                     # best median over buffers >= 4x LLC, verified results only
-  "bandwidth_backend": "triton" | "torch",
-  "bandwidth_by_backend": {backend: {kernel: float}},
-  "bandwidth_peak_bytes_per_s": float,     # max over kernels: the roofline's slope
-  "bandwidth_peak_kernel": str,
-  "numpy_triad": null | {numpy_bytes_per_s, torch_bytes_per_s, ratio_torch_over_numpy,
-                         agrees_within, agrees, elements, buffer_bytes, threads,
-                         numpy_arrays_counted, numpy_verified, method},
-  "flops_per_s": {"bfloat16": float, "float16": float, "float32": float, "float32_tf32"?: float},
-  "best_matmul": {mode: {m, n, k, layout, seconds}},
-  "spec": null | {name, bandwidth_bytes_per_s, flops_per_s: {mode: float | null}, sms, boost_clock_mhz, source},
-  "nvml_derived": null | {"bandwidth_bytes_per_s": float | null, "flops_per_s": {mode: float | null}},
-  "i_crit": {"dtype": str, "units": "FLOP/byte", "measured": float | null, "spec": float | null,
-             "nvml_derived": float | null, "measured_per_dtype": {mode: float},
-             "spec_per_dtype": {mode: float}, "bandwidth_bytes_per_s": float | null},
-  "knee_tokens": int | null,         # floor of the fitted knee (>= 1): max tokens in flight per verify
-                                     # forward (the knee rule; roofline/policy.py)
-  "knee": null | {"target": {name, fingerprint, dtype, num_layers, hidden_size, vocab_size},
-                  "prefix_tokens": int, "grid": [[b, n]], "skipped": [[b, n]], "clock": str,
-                  "fit": {knee_tokens, t0_s, per_row_s, per_token_s, rel_rmse, censored,
-                          points, measured_range, model},
-                  "points": [{batch_size, tokens, seconds}]},   # the latency curve (medians); top_k auto
-                                     # prices trees with it (roofline/tree_policy.py)
-  "topk_policy": [{"batch_size", "top_k", "total_tokens", "depth", "tokens_in_flight", "within_knee"}],
-                                     # the draft-free knee rule (roofline/policy.py), batch sizes 1..64;
-                                     # [] when no knee was measured. Sweeps' top_k auto does not use it:
-                                     # it prices every tree with a draft's measured acceptance
-  "topk_policy_rule": {"formula", "tokens_per_topk_squared", "max_top_k", "depth"},
-  "nvml": {available, reason, samples, interval_s, <field>_mean, <field>_max, missing?},
-  "unmeasured": [{"what": str, "reason": str}],   # everything above that is null, and why
-  "tables": {name: file},            # Parquet, one row per timed repetition (nvml: per sample)
-  "figures": [file],                 # roofline.png, roofline.svg
-  "machine_load": {"loadavg_start": [1m, 5m, 15m] | null, "loadavg_end": [...] | null, "cpus_available": int},
-  "phase_seconds": {phase: float}     # bandwidth, compute, i_crit, knee (incl. target load), policy, total
-}
+profile.json's fields, units and meaning are `roofline.profile_doc.ProfileRecord`: each phase
+fills its part of one record, written with its version and content id at the end.
 
 Parquet tables beside it: bandwidth.parquet (kernel, backend, dtype, elements, buffer_bytes,
 bytes_moved, past_llc, block, num_warps, verified, clock, warmup, rep, seconds, bytes_per_s),
@@ -79,7 +28,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -99,7 +47,7 @@ from roofline import policy as policy_mod
 from roofline.device_facts import DeviceFacts, collect_device_facts
 from roofline.nvml_sampler import NvmlSampler
 from roofline.nvtx_ranges import phase
-from roofline.profile_doc import PROFILE_FILE, SCHEMA_VERSION
+from roofline.profile_doc import PROFILE_FILE, ICrit, Knee, ProfileDoc, ProfileRecord
 from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flops_per_s
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
@@ -196,10 +144,9 @@ class _Run:
     device: torch.device
     facts: DeviceFacts
     plan: Plan
+    record: ProfileRecord
     unmeasured: list[Unmeasured] = field(default_factory=list)
-    doc: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, list[dict]] = field(default_factory=dict)
-    phase_seconds: dict[str, float] = field(default_factory=dict)
     knee_rows: list[dict] = field(default_factory=list)
 
 
@@ -259,16 +206,15 @@ def _bandwidth(run: _Run, progress: ProgressBar) -> None:
     by_backend = {b: v for b, v in by_backend.items() if v}
     primary = next((b for b in bw_mod.BACKENDS if b in by_backend), None)
     per_kernel = by_backend.get(primary, {}) if primary else {}
-    run.doc["bandwidth_bytes_per_s"] = per_kernel
-    run.doc["bandwidth_backend"] = primary
-    run.doc["bandwidth_by_backend"] = by_backend
+    record = run.record
+    record.bandwidth_bytes_per_s = per_kernel
+    record.bandwidth_backend = primary
+    record.bandwidth_by_backend = by_backend
     if per_kernel:
         kernel = max(per_kernel, key=per_kernel.get)
-        run.doc["bandwidth_peak_bytes_per_s"] = per_kernel[kernel]
-        run.doc["bandwidth_peak_kernel"] = kernel
+        record.bandwidth_peak_bytes_per_s = per_kernel[kernel]
+        record.bandwidth_peak_kernel = kernel
     else:
-        run.doc["bandwidth_peak_bytes_per_s"] = None
-        run.doc["bandwidth_peak_kernel"] = None
         run.unmeasured.append(Unmeasured("bandwidth_bytes_per_s", "no verified measurement past the LLC"))
 
     # numpy's triad in the same run: only meaningful where torch streams host memory.
@@ -277,11 +223,10 @@ def _bandwidth(run: _Run, progress: ProgressBar) -> None:
         check = bw_mod.numpy_triad_crosscheck(bw_mod.elements_for(size, bw_mod.PATTERN_PERIOD),
                                               threads=torch.get_num_threads(), flusher=flusher,
                                               warmup=1, reps=plan.bw_reps)
-        run.doc["numpy_triad"] = check.to_json()
+        record.numpy_triad = check.to_json()
         run.tables["numpy_triad"] = check.rows()
         progress.update(1, desc="numpy triad")
     else:
-        run.doc["numpy_triad"] = None
         run.unmeasured.append(Unmeasured("numpy_triad", "numpy streams host memory; it cannot cross-check a GPU"
                                          if device.type == "cuda" else "last-level cache size unknown"))
 
@@ -305,8 +250,8 @@ def _compute(run: _Run, progress: ProgressBar) -> None:
         progress.update(1, desc=f"matmul {mode.name}")
     peaks, missing = mm_mod.peak_flops(results)
     run.unmeasured += missing
-    run.doc["flops_per_s"] = peaks
-    run.doc["best_matmul"] = {
+    run.record.flops_per_s = peaks
+    run.record.best_matmul = {
         r.mode: {"m": b.m, "n": b.n, "k": b.k, "layout": b.layout, "seconds": b.timing.median_s}
         for r in results if (b := r.best) is not None
     }
@@ -325,15 +270,15 @@ def faster_dtype(flops_per_s: dict) -> str:
 
 def _resolve_dtype(run: _Run, options: ProfileOptions) -> None:
     if options.dtype == dtypes.AUTO:
-        options.dtype = faster_dtype(run.doc.get("flops_per_s") or {})
-        run.doc["options"]["dtype"] = options.dtype
-        run.doc["options"]["dtype_requested"] = dtypes.AUTO
+        options.dtype = faster_dtype(run.record.flops_per_s)
+        run.record.options["dtype"] = options.dtype
+        run.record.options["dtype_requested"] = dtypes.AUTO
 
 
 def _spec_and_icrit(run: _Run, dtype: str = "bfloat16") -> None:
     gpu = run.facts.gpu
     entry = match_spec(gpu.name) if gpu is not None else None
-    run.doc["spec"] = entry.to_json() if entry else None
+    run.record.spec = entry.to_json() if entry else None
     if entry is None:
         run.unmeasured.append(Unmeasured("spec", "no datasheet entry for CPUs" if gpu is None
                                          else f"no datasheet entry matches {gpu.name!r}"))
@@ -344,10 +289,10 @@ def _spec_and_icrit(run: _Run, dtype: str = "bfloat16") -> None:
         derived = {"bandwidth_bytes_per_s": nvml_bw, "flops_per_s": nvml_fl}
         if nvml_bw is None:
             run.unmeasured.append(Unmeasured("nvml_derived.bandwidth", "NVML gave no memory clock or bus width"))
-    run.doc["nvml_derived"] = derived
+    run.record.nvml_derived = derived
 
-    bw = run.doc.get("bandwidth_peak_bytes_per_s")
-    flops = run.doc.get("flops_per_s") or {}
+    bw = run.record.bandwidth_peak_bytes_per_s
+    flops = run.record.flops_per_s
     measured = {k: v / bw for k, v in flops.items()} if bw else {}
     spec_per = {}
     if entry:
@@ -355,16 +300,9 @@ def _spec_and_icrit(run: _Run, dtype: str = "bfloat16") -> None:
     nvml_icrit = None
     if derived and derived["bandwidth_bytes_per_s"] and derived["flops_per_s"].get(dtype):
         nvml_icrit = derived["flops_per_s"][dtype] / derived["bandwidth_bytes_per_s"]
-    run.doc["i_crit"] = {
-        "dtype": dtype,
-        "units": "FLOP/byte",
-        "measured": measured.get(dtype),
-        "spec": spec_per.get(dtype),
-        "nvml_derived": nvml_icrit,
-        "measured_per_dtype": measured,
-        "spec_per_dtype": spec_per,
-        "bandwidth_bytes_per_s": bw,
-    }
+    run.record.i_crit = ICrit(dtype=dtype, measured=measured.get(dtype), spec=spec_per.get(dtype),
+                              nvml_derived=nvml_icrit, measured_per_dtype=measured, spec_per_dtype=spec_per,
+                              bandwidth_bytes_per_s=bw)
     if measured.get(dtype) is None:
         run.unmeasured.append(Unmeasured("i_crit.measured", f"needs measured {dtype} FLOP/s and bandwidth"))
 
@@ -382,8 +320,6 @@ def _load_target(run: _Run, name: str, dtype: str):
 
 
 def _knee(run: _Run, options: ProfileOptions, progress: ProgressBar) -> None:
-    run.doc["knee"] = None
-    run.doc["knee_tokens"] = None
     plan = run.plan
     # The budget covers loading the target too: on a busy machine that alone takes a while.
     deadline = None if plan.knee_budget_s is None else time.perf_counter() + plan.knee_budget_s
@@ -424,19 +360,18 @@ def _knee(run: _Run, options: ProfileOptions, progress: ProgressBar) -> None:
     run.knee_rows = summary_rows
     fit = knee_mod.fit_knee((p.batch_size, p.tree_tokens, p.seconds) for p in points)
     info = target.info
-    run.doc["knee"] = {
-        "target": {"name": info.name, "fingerprint": info.fingerprint, "dtype": options.dtype,
-                   "num_layers": info.num_layers, "hidden_size": info.hidden_size, "vocab_size": info.vocab_size},
-        "prefix_tokens": points[0].prefix_tokens if points else plan.prefix_tokens,
-        "grid": [list(bn) for bn in grid],
-        "skipped": [list(bn) for bn in skipped],
-        "clock": timer.clock_name,
-        "fit": fit.to_json(),
-        # The whole latency curve (medians), which `top_k auto` prices trees with.
-        "points": [{"batch_size": r["batch_size"], "tokens": r["tree_tokens"], "seconds": r["seconds"]}
-                   for r in summary_rows],
-    }
-    run.doc["knee_tokens"] = max(1, int(fit.knee_tokens))
+    run.record.knee = Knee(
+        target={"name": info.name, "fingerprint": info.fingerprint, "dtype": options.dtype,
+                "num_layers": info.num_layers, "hidden_size": info.hidden_size, "vocab_size": info.vocab_size},
+        prefix_tokens=points[0].prefix_tokens,
+        grid=[list(bn) for bn in grid],
+        skipped=[list(bn) for bn in skipped],
+        clock=timer.clock_name,
+        fit=fit.to_json(),
+        points=[{"batch_size": r["batch_size"], "tokens": r["tree_tokens"], "seconds": r["seconds"]}
+                for r in summary_rows],
+    )
+    run.record.knee_tokens = max(1, int(fit.knee_tokens))
     if fit.censored:
         run.unmeasured.append(Unmeasured(
             "knee.exact", f"the fitted knee is censored {fit.censored} the measured range "
@@ -447,8 +382,8 @@ def _knee(run: _Run, options: ProfileOptions, progress: ProgressBar) -> None:
 
 
 def _policy(run: _Run, depth: int) -> None:
-    knee = run.doc.get("knee_tokens")
-    run.doc["topk_policy_rule"] = {
+    knee = run.record.knee_tokens
+    run.record.topk_policy_rule = {
         "formula": "largest top_k <= max_top_k with batch_size * total_tokens(top_k, depth) <= knee_tokens; "
                    "total_tokens(k, D) = min(k + (D-1)k^2 + 1, max(D + 1, round(0.6 k^2)))",
         "tokens_per_topk_squared": policy_mod.TOKENS_PER_TOPK_SQUARED,
@@ -456,25 +391,12 @@ def _policy(run: _Run, depth: int) -> None:
         "depth": depth,
     }
     if not knee:
-        run.doc["topk_policy"] = []
         run.unmeasured.append(Unmeasured("topk_policy", "no verify knee was measured"))
         return
-    run.doc["topk_policy"] = [e.to_json() for e in policy_mod.policy_table(knee, depth=depth)]
+    run.record.topk_policy = [e.to_json() for e in policy_mod.policy_table(knee, depth=depth)]
 
 
 # -- writing ---------------------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None  # JSON has no NaN/inf
-    return value
 
 
 # Errors that mean the disk, not the plot: they must fail the write, not be noted and skipped.
@@ -522,30 +444,24 @@ def _missing_dirs(path: Path) -> list[Path]:
 
 
 def _write_staged(run: _Run, staging: Path) -> None:
-    written = {}
+    record = run.record
     for name, rows in run.tables.items():
         if not rows:
             continue
         pd.DataFrame(rows).to_parquet(staging / f"{name}.parquet", index=False)
-        written[name] = f"{name}.parquet"
-    run.doc["tables"] = written
+        record.tables[name] = f"{name}.parquet"
     from roofline.figure import plot_profile  # here, not at the top: matplotlib is slow to import
 
     try:
-        figures = plot_profile(run.doc, run.knee_rows, staging / "roofline")
-        run.doc["figures"] = [p.name for p in figures]
+        figures = plot_profile(ProfileDoc(staging / PROFILE_FILE, record.to_json()), run.knee_rows,
+                               staging / "roofline")
+        record.figures = [p.name for p in figures]
     except Exception as err:  # a plotting problem must not lose the measurements
         if isinstance(err, OSError) and err.errno in _DISK_ERRNOS:
             raise
-        run.doc["figures"] = []
         run.unmeasured.append(Unmeasured("figures", f"{type(err).__name__}: {err}"))
-    run.doc["unmeasured"] = [u.to_json() for u in dict.fromkeys(run.unmeasured)]  # once each, in order
-    body = _jsonable(run.doc)
-    body.pop("profile_id", None)
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    doc = {"schema_version": SCHEMA_VERSION, "profile_id": digest, **body}
-    (staging / PROFILE_FILE).write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    run.doc = doc
+    record.unmeasured = [u.to_json() for u in dict.fromkeys(run.unmeasured)]  # once each, in order
+    (staging / PROFILE_FILE).write_text(json.dumps(record.to_json(), indent=2, default=str) + "\n")
 
 
 def _planned_steps(plan: Plan, device: torch.device) -> int:
@@ -657,14 +573,15 @@ def run_profile(options: ProfileOptions, *, device: torch.device | None = None) 
         torch.cuda.set_device(device)
     plan = options.plan or PLANS[(device.type, options.quick)]
     facts = collect_device_facts(device)
-    run = _Run(device=device, facts=facts, plan=plan, unmeasured=list(facts.unmeasured))
-    run.doc["created_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    run.doc["options"] = {"device": options.device, "target": options.target, "dtype": options.dtype,
-                          "quick": options.quick, "depth": options.depth, "plan": dataclasses.asdict(plan)}
-    run.doc["device"] = facts.to_json()
     # Other processes on the CPUs slow and skew every timing (torch's OpenMP threads stall
     # at barriers when a core is taken); the load before and after says how far to trust them.
-    run.doc["machine_load"] = {"loadavg_start": _loadavg(), "cpus_available": facts.cpu.cpus_available}
+    record = ProfileRecord(
+        created_utc=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        options={"device": options.device, "target": options.target, "dtype": options.dtype,
+                 "quick": options.quick, "depth": options.depth, "plan": dataclasses.asdict(plan)},
+        device=facts.to_json(),
+        machine_load={"loadavg_start": _loadavg(), "cpus_available": facts.cpu.cpus_available})
+    run = _Run(device=device, facts=facts, plan=plan, record=record, unmeasured=list(facts.unmeasured))
     progress = ProgressBar("profile", "start", _planned_steps(plan, device), unit="steps", mode=options.progress)
     sampler = NvmlSampler(interval_s=0.1, devices=None)
     if not sampler.available:
@@ -684,12 +601,11 @@ def run_profile(options: ProfileOptions, *, device: torch.device | None = None) 
                 t0 = time.perf_counter()
                 with phase(f"profile.{name}"):
                     fn()
-                run.phase_seconds[name] = time.perf_counter() - t0
-        run.doc["nvml"] = sampler.summary()
-        run.doc["machine_load"]["loadavg_end"] = _loadavg()
-        run.phase_seconds["total"] = time.perf_counter() - started
-        run.doc["phase_seconds"] = run.phase_seconds
+                record.phase_seconds[name] = time.perf_counter() - t0
+        record.nvml = sampler.summary()
+        record.machine_load["loadavg_end"] = _loadavg()
+        record.phase_seconds["total"] = time.perf_counter() - started
         _write_outputs(run, Path(options.out), sampler)
     finally:
         progress.close()
-    return run.doc
+    return record.to_json()

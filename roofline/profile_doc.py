@@ -1,10 +1,11 @@
-"""profile.json, read in one place.
+"""profile.json: its schema, written in one place and read in one place.
 
-Every reader of a profile folder (the sweep's top_k auto and run record, the bench's dtype
-choice, the report) goes through `read_profile_doc`: it checks that the file is a profile of
-a schema this code reads, says in one line what to do when it is not, and offers the fields
-those readers use as typed properties. The writer and the full field list are in
-roofline/profile.py, which stamps `SCHEMA_VERSION` on every document.
+`ProfileRecord` is the document `scylla profile` (roofline/profile.py) fills phase by phase
+and writes: one typed field per top-level key, its units and meaning beside it. Every reader
+of a profile folder (the sweep's top_k auto and run record, the bench's dtype choice, the
+report, the roofline figure) goes through `read_profile_doc`: it checks that the file is a
+profile of a schema this code reads, says in one line what to do when it is not, and offers
+the fields those readers use as typed properties.
 
 A document without `schema_version` is read as version 1: profiles made by hand for a test
 or by another tool may leave it out. One that states a version this code does not know is
@@ -13,9 +14,10 @@ refused, since its fields may mean something else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,86 @@ from workloads.errors import ScyllaError
 SCHEMA_VERSION = 1
 PROFILE_FILE = "profile.json"
 _HINT = "give the folder `scylla profile --out` wrote"
+
+
+@dataclass
+class ICrit:
+    """The roofline's ridge point: FLOP/s over bytes/s, where a forward turns compute-bound."""
+
+    dtype: str  # the target dtype the profile quotes I_crit for
+    measured: float | None  # measured peak FLOP/s of `dtype` / measured peak bandwidth
+    spec: float | None  # the same from the datasheet (recognised GPUs only)
+    nvml_derived: float | None  # from NVML's clocks, bus width and SM count
+    measured_per_dtype: dict[str, float]  # every measured matmul mode
+    spec_per_dtype: dict[str, float]
+    bandwidth_bytes_per_s: float | None  # the measured slope used
+    units: str = "FLOP/byte"
+
+
+@dataclass
+class Knee:
+    """The verify knee: one target forward of b rows x n tree tokens over a real cached prefix."""
+
+    target: dict[str, Any]  # name, fingerprint, dtype, num_layers, hidden_size, vocab_size
+    prefix_tokens: int
+    grid: list[list[int]]  # [b, n] planned
+    skipped: list[list[int]]  # [b, n] left out when the knee budget ran out
+    clock: str
+    fit: dict[str, Any]  # roofline/knee.py's KneeFit.to_json(): knee_tokens, t0_s, per_row_s, per_token_s, ...
+    points: list[dict[str, Any]]  # {batch_size, tokens, seconds} medians: the latency curve top_k auto prices trees with
+
+
+@dataclass(slots=True)
+class ProfileRecord:
+    """What `scylla profile` writes, before its id and version are stamped. Units: bytes,
+    seconds, FLOP; None (null) = not measured, with the reason in `unmeasured`."""
+
+    created_utc: str  # ISO 8601
+    options: dict[str, Any]  # device, target, dtype, quick, depth, plan (and dtype_requested when auto)
+    device: dict[str, Any]  # device_facts.DeviceFacts.to_json(): kind, name, cpu, gpu, software, ...
+    machine_load: dict[str, Any]  # loadavg_start, loadavg_end ([1m, 5m, 15m] | None), cpus_available
+    # Streaming kernels (read, copy, triad) of the primary backend: best median over buffers
+    # >= 4x the LLC, verified results only.
+    bandwidth_bytes_per_s: dict[str, float] = field(default_factory=dict)
+    bandwidth_backend: str | None = None  # "triton" | "torch"
+    bandwidth_by_backend: dict[str, dict[str, float]] = field(default_factory=dict)
+    bandwidth_peak_bytes_per_s: float | None = None  # max over kernels: the roofline's slope
+    bandwidth_peak_kernel: str | None = None
+    numpy_triad: dict[str, Any] | None = None  # bandwidth.TriadCrossCheck.to_json() (CPU only)
+    flops_per_s: dict[str, float] = field(default_factory=dict)  # bfloat16, float16, float32, float32_tf32
+    best_matmul: dict[str, dict[str, Any]] = field(default_factory=dict)  # mode: {m, n, k, layout, seconds}
+    spec: dict[str, Any] | None = None  # spec_sheet.SpecEntry.to_json() for a recognised GPU
+    nvml_derived: dict[str, Any] | None = None  # {bandwidth_bytes_per_s, flops_per_s: {mode}} from NVML
+    i_crit: ICrit | None = None
+    # Floor of the fitted knee (>= 1): the most tokens in flight per verify forward (policy.py's rule).
+    knee_tokens: int | None = None
+    knee: Knee | None = None
+    # The draft-free knee rule per batch size 1..64 (policy.PolicyEntry.to_json()); [] without a knee.
+    # Sweeps' top_k auto prices trees with a draft's measured acceptance instead.
+    topk_policy: list[dict[str, Any]] = field(default_factory=list)
+    topk_policy_rule: dict[str, Any] = field(default_factory=dict)  # formula, constants, depth
+    nvml: dict[str, Any] = field(default_factory=dict)  # NvmlSampler.summary(): <field>_mean/_max per counter
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # bandwidth, compute, i_crit, knee, policy, total
+    tables: dict[str, str] = field(default_factory=dict)  # name: Parquet file, one row per timed repetition
+    figures: list[str] = field(default_factory=list)  # roofline.png, roofline.svg
+    unmeasured: list[dict[str, str]] = field(default_factory=list)  # {what, reason}: every null above, and why
+
+    def to_json(self) -> dict[str, Any]:
+        """The document, stamped with its version and `profile_id`: the sha256 of its content."""
+        body = _finite(asdict(self))
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return {"schema_version": SCHEMA_VERSION, "profile_id": digest, **body}
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become null (not measured)."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @dataclass(frozen=True)

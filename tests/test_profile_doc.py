@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roofline.profile_doc import SCHEMA_VERSION, read_profile_doc
+from roofline.profile_doc import SCHEMA_VERSION, ICrit, ProfileRecord, read_profile_doc
 from workloads.errors import ScyllaError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -49,3 +49,25 @@ def test_a_profile_this_code_cannot_read_is_refused(tmp_path, doc, words):
     (tmp_path / "profile.json").write_text(json.dumps(doc))
     with pytest.raises(ScyllaError, match=words):
         read_profile_doc(tmp_path)
+
+
+def test_the_written_record_reads_back_through_the_typed_fields(tmp_path):
+    record = ProfileRecord(created_utc="2026-12-03T00:00:00+00:00", options={"dtype": "float32"},
+                           device={"name": "EPYC", "kind": "cpu"}, machine_load={})
+    record.bandwidth_bytes_per_s = {"read": 4e10, "triad": 3e10}
+    record.bandwidth_peak_bytes_per_s, record.bandwidth_peak_kernel = 4e10, "read"
+    record.flops_per_s = {"float32": 2e11, "bfloat16": float("nan")}  # NaN: JSON has none, it becomes null
+    record.i_crit = ICrit(dtype="float32", measured=5.0, spec=None, nvml_derived=None,
+                          measured_per_dtype={"float32": 5.0}, spec_per_dtype={}, bandwidth_bytes_per_s=4e10)
+    with pytest.raises(AttributeError):
+        record.bandwith_peak_bytes_per_s = 1.0  # a misspelt field is an error, not a new key
+    doc = record.to_json()
+    (tmp_path / "profile.json").write_text(json.dumps(doc))
+    read = read_profile_doc(tmp_path)
+    assert read.doc["schema_version"] == SCHEMA_VERSION and read.profile_id == doc["profile_id"]
+    assert (read.device_name, read.dtype, read.peak_bandwidth, read.peak_bandwidth_kernel) == ("EPYC", "float32", 4e10,
+                                                                                               "read")
+    assert read.flops == {"float32": 2e11} and doc["flops_per_s"]["bfloat16"] is None
+    assert (read.i_crit, read.i_crit_dtype, read.knee_tokens, read.knee_fit) == (5.0, "float32", None, {})
+    record.figures = ["roofline.png"]
+    assert record.to_json()["profile_id"] != doc["profile_id"]  # the id names the content

@@ -18,6 +18,7 @@ from roofline.device_facts import _parse_size, collect_device_facts
 from roofline.latency_curve import verify_curve
 from roofline.nvml_sampler import NvmlSampler
 from roofline.nvtx_ranges import phase
+from roofline.profile_doc import ProfileRecord
 from roofline.spec_sheet import (
     match_spec,
     nvml_bandwidth_bytes_per_s,
@@ -180,23 +181,24 @@ def test_icrit_arithmetic():
     from roofline import profile as prof
 
     facts = collect_device_facts("cpu")
-    run = prof._Run(device=torch.device("cpu"), facts=facts, plan=prof.PLANS[("cpu", True)])
-    run.doc.update({"bandwidth_peak_bytes_per_s": 20e9, "flops_per_s": {"bfloat16": 15e9, "float32": 120e9}})
+    record = ProfileRecord(created_utc="", options={}, device=facts.to_json(), machine_load={})
+    run = prof._Run(device=torch.device("cpu"), facts=facts, plan=prof.PLANS[("cpu", True)], record=record)
+    record.bandwidth_peak_bytes_per_s, record.flops_per_s = 20e9, {"bfloat16": 15e9, "float32": 120e9}
     prof._spec_and_icrit(run)
-    ic = run.doc["i_crit"]
-    assert ic["measured"] == pytest.approx(0.75)
-    assert ic["measured_per_dtype"]["float32"] == pytest.approx(6.0)
-    assert ic["spec"] is None and run.doc["spec"] is None  # CPUs have no datasheet entry
+    ic = record.i_crit
+    assert ic.measured == pytest.approx(0.75)
+    assert ic.measured_per_dtype["float32"] == pytest.approx(6.0)
+    assert ic.spec is None and record.spec is None  # CPUs have no datasheet entry
     assert any(u.what == "spec" for u in run.unmeasured)
     # the same for an H200 as NVML would describe it
     facts.gpu = type("G", (), {"name": "NVIDIA H200", "max_mem_clock_mhz": 3201, "memory_bus_width_bits": 6144,
                                "sm_count": 132, "max_sm_clock_mhz": 1830})()
-    run.doc.update({"bandwidth_peak_bytes_per_s": 4.3e12, "flops_per_s": {"bfloat16": 750e12}})
+    record.bandwidth_peak_bytes_per_s, record.flops_per_s = 4.3e12, {"bfloat16": 750e12}
     prof._spec_and_icrit(run)
-    ic = run.doc["i_crit"]
-    assert ic["spec"] == pytest.approx(989.4e12 / 4.8e12)
-    assert ic["measured"] == pytest.approx(750e12 / 4.3e12)
-    assert ic["nvml_derived"] == pytest.approx(989.4e12 / (2 * 3201e6 * 6144 / 8))
+    ic = record.i_crit
+    assert ic.spec == pytest.approx(989.4e12 / 4.8e12)
+    assert ic.measured == pytest.approx(750e12 / 4.3e12)
+    assert ic.nvml_derived == pytest.approx(989.4e12 / (2 * 3201e6 * 6144 / 8))
 
 
 # -- measurement plumbing -----------------------------------------------------------------------
