@@ -47,6 +47,10 @@ class TargetModel(Protocol):
     def rollback(self, cache: RowKVCache) -> None:
         """Drop every tentative slot."""
 
+    def keep_rows(self, cache: RowKVCache, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` [b'] (ascending) of `cache`, nothing tentative in it:
+        rows that finished leave the batch."""
+
 
 class DraftModel(Protocol):
     feature_layers: tuple[int, ...]  # the target layers whose inputs it reads; () = the last hidden state
@@ -68,6 +72,10 @@ class DraftModel(Protocol):
 
     def rollback(self) -> None:
         """Drop what `expand` added since the last `extend`."""
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` [b'] (ascending) of the request, between steps (after
+        `rollback`, before `extend`): rows that finished leave the batch."""
 
     def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary ids -> target ids (the identity without a reduced vocabulary)."""

@@ -4,7 +4,9 @@ Every step feeds each row's last emitted token (the root) plus, when a draft is 
 draft tree to one target forward; verification keeps a path per row, the cache commits
 it, and the row emits the accepted draft tokens plus the target's bonus token. With no
 draft the tree is the root alone, so AR and speculative decoding share the target
-adapter, the cache and this loop, and a speedup compares like with like.
+adapter, the cache and this loop, and a speedup compares like with like. A row that
+finishes (EOS or the token limit) leaves the batch at once, target and draft cache rows
+included, so the rows still decoding never pay for it.
 """
 
 import math
@@ -127,7 +129,9 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     sync()
     prefill_s = time.perf_counter() - t0
 
-    rows = Rows([[int(t)] for t in roots.tolist()], [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()])
+    rows = Rows([[int(t)] for t in roots.tolist()], [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()],
+                list(range(b)))
+    front = Frontier(*_leave(target, draft, cache, rows, front.roots, front.root_logprobs, front.root_out))
     counts: list[StepCounts] = []
     step_s: list[float] = []
     timer = PhaseTimer(device, PHASES)
@@ -159,10 +163,13 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
 
 @dataclass
 class Rows:
-    """Each row's tokens so far (the prefill's first one included) and whether it has finished."""
+    """Each row's tokens so far (the prefill's first one included), whether it has finished,
+    and which rows are still in the batch: a row that finishes leaves it (`_leave`), so the
+    step's batch position i is row `live[i]`."""
 
     outputs: list[list[int]]
     done: list[bool]
+    live: list[int]
 
 
 @dataclass
@@ -191,7 +198,6 @@ def step(target: TargetModel, draft: DraftModel | None, cache, front: Frontier, 
     target forward, accept the longest path the target agrees with plus its bonus token, commit
     that path to the cache, and feed it to the draft for the next tree. Without a draft the tree
     is the root alone: an AR step."""
-    b = front.roots.shape[0]
     # Draft: the tree's levels, each one draft forward (build_tree marks "draft" and "tree" inside).
     if draft is not None:
         timer("tree")
@@ -207,43 +213,56 @@ def step(target: TargetModel, draft: DraftModel | None, cache, front: Frontier, 
     verdict = verify(tree, scored.logits, config.temperature, config.top_p, gen)
     # Commit: the accepted path stays in the cache, the rest of the tree is dropped.
     timer("commit")
-    # A finished row keeps nothing more: its cache stops growing, so it no longer widens
-    # every other row's attention (it still rides along in the batch's forward).
-    kept = verdict.path_len.masked_fill(torch.tensor(rows.done, device=front.roots.device), 0)  # [b]
-    target.commit(cache, verdict.path, kept)
+    target.commit(cache, verdict.path, verdict.path_len)
     path_tokens = tree.tokens.gather(1, verdict.path)  # [b, depth+1], root first
     # Accepted draft tokens then the bonus: row r's first path_len[r] entries count.
     new_tokens = torch.cat([path_tokens[:, 1:], path_tokens[:, :1]], 1)  # [b, depth+1]
     new_tokens.scatter_(1, (verdict.path_len - 1)[:, None], verdict.bonus[:, None])
-    emitted = _emit(rows.outputs, rows.done, new_tokens.tolist(), verdict.path_len.tolist(), target.eos_ids,
-                    config.max_new_tokens)
-    counted = StepCounts(drafted=[tree.size - 1] * b, accepted=verdict.accepted.tolist(),
-                         emitted=[e or 0 for e in emitted], active=[e is not None for e in emitted])
-    if draft is None or all(rows.done):
-        return Frontier(verdict.bonus), counted
-    # The draft reads the accepted path (pair t: token t+1 with the target's feature at t).
-    timer("draft")
+    counted = _emit(rows, new_tokens.tolist(), verdict.path_len.tolist(), verdict.accepted.tolist(),
+                    tree.size - 1, target.eos_ids, config.max_new_tokens)
+    if draft is None:
+        return Frontier(*_leave(target, draft, cache, rows, verdict.bonus)), counted
     feats = scored.layer_inputs if layers else scored.hidden  # [b, n, h or 3h]
     path_feats = feats.gather(1, verdict.path[:, :, None].expand(-1, -1, feats.shape[-1]))  # [b, depth+1, .]
+    roots, new_tokens, path_feats, kept = _leave(target, draft, cache, rows, verdict.bonus, new_tokens, path_feats,
+                                                 verdict.path_len)
+    if not rows.live:
+        return Frontier(roots), counted
+    # The draft reads the accepted path (pair t: token t+1 with the target's feature at t).
+    timer("draft")
     root_logprobs, root_out = draft.extend(new_tokens, path_feats, kept)
-    return Frontier(verdict.bonus, root_logprobs, root_out), counted
+    return Frontier(roots, root_logprobs, root_out), counted
 
 
-def _emit(outputs, done, new_tokens, path_len, eos, max_new_tokens) -> list[int | None]:
-    """Append each active row's accepted tokens and bonus, stopping at EOS or the limit.
+def _leave(target: TargetModel, draft: DraftModel | None, cache, rows: Rows,
+           *per_row: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Rows that have finished leave the batch: their target and draft cache rows go, so no
+    later forward spends matmul or attention work on them, and the others attend only up to
+    the longest row still decoding. Returns the staying rows of each `per_row` tensor [b, ...]."""
+    staying = [i for i, r in enumerate(rows.live) if not rows.done[r]]
+    if len(staying) == len(rows.live):
+        return per_row
+    index = torch.tensor(staying, dtype=torch.long, device=cache.device)  # [b']
+    target.keep_rows(cache, index)
+    if draft is not None:
+        draft.keep_rows(index)
+    rows.live = [rows.live[i] for i in staying]
+    return tuple(None if t is None else t.index_select(0, index.to(t.device)) for t in per_row)
 
-    Returns per row the number of tokens that count (None for a row already finished)."""
-    counted: list[int | None] = []
-    for r, tokens in enumerate(new_tokens):
-        if done[r]:
-            counted.append(None)
-            continue
+
+def _emit(rows: Rows, new_tokens: list[list[int]], path_len: list[int], accepted: list[int], drafted: int,
+          eos: frozenset[int], max_new_tokens: int) -> StepCounts:
+    """Append each batch row's accepted tokens and bonus to its output, stopping at EOS or the
+    limit; the step's counters, by request row (zeros for rows no longer in the batch)."""
+    b = len(rows.outputs)
+    counted = StepCounts(drafted=[0] * b, accepted=[0] * b, emitted=[0] * b, active=[False] * b)
+    for i, r in enumerate(rows.live):
         n = 0
-        for t in tokens[: path_len[r]]:  # path_len - 1 accepted draft tokens + the bonus
-            outputs[r].append(t)
+        for t in new_tokens[i][: path_len[i]]:  # path_len - 1 accepted draft tokens + the bonus
+            rows.outputs[r].append(t)
             n += 1
-            if t in eos or len(outputs[r]) >= max_new_tokens:
-                done[r] = True
+            if t in eos or len(rows.outputs[r]) >= max_new_tokens:
+                rows.done[r] = True
                 break
-        counted.append(n)
+        counted.drafted[r], counted.accepted[r], counted.emitted[r], counted.active[r] = drafted, accepted[i], n, True
     return counted

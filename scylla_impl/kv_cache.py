@@ -113,6 +113,23 @@ class RowKVCache:
         self.committed_end = int(self.lengths.max()) if self.batch_size else 0
         self.rollback()
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` [b'] (ascending), dropping the others: rows that finished
+        decoding stop costing every later forward attention and matmul work, and the slots
+        attended to shrink to the longest row still decoding. Nothing may be tentative."""
+        if self.tentative or self._pending:
+            raise ValueError("keep_rows needs a cache with nothing tentative (commit or roll back first)")
+        rows = rows.to(self.device)
+        for buffers in (self.keys, self.values):
+            for layer, buf in enumerate(buffers):
+                if buf is not None:
+                    buffers[layer] = buf.index_select(0, rows)  # [b', h, capacity, d]
+        self.lengths = self.lengths.index_select(0, rows)
+        self.tentative_depths = self.tentative_depths.index_select(0, rows)  # [b', 0]
+        self.batch_size = int(rows.numel())
+        self.committed_end = int(self.lengths.max()) if self.batch_size else 0
+        self.rollback()
+
     def repeat_row(self, source: "RowKVCache") -> None:
         """Make every row a copy of `source`'s one committed row: b identical prefills for the
         price of one (the roofline's verify timings at batch b)."""

@@ -153,6 +153,9 @@ class Target:
     def commit(self, cache: TargetCache, keep: torch.Tensor, counts: torch.Tensor) -> None:
         cache.commit(keep, counts)
 
+    def keep_rows(self, cache: TargetCache, rows: torch.Tensor) -> None:
+        cache.keep_rows(rows)
+
     # -- forwards -------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, cache: TargetCache, prompts: list[list[int]], layers: tuple[int, ...] = ()) -> TargetOutput:

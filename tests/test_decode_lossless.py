@@ -126,3 +126,29 @@ def test_rows_accepting_different_amounts_match_single_runs(target_fp32, prompts
     assert_same(target_fp32, batch, alone, reference, "oracle alone")
     first_steps = together.stats.accepted[0].tolist()
     assert len(set(first_steps)) >= 3, f"rows should accept different amounts, got {first_steps}"
+
+
+@pytest.mark.parametrize("spec", ["partial-oracle", "lookup", "ar"])
+def test_finished_rows_leave_the_batch(target_fp32, prompts, monkeypatch, spec):
+    """A row that finishes leaves the batch: every later target forward carries only the rows
+    still decoding, and each row's output stays its solo output."""
+    config = DecodeConfig(top_k=2, depth=4, total_tokens=8, max_new_tokens=NEW_TOKENS)
+    batch = prompts[4:8]
+    draft = {"partial-oracle": PartialOracle(target_fp32), "lookup": load_draft("lookup", target_fp32),
+             "ar": None}[spec]
+    rows_scored = []
+    forward_tree = target_fp32.forward_tree
+
+    def counting(cache, tokens, *args, **kwargs):
+        rows_scored.append(tokens.shape[0])
+        assert cache.batch_size == tokens.shape[0]
+        return forward_tree(cache, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(target_fp32, "forward_tree", counting)
+    result = generate(target_fp32, batch, draft, config)
+    active = result.stats.active.sum(axis=1).tolist()  # rows decoding at each step
+    assert rows_scored == active
+    if spec != "ar":  # AR rows all end at the limit together, unless one meets EOS first
+        assert min(active) < max(active), f"rows should finish at different steps: {active}"
+    alone = [generate(target_fp32, [p], draft, config).token_ids[0] for p in batch]
+    assert_same(target_fp32, batch, result.token_ids, alone, f"{spec}: batch against alone")

@@ -243,6 +243,9 @@ class Draft(nn.Module):
     def rollback(self) -> None:
         self.cache.rollback()
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.cache.keep_rows(rows)
+
     # -- checkpoints ------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

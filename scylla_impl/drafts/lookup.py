@@ -82,3 +82,7 @@ class PromptLookupDraft:
 
     def rollback(self) -> None:
         """Nothing tentative is kept: the history grows only in `extend`, by committed tokens."""
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.history = [self.history[r] for r in rows.tolist()]
+        self.proposals = [self.proposals[r] for r in rows.tolist()] if self.proposals else []

@@ -44,3 +44,6 @@ class OracleDraft:
 
     def rollback(self) -> None:
         self.cache.rollback()
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.cache.keep_rows(rows)
