@@ -1,6 +1,6 @@
 """Roofline profiles -> the numbers the report shows: ceilings, ridge, knee points, T(b, n).
 
-Profiles come from `scylla profile` (roofline/profile.py documents the JSON). Anything a
+Profiles come from `scylla profile` (roofline/profile_doc.ProfileRecord documents the JSON). Anything a
 profile could not measure is simply absent there; every accessor here returns None or an
 empty frame for it, and the report says "not measured" rather than inventing a number.
 """
