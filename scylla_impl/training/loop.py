@@ -175,14 +175,9 @@ class Trainer:
         self.dist.barrier()
 
     def load_checkpoint(self, folder: Path) -> None:
-        state = run_folder.load_checkpoint(folder, self.draft, self.target)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.global_step, self.elapsed, self.tokens = state["global_step"], state["elapsed"], state["tokens"]
-            self.rows = state["rows"]
-        except (KeyError, ValueError, TypeError, RuntimeError) as err:
-            raise ScyllaError(f"cannot resume from '{folder / run_folder.STATE_FILE}': {str(err).splitlines()[0]} "
-                              "(start over with --force, or train into another --out)") from None
+        state = run_folder.load_checkpoint(folder, self.draft, self.optimizer, self.target)
+        self.global_step, self.elapsed, self.tokens = state["global_step"], state["elapsed"], state["tokens"]
+        self.rows = state["rows"]
 
     def _stamp_budget(self) -> None:
         """Record in the draft's config how many tokens each stage has trained so far."""

@@ -64,19 +64,21 @@ def save_checkpoint(out: Path, step: int, draft, state: dict, keep: int) -> None
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, draft, target) -> dict:
-    """Load the draft's weights from `folder`, restore every RNG, and return the trainer's state."""
+def load_checkpoint(folder: Path, draft, optimizer, target) -> dict:
+    """Load the draft's weights and the optimizer's state from `folder`, restore every RNG, and
+    return the trainer's counters: global_step, elapsed, tokens and the log rows so far."""
     from scylla_impl.drafts.base import check_target, load_weights, read_config
 
     check_target(read_config(folder), target, folder)
     load_weights(draft, folder)
     try:  # tensors, numbers, strings and containers only: a checkpoint can never run code
         state = torch.load(folder / STATE_FILE, weights_only=True)
-        _set_rng_state(state.pop("rng"))
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        return {key: state[key] for key in ("global_step", "elapsed", "tokens", "rows")}
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets one line
         raise ScyllaError(f"cannot resume from '{folder / STATE_FILE}': {str(err).splitlines()[0]} "
                           "(start over with --force, or train into another --out)") from None
-    return state
 
 
 def write_log(out: Path, rows: list[dict]) -> None:
