@@ -3,20 +3,22 @@
 A decode step multiplies a handful of rows (1 for AR, b x tree tokens for a verify or a
 draft level) by every weight matrix of the model. BLAS libraries are built for big
 matrices: for a few rows they pack the weights first, so every weight byte is read,
-written and read again. Measured on a 2-core AVX2 machine over the embedded target's 211
-weight matrices (538 MB, fp32, 2 threads; `python -m reports.speed` shows the effect on
+written and read again. Measured on a 2-core AMD EPYC (AVX-512) over the embedded target's
+211 weight matrices (538 MB, fp32, 2 threads; `python -m reports.speed` shows the effect on
 whole steps):
 
     rows              1      2      4      8     16     32     60
-    torch (MKL)     47.8   76.0  121.4  171.3  192.4  262.8  341.9 ms
-    this kernel     26.9   30.0   33.1   44.6   88.0  169.7  322.4 ms
-    (the read stream over the same bytes: 21 ms)
+    torch (MKL)     47.7   80.1   81.7   67.4   86.0  125.0  211.4 ms
+    this kernel     19.1   20.1   31.1   34.8   59.2  106.1  220.5 ms
 
-The kernel streams each weight row once and multiplies it into up to 8 input rows held in
-vector registers (a register block per 8 rows; larger inputs walk the row again from L1).
-Every output is summed in the same order whatever the number of rows or threads, so a
-token scored alone (AR) and the same token scored inside a tree (verify) get bit-identical
-logits, which BLAS does not promise.
+The kernel streams the weights once and multiplies them into the input rows held in vector
+registers: one weight row at a time against up to 4 input rows, two weight rows sharing each
+input load beyond that (a register block of 2 x 8 rows with AVX-512, 2 x 4 with AVX2; larger
+inputs walk the same weights again from L1), with the next weight rows prefetched so the
+multiplies do not wait on memory (without the prefetch, and with one weight row per block,
+8 rows took 54.8 ms and 16 took 90.5). Every output is summed in the same order whatever the
+number of rows, the blocking or the threads, so a token scored alone (AR) and the same token
+scored inside a tree (verify) get bit-identical logits, which BLAS does not promise.
 
 It is compiled for this CPU on first use (about a minute, once per machine, kept in the
 user's cache folder, ~/.cache/scylla-bench/kernels on Linux) with the C++ compiler and ninja. Where either is missing, or the build fails,
@@ -37,11 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Whole verify forwards, kernel against torch in one process (the table above times the
-# matmuls alone): 8 rows 0.70x, 16 0.84x, 24 0.95x, 32 1.00x the time (1 thread), and at 32
-# rows slower with 2 threads (312 vs 271 ms), where the kernel re-walks each weight row from L1
-# once per 8 rows and BLAS's blocking pays for its packing.
-MAX_ROWS = 16
+# Beyond 32 rows BLAS's blocking catches up (60 rows: 0.8-1.0x the kernel's time over repeated
+# runs of the table), and a verify that wide is no longer a few-row step.
+MAX_ROWS = 32
 
 # -ffp-contract=off: otherwise GCC fuses `acc += w * x` into an FMA in some template instances
 # and not in others (seen on Zen 4 with AVX-512), and a row alone rounds differently from the
@@ -58,21 +58,61 @@ typedef float v8 __attribute__((vector_size(32)));
 static inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof(v)); return v; }
 static inline float hsum(v8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
-// y[i, n] for MB input rows against weight row n: lane j sums k = j mod 8 in order, then the
-// lanes in a fixed tree, then the tail; no step depends on MB, M or the thread split.
-template <int MB>
-static inline void rows(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t n) {
-  v8 acc[MB];
-  for (int i = 0; i < MB; ++i) acc[i] = v8{0, 0, 0, 0, 0, 0, 0, 0};
+// Input rows per register block: NB x MB accumulators, MB inputs and NB weights must fit the
+// vector registers (32 with AVX-512, 16 with AVX2).
+#ifdef __AVX512VL__
+constexpr int MB_MAX = 8;
+#else
+constexpr int MB_MAX = 4;
+#endif
+
+// y[i, n + j] for MB input rows against NB weight rows n..n+NB-1. Lane l of an accumulator sums
+// k = l mod 8 in order, then the lanes in a fixed tree, then the tail: no step depends on NB, MB,
+// M or the thread split, so every output gets the same bits however it was blocked. Weight rows
+// 8 blocks ahead are prefetched into L2 while these are multiplied: with several input rows the
+// hardware prefetcher alone leaves the multiplies waiting on memory, and one block ahead (into
+// L1) is too late to hide it (the whole model at 4 rows: 24 ms against 30 and 35 without).
+template <int NB, int MB>
+static inline void block(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t n) {
+  v8 acc[NB][MB];
+  for (int j = 0; j < NB; ++j)
+    for (int i = 0; i < MB; ++i) acc[j][i] = v8{0, 0, 0, 0, 0, 0, 0, 0};
   const int64_t K8 = K - K % 8;
   for (int64_t k = 0; k < K8; k += 8) {
-    const v8 wv = load8(w + k);
-    for (int i = 0; i < MB; ++i) acc[i] += wv * load8(x + i * K + k);
+    for (int j = 0; j < NB; ++j) __builtin_prefetch(w + (8 * NB + j) * K + k, 0, 1);
+    v8 xv[MB];
+    for (int i = 0; i < MB; ++i) xv[i] = load8(x + i * K + k);
+    for (int j = 0; j < NB; ++j) {
+      const v8 wv = load8(w + j * K + k);
+      for (int i = 0; i < MB; ++i) acc[j][i] += wv * xv[i];
+    }
   }
-  for (int i = 0; i < MB; ++i) {
-    float s = hsum(acc[i]);
-    for (int64_t k = K8; k < K; ++k) s += w[k] * x[i * K + k];
-    y[i * N + n] = s;
+  for (int j = 0; j < NB; ++j)
+    for (int i = 0; i < MB; ++i) {
+      float s = hsum(acc[j][i]);
+      for (int64_t k = K8; k < K; ++k) s += w[j * K + k] * x[i * K + k];
+      y[i * N + n + j] = s;
+    }
+}
+
+// Every input row against weight rows n..n+NB-1, MB_MAX input rows at a time.
+template <int NB>
+static void weight_rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, int64_t n) {
+  for (int64_t m = 0; m < M; m += MB_MAX) {
+    const float* xb = x + m * K;
+    float* yb = y + m * N;
+    switch (std::min<int64_t>(MB_MAX, M - m)) {
+      case 1: block<NB, 1>(xb, w, yb, K, N, n); break;
+      case 2: block<NB, 2>(xb, w, yb, K, N, n); break;
+      case 3: block<NB, 3>(xb, w, yb, K, N, n); break;
+      case 4: block<NB, 4>(xb, w, yb, K, N, n); break;
+#ifdef __AVX512VL__
+      case 5: block<NB, 5>(xb, w, yb, K, N, n); break;
+      case 6: block<NB, 6>(xb, w, yb, K, N, n); break;
+      case 7: block<NB, 7>(xb, w, yb, K, N, n); break;
+      case 8: block<NB, 8>(xb, w, yb, K, N, n); break;
+#endif
+    }
   }
 }
 
@@ -86,23 +126,13 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
-      const float* wr = wp + n * K;
-      for (int64_t m = 0; m < M; m += 8) {
-        const float* xb = xp + m * K;
-        float* yb = yp + m * N;
-        switch (std::min<int64_t>(8, M - m)) {
-          case 1: rows<1>(xb, wr, yb, K, N, n); break;
-          case 2: rows<2>(xb, wr, yb, K, N, n); break;
-          case 3: rows<3>(xb, wr, yb, K, N, n); break;
-          case 4: rows<4>(xb, wr, yb, K, N, n); break;
-          case 5: rows<5>(xb, wr, yb, K, N, n); break;
-          case 6: rows<6>(xb, wr, yb, K, N, n); break;
-          case 7: rows<7>(xb, wr, yb, K, N, n); break;
-          default: rows<8>(xb, wr, yb, K, N, n); break;
-        }
-      }
+  // Up to 4 input rows the weight stream is the limit and one weight row at a time reads it
+  // best; beyond, two weight rows share each input load, which halves the loads per multiply.
+  const int64_t NB = M <= 4 ? 1 : 2;
+  at::parallel_for(0, (N + NB - 1) / NB, 16 / NB, [&](int64_t b0, int64_t b1) {
+    for (int64_t n = b0 * NB; n < std::min(b1 * NB, N); n += NB) {
+      if (NB == 2 && n + 2 <= N) weight_rows<2>(xp, wp + n * K, yp, M, K, N, n);
+      else for (int64_t r = n; r < std::min(n + NB, N); ++r) weight_rows<1>(xp, wp + r * K, yp, M, K, N, r);
     }
   });
   return y;
