@@ -17,6 +17,7 @@ COMMANDS = {
     "profile": "harness.commands.profile:profile",
     "train": "harness.commands.train:train",
     "sweep": "harness.commands.sweep:sweep",
+    "scaling": "harness.commands.scaling:scaling",
     "report": "reports.cli:report",
 }
 

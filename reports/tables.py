@@ -9,13 +9,15 @@ which keeps the figures and the tables in agreement.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from harness.metrics import pooled_tau
+from harness.scaling_fit import LogFit, fit_log10
 from reports.published import SCYLLA_CLAIMS, published_baselines
-from reports.scaling import LogFit, fit_log10
 from scylla_impl.methods import LABELS, REPORT_ORDER, TRAINED
 
 METHOD_ORDER = list(REPORT_ORDER)
@@ -39,20 +41,6 @@ def ordered(values, order: list[str]) -> list[str]:
     """Known names in their usual order first, then the rest alphabetically."""
     vals = list(dict.fromkeys(v for v in values if v is not None and v == v))
     return [v for v in order if v in vals] + sorted(v for v in vals if v not in order)
-
-
-def pooled_tau(cells: pd.DataFrame) -> float:
-    """tau of several cells together: total emitted tokens / total verify steps."""
-    em = pd.to_numeric(cells["emitted_tokens"], errors="coerce")
-    st = pd.to_numeric(cells["verify_steps"], errors="coerce")
-    ok = em.notna() & st.notna() & (st > 0)
-    if ok.any() and ok.all():
-        return float(em[ok].sum() / st[ok].sum())
-    # Counters missing (an older writer): fall back to the step-weighted mean of tau.
-    tau = pd.to_numeric(cells["tau"], errors="coerce")
-    w = st.where(st > 0).fillna(1.0)
-    keep = tau.notna()
-    return float(np.average(tau[keep], weights=w[keep])) if keep.any() else float("nan")
 
 
 # --------------------------------------------------------------------------- headline
@@ -380,7 +368,19 @@ class ScalingSeries:
     variable: str  # "pretrain_tokens" or "draft_layers"
     fixed: str  # the other variable's value, as text
     points: pd.DataFrame  # x, tau, draft, datasets
-    fit: LogFit | None
+    fit: LogFit | None  # of the pooled points
+    by_dataset: dict[str, LogFit | None]  # the same series, one dataset at a time
+
+
+def scaling_verdict(fit: LogFit | None) -> str:
+    """The paper's claim is a straight line in log x with a positive slope (R^2 about 0.99)."""
+    if fit is None:
+        return "no fit"
+    if math.isnan(fit.alpha_ci95):
+        return "slope positive, untested (2 points)" if fit.alpha > 0 else "slope not positive (2 points)"
+    if fit.alpha_low <= 0:
+        return "slope not shown positive (95% interval reaches 0)"
+    return "log-linear, positive slope" if fit.r2 >= 0.9 else f"positive slope, not a straight line (R^2 {fit.r2:.2f})"
 
 
 def scaling_series(ok: pd.DataFrame, h: Headline) -> list[ScalingSeries]:
@@ -407,10 +407,14 @@ def scaling_series(ok: pd.DataFrame, h: Headline) -> list[ScalingSeries]:
                 for x, gg in g.groupby(variable)
             ]
             points = pd.DataFrame(pts).sort_values("x")
+            by_dataset = {}
+            for dataset, gd in g.groupby("dataset"):
+                xs, taus = zip(*((float(x), pooled_tau(gx)) for x, gx in gd.groupby(variable)))
+                by_dataset[dataset] = fit_log10(xs, taus)
             fixed_txt = "n/a" if pd.isna(fixed) else (f"{int(fixed):,}" if other == "draft_layers" else f"{float(fixed):.3g}")
             k, d = g["top_k_setting"].iloc[0], g["depth"].iloc[0]
             fixed_txt += f"; top_k={k}, depth={d}"
-            out.append(ScalingSeries(m, variable, fixed_txt, points, fit_log10(points["x"], points["tau"])))
+            out.append(ScalingSeries(m, variable, fixed_txt, points, fit_log10(points["x"], points["tau"]), by_dataset))
     return out
 
 

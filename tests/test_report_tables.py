@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.scaling_fit import fit_log10
 from reports import tables
 from reports.load import load_profile, load_results
 from reports.profiles import ceilings, fit_knee, knee_points
 from reports.published import published_baselines
-from reports.scaling import fit_log10
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

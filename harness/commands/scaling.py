@@ -1,0 +1,64 @@
+"""`scylla scaling --out DIR`: Scylla's scaling laws measured on this machine (harness/scaling.py).
+
+The options are generated from `ScalingPlan`'s fields (their help and default live there);
+running the same command again resumes the run in DIR piece by piece.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from harness.scaling import ScalingPlan
+from workloads.progress import MODES
+
+
+def _plan_options(fn):
+    for f in reversed(dataclasses.fields(ScalingPlan)):
+        meta = f.metadata
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help = meta["help"] + (f" [{shown}]" if shown not in (None, {}) else "")
+        kind = click.Choice(meta["choices"]) if meta.get("choices") else str
+        fn = click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=None, help=help,
+                          multiple=bool(meta.get("multiple")))(fn)
+    return fn
+
+
+@click.command(context_settings={"max_content_width": 110})
+@_plan_options
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="run folder: drafts/, sweep/, scaling.json, fits.parquet; the same command again resumes it")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's)")
+@click.option("--progress", type=click.Choice(MODES), default="auto", show_default=True,
+              help="auto: a bar on a terminal, a line a minute otherwise (logs, CI)")
+@click.option("--dry-run", is_flag=True, help="list the drafts and the measurement, run nothing")
+def scaling(out: str, threads: int | None, progress: str, dry_run: bool, **options) -> None:
+    """Train Scylla drafts over pretraining budgets and layer counts, measure tau, fit the log-linear laws."""
+    import torch
+
+    from harness import scaling as law
+    from harness.quiet import quiet_libraries
+    from workloads.files import check_writable_folder
+
+    fields = {f.name: f for f in dataclasses.fields(ScalingPlan)}
+    given = {}
+    for name, value in options.items():
+        if value is None or value == ():
+            continue
+        parse = fields[name].metadata["parse"]
+        given[name] = parse(value) if parse is not None else value
+    plan = ScalingPlan(**given)
+    if dry_run:
+        for layers, tokens in plan.points():
+            click.echo(f"draft {law.draft_name(layers, tokens)}: {layers} layer(s), {tokens:,} pretraining tokens")
+        click.echo(f"then tau at top_k {plan.top_k}, depth {plan.depth}, batch 1, T=0 on {', '.join(plan.datasets)} "
+                   f"({plan.prompts} prompts, {plan.max_new_tokens} new tokens each)")
+        return
+    check_writable_folder(out, "--out")
+    quiet_libraries()
+    if threads:
+        torch.set_num_threads(threads)
+    fits = law.run(plan, Path(out), threads=threads, progress=progress, echo=lambda m: click.echo(m, err=True))
+    click.echo(law.describe(fits))
+    click.echo(f"wrote {Path(out) / law.FITS_FILE}; the report: scylla report {Path(out) / 'sweep'}")
