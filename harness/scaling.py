@@ -138,6 +138,25 @@ class ScalingPlan:
                     "epochs"):
             if key in self.train:
                 raise ScyllaError(f"train option '{key}' is set by the scaling plan itself")
+        for layers, tokens in self.points():  # every draft's training config, checked before anything runs
+            self.train_config(layers, tokens, dtype="float32")
+
+    def train_config(self, layers: int, tokens: int, dtype: str):
+        """The recipe of one draft: the default recipe with this plan's budgets and options."""
+        from scylla_impl.training import recipe
+        from scylla_impl.training.config import TrainConfig
+
+        unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
+        if unknown:
+            raise ScyllaError(f"unknown training option(s) {', '.join(sorted(unknown))} in --train")
+        overrides = dict(self.train, pretrain_tokens=tokens, name=draft_name(layers, tokens), seed=self.seed,
+                         data_dir=self.data_dir, epochs=self.epochs, dtype=dtype)
+        if self.sft_tokens is not None:
+            overrides["sft_tokens"] = self.sft_tokens
+        try:
+            return recipe(METHOD, layers=layers, target=self.target, **overrides)
+        except TypeError as err:  # a --train value of the wrong kind (seq_len=long) meets a comparison
+            raise ScyllaError(f"--train: a value of the wrong type ({err})") from None
 
     def points(self) -> list[tuple[int, int]]:
         """(layers, pretraining tokens) of every draft, largest budget first, each once."""
@@ -177,17 +196,11 @@ def check_plan(out: Path, plan: ScalingPlan) -> None:
 
 def ensure_draft(plan: ScalingPlan, target, layers: int, tokens: int, out: Path, progress: str) -> Path:
     """The trained draft of one point: kept if finished, resumed if started, else trained."""
-    from scylla_impl.training import recipe, train
+    from scylla_impl.training import train
     from scylla_impl.training.run_folder import CONFIG_FILE, same_run
 
-    name = draft_name(layers, tokens)
-    folder = out / "drafts" / name
-    overrides = dict(plan.train, pretrain_tokens=tokens, name=name, seed=plan.seed, data_dir=plan.data_dir,
-                     epochs=plan.epochs,
-                     dtype=str(target.dtype).removeprefix("torch."))
-    if plan.sft_tokens is not None:
-        overrides["sft_tokens"] = plan.sft_tokens
-    config = recipe(METHOD, layers=layers, target=plan.target, **overrides)
+    folder = out / "drafts" / draft_name(layers, tokens)
+    config = plan.train_config(layers, tokens, dtype=str(target.dtype).removeprefix("torch."))
     started = (folder / CONFIG_FILE).is_file()
     if started and not same_run(folder, config):
         raise ScyllaError(f"'{folder}' was trained with other options than this plan's; remove it or choose another --out")

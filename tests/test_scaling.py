@@ -47,6 +47,10 @@ def test_the_plan_refuses_what_cannot_make_a_series():
         law.ScalingPlan(series=("width",))
     with pytest.raises(ScyllaError, match="set by the scaling plan"):
         law.ScalingPlan(train={"pretrain_tokens": 5})
+    with pytest.raises(ScyllaError, match="unknown training option"):
+        law.ScalingPlan(train={"seq_lenn": 512})
+    with pytest.raises(ScyllaError, match="less than one batch"):  # the recipe's own checks, before anything runs
+        law.ScalingPlan(budgets=(100, 10_000))
     # Each draft once, largest budget first (its features serve every smaller budget).
     plan = law.ScalingPlan(budgets=(1000, 8000), layers=(1, 2), layers_budget=1000)
     assert plan.points() == [(1, 8000), (1, 1000), (2, 1000)]
@@ -112,3 +116,4 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
     with pytest.raises(ScyllaError, match="holds a scaling run with budgets"):
         law.run(law.ScalingPlan(**{**plan.__dict__, "budgets": (128, 512)}), out, progress="none", echo=lambda m: None)
     assert Path(out / law.PLAN_FILE).is_file()
+
