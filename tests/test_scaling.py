@@ -52,8 +52,8 @@ def test_the_plan_refuses_what_cannot_make_a_series():
     with pytest.raises(ScyllaError, match="less than one batch"):  # the recipe's own checks, before anything runs
         law.ScalingPlan(budgets=(100, 10_000))
     # Each draft once, largest budget first (its features serve every smaller budget).
-    plan = law.ScalingPlan(budgets=(1000, 8000), layers=(1, 2), layers_budget=1000)
-    assert plan.points() == [(1, 8000), (1, 1000), (2, 1000)]
+    plan = law.ScalingPlan(budgets=(1024, 8192), layers=(1, 2), layers_budget=1024)
+    assert plan.points() == [(1, 8192), (1, 1024), (2, 1024)]
 
 
 def test_cli_bad_input_is_one_line_and_a_dry_run_lists_the_drafts(tmp_path):
