@@ -117,3 +117,30 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
         law.run(law.ScalingPlan(**{**plan.__dict__, "budgets": (128, 512)}), out, progress="none", echo=lambda m: None)
     assert Path(out / law.PLAN_FILE).is_file()
 
+
+
+CPU_SERIES = Path(__file__).resolve().parent.parent / "reports" / "data" / "scaling_cpu"
+
+
+def test_the_committed_cpu_series_render_with_their_fits(tmp_path):
+    """The series measured on a 2-core CPU (reports/data/scaling_cpu/README.md has the commands) are
+    real sweep results: the report finds their series, and the fits stored beside them are what
+    those results give."""
+    from reports import tables
+    from reports.load import load_results
+
+    files = sorted(CPU_SERIES.glob("*_results.parquet"))
+    assert files, "no committed scaling results"
+    res = load_results(files)
+    series = {s.variable: s for s in tables.scaling_series(res.ok, tables.choose_headline(res.ok))}
+    for path in files:
+        name = path.name.removesuffix("_results.parquet")
+        fits = pd.read_parquet(CPU_SERIES / f"{name}_fits.parquet").set_index("dataset")
+        variable = fits["variable"].iloc[0]
+        assert series[variable].fit.alpha == pytest.approx(fits.loc["pooled", "alpha"])
+        assert list(series[variable].points["x"]) == list(fits.loc["pooled", "x"])
+    html = tmp_path / "scaling.html"
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "report", *map(str, files), "-o", str(html)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Least-squares fit of tau = alpha log10(x) + beta" in html.read_text(encoding="utf-8")
