@@ -23,7 +23,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from scylla_impl.decode import PHASES, DecodeStats
 
@@ -131,17 +130,3 @@ def compare_outputs(spec_outputs: dict[Any, Sequence[int]], ar_outputs: dict[Any
 def median_or_none(values: Sequence[float] | None) -> float | None:
     vals = [float(v) for v in (values or []) if v is not None and not math.isnan(float(v))]
     return float(np.median(vals)) if vals else None
-
-
-def pooled_tau(cells: pd.DataFrame) -> float:
-    """tau of several cells together: total emitted tokens / total verify steps."""
-    em = pd.to_numeric(cells["emitted_tokens"], errors="coerce")
-    st = pd.to_numeric(cells["verify_steps"], errors="coerce")
-    ok = em.notna() & st.notna() & (st > 0)
-    if ok.any() and ok.all():
-        return float(em[ok].sum() / st[ok].sum())
-    # Counters missing (an older writer): fall back to the step-weighted mean of tau.
-    tau = pd.to_numeric(cells["tau"], errors="coerce")
-    w = st.where(st > 0).fillna(1.0)
-    keep = tau.notna()
-    return float(np.average(tau[keep], weights=w[keep])) if keep.any() else float("nan")

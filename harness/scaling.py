@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.metrics import pooled_tau
+from harness.pooled import pooled_tau
 from harness.scaling_fit import fit_log10
 from scylla_impl import dtypes
 from workloads.datasets import DATASET_NAMES

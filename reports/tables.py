@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.metrics import pooled_tau
+from harness.pooled import pooled_tau
 from harness.scaling_fit import LogFit, fit_log10
 from reports.published import SCYLLA_CLAIMS, published_baselines
 from scylla_impl.methods import LABELS, REPORT_ORDER, TRAINED

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_train import make_tiny
 
 from harness import scaling as law
 from harness.scaling_fit import T975, fit_log10, t975
@@ -69,11 +70,12 @@ def test_cli_bad_input_is_one_line_and_a_dry_run_lists_the_drafts(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, default_model_dir, monkeypatch):
-    from tests.test_train import make_tiny
+def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, default_model_dir):
+    from scylla_impl.target import Target
+    from workloads.cache import scylla_home
 
-    monkeypatch.setenv("SCYLLA_HOME", str(tmp_path / "home"))
     tiny = make_tiny(tmp_path / "tiny-llama", default_model_dir, seed=3)
+    features = scylla_home() / "features" / Target.load(str(tiny), dtype="float32").info.fingerprint
     plan = law.ScalingPlan(
         target=str(tiny), budgets=(128, 256, 512), layers=(1, 2), layers_budget=128, sft_tokens=128,
         datasets=("mt_bench", "gsm8k"), prompts=2, max_new_tokens=8, top_k=2, depth=3, dtype="float32",
@@ -87,7 +89,7 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
     assert drafts == ["scylla-L1-P128", "scylla-L1-P256", "scylla-L1-P512", "scylla-L2-P128"]
     # The pretraining features were extracted once, for the largest budget, before its draft finished.
     first_done = (out / "drafts" / "scylla-L1-P512" / "model.safetensors").stat().st_mtime
-    chunks = list((tmp_path / "home" / "features").rglob("pretrain-*/*.npy"))
+    chunks = list(features.glob("pretrain-*/*.npy"))
     assert chunks and all(c.stat().st_mtime <= first_done for c in chunks)
 
     results = pd.read_parquet(out / "sweep" / "results.parquet")
@@ -131,11 +133,10 @@ def test_the_committed_cpu_series_render_with_their_fits(tmp_path):
 
     files = sorted(CPU_SERIES.glob("*_results.parquet"))
     assert files, "no committed scaling results"
-    res = load_results(files)
-    series = {s.variable: s for s in tables.scaling_series(res.ok, tables.choose_headline(res.ok))}
     for path in files:
-        name = path.name.removesuffix("_results.parquet")
-        fits = pd.read_parquet(CPU_SERIES / f"{name}_fits.parquet").set_index("dataset")
+        res = load_results([path])
+        series = {s.variable: s for s in tables.scaling_series(res.ok, tables.choose_headline(res.ok))}
+        fits = pd.read_parquet(CPU_SERIES / path.name.replace("_results", "_fits")).set_index("dataset")
         variable = fits["variable"].iloc[0]
         assert series[variable].fit.alpha == pytest.approx(fits.loc["pooled", "alpha"])
         assert list(series[variable].points["x"]) == list(fits.loc["pooled", "x"])
