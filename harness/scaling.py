@@ -196,6 +196,7 @@ def check_plan(out: Path, plan: ScalingPlan) -> None:
 
 def ensure_draft(plan: ScalingPlan, target, layers: int, tokens: int, out: Path, progress: str) -> Path:
     """The trained draft of one point: kept if finished, resumed if started, else trained."""
+    from scylla_impl.trained import is_trained
     from scylla_impl.training import train
     from scylla_impl.training.run_folder import CONFIG_FILE, same_run
 
@@ -204,7 +205,7 @@ def ensure_draft(plan: ScalingPlan, target, layers: int, tokens: int, out: Path,
     started = (folder / CONFIG_FILE).is_file()
     if started and not same_run(folder, config):
         raise ScyllaError(f"'{folder}' was trained with other options than this plan's; remove it or choose another --out")
-    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+    if is_trained(folder):
         return folder
     train(None if started else config, folder, resume=started, force=not started, target=target, progress=progress)
     return folder

@@ -33,7 +33,8 @@ def drafts_dir(target) -> Path:
     return scylla_home() / "drafts" / target.info.fingerprint
 
 
-def _ready(folder: Path) -> bool:
+def is_trained(folder: Path) -> bool:
+    """Whether `folder` holds a finished draft (a run writes these two files last)."""
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
@@ -41,7 +42,7 @@ def trained_draft(target, name: str = "scylla") -> Path | None:
     """The trained draft `name` for `target` if there is one. An alias is its draft's own
     folder ("scylla" is drafts_dir/scylla-3), never a copy that a retraining would leave stale."""
     for folder in (drafts_dir(target) / ALIASES.get(name, name), drafts_dir(target) / name):
-        if _ready(folder):
+        if is_trained(folder):
             return folder
     return None
 
