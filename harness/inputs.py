@@ -2,9 +2,11 @@
 
 A cell's id hashes its settings (harness/cells.py); the inputs behind those settings are
 pinned here, per results folder, in `inputs.json`: each dataset's checksum, each target's
-fingerprint and each draft checkpoint's weights hash. The first sweep into a folder records
-them; a resume that reads a different file under the same name (another `--data-dir`, a
-retrained draft, other weights at the target's path) is refused before it measures anything.
+fingerprint, each draft checkpoint's weights hash, and the precision `--dtype` resolved to
+(`auto` is measured per machine, scylla_impl/precision.py). The first sweep into a folder
+records them; a resume that reads a different file under the same name (another `--data-dir`,
+a retrained draft, other weights at the target's path) or decodes in another precision is
+refused before it measures anything.
 The dataset checksums are known to the driver before any model loads; the target and draft
 are checked by the worker right after loading them.
 """
@@ -23,6 +25,7 @@ KINDS = {
     "datasets": ("checksum", "--data-dir"),
     "targets": ("fingerprint", "--target"),
     "drafts": ("weights hash", "--draft"),
+    "dtypes": ("precision", "--dtype, or auto deciding differently on this machine"),
 }
 
 Inputs = dict[str, dict[str, str]]

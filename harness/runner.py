@@ -183,6 +183,8 @@ class CellWorker:
                 raise ScyllaError(f"cannot load target {self.settings.target!r}: {_error_text(err)}") from None
             check_input(self.settings.inputs, "targets", self.settings.target, self._target.info.fingerprint,
                         self.settings.out)
+            check_input(self.settings.inputs, "dtypes", self.settings.dtype,
+                        str(self._target.dtype).removeprefix("torch."), self.settings.out)
         return self._target
 
     def draft(self, spec: str):
@@ -504,6 +506,7 @@ def run_sweep(
             store.write_cell(row, outcome.outputs, outcome.steps)
             record("targets", spec.target, row.get("target_fingerprint"))
             record("drafts", cell.draft, row.get("draft_hash"))
+            record("dtypes", spec.dtype, row.get("dtype"))
             report.ran += 1
             for c in [cell] if not cell.is_ar else [cell, *dependents.get(cell.cell_id, [])]:
                 row_now = derive(store, c, by_id)

@@ -1,29 +1,33 @@
-"""`scylla scaling`: the paper's first two scaling laws at this machine's scale, in resumable pieces.
+"""`scylla scaling`: the paper's three scaling laws at this machine's scale, in resumable pieces.
 
-Scylla (arXiv 2505.07858) claims that the acceptance length tau grows log-linearly with
-  - Theorem 1.1: the draft's pretraining tokens (the `tokens` series: one layer count, several
-    pretraining budgets, the same SFT stage), and
-  - Theorem 1.2: the draft's decoder layers (the `layers` series: 1..5 layers at one budget),
-and Theorem 1.3 that the optimal top_k falls with the batch size (a tree sweep over batch
-sizes with top_k auto beside fixed trees: the report's tree-policy section fits its slope).
+Scylla (arXiv 2505.07858) claims that
+  - Theorem 1.1: the acceptance length tau grows log-linearly with the draft's pretraining
+    tokens (the `tokens` series: one layer count, several pretraining budgets, the same SFT stage);
+  - Theorem 1.2: ... and with its decoder layers (the `layers` series: 1..5 layers at one budget);
+  - Theorem 1.3: the optimal top_k k* falls with the decoding batch size b (the `batch` series:
+    fixed trees of several top_k and top_k auto at several batch sizes, with the draft of the
+    tokens series' largest budget; k*(b) is the top_k of the fastest fixed tree at each b).
 
 A run is pieces, each one finished or resumed where it stopped when the command runs again:
 every draft is a training run in OUT/drafts/<name> (kept once finished, resumed from its last
-checkpoint if interrupted), then one sweep in OUT/sweep measures every draft at one fixed tree
-on the chosen datasets (its finished cells are kept). The drafts train largest pretraining
-budget first: the target's features are cached once for the largest stream, and every smaller
-budget reads a prefix of it (scylla_impl/training/features.py), so the whole series costs
-little more than its largest member. OUT/scaling.json holds the plan; a rerun with other
-values is refused rather than mixed into the same series.
+checkpoint if interrupted); one sweep in OUT/sweep measures every draft's tau at one fixed
+tree on the chosen datasets; the batch series adds a quick device profile in OUT/profile (it
+prices top_k auto) and its own sweep in OUT/sweep-batch (finished cells are kept in both). The
+drafts train largest pretraining budget first: the target's features are cached once for the
+largest stream, and every smaller budget reads a prefix of it (scylla_impl/training/features.py),
+so the whole series costs little more than its largest member. OUT/scaling.json holds the plan;
+a rerun with other values is refused rather than mixed into the same series.
 
-Fits (harness/scaling_fit.py) are tau = alpha log10(x) + beta per dataset and pooled, with R^2
-and a 95% interval on alpha; `scylla report OUT/sweep` draws them beside the paper's claims.
+Fits (harness/scaling_fit.py) are tau = alpha log10(x) + beta and log10 k* = alpha log10(b) +
+beta, per dataset and pooled, with R^2 and a 95% interval on alpha, in OUT/fits.parquet;
+`scylla report OUT/sweep` and `scylla report OUT/sweep-batch` draw them beside the paper's claims.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +35,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.pooled import pooled_tau
-from harness.scaling_fit import fit_log10
+from harness.pooled import fastest_fixed_trees, tau_series
+from harness.scaling_fit import LogFit, claim_verdict, fit_log10, fit_loglog
 from scylla_impl import dtypes
 from workloads.datasets import DATASET_NAMES
 from workloads.errors import ScyllaError
@@ -40,7 +44,9 @@ from workloads.files import atomic_write_bytes
 
 PLAN_FILE = "scaling.json"
 FITS_FILE = "fits.parquet"
-SERIES = ("tokens", "layers")
+SERIES = ("tokens", "layers", "batch")
+TAU_SERIES = ("tokens", "layers")  # measured in OUT/sweep; "batch" in OUT/sweep-batch
+PROFILE_DIR = "profile"
 METHOD = "scylla"
 
 
@@ -89,7 +95,7 @@ class ScalingPlan:
     """What one scaling run trains and measures. Every field is a `scylla scaling` option."""
 
     target: str = _opt("default", "target model: 'default' (the embedded model) or a Hugging Face folder")
-    series: tuple[str, ...] = _opt(SERIES, "laws to run: tokens (Thm 1.1), layers (Thm 1.2)", _words)
+    series: tuple[str, ...] = _opt(SERIES, "laws to run: tokens (Thm 1.1), layers (Thm 1.2), batch (Thm 1.3)", _words)
     budgets: tuple[int, ...] = _opt((32_768, 131_072, 327_680, 1_048_576),
                                     "tokens series: pretraining budgets (1.5 decades by default)", _tokens)
     budget_layers: int = _opt(1, "tokens series: decoder layers of every draft", _int)
@@ -106,13 +112,19 @@ class ScalingPlan:
     max_new_tokens: int = _opt(48, "new tokens per prompt", _int)
     top_k: int = _opt(4, "the one fixed tree every draft is measured at: its top_k", _int)
     depth: int = _opt(5, "... and its depth", _int)
-    dtype: str = _opt(dtypes.AUTO, "precision of the target's features and of decoding", str, choices=dtypes.CHOICES)
+    batch_sizes: tuple[int, ...] = _opt((1, 2, 4, 8), "batch series: decoding batch sizes", _ints)
+    batch_top_k: tuple[int, ...] = _opt((1, 2, 4, 8), "batch series: fixed trees' top_k values (top_k auto runs "
+                                                      "beside them)", _ints)
+    batch_depth: int = _opt(4, "batch series: fixed trees' depth", _int)
+    batch_datasets: tuple[str, ...] = _opt(("mt_bench", "humaneval", "gsm8k"), "batch series: datasets", _words)
+    dtype: str = _opt(dtypes.AUTO, "precision of the target's features and of decoding (auto: each the faster for "
+                                   "its work on this device)", str, choices=dtypes.CHOICES)
     seed: int = _opt(0, "seed of the data order, the drafts' initialisation and the prompts", _int)
     train: dict[str, Any] = _opt(dict, "a further training option for every draft, KEY=VALUE (a TrainConfig "
                                        "field such as seq_len=512); repeatable", _train_options, multiple=True)
 
     def __post_init__(self) -> None:
-        for name in ("series", "budgets", "layers", "datasets"):
+        for name in ("series", "budgets", "layers", "datasets", "batch_sizes", "batch_top_k", "batch_datasets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "train", dict(self.train))
         unknown = set(self.series) - set(SERIES)
@@ -129,9 +141,18 @@ class ScalingPlan:
         deepest = BY_NAME[METHOD].draft_class.max_layers
         if not all(1 <= n <= deepest for n in (*self.layers, self.budget_layers)):
             raise ScyllaError(f"layer counts must be 1..{deepest} (Scylla's deepest draft)")
-        unknown = [d for d in self.datasets if d not in DATASET_NAMES]
-        if unknown or not self.datasets:
-            raise ScyllaError(f"unknown dataset(s) {', '.join(unknown) or 'none given'}; known: {', '.join(DATASET_NAMES)}")
+        if "batch" in self.series:
+            if not self.budgets:
+                raise ScyllaError("the batch series needs --budgets (its draft is the largest budget's)")
+            if len(set(self.batch_sizes)) < 2 or min(self.batch_sizes) < 1:
+                raise ScyllaError("the batch series needs at least two different --batch-sizes, each >= 1")
+            if not self.batch_top_k or min(self.batch_top_k) < 1 or self.batch_depth < 1:
+                raise ScyllaError("--batch-top-k values and --batch-depth must be >= 1")
+        for datasets in (self.datasets, self.batch_datasets):
+            unknown = [d for d in datasets if d not in DATASET_NAMES]
+            if unknown or not datasets:
+                raise ScyllaError(f"unknown dataset(s) {', '.join(unknown) or 'none given'}; "
+                                  f"known: {', '.join(DATASET_NAMES)}")
         if self.epochs < 1 or self.prompts < 1 or self.max_new_tokens < 1 or self.top_k < 1 or self.depth < 1:
             raise ScyllaError("epochs, prompts, max-new-tokens, top-k and depth must be >= 1")
         for key in ("method", "layers", "pretrain_tokens", "sft_tokens", "name", "target", "dtype", "seed", "data_dir",
@@ -158,14 +179,22 @@ class ScalingPlan:
         except TypeError as err:  # a --train value of the wrong kind (seq_len=long) meets a comparison
             raise ScyllaError(f"--train: a value of the wrong type ({err})") from None
 
-    def points(self) -> list[tuple[int, int]]:
-        """(layers, pretraining tokens) of every draft, largest budget first, each once."""
+    def points(self, series: tuple[str, ...] = SERIES) -> list[tuple[int, int]]:
+        """(layers, pretraining tokens) of every draft of `series` that the plan runs, largest
+        budget first, each once."""
+        run = set(self.series) & set(series)
         pts = []
-        if "tokens" in self.series:
+        if "tokens" in run:
             pts += [(self.budget_layers, b) for b in self.budgets]
-        if "layers" in self.series:
+        if "layers" in run:
             pts += [(n, self.layers_budget) for n in self.layers]
+        if "batch" in run:
+            pts.append(self.batch_draft())
         return sorted(set(pts), key=lambda p: (-p[1], p[0]))
+
+    def batch_draft(self) -> tuple[int, int]:
+        """The batch series' draft: the tokens series' best (most pretraining tokens)."""
+        return self.budget_layers, max(self.budgets)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -184,6 +213,10 @@ def check_plan(out: Path, plan: ScalingPlan) -> None:
         except (OSError, ValueError) as err:
             raise ScyllaError(f"cannot read {path}: {err}") from None
         now = plan.to_dict()
+        # A field the saved plan lacks was added since it was written: it ran with that field's default.
+        defaults = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(ScalingPlan)}
+        saved = {**json.loads(json.dumps(defaults)), **saved}
         diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if diff:
             key, (was, new) = next(iter(diff.items()))
@@ -194,24 +227,8 @@ def check_plan(out: Path, plan: ScalingPlan) -> None:
     atomic_write_bytes(json.dumps(plan.to_dict(), indent=2).encode(), path)
 
 
-def ensure_draft(plan: ScalingPlan, target, layers: int, tokens: int, out: Path, progress: str) -> Path:
-    """The trained draft of one point: kept if finished, resumed if started, else trained."""
-    from scylla_impl.trained import is_trained
-    from scylla_impl.training import train
-    from scylla_impl.training.run_folder import CONFIG_FILE, same_run
-
-    folder = out / "drafts" / draft_name(layers, tokens)
-    config = plan.train_config(layers, tokens, dtype=str(target.dtype).removeprefix("torch."))
-    started = (folder / CONFIG_FILE).is_file()
-    if started and not same_run(folder, config):
-        raise ScyllaError(f"'{folder}' was trained with other options than this plan's; remove it or choose another --out")
-    if is_trained(folder):
-        return folder
-    train(None if started else config, folder, resume=started, force=not started, target=target, progress=progress)
-    return folder
-
-
 def sweep_spec(plan: ScalingPlan, drafts: list[Path], out: Path, threads: int | None):
+    """The tau series' sweep: every draft at one fixed tree, batch 1."""
     from harness.spec import spec_from_dict
 
     return spec_from_dict({
@@ -222,76 +239,144 @@ def sweep_spec(plan: ScalingPlan, drafts: list[Path], out: Path, threads: int | 
     })
 
 
+def batch_sweep_spec(plan: ScalingPlan, draft: Path, out: Path, threads: int | None):
+    """The batch series' sweep: one draft, fixed trees of every --batch-top-k and top_k auto
+    (priced with OUT/profile) at every batch size. Each batch size gets at least one full batch."""
+    from harness.spec import spec_from_dict
+
+    return spec_from_dict({
+        "target": plan.target, "methods": ["ar", METHOD], "draft": {METHOD: [str(draft)]},
+        "datasets": list(plan.batch_datasets), "batch_sizes": list(plan.batch_sizes),
+        "top_k": [*plan.batch_top_k, "auto"], "depths": [plan.batch_depth], "temperatures": [0.0],
+        "prompts": max(plan.prompts, *plan.batch_sizes), "max_new_tokens": plan.max_new_tokens, "turns": "first",
+        "data_dir": plan.data_dir, "dtype": plan.dtype, "threads": threads, "seed": plan.seed,
+        "profile": str(out / PROFILE_DIR), "out": str(out / "sweep-batch"),
+    })
+
+
+def ensure_profile(plan: ScalingPlan, out: Path, echo) -> Path:
+    """A quick device profile in OUT/profile (its verify curve prices top_k auto), kept once made."""
+    from roofline.profile import ProfileOptions, run_profile
+
+    folder = out / PROFILE_DIR
+    if not (folder / "profile.json").is_file():
+        echo("[scaling] profiling the device for top_k auto (scylla profile --quick)")
+        run_profile(ProfileOptions(out=folder, device="cpu", target=plan.target, dtype=plan.dtype, quick=True))
+    return folder
+
+
 def run(plan: ScalingPlan, out: Path, *, threads: int | None = None, progress: str = "auto", echo=print) -> pd.DataFrame:
     """Train what is missing, measure what is missing, fit; returns the fits (also OUT/fits.parquet)."""
     from harness.progress import BarProgress
     from harness.runner import run_sweep
     from scylla_impl.target import Target
+    from scylla_impl.trained import train_or_resume
 
     check_plan(out, plan)
     points = plan.points()
-    target = Target.load(plan.target, dtype=plan.dtype)
-    drafts = []
+    # Features in training's precision (its rule for `auto` is the bulk one); the sweeps decode in
+    # decoding's, which on some CPUs is the other one (scylla_impl/precision.py).
+    target = Target.load(plan.target, dtype=plan.train_config(*points[0], dtype=plan.dtype).dtype)
+    drafts = {}
     for i, (layers, tokens) in enumerate(points, 1):
         echo(f"[scaling] draft {i}/{len(points)}: {draft_name(layers, tokens)} "
              f"({layers} layer{'s' * (layers > 1)}, {tokens:,} pretraining tokens)")
-        drafts.append(ensure_draft(plan, target, layers, tokens, out, progress))
-    del target  # the sweep loads its own
-    spec = sweep_spec(plan, drafts, out, threads)
-    echo(f"[scaling] measuring tau of {len(drafts)} drafts on {len(plan.datasets)} datasets "
-         f"(top_k {plan.top_k}, depth {plan.depth}, {plan.prompts} prompts each)")
-    report = run_sweep(spec, Path(spec.out), resume=(Path(spec.out) / "results.parquet").is_file(),
-                       retry_failed=True, progress=BarProgress())
-    fits = fit_results(pd.read_parquet(report.results_path), plan)
+        config = plan.train_config(layers, tokens, dtype=plan.dtype)
+        drafts[layers, tokens] = train_or_resume(config, out / "drafts" / draft_name(layers, tokens), target,
+                                                 progress=progress)
+    del target  # each sweep loads its own
+
+    def measure(spec) -> pd.DataFrame:
+        folder = Path(spec.out)
+        report = run_sweep(spec, folder, resume=(folder / "results.parquet").is_file(), retry_failed=True,
+                           progress=BarProgress())
+        return pd.read_parquet(report.results_path)
+
+    fits = []
+    tau_points = plan.points(TAU_SERIES)
+    if tau_points:
+        echo(f"[scaling] measuring tau of {len(tau_points)} drafts on {len(plan.datasets)} datasets "
+             f"(top_k {plan.top_k}, depth {plan.depth}, {plan.prompts} prompts each)")
+        fits.append(fit_results(measure(sweep_spec(plan, [drafts[p] for p in tau_points], out, threads)), plan))
+    if "batch" in plan.series:
+        ensure_profile(plan, out, echo)
+        echo(f"[scaling] measuring the fastest tree at batch sizes {', '.join(map(str, plan.batch_sizes))} "
+             f"(top_k {', '.join(map(str, plan.batch_top_k))} and auto, depth {plan.batch_depth}) on "
+             f"{', '.join(plan.batch_datasets)}")
+        fits.append(fit_topk(measure(batch_sweep_spec(plan, drafts[plan.batch_draft()], out, threads))))
+    fits = pd.concat(fits, ignore_index=True)
     atomic_write_bytes(fits.to_parquet(index=False), out / FITS_FILE)
     return fits
 
 
+def _fit_row(series: str, variable: str, response: str, dataset: str, points: list[tuple[float, float]], fit) -> dict:
+    return {
+        "series": series, "variable": variable, "response": response, "dataset": dataset, "n": len(points),
+        "alpha": fit.alpha if fit else None, "alpha_ci95": fit.alpha_ci95 if fit else None,
+        "beta": fit.beta if fit else None, "r2": fit.r2 if fit else None,
+        "x": [float(p[0]) for p in points], "y": [float(p[1]) for p in points],
+    }
+
+
 def fit_results(results: pd.DataFrame, plan: ScalingPlan) -> pd.DataFrame:
-    """One row per (series, dataset or 'pooled'): the fit of tau on log10 of the series' variable,
-    over the series' drafts. Pooled tau is over the datasets every draft of the series has."""
+    """One row per (tau series, dataset or 'pooled'): the fit of tau on log10 of the series'
+    variable over its drafts. Pooled tau is over the datasets every draft of the series has."""
     ok = results[(results["status"] == "ok") & (results["method"] == METHOD)]
     rows = []
-    for series in plan.series:
+    for series in (s for s in plan.series if s in TAU_SERIES):
         if series == "tokens":
             members = {draft_name(plan.budget_layers, b): b for b in plan.budgets}
         else:
             members = {draft_name(n, plan.layers_budget): n for n in plan.layers}
         names = ok["draft"].map(lambda d: Path(str(d)).name)
         cells = ok[names.isin(members)].assign(x=names[names.isin(members)].map(members))
-        common = set.intersection(*(set(g["dataset"]) for _, g in cells.groupby("x"))) if len(cells) else set()
-        groups = [(d, cells[cells["dataset"] == d]) for d in sorted(common)]
-        groups.append(("pooled", cells[cells["dataset"].isin(common)]))
-        for dataset, g in groups:
-            points = sorted((x, pooled_tau(gx)) for x, gx in g.groupby("x"))
-            fit = fit_log10([p[0] for p in points], [p[1] for p in points]) if points else None
-            rows.append({
-                "series": series, "variable": "pretrain_tokens" if series == "tokens" else "draft_layers",
-                "dataset": dataset, "n": len(points),
-                "alpha": fit.alpha if fit else None, "alpha_ci95": fit.alpha_ci95 if fit else None,
-                "beta": fit.beta if fit else None, "r2": fit.r2 if fit else None,
-                "x": [float(p[0]) for p in points], "tau": [float(p[1]) for p in points],
-            })
+        variable = "pretrain_tokens" if series == "tokens" else "draft_layers"
+        for dataset, points in tau_series(cells, "x").items():
+            fit = fit_log10(*zip(*points)) if points else None
+            rows.append(_fit_row(series, variable, "tau", dataset, points, fit))
     return pd.DataFrame(rows)
 
 
+def fit_topk(results: pd.DataFrame) -> pd.DataFrame:
+    """The batch series: per dataset and pooled (tokens/s averaged over the datasets), k* at each
+    batch size (the top_k of the fastest fixed tree) and the log-log fit of k* on b."""
+    ok = results[(results["status"] == "ok") & (results["method"] == METHOD)]
+    groups = [(d, ok[ok["dataset"] == d]) for d in sorted(ok["dataset"].unique())] + [("pooled", ok)]
+    rows = []
+    for dataset, g in groups:
+        best = fastest_fixed_trees(g)
+        points = list(zip(best["batch_size"].astype(float), best["top_k"].astype(float)))
+        rows.append(_fit_row("batch", "batch_size", "top_k*", dataset, points,
+                             fit_loglog(best["batch_size"], best["top_k"])))
+    return pd.DataFrame(rows)
+
+
+LAWS = {  # series -> (the fitted line, in words; what the paper claims about its slope)
+    "tokens": ("tau = alpha log10(pretraining tokens) + beta", "Thm 1.1: alpha > 0"),
+    "layers": ("tau = alpha log10(draft layers) + beta", "Thm 1.2: alpha > 0"),
+    "batch": ("log10 top_k* = alpha log10(batch size) + beta", "Thm 1.3: alpha < 0"),
+}
+
+
 def describe(fits: pd.DataFrame) -> str:
-    """The fits as text, with the paper's claim (a positive slope, a straight line) checked."""
+    """The fits as text, each slope's sign checked against the paper's claim with its interval."""
     lines = []
     for series, g in fits.groupby("series", sort=False):
-        what = "pretraining tokens (Thm 1.1)" if series == "tokens" else "draft layers (Thm 1.2)"
-        lines.append(f"tau = alpha log10({what}) + beta")
+        law, claim = LAWS[series]
+        lines.append(f"{law}   ({claim})")
+        sign = -1 if series == "batch" else 1
         for r in g.itertuples():
             if r.alpha is None or pd.isna(r.alpha):
                 lines.append(f"  {r.dataset:18s} no fit ({r.n} point{'s' * (r.n != 1)})")
                 continue
-            ci = "" if pd.isna(r.alpha_ci95) else f" +- {r.alpha_ci95:.3f}"
-            verdict = ("positive slope" if r.alpha - (0 if pd.isna(r.alpha_ci95) else r.alpha_ci95) > 0
-                       else "slope not shown positive")
-            pts = ", ".join(f"{x:g}: {t:.2f}" for x, t in zip(r.x, r.tau))
-            lines.append(f"  {r.dataset:18s} alpha {r.alpha:+.3f}{ci}  R^2 {r.r2:.2f}  ({verdict}; {pts})")
+            fit = LogFit(alpha=r.alpha, beta=r.beta, r2=r.r2, n=r.n,
+                         alpha_ci95=math.nan if pd.isna(r.alpha_ci95) else r.alpha_ci95)
+            pts = ", ".join(f"{x:,.0f}: {y:.2f}" if float(x).is_integer() else f"{x:g}: {y:.2f}" for x, y in zip(r.x, r.y))
+            interval = "" if pd.isna(r.alpha_ci95) else f" +- {r.alpha_ci95:.3f}"
+            lines.append(f"  {r.dataset:18s} alpha {r.alpha:+.3f}{interval}  R^2 {r.r2:.2f}  "
+                         f"({claim_verdict(fit, sign)}; {pts})")
     return "\n".join(lines)
 
 
-__all__ = ["FITS_FILE", "PLAN_FILE", "SERIES", "ScalingPlan", "check_plan", "describe", "draft_name",
-           "ensure_draft", "fit_results", "run", "sweep_spec"]
+__all__ = ["FITS_FILE", "LAWS", "PLAN_FILE", "SERIES", "ScalingPlan", "batch_sweep_spec", "check_plan", "describe",
+           "draft_name", "ensure_profile", "fit_results", "fit_topk", "run", "sweep_spec"]

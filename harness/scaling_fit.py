@@ -1,4 +1,6 @@
-"""The scaling-law fit tau = alpha * log10(x) + beta, for x = pretraining tokens or draft layers.
+"""The scaling-law fits: tau = alpha * log10(x) + beta, for x = pretraining tokens or draft
+layers (Theorems 1.1, 1.2), and log10 k* = alpha * log10(b) + beta, the optimal top_k's power
+law in the batch size (Theorem 1.3).
 
 Ordinary least squares on log10(x). R^2 and a 95% confidence interval on the slope are
 reported, so a reader can see when a "law" fitted to a few noisy points means little: with
@@ -66,3 +68,27 @@ def fit_log10(x, y) -> LogFit | None:
         se = math.sqrt(sse / (n - 2) / float(np.sum((lx - lx.mean()) ** 2)))
         half = t975(n - 2) * se
     return LogFit(alpha=float(alpha), beta=float(beta), r2=r2, n=n, alpha_ci95=half)
+
+
+def fit_loglog(x, y) -> LogFit | None:
+    """Fit log10 y = alpha*log10(x) + beta (alpha: the exponent of a power law y ~ x^alpha).
+    Points with y <= 0 are dropped: at a batch size where no tree beats AR, k* is undefined."""
+    y = np.asarray(y, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fit_log10(x, np.where(y > 0, np.log10(y), np.nan))
+
+
+def claim_verdict(fit: LogFit | None, sign: int = 1) -> str:
+    """Whether `fit` shows a scaling law as the paper states it: a slope of sign `sign` whose 95%
+    interval excludes 0, on a straight line (R^2 >= 0.9; a third-party summary reports ~0.99)."""
+    if fit is None:
+        return "no fit"
+    word, other = ("positive", "negative") if sign > 0 else ("negative", "positive")
+    slope = sign * fit.alpha
+    if math.isnan(fit.alpha_ci95):
+        return f"slope {word}, untested (2 points)" if slope > 0 else f"slope not {word} (2 points)"
+    if slope - fit.alpha_ci95 > 0:
+        return f"log-linear, {word} slope" if fit.r2 >= 0.9 else f"{word} slope, not a straight line (R^2 {fit.r2:.2f})"
+    if slope + fit.alpha_ci95 < 0:
+        return f"against the claim: a {other} slope (95% interval excludes 0)"
+    return f"slope not shown {word} (95% interval includes 0)"

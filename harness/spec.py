@@ -317,8 +317,7 @@ KEYS: dict[str, Key] = {
         Key("turns", _choice(TURNS), "multi-turn datasets (MT-bench): 'all' turns or the 'first' only", "all|first"),
         Key("data_dir", _path, "folder of EAGLE-format eval files (<dir>/<name>/question.jsonl)", "DIR"),
         Key("profile", _path, "roofline profile folder (from `scylla profile`), needed by top_k auto", "DIR"),
-        Key("dtype", _choice(dtypes.CHOICES), "target and draft dtype; auto: bf16 where the device runs it "
-            "natively and faster, else fp32", "DTYPE"),
+        Key("dtype", _choice(dtypes.CHOICES), "target and draft dtype; " + dtypes.DECODE_HELP, "DTYPE"),
         Key("device", lambda k, v, b: devices.check_name(_str(k, v)), "device: " + devices.HELP, "DEVICE"),
         Key("threads", _opt_int(1), "torch CPU threads (default: torch's)", "N"),
         Key("seed", _opt_int(0), "random seed", "N"),

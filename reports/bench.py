@@ -67,7 +67,7 @@ SWEEP_OPTIONS: dict[str, dict] = {
     "prompts": dict(type=int, help="per dataset; batch 4 needs at least 4 (" + _PRESET + ")"),
     "max_new_tokens": dict(type=int, help=_PRESET),
     "turns": dict(default="first", choices=("first", "all"), help="MT-bench turns"),
-    "dtype": dict(default="auto", help="target dtype, or auto (the faster of bf16/fp32 by the profile)"),
+    "dtype": dict(default="auto", help="target dtype, or auto (the profile's: the faster of bf16/fp32 for decoding)"),
 }
 # A planted regression: the tree a buggy commit might build instead of the requested one.
 PLANTS = {"shrink-tree": {"depths": "2", "total_tokens": "6"}}
@@ -201,13 +201,11 @@ def choose_threads(requested: str) -> int:
 
 def choose_dtype(requested: str, profile: Path | None) -> str:
     """The target dtype: `auto` takes the one the profile measured its verify knee in, which
-    `profile --dtype auto` chose as the faster of bf16 and fp32 by the matmul FLOP/s.
-
-    bf16 is the fast path where the CPU has bf16 instructions (and on GPUs); on a CPU
-    without them torch emulates it, and this machine measured bf16 matmuls 9-25x slower
-    than fp32, which would make the job hours long for no benefit. The sweep's top_k auto
-    then prices its trees with a verify curve measured in the dtype it runs in. Without a profile the sweep's own
-    `auto` decides (scylla_impl/precision.py).
+    `profile --dtype auto` chose as the faster of bf16 and fp32 for decoding (few-row matmuls,
+    scylla_impl/precision.py): bf16 on GPUs; fp32 on a CPU that emulates bf16 (9-25x slower
+    there) and on AVX-512 BF16 CPUs whose few-row bf16 matmuls lose to the fp32 kernel. The
+    sweep's top_k auto then prices its trees with a verify curve measured in the dtype it runs
+    in. Without a profile the sweep's own `auto` decides, by the same rule.
     """
     if requested != "auto" or profile is None:
         return requested

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
+from harness.scaling_fit import claim_verdict, fit_loglog
 from reports import figures, profiles, tables
 from reports.load import Profile, Results
 from reports.published import SCYLLA_CITATION
@@ -290,6 +291,13 @@ def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame) -> str:
     return "".join(out)
 
 
+def _slope_text(fit) -> str:
+    if fit is None:
+        return "n/a (fewer than two batch sizes with a tree)"
+    ci = "" if math.isnan(fit.alpha_ci95) else f" &plusmn; {fit.alpha_ci95:.2f} (95%), R&sup2; {fit.r2:.2f}"
+    return f"{fit.alpha:+.2f}{ci} over {fit.n} batch sizes"
+
+
 def _tree_policy(res: Results, h: tables.Headline) -> str:
     pol = tables.tree_policy_table(res.ok, h.temperature)
     if pol.empty:
@@ -297,8 +305,8 @@ def _tree_policy(res: Results, h: tables.Headline) -> str:
                 "compared (run `scylla sweep --top-k 1,2,4,8,auto --depths 3,4,5,6 --batch-sizes 1,2,4,8,16`).</p>")
     out = []
     for (m, draft), g in pol.groupby(["method", "draft"], sort=False):
-        slope_best = tables.topk_slope(g["batch_size"], g["best_fixed_top_k"])
-        slope_auto = tables.topk_slope(g["batch_size"], g["auto_top_k"])
+        slope_best = fit_loglog(g["batch_size"], g["best_fixed_top_k"])
+        slope_auto = fit_loglog(g["batch_size"], g["auto_top_k"])
         surface = tables.throughput_surface(res.ok, m, draft, h.temperature)
         out.append(figure(figures.throughput_surface(surface, g, f"{method_label(m)} ({draft})"), f"surface-{m}",
                           "Throughput over top_k and depth per batch size, with the policy's choice",
@@ -312,10 +320,10 @@ def _tree_policy(res: Results, h: tables.Headline) -> str:
             Col("auto_over_best", "auto / best", fnum(2), True), Col("fixed_trees", "fixed trees", fint, True),
         ], f"tree-policy-{m}", f"{method_label(m)}: top_k auto against the fastest of every fixed tree run at each "
                                "batch size (target >= 0.95)."))
-        fmt = lambda v: "n/a (fewer than two batch sizes with a tree)" if v is None else f"{v:+.2f}"  # noqa: E731
-        out.append(f'<p class="note">k*(b), log-log slope of top_k against batch size: best fixed tree {fmt(slope_best)}, '
-                   f"auto {fmt(slope_auto)}. The paper (Theorem 1.3) claims the optimal top_k falls as the batch "
-                   "grows, a negative slope; a batch size where auto runs AR is left out of its fit.</p>")
+        out.append(f'<p class="note">k*(b), log-log slope of top_k against batch size: best fixed tree '
+                   f"{_slope_text(slope_best)}, auto {_slope_text(slope_auto)}. The paper (Theorem 1.3) claims the "
+                   "optimal top_k falls as the batch grows, a negative slope; a batch size where auto runs AR is "
+                   "left out of its fit.</p>")
     return "".join(out)
 
 
@@ -332,16 +340,18 @@ def _scaling(res: Results, h: tables.Headline) -> str:
             "ci": "-" if s.fit is None or s.fit.alpha_ci95 != s.fit.alpha_ci95
                   else f"{s.fit.alpha_low:+.3f} .. {s.fit.alpha_high:+.3f}",
             "beta": s.fit.beta if s.fit else float("nan"), "r2": s.fit.r2 if s.fit else float("nan"),
-            "verdict": tables.scaling_verdict(s.fit),
+            "verdict": claim_verdict(s.fit),
             "datasets": "; ".join(f"{d} {f.alpha:+.3f} (R^2 {f.r2:.2f})" if f else f"{d} no fit"
                                   for d, f in s.by_dataset.items()),
-            "points": ", ".join(f"{x:.3g}: {t:.2f}" for x, t in zip(s.points["x"], s.points["tau"])),
+            "points": ", ".join(f"{x:.3g}: {t:.2f} ({v:.2f}x)" for x, t, v in
+                                zip(s.points["x"], s.points["tau"], s.points["speedup"])),
         } for s in series]
         out.append(render_table(pd.DataFrame(rows), [
             Col("method", "method", method_label), Col("x", "x"), Col("fixed", "held fixed", wrap=True), Col("n", "points", fint, True),
             Col("alpha", "alpha", fnum(3), True), Col("ci", "alpha, 95% interval"), Col("beta", "beta", fnum(3), True),
             Col("r2", "R^2", fnum(3), True), Col("verdict", "against the paper", wrap=True),
-            Col("datasets", "alpha per dataset", wrap=True), Col("points", "x: pooled tau", wrap=True),
+            Col("datasets", "alpha per dataset", wrap=True),
+            Col("points", "x: pooled tau (spec/AR tokens/s)", wrap=True),
         ], "scaling", "Least-squares fit of tau = alpha log10(x) + beta over the pooled points, and per dataset. "
                       "The paper claims a straight line in log x with a positive slope (R^2 about 0.99 in a "
                       "third-party summary); the verdict says whether these points show it."))

@@ -9,13 +9,12 @@ which keeps the figures and the tables in agreement.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from harness.pooled import pooled_tau
+from harness.pooled import fastest_fixed_trees, pooled_tau, tau_series
 from harness.scaling_fit import LogFit, fit_log10
 from reports.published import SCYLLA_CLAIMS, published_baselines
 from scylla_impl.methods import LABELS, REPORT_ORDER, TRAINED
@@ -320,33 +319,24 @@ def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
     base = ok[(ok["temperature"].fillna(0.0) == temperature) & (ok["method"] != "ar")]
     ar = ok[(ok["temperature"].fillna(0.0) == temperature) & (ok["method"] == "ar")]
     rows = []
-    for (m, draft, b), g in base.groupby(["method", base["draft"].fillna(""), "batch_size"]):
-        auto = g[g["top_k_setting"] == "auto"]
-        fixed = g[g["top_k_setting"] != "auto"]
-        if auto.empty or fixed.empty:
-            continue
-        trees = fixed.groupby(["top_k", "depth", "total_tokens"])["tokens_per_s"].mean().sort_values(ascending=False)
-        (k, d, n), best = trees.index[0], float(trees.iloc[0])
-        a = auto.iloc[0]
-        auto_tps = float(auto["tokens_per_s"].mean())
-        ar_tps = float(ar[ar["batch_size"] == b]["tokens_per_s"].mean())
-        rows.append({
-            "method": m, "draft": draft, "batch_size": int(b), "ar_tokens_per_s": ar_tps,
-            "best_fixed": _tree_label(k, d, n), "best_fixed_top_k": int(k), "best_fixed_tokens_per_s": best,
-            "auto": _tree_label(a["top_k"], a["depth"], a["total_tokens"]), "auto_top_k": int(a["top_k"]),
-            "auto_tokens_per_s": auto_tps, "auto_over_best": auto_tps / best if best > 0 else np.nan,
-            "fixed_trees": int(len(trees)),
-        })
+    for (m, draft), g in base.groupby(["method", base["draft"].fillna("")]):
+        best = fastest_fixed_trees(g).set_index("batch_size")
+        for b, auto in g[g["top_k_setting"] == "auto"].groupby("batch_size"):
+            if b not in best.index:
+                continue
+            f, a = best.loc[b], auto.iloc[0]
+            auto_tps = float(auto["tokens_per_s"].mean())
+            rows.append({
+                "method": m, "draft": draft, "batch_size": int(b),
+                "ar_tokens_per_s": float(ar[ar["batch_size"] == b]["tokens_per_s"].mean()),
+                "best_fixed": _tree_label(f["top_k"], f["depth"], f["total_tokens"]),
+                "best_fixed_top_k": int(f["top_k"]), "best_fixed_tokens_per_s": float(f["tokens_per_s"]),
+                "auto": _tree_label(a["top_k"], a["depth"], a["total_tokens"]), "auto_top_k": int(a["top_k"]),
+                "auto_tokens_per_s": auto_tps,
+                "auto_over_best": auto_tps / f["tokens_per_s"] if f["tokens_per_s"] > 0 else np.nan,
+                "fixed_trees": int(f["fixed_trees"]),
+            })
     return pd.DataFrame(rows)
-
-
-def topk_slope(batch_sizes, top_ks) -> float | None:
-    """Least-squares slope of log k* against log b over the points with k* >= 1 (None with under 2)."""
-    pts = [(np.log(b), np.log(k)) for b, k in zip(batch_sizes, top_ks) if k and k >= 1]
-    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
-        return None
-    x, y = np.array(pts).T
-    return float(np.polyfit(x, y, 1)[0])
 
 
 def throughput_surface(ok: pd.DataFrame, method: str, draft: str, temperature: float) -> pd.DataFrame:
@@ -367,20 +357,9 @@ class ScalingSeries:
     method: str
     variable: str  # "pretrain_tokens" or "draft_layers"
     fixed: str  # the other variable's value, as text
-    points: pd.DataFrame  # x, tau, draft, datasets
+    points: pd.DataFrame  # x, tau, speedup (mean spec/AR tokens/s over the datasets), draft, datasets
     fit: LogFit | None  # of the pooled points
     by_dataset: dict[str, LogFit | None]  # the same series, one dataset at a time
-
-
-def scaling_verdict(fit: LogFit | None) -> str:
-    """The paper's claim is a straight line in log x with a positive slope (R^2 about 0.99)."""
-    if fit is None:
-        return "no fit"
-    if math.isnan(fit.alpha_ci95):
-        return "slope positive, untested (2 points)" if fit.alpha > 0 else "slope not positive (2 points)"
-    if fit.alpha_low <= 0:
-        return "slope not shown positive (95% interval reaches 0)"
-    return "log-linear, positive slope" if fit.r2 >= 0.9 else f"positive slope, not a straight line (R^2 {fit.r2:.2f})"
 
 
 def scaling_series(ok: pd.DataFrame, h: Headline) -> list[ScalingSeries]:
@@ -396,21 +375,19 @@ def scaling_series(ok: pd.DataFrame, h: Headline) -> list[ScalingSeries]:
             g = g[g[variable].notna() & (g[variable] > 0)]
             if g[variable].nunique() < 2:
                 continue
-            # Compare drafts on the datasets they all have, so a failed cell does not
-            # shift one point by changing its dataset mix.
-            sets = [set(x["dataset"]) for _, x in g.groupby("draft")]
-            common = set.intersection(*sets) if sets else set()
-            g = g[g["dataset"].isin(common)] if common else g
-            pts = [
-                {"x": float(x), "tau": pooled_tau(gg), "draft": ", ".join(sorted(gg["draft"].dropna().unique())),
-                 "datasets": int(gg["dataset"].nunique())}
-                for x, gg in g.groupby(variable)
-            ]
-            points = pd.DataFrame(pts).sort_values("x")
-            by_dataset = {}
-            for dataset, gd in g.groupby("dataset"):
-                xs, taus = zip(*((float(x), pooled_tau(gx)) for x, gx in gd.groupby(variable)))
-                by_dataset[dataset] = fit_log10(xs, taus)
+            series = tau_series(g, variable)
+            pooled = series.pop("pooled")
+            if len(pooled) < 2:  # the drafts share no dataset
+                continue
+            g = g[g["dataset"].isin(series)]
+            # Net speed beside tau: a deeper draft accepts more but drafts slower (Theorem 1.2's
+            # capacity ablation asks which wins).
+            points = pd.DataFrame([
+                {"x": x, "tau": tau, "datasets": len(series),
+                 "speedup": float(pd.to_numeric(g.loc[g[variable] == x, "speedup_vs_ar"], errors="coerce").mean()),
+                 "draft": ", ".join(sorted(g.loc[g[variable] == x, "draft"].dropna().unique()))}
+                for x, tau in pooled])
+            by_dataset = {dataset: fit_log10(*zip(*pts)) for dataset, pts in series.items()}
             fixed_txt = "n/a" if pd.isna(fixed) else (f"{int(fixed):,}" if other == "draft_layers" else f"{float(fixed):.3g}")
             k, d = g["top_k_setting"].iloc[0], g["depth"].iloc[0]
             fixed_txt += f"; top_k={k}, depth={d}"

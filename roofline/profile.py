@@ -52,7 +52,7 @@ from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flo
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
 from roofline.unmeasured import Unmeasured
-from scylla_impl import devices, dtypes, precision
+from scylla_impl import devices, dtypes
 from workloads.errors import ScyllaError, os_error
 from workloads.files import check_writable_folder
 from workloads.progress import ProgressBar
@@ -122,7 +122,7 @@ class ProfileOptions:
     out: Path
     device: str = "auto"  # auto | cuda | cpu (or cuda:N)
     target: str = "default"
-    dtype: str = dtypes.AUTO  # the target's dtype for the knee (auto: the faster by the measured peaks)
+    dtype: str = dtypes.AUTO  # the target's dtype for the knee (auto: a sweep's default)
     quick: bool = False
     depth: int = policy_mod.DEFAULT_DEPTH
     progress: bool | None = None  # None: a bar on a terminal, a line a minute off one; False: none
@@ -258,19 +258,13 @@ def _compute(run: _Run, progress: ProgressBar) -> None:
     run.tables["compute"] = [row for r in results for s in r.samples for row in s.rows()]
 
 
-def faster_dtype(flops_per_s: dict) -> str:
-    """The dtype `--dtype auto` resolves to, by precision.choose over this run's measured
-    matmul peaks (a knee measured in one dtype says nothing about a run in the other).
-    bf16 where a peak is missing: a GPU always has it, and it is the dtype specs quote."""
-    bf16, fp32 = flops_per_s.get("bfloat16"), flops_per_s.get("float32")
-    if not (bf16 and fp32):
-        return "bfloat16"
-    return precision.choose(bf16 / fp32)
-
-
 def _resolve_dtype(run: _Run, options: ProfileOptions) -> None:
     if options.dtype == dtypes.AUTO:
-        options.dtype = faster_dtype(run.record.flops_per_s)
+        # A sweep's own `auto` (decoding's rule), so the knee and I_crit are quoted for the precision
+        # a default sweep decodes in: a knee measured in one dtype says nothing about the other.
+        from scylla_impl.target import auto_dtype
+
+        options.dtype = auto_dtype(options.target, str(run.device))
         run.record.options["dtype"] = options.dtype
         run.record.options["dtype_requested"] = dtypes.AUTO
 

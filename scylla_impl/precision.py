@@ -1,8 +1,17 @@
-"""Which precision is fast on this device: measured, never assumed.
+"""Which precision is fast on this device: measured, never assumed, for the shape of the work.
 
 CPUs of one kind differ: with AVX-512 BF16 or AMX a bf16 matmul ran at 917 GFLOP/s against
 192 in fp32 on one of these 2-core machines, while an AVX2-only one emulates bf16 at about a
 tenth of its fp32 speed. A GPU with bf16 support is always faster in bf16.
+
+And one device can favour different precisions for different work. Training and feature
+extraction multiply hundreds of rows at a time, where bf16's compute rate wins: `fast_dtype`
+times such a matmul. Decoding multiplies a handful of rows by every weight and runs the
+norms, rotary embeddings and attention of one token at a time, where bf16's conversions cost
+more than its halved weight bytes save on a small model: on the machine above SmolLM2-135M
+decodes 1.8x faster in fp32 (through scylla_impl/skinny_linear.py) than in bf16, while a
+synthetic few-row matmul over large weights runs 1.3x faster in bf16. So `--dtype auto` for
+decoding times the model itself, both ways (scylla_impl/target.py, `auto_dtype`).
 """
 
 import functools
@@ -41,5 +50,7 @@ def choose(bf16_over_fp32: float) -> str:
 
 
 def fast_dtype(device: str = "cpu") -> str:
-    """'bfloat16' where it is measurably faster than fp32 on `device`, else 'float32'."""
+    """For bulk work (hundreds of rows): 'bfloat16' where measurably faster than fp32, else
+    'float32'. Also the first test of decoding's `auto`: where bulk bf16 is not faster, bf16 is
+    emulated or slow, and a decode step is no exception."""
     return choose(bf16_speedup(str(device)))

@@ -140,7 +140,7 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
 """
 
 
-def _cpu_signature() -> str:
+def cpu_signature() -> str:
     """What the binary depends on: the source and flags, this CPU's instruction set (-march=native),
     torch and Python. A machine that differs in any of them builds its own."""
     try:
@@ -168,7 +168,7 @@ def kernel():
     from torch.utils import cpp_extension
 
     _ninja_on_path()
-    name = f"skinny_linear_{_cpu_signature()}"
+    name = f"skinny_linear_{cpu_signature()}"
     # The machine's cache, not SCYLLA_HOME: the binary belongs to the CPU, not to a data folder.
     folder = Path(platformdirs.user_cache_dir("scylla-bench")) / "kernels" / name
     try:

@@ -8,6 +8,7 @@ only what `commit` says. The AR baseline is the same forward with a one-token "t
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,24 +20,68 @@ from scylla_impl import devices, dtypes, gqa_attention, skinny_linear
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
-from scylla_impl.precision import fast_dtype
+from scylla_impl.precision import choose, fast_dtype
+from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
+from workloads.files import atomic_write_bytes
 
 DTYPES = {name: getattr(torch, name) for name in dtypes.NAMES}
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
-    """A dtype name, or `auto`: bf16 where `device` runs it natively and measurably faster
-    (GPUs, CPUs with AVX-512 BF16 or AMX), else fp32 (a CPU that emulates bf16 runs it ~10x slower)."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu", target: str = "default") -> torch.dtype:
+    """A dtype name, or `auto`: the precision that decodes `target` faster on `device` (auto_dtype)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == dtypes.AUTO:
-        dtype = fast_dtype(str(device))
+        dtype = auto_dtype(target, str(device))
     try:
         return DTYPES[dtype]
     except KeyError:
         raise ScyllaError(f"unknown dtype '{dtype}'; choose one of {', '.join(dtypes.CHOICES)}") from None
 
+
+AUTO_DTYPE_FILE = "auto_dtype.json"
+
+
+def auto_dtype(target: str = "default", device: str = "cpu") -> str:
+    """`--dtype auto` for decoding `target` on `device`. bf16 on a GPU that has it; fp32 where
+    bf16 is not even faster for big matmuls (emulated: scylla_impl/precision.py). Otherwise, on
+    a CPU with native bf16, whichever decodes this model faster, timed on the model itself in
+    both precisions (an AR step and an 8-token verify, `decode_step_seconds`): once per model,
+    machine and thread count, remembered in SCYLLA_HOME/auto_dtype.json with the times."""
+    device = devices.resolve(device)
+    if torch.device(device).type != "cpu" or fast_dtype(device) == "float32":
+        return fast_dtype(device)
+    path = _model_path(target)
+    key = f"{Path(path).resolve()}|{skinny_linear.cpu_signature()}|threads={torch.get_num_threads()}"
+    record = scylla_home() / AUTO_DTYPE_FILE
+    try:
+        known = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    except (OSError, ValueError):
+        known = {}  # a damaged record is measured again
+    if key in known and known[key].get("dtype") in dtypes.NAMES:
+        return known[key]["dtype"]
+    seconds = {}
+    for name in ("float32", "bfloat16"):
+        seconds[name] = Target.load(path, dtype=name, device=device).decode_step_seconds()
+    choice = choose(seconds["float32"] / seconds["bfloat16"])
+    known[key] = {"dtype": choice, **{f"{name}_step_s": s for name, s in seconds.items()}}
+    atomic_write_bytes(json.dumps(known, indent=2).encode(), record)
+    return choice
+
+
+def _model_path(name: str) -> str:
+    """The folder (or hub id) `name` loads from, checked as far as it can be without loading."""
+    path = str(ensure_default_model()) if name == "default" else name
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ScyllaError(f"cannot load target '{name}': it is a file; give a model folder (config.json and weights), "
+                              "'default' or a hub id")
+        return str(local)
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
+        raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
+    return path
 
 
 def _load_model(path: str, dtype: torch.dtype):
@@ -114,16 +159,8 @@ class Target:
     @classmethod
     def load(cls, name: str = "default", dtype: str | torch.dtype = dtypes.AUTO, device: str = "cpu") -> "Target":
         device = devices.resolve(str(device))
-        torch_dtype = resolve_dtype(dtype, device)
-        path = str(ensure_default_model()) if name == "default" else name
-        local = Path(path).expanduser()
-        if local.exists():
-            path = str(local)
-            if not local.is_dir():
-                raise ScyllaError(f"cannot load target '{name}': it is a file; give a model folder (config.json and weights), "
-                                  "'default' or a hub id")
-        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
-            raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
+        path = _model_path(name)
+        torch_dtype = resolve_dtype(dtype, device, path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = _load_model(path, torch_dtype)
@@ -142,6 +179,27 @@ class Target:
             fingerprint=_fingerprint(model),
         )
         return cls(model, tokenizer, info)
+
+    @torch.no_grad()
+    def decode_step_seconds(self, reps: int = 5) -> float:
+        """Median seconds of an AR step plus an 8-token verify after a 32-token prompt (CPU
+        wall time: what `auto_dtype` compares between precisions)."""
+        cache = self.new_cache(1, 48)
+        self.prefill(cache, [[1 + i % (self.info.vocab_size - 1) for i in range(32)]])
+        steps = []
+        for n in (1, 8):
+            tokens = torch.ones(1, n, dtype=torch.long, device=self.device)  # [1, n]
+            depths = torch.arange(n, device=self.device)[None]  # [1, n]
+            mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=self.device))[None]  # [1, n, n]
+            steps.append((tokens, depths, mask))
+        times = []
+        for _ in range(reps + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            for tokens, depths, mask in steps:
+                self.forward(cache, tokens, depths, mask)
+                self.rollback(cache)
+            times.append(time.perf_counter() - start)
+        return sorted(times[1:])[reps // 2]
 
     # -- cache ----------------------------------------------------------------------
     def new_cache(self, batch_size: int, capacity: int = 256) -> TargetCache:
@@ -252,5 +310,5 @@ def default_layer_choice(num_layers: int) -> tuple[int, int, int]:
     return (2, num_layers // 2, num_layers - 3)
 
 
-__all__ = ["Target", "TargetInfo", "TargetOutput", "TargetCache", "resolve_dtype", "default_layer_choice",
+__all__ = ["Target", "TargetInfo", "TargetOutput", "TargetCache", "auto_dtype", "resolve_dtype", "default_layer_choice",
            "DTYPES", "Path"]

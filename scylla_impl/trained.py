@@ -83,7 +83,7 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
             return str(found)
         raise ScyllaError(f"no default recipe for a draft named '{name}'; known: {', '.join(DEFAULT_DRAFTS)}")
 
-    from scylla_impl.training import recipe, train
+    from scylla_impl.training import recipe
     from scylla_impl.training.run_folder import CONFIG_FILE, same_run
 
     method, layers = DEFAULT_DRAFTS[name]
@@ -94,19 +94,34 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
     current = not started or same_run(folder, config)
     if found is not None and current:
         return str(found)
-    resume = started and current
     if not current:
         print(f"The '{name}' draft in {folder} was trained by an earlier default recipe: retraining it.",
               file=sys.stderr, flush=True)
     print(f"No trained '{name}' draft for {target.info.name} yet: training the default {method} recipe "
           f"({config.pretrain_tokens} pretraining + {config.sft_tokens} chat tokens, about {RECIPE_MINUTES} min "
           f"on 2 CPU cores) into {folder}; it is kept for later runs, and an interrupted run "
-          f"{'resumes now' if resume else 'resumes where it stopped'}.", file=sys.stderr, flush=True)
-    from scylla_impl.target import Target, resolve_dtype
-
-    train_target = target  # features are extracted in the recipe's precision: reload a target loaded in another
-    if target.dtype != resolve_dtype(config.dtype):
-        train_target = Target.load(target.info.path, dtype=config.dtype, device=str(target.device))
-    train(None if resume else config, folder, resume=resume, force=not resume, target=train_target,
-          progress=progress)
+          f"{'resumes now' if started and current else 'resumes where it stopped'}.", file=sys.stderr, flush=True)
+    train_or_resume(config, folder, target, progress=progress, retrain_other=True)
     return str(trained_draft(target, name))
+
+
+def train_or_resume(config, folder: Path, target, *, progress: str = "auto", retrain_other: bool = False) -> Path:
+    """The draft `config` trains, in `folder`: kept if finished, resumed from its last checkpoint
+    if started, else trained. A folder started with another config is refused, or retrained from
+    scratch with `retrain_other`. The target's features come in the config's precision: a target
+    loaded in another is reloaded in it for the training."""
+    from scylla_impl.target import Target, resolve_dtype
+    from scylla_impl.training import train
+    from scylla_impl.training.run_folder import CONFIG_FILE, same_run
+
+    started = (folder / CONFIG_FILE).is_file()
+    current = not started or same_run(folder, config)
+    if not current and not retrain_other:
+        raise ScyllaError(f"'{folder}' was trained with other options; remove it, or choose another folder")
+    if current and is_trained(folder):
+        return folder
+    resume = started and current
+    if target.dtype != resolve_dtype(config.dtype):
+        target = Target.load(target.info.path, dtype=config.dtype, device=str(target.device))
+    train(None if resume else config, folder, resume=resume, force=not resume, target=target, progress=progress)
+    return folder

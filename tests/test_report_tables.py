@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.scaling_fit import fit_log10
+from harness.scaling_fit import fit_log10, fit_loglog
 from reports import tables
 from reports.load import load_profile, load_results
 from reports.profiles import ceilings, fit_knee, knee_points
@@ -60,6 +60,15 @@ def test_fixture_headline_and_series():
     # The failed L8/humaneval cell drops humaneval from every point of the layer series.
     assert set(series["draft_layers"].points["datasets"]) == {5}
     assert series["pretrain_tokens"].fit.alpha > 0
+    # Each point's net speed is the mean spec/AR ratio of its draft's cells in the series (one
+    # tree, here top_k 4 at depth 5) on the series' datasets.
+    assert series["draft_layers"].fixed.endswith("top_k=4, depth=5")
+    layers = series["draft_layers"].points.iloc[0]
+    cells = res.ok[(res.ok["draft"] == layers["draft"]) & (res.ok["dataset"] != "humaneval")
+                   & (res.ok["top_k_setting"] == "4") & (res.ok["depth"] == 5) & (res.ok["batch_size"] == 1)
+                   & (res.ok["temperature"] == 0.0)]
+    assert len(cells) == 5
+    assert layers["speedup"] == pytest.approx(cells["speedup_vs_ar"].mean())
 
 
 def test_profiles_read():
@@ -98,8 +107,10 @@ def test_tree_policy_table_compares_auto_with_every_fixed_tree():
     assert pol.loc[8, "auto"] == "AR (no tree)" and pol.loc[8, "auto_over_best"] == pytest.approx(99 / 90)
     assert pol.loc[1, "fixed_trees"] == 3 and pol.loc[8, "ar_tokens_per_s"] == 100.0
     # k*(b): best fixed top_k 4 at b=1 and 1 at b=8 -> slope log(1/4)/log(8)
-    assert tables.topk_slope([1, 8], [4, 1]) == pytest.approx(np.log(0.25) / np.log(8))
-    assert tables.topk_slope([1, 8], [4, 0]) is None  # AR at b=8 leaves one point
+    assert fit_loglog([1, 8], [4, 1]).alpha == pytest.approx(np.log(0.25) / np.log(8))
+    assert fit_loglog([1, 8], [4, 0]) is None  # AR at b=8 leaves one point
+    exact = fit_loglog([1, 2, 4, 8, 16], [16 * b ** -0.5 for b in (1, 2, 4, 8, 16)])
+    assert exact.alpha == pytest.approx(-0.5) and exact.r2 == pytest.approx(1.0)
     surface = tables.throughput_surface(pd.DataFrame(rows), "eagle2", "d", 0.0)
     assert set(zip(surface["batch_size"], surface["top_k"], surface["depth"])) == {
         (1, 4, 3), (1, 4, 5), (1, 8, 3), (8, 4, 3), (8, 1, 3)}

@@ -27,7 +27,7 @@ from roofline.spec_sheet import (
 )
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
-from scylla_impl.precision import MIN_SPEEDUP
+from scylla_impl.target import auto_dtype
 from workloads.errors import ScyllaError
 
 # -- policy (Theorem 1.3) ---------------------------------------------------------------------
@@ -345,8 +345,8 @@ def test_profile_completes_without_a_target(tmp_path, monkeypatch, default_model
     assert on_disk["knee_tokens"] is None and on_disk["topk_policy"] == []
     whats = {u["what"] for u in on_disk["unmeasured"]}
     assert {"knee", "topk_policy", "bandwidth.triton", "flops_per_s.float32_tf32", "spec"} <= whats
-    quoted = on_disk["i_crit"]["dtype"]  # `--dtype auto`: whichever this run's matmuls favoured
-    assert quoted == prof.faster_dtype(on_disk["flops_per_s"]) == on_disk["options"]["dtype"]
+    quoted = on_disk["i_crit"]["dtype"]  # `--dtype auto`: what a sweep decodes in by default
+    assert quoted == auto_dtype("default", "cpu") == on_disk["options"]["dtype"]
     assert on_disk["i_crit"]["measured"] == pytest.approx(
         on_disk["flops_per_s"][quoted] / on_disk["bandwidth_peak_bytes_per_s"])
     import pandas as pd
@@ -396,23 +396,18 @@ def test_profile_on_a_full_disk_is_one_error_and_leaves_nothing_behind(where, fu
         assert (out / "profile.json").read_text() == '{"profile_id": "earlier"}\n'
 
 
-def test_profile_dtype_auto_measures_the_knee_in_the_faster_dtype(tmp_path, monkeypatch, default_model_dir):
-    """`--dtype auto`: the knee (and I_crit) in whichever of bf16/fp32 the matmuls ran faster."""
+def test_profile_dtype_auto_measures_the_knee_in_a_sweeps_default_dtype(tmp_path, monkeypatch, default_model_dir):
+    """`--dtype auto`: the knee (and I_crit) in the precision a sweep with `--dtype auto` decodes in."""
     from roofline import profile as prof
     from roofline.device_facts import DeviceFacts
+    from scylla_impl.target import resolve_dtype
 
     monkeypatch.setattr(DeviceFacts, "llc_bytes", property(lambda self: 256 << 10))
     doc = prof.run_profile(prof.ProfileOptions(out=tmp_path / "p", device="cpu", dtype="auto",
                                                plan=_tiny_plan(), progress=False))
-    chosen = prof.faster_dtype(doc["flops_per_s"])
+    chosen = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
     assert doc["options"]["dtype"] == chosen and doc["options"]["dtype_requested"] == "auto"
     assert doc["knee"]["target"]["dtype"] == chosen and doc["i_crit"]["dtype"] == chosen
-    flops = doc["flops_per_s"]
-    assert chosen == ("bfloat16" if flops["bfloat16"] >= MIN_SPEEDUP * flops["float32"] else "float32")
-    assert prof.faster_dtype({"bfloat16": 2e12, "float32": 5e11}) == "bfloat16"
-    assert prof.faster_dtype({"bfloat16": 1.8e10, "float32": 1.6e11}) == "float32"
-    assert prof.faster_dtype({"bfloat16": 1.2e11, "float32": 1.0e11}) == "float32"  # not worth the rounding
-    assert prof.faster_dtype({"float32": 1.0e11}) == "bfloat16"
 
 
 def test_profile_rejects_bad_arguments(tmp_path):

@@ -1,6 +1,8 @@
 """`scylla scaling`: the log-linear fit and its interval on series with known slopes, the plan's
-checks, and the whole pipeline (train a series, measure it, fit, resume) on a tiny random Llama."""
+checks, and the whole pipeline (train a series, measure it, fit, resume; profile the device and
+find the fastest tree per batch size) on a tiny random Llama."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_roofline import _tiny_plan
 from test_train import make_tiny
 
 from harness import scaling as law
-from harness.scaling_fit import T975, fit_log10, t975
+from harness.pooled import fastest_fixed_trees
+from harness.scaling_fit import T975, claim_verdict, fit_log10, fit_loglog, t975
 from workloads.errors import ScyllaError
 
 
@@ -37,6 +41,19 @@ def test_fit_interval_covers_the_true_slope_about_95_percent_of_the_time():
     assert np.isnan(fit_log10([1e4, 1e5], [1.0, 1.5]).alpha_ci95)  # two points: a line always fits
 
 
+def test_the_verdict_says_whether_a_fit_shows_the_claimed_sign():
+    x = [1, 2, 3, 4, 5]
+    line = fit_log10(x, [1.5 + 0.3 * np.log10(v) for v in x])
+    assert claim_verdict(line) == "log-linear, positive slope"
+    assert claim_verdict(fit_log10(x, [1.70, 1.68, 1.67, 1.65, 1.63])).startswith("against the claim: a negative slope")
+    assert claim_verdict(fit_log10(x, [1.39, 1.39, 1.37, 1.36, 1.38])) == "slope not shown positive (95% interval includes 0)"
+    assert claim_verdict(fit_log10(x, [1.0, 1.9, 1.2, 1.8, 1.6])).startswith("slope not shown")
+    # Theorem 1.3 claims a falling k*(b): the sign flips.
+    assert claim_verdict(fit_loglog([1, 2, 4, 8], [8, 4, 2, 1]), sign=-1) == "log-linear, negative slope"
+    assert claim_verdict(fit_log10([1, 2], [1.0, 1.1])) == "slope positive, untested (2 points)"
+    assert claim_verdict(None) == "no fit"
+
+
 def test_the_plan_refuses_what_cannot_make_a_series():
     with pytest.raises(ScyllaError, match="at least two different --budgets"):
         law.ScalingPlan(budgets=(1000, 1000))
@@ -52,9 +69,30 @@ def test_the_plan_refuses_what_cannot_make_a_series():
         law.ScalingPlan(train={"seq_lenn": 512})
     with pytest.raises(ScyllaError, match="less than one batch"):  # the recipe's own checks, before anything runs
         law.ScalingPlan(budgets=(100, 10_000))
-    # Each draft once, largest budget first (its features serve every smaller budget).
+    with pytest.raises(ScyllaError, match="at least two different --batch-sizes"):
+        law.ScalingPlan(series=("batch",), batch_sizes=(4, 4))
+    with pytest.raises(ScyllaError, match="--batch-top-k values and --batch-depth must be >= 1"):
+        law.ScalingPlan(series=("batch",), batch_top_k=(0, 2))
+    with pytest.raises(ScyllaError, match="unknown dataset"):
+        law.ScalingPlan(batch_datasets=("gsm9k",))
+    # Each draft once, largest budget first (its features serve every smaller budget); the batch
+    # series measures the tokens series' best draft.
     plan = law.ScalingPlan(budgets=(1024, 8192), layers=(1, 2), layers_budget=1024)
     assert plan.points() == [(1, 8192), (1, 1024), (2, 1024)]
+    assert plan.points(law.TAU_SERIES) == plan.points() and plan.batch_draft() == (1, 8192)
+    assert law.ScalingPlan(series=("batch",), budgets=(1024, 8192)).points() == [(1, 8192)]
+
+
+def test_a_plan_saved_before_a_field_existed_resumes_with_that_fields_default(tmp_path):
+    plan = law.ScalingPlan(series=("tokens",), budgets=(1024, 8192))
+    law.check_plan(tmp_path, plan)
+    saved = json.loads((tmp_path / law.PLAN_FILE).read_text())
+    for name in ("batch_sizes", "batch_top_k", "batch_depth", "batch_datasets"):
+        del saved[name]
+    (tmp_path / law.PLAN_FILE).write_text(json.dumps(saved))
+    law.check_plan(tmp_path, plan)  # the same plan: resumes
+    with pytest.raises(ScyllaError, match="holds a scaling run with batch_depth=4, not 3"):
+        law.check_plan(tmp_path, law.ScalingPlan(series=("tokens",), budgets=(1024, 8192), batch_depth=3))
 
 
 def test_cli_bad_input_is_one_line_and_a_dry_run_lists_the_drafts(tmp_path):
@@ -77,7 +115,7 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
     tiny = make_tiny(tmp_path / "tiny-llama", default_model_dir, seed=3)
     features = scylla_home() / "features" / Target.load(str(tiny), dtype="float32").info.fingerprint
     plan = law.ScalingPlan(
-        target=str(tiny), budgets=(128, 256, 512), layers=(1, 2), layers_budget=128, sft_tokens=128,
+        target=str(tiny), series=("tokens", "layers"), budgets=(128, 256, 512), layers=(1, 2), layers_budget=128, sft_tokens=128,
         datasets=("mt_bench", "gsm8k"), prompts=2, max_new_tokens=8, top_k=2, depth=3, dtype="float32",
         data_dir=str(shared_eval_dir),
         train={"seq_len": 32, "batch_size": 4, "micro_batch": 4, "eval_sequences": 1, "draft_vocab": 0,
@@ -101,12 +139,13 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
     assert by.loc[("layers", "pooled"), "n"] == 2 and np.isnan(by.loc[("layers", "pooled"), "alpha_ci95"])
     # Pooled tau is the ratio of totals over both datasets, the fit a line through those points.
     cells = results[(results["method"] == "scylla") & (results["pretrain_tokens"] == 256) & (results["draft_layers"] == 1)]
-    assert by.loc[("tokens", "pooled"), "tau"][1] == pytest.approx(cells["emitted_tokens"].sum() / cells["verify_steps"].sum())
-    assert fit_log10([128, 256, 512], by.loc[("tokens", "pooled"), "tau"]).alpha == pytest.approx(by.loc[("tokens", "pooled"), "alpha"])
+    assert by.loc[("tokens", "pooled"), "y"][1] == pytest.approx(cells["emitted_tokens"].sum() / cells["verify_steps"].sum())
+    assert fit_log10([128, 256, 512], by.loc[("tokens", "pooled"), "y"]).alpha == pytest.approx(by.loc[("tokens", "pooled"), "alpha"])
+    assert set(fits["response"]) == {"tau"} and not (out / "sweep-batch").exists()
     saved = pd.read_parquet(out / law.FITS_FILE)
     assert saved[["series", "dataset", "n"]].equals(fits[["series", "dataset", "n"]])
-    assert [list(t) for t in saved["tau"]] == [list(t) for t in fits["tau"]]
-    assert "tau = alpha log10(pretraining tokens (Thm 1.1)) + beta" in law.describe(fits)
+    assert [list(t) for t in saved["y"]] == [list(t) for t in fits["y"]]
+    assert "tau = alpha log10(pretraining tokens) + beta   (Thm 1.1: alpha > 0)" in law.describe(fits)
 
     # Again: nothing is retrained or re-measured; another plan in the same folder is refused.
     stamps = {p: p.stat().st_mtime for p in out.rglob("model.safetensors")}
@@ -118,7 +157,54 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
     with pytest.raises(ScyllaError, match="holds a scaling run with budgets"):
         law.run(law.ScalingPlan(**{**plan.__dict__, "budgets": (128, 512)}), out, progress="none", echo=lambda m: None)
     assert Path(out / law.PLAN_FILE).is_file()
+    # A draft folder trained with other options is refused, not silently kept or retrained.
+    config = out / "drafts" / "scylla-L2-P128" / "train_config.json"
+    doc = json.loads(config.read_text())
+    config.write_text(json.dumps({**doc, "lr": doc["lr"] * 2}))
+    with pytest.raises(ScyllaError, match="scylla-L2-P128' was trained with other options"):
+        law.run(plan, out, progress="none", echo=lambda m: None)
 
+
+
+def test_the_batch_series_profiles_the_device_and_fits_the_fastest_tree_per_batch(tmp_path, monkeypatch,
+                                                                                 shared_eval_dir, default_model_dir):
+    from harness import auto_trees
+    from roofline import profile as prof
+    from roofline import tree_costs
+    from scylla_impl import calibration
+
+    monkeypatch.setitem(prof.PLANS, ("cpu", True), _tiny_plan())  # seconds, not the real quick grid
+    monkeypatch.setattr(auto_trees, "HELD_OUT_PROMPTS", 2)
+    monkeypatch.setattr(auto_trees, "REPLAY_NEW_TOKENS", 8)
+    monkeypatch.setattr(calibration, "TOP_KS", (1, 2))
+    monkeypatch.setattr(calibration, "MAX_DEPTH", 2)
+    monkeypatch.setattr(tree_costs, "LEVEL_WIDTHS", (1, 2))
+    tiny = make_tiny(tmp_path / "tiny-llama", default_model_dir, seed=4)
+    plan = law.ScalingPlan(
+        target=str(tiny), series=("batch",), budgets=(128,), sft_tokens=128, batch_sizes=(1, 2),
+        batch_top_k=(1, 2), batch_depth=2, batch_datasets=("mt_bench",), prompts=2, max_new_tokens=8,
+        dtype="float32", data_dir=str(shared_eval_dir),
+        train={"seq_len": 32, "batch_size": 4, "micro_batch": 4, "eval_sequences": 1, "draft_vocab": 0,
+               "sft_answers": "sharegpt", "sft_mix": None},
+    )
+    out = tmp_path / "run"
+    fits = law.run(plan, out, progress="none", echo=lambda m: None)
+    assert sorted(p.name for p in (out / "drafts").iterdir()) == ["scylla-L1-P128"]
+    assert json.loads((out / "profile" / "profile.json").read_text())["knee"]["target"]["dtype"] == "float32"
+    assert not (out / "sweep").exists()  # no tau series in this plan
+
+    results = pd.read_parquet(out / "sweep-batch" / "results.parquet")
+    assert set(results["status"]) == {"ok"} and results["lossless"].dropna().all()
+    spec = results[results["method"] == "scylla"]
+    assert set(zip(spec["batch_size"], spec["top_k_setting"])) == {(b, k) for b in (1, 2) for k in ("1", "2", "auto")}
+    by = fits.set_index("dataset")
+    assert list(by.index) == ["mt_bench", "pooled"] and set(fits["series"]) == {"batch"}
+    # k* at each batch size is the top_k of the fastest fixed tree; the fit is log-log.
+    best = fastest_fixed_trees(spec)
+    assert list(by.loc["pooled", "x"]) == [1.0, 2.0] and list(by.loc["pooled", "y"]) == best["top_k"].tolist()
+    assert by.loc["pooled", "alpha"] == pytest.approx(fit_loglog([1, 2], best["top_k"]).alpha)
+    assert "log10 top_k* = alpha log10(batch size) + beta   (Thm 1.3: alpha < 0)" in law.describe(fits)
+    assert pd.read_parquet(out / law.FITS_FILE)["n"].tolist() == fits["n"].tolist()
 
 
 CPU_SERIES = Path(__file__).resolve().parent.parent / "reports" / "data" / "scaling_cpu"
@@ -135,8 +221,14 @@ def test_the_committed_cpu_series_render_with_their_fits(tmp_path):
     assert files, "no committed scaling results"
     for path in files:
         res = load_results([path])
-        series = {s.variable: s for s in tables.scaling_series(res.ok, tables.choose_headline(res.ok))}
         fits = pd.read_parquet(CPU_SERIES / path.name.replace("_results", "_fits")).set_index("dataset")
+        if fits["series"].iloc[0] == "batch":  # k*(b): the report's tree-policy table finds the same k*
+            policy = tables.tree_policy_table(res.ok, 0.0)
+            assert policy["best_fixed_top_k"].tolist() == list(fits.loc["pooled", "y"])
+            assert law.fit_topk(pd.read_parquet(path)).set_index("dataset")["alpha"].tolist() == pytest.approx(
+                fits["alpha"].tolist())
+            continue
+        series = {s.variable: s for s in tables.scaling_series(res.ok, tables.choose_headline(res.ok))}
         variable = fits["variable"].iloc[0]
         assert series[variable].fit.alpha == pytest.approx(fits.loc["pooled", "alpha"])
         assert list(series[variable].points["x"]) == list(fits.loc["pooled", "x"])

@@ -79,3 +79,21 @@ def test_resume_with_a_retrained_draft_is_refused(shared_eval_dir, default_model
     assert f"draft '{folder}'" in res.stderr and "weights hash" in res.stderr and "Traceback" not in res.stderr
     after = pq.read_table(out / "results.parquet").to_pylist()
     assert [r["cell_id"] for r in after] == [r["cell_id"] for r in rows]  # nothing of the new draft got in
+
+
+def test_resume_in_another_precision_is_refused(shared_eval_dir, default_model_dir, tmp_path):
+    """`--dtype auto` is decided per machine: a resume where it decides otherwise (another CPU, a
+    faster kernel) would put two precisions in one results file."""
+    out = tmp_path / "out"
+    res = sweep(out, shared_eval_dir, "--methods", "ar")
+    assert res.returncode == 0, res.stderr
+    recorded = json.loads((out / "inputs.json").read_text())
+    assert recorded["dtypes"] == {"float32": "float32"}
+    recorded["dtypes"] = {"float32": "bfloat16"}  # as if the first run had decoded in bf16
+    (out / "inputs.json").write_text(json.dumps(recorded))
+    before = pq.read_table(out / "results.parquet").to_pylist()
+
+    res = sweep(out, shared_eval_dir, "--methods", "ar,lookup", "--resume")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "dtype 'float32'" in res.stderr and "bfloat16" in res.stderr and "another --out" in res.stderr
+    assert pq.read_table(out / "results.parquet").to_pylist() == before

@@ -23,7 +23,7 @@ DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in 
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--dtype", type=click.Choice(dtypes.CHOICES), default=dtypes.AUTO, show_default=True,
-              help="auto: bf16 where the device runs it natively and faster, else fp32")
+              help=dtypes.DECODE_HELP)
 @click.option("--device", default="cpu", show_default=True, help=devices.HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--system-prompt", default=None, help="system message for the chat template")

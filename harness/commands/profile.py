@@ -30,8 +30,7 @@ def _auto_threads() -> int:
 @click.option("--target", default="default", show_default=True,
               help="Target model for the verify knee: 'default' (embedded SmolLM2-135M) or a Hugging Face model folder.")
 @click.option("--dtype", default=dtypes.AUTO, show_default=True, type=click.Choice(dtypes.CHOICES),
-              help="Target dtype for the verify knee; I_crit is quoted for this dtype. auto: the faster "
-                   "of bf16 and fp32 by the measured matmul peaks (fp32 on a CPU without bf16 instructions).")
+              help="Target dtype for the verify knee; I_crit is quoted for this dtype. " + dtypes.DECODE_HELP)
 @click.option("--quick", is_flag=True, help="A smaller grid (under two minutes on a 2-core CPU).")
 @click.option("--depth", default=5, show_default=True, type=click.IntRange(min=1),
               help="Tree depth of the draft-free knee-rule table in profile.json (sweeps' top_k auto "

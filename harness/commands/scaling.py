@@ -28,13 +28,15 @@ def _plan_options(fn):
 @click.command(context_settings={"max_content_width": 110})
 @_plan_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="run folder: drafts/, sweep/, scaling.json, fits.parquet; the same command again resumes it")
+              help="run folder: drafts/, sweep/, profile/, sweep-batch/, scaling.json, fits.parquet; the same command "
+                   "again resumes it")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's)")
 @click.option("--progress", type=click.Choice(MODES), default="auto", show_default=True,
               help="auto: a bar on a terminal, a line a minute otherwise (logs, CI)")
 @click.option("--dry-run", is_flag=True, help="list the drafts and the measurement, run nothing")
 def scaling(out: str, threads: int | None, progress: str, dry_run: bool, **options) -> None:
-    """Train Scylla drafts over pretraining budgets and layer counts, measure tau, fit the log-linear laws."""
+    """Train Scylla drafts over pretraining budgets and layer counts, measure tau and the fastest tree per
+    batch size, fit the paper's three scaling laws."""
     import torch
 
     from harness import scaling as law
@@ -52,8 +54,13 @@ def scaling(out: str, threads: int | None, progress: str, dry_run: bool, **optio
     if dry_run:
         for layers, tokens in plan.points():
             click.echo(f"draft {law.draft_name(layers, tokens)}: {layers} layer(s), {tokens:,} pretraining tokens")
-        click.echo(f"then tau at top_k {plan.top_k}, depth {plan.depth}, batch 1, T=0 on {', '.join(plan.datasets)} "
-                   f"({plan.prompts} prompts, {plan.max_new_tokens} new tokens each)")
+        if plan.points(law.TAU_SERIES):
+            click.echo(f"tau at top_k {plan.top_k}, depth {plan.depth}, batch 1, T=0 on {', '.join(plan.datasets)} "
+                       f"({plan.prompts} prompts, {plan.max_new_tokens} new tokens each)")
+        if "batch" in plan.series:
+            click.echo(f"the fastest tree of {law.draft_name(*plan.batch_draft())} at batch sizes "
+                       f"{', '.join(map(str, plan.batch_sizes))}: top_k {', '.join(map(str, plan.batch_top_k))} and auto "
+                       f"at depth {plan.batch_depth} on {', '.join(plan.batch_datasets)}, after a quick device profile")
         return
     check_writable_folder(out, "--out")
     quiet_libraries()
@@ -61,4 +68,6 @@ def scaling(out: str, threads: int | None, progress: str, dry_run: bool, **optio
         torch.set_num_threads(threads)
     fits = law.run(plan, Path(out), threads=threads, progress=progress, echo=lambda m: click.echo(m, err=True))
     click.echo(law.describe(fits))
-    click.echo(f"wrote {Path(out) / law.FITS_FILE}; the report: scylla report {Path(out) / 'sweep'}")
+    sweeps = [d for d in ("sweep", "sweep-batch") if (Path(out) / d / "results.parquet").is_file()]
+    click.echo(f"wrote {Path(out) / law.FITS_FILE}; the report: "
+               + " and ".join(f"scylla report {Path(out) / d}" for d in sweeps))

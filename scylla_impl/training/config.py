@@ -94,11 +94,12 @@ class TrainConfig:
     # Machinery.
     features: str = _opt("cache", "target features cached on disk once, or recomputed every step (online)",
                          choices=("cache", "online"))
-    # "auto" resolves on construction to the dtype decoding uses by default (scylla_impl/precision.py),
-    # so the draft learns the hidden states it will be fed; bf16 features also extract ~4x faster
-    # where bf16 is native.
-    dtype: str = _opt(dtypes.AUTO, "target precision for its features and labels; auto: as decoding's default "
-                                   "(bf16 where native and faster)", choices=dtypes.CHOICES)
+    # "auto" resolves on construction by the bulk rule (scylla_impl/precision.py): features are
+    # hundreds of rows per matmul, where native bf16 extracts ~4x faster than fp32. Decoding may
+    # run in fp32 on the same CPU (its few-row rule): the draft then reads fp32 hidden states,
+    # which differ from its bf16 features by bf16's rounding only.
+    dtype: str = _opt(dtypes.AUTO, "target precision for its features and labels; auto: bf16 where native and "
+                                   "faster for many-row matmuls", choices=dtypes.CHOICES)
     autocast: str = _opt("auto", "bf16 autocast of the draft's training: auto = where measured faster than fp32",
                          choices=AUTOCAST)
     device: str = _opt("cpu", devices.HELP)
