@@ -153,6 +153,12 @@ def test_dtype_chosen_by_the_machine_is_not_another_sweep(cells, baseline):
     base["config"] = {**CONFIG, "dtype": "bfloat16"}
     v = regression.compare(regression.figures(cells), base, {**CONFIG, "dtype": "float32"})
     assert v.ok and any("dtype bfloat16 -> float32" in n for n in v.notes), v.notes
+    # Ratios measured in another precision are another figure: not compared, and said so.
+    slower = cells.copy()
+    slower.loc[slower["method"] != "ar", "speedup_vs_ar"] *= 0.5
+    v = regression.compare(regression.figures(slower), base, {**CONFIG, "dtype": "float32"})
+    assert v.ok and any("spec/AR ratios are not compared" in n for n in v.notes), v.notes
+    assert not regression.compare(regression.figures(slower), baseline, CONFIG).ok  # same precision: compared
 
 
 def test_ratio_tolerance(cells, baseline):
