@@ -52,7 +52,7 @@ from roofline.spec_sheet import match_spec, nvml_bandwidth_bytes_per_s, nvml_flo
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
 from roofline.unmeasured import Unmeasured
-from scylla_impl import devices, dtypes
+from scylla_impl import devices, dtypes, precision
 from workloads.errors import ScyllaError, os_error
 from workloads.files import check_writable_folder
 from workloads.progress import ProgressBar
@@ -264,7 +264,13 @@ def _resolve_dtype(run: _Run, options: ProfileOptions) -> None:
         # a default sweep decodes in: a knee measured in one dtype says nothing about the other.
         from scylla_impl.target import auto_dtype
 
-        options.dtype = auto_dtype(options.target, str(run.device))
+        try:
+            options.dtype = auto_dtype(options.target, str(run.device))
+        except Exception as err:  # a target that cannot load here (memory, an adapter bug): the rest still runs
+            options.dtype = precision.fast_dtype(str(run.device))
+            run.unmeasured.append(Unmeasured("dtype", f"auto could not time target {options.target!r} "
+                                                      f"({type(err).__name__}: {err}); {options.dtype} by the "
+                                                      "matmul rule"))
         run.record.options["dtype"] = options.dtype
         run.record.options["dtype_requested"] = dtypes.AUTO
 

@@ -27,7 +27,7 @@ from roofline.spec_sheet import (
 )
 from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
-from scylla_impl.target import auto_dtype
+from scylla_impl import precision
 from workloads.errors import ScyllaError
 
 # -- policy (Theorem 1.3) ---------------------------------------------------------------------
@@ -316,9 +316,13 @@ def _tiny_plan(**over):
     return Plan(**base)
 
 
-def _target_fails_to_load(monkeypatch) -> None:
-    """A target that passes the checks but cannot load on this device (too little memory, say)."""
+def _target_fails_to_load(monkeypatch, tmp_path) -> None:
+    """A target that passes the checks but cannot load on this device (too little memory, say);
+    `auto` has no remembered verdict for it either, so it would have to load it to time it."""
+    from scylla_impl import target as target_mod
     from scylla_impl.target import Target
+
+    monkeypatch.setattr(target_mod, "scylla_home", lambda: tmp_path)
 
     def load(*args, **kwargs):
         raise RuntimeError("not enough memory on this device for the target")
@@ -332,7 +336,7 @@ def test_profile_completes_without_a_target(tmp_path, monkeypatch, default_model
 
     # Pretend the LLC is 256 KiB so 1 MiB buffers count as past it: a quick, complete run.
     monkeypatch.setattr(DeviceFacts, "llc_bytes", property(lambda self: 256 << 10))
-    _target_fails_to_load(monkeypatch)
+    _target_fails_to_load(monkeypatch, tmp_path)
     doc = prof.run_profile(prof.ProfileOptions(out=tmp_path / "p", device="cpu", target="default",
                                                plan=_tiny_plan(), progress=False))
     on_disk = json.loads((tmp_path / "p" / "profile.json").read_text())
@@ -345,8 +349,10 @@ def test_profile_completes_without_a_target(tmp_path, monkeypatch, default_model
     assert on_disk["knee_tokens"] is None and on_disk["topk_policy"] == []
     whats = {u["what"] for u in on_disk["unmeasured"]}
     assert {"knee", "topk_policy", "bandwidth.triton", "flops_per_s.float32_tf32", "spec"} <= whats
-    quoted = on_disk["i_crit"]["dtype"]  # `--dtype auto`: what a sweep decodes in by default
-    assert quoted == auto_dtype("default", "cpu") == on_disk["options"]["dtype"]
+    # `--dtype auto` times the target; one that cannot load leaves the bulk matmul rule, and says so
+    quoted = on_disk["i_crit"]["dtype"]
+    assert quoted == precision.fast_dtype("cpu") == on_disk["options"]["dtype"]
+    assert "dtype" in whats
     assert on_disk["i_crit"]["measured"] == pytest.approx(
         on_disk["flops_per_s"][quoted] / on_disk["bandwidth_peak_bytes_per_s"])
     import pandas as pd
@@ -366,7 +372,7 @@ def _fill(disk: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["previous profile", "new folders"])
-def test_profile_on_a_full_disk_is_one_error_and_leaves_nothing_behind(where, full_disk, monkeypatch,
+def test_profile_on_a_full_disk_is_one_error_and_leaves_nothing_behind(where, full_disk, monkeypatch, tmp_path,
                                                                         default_model_dir):
     """The disk fills while the profile measures: one error line; a previous profile in --out is
     kept as it was, folders the run would have made are not left behind, nor are temp files."""
@@ -374,7 +380,7 @@ def test_profile_on_a_full_disk_is_one_error_and_leaves_nothing_behind(where, fu
     from roofline.device_facts import DeviceFacts
 
     monkeypatch.setattr(DeviceFacts, "llc_bytes", property(lambda self: 256 << 10))
-    _target_fails_to_load(monkeypatch)  # the knee is not what this checks: skip its time
+    _target_fails_to_load(monkeypatch, tmp_path)  # the knee is not what this checks: skip its time
     if where == "previous profile":
         out = full_disk / "prof"
         out.mkdir()
