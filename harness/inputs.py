@@ -3,10 +3,10 @@
 A cell's id hashes its settings (harness/cells.py); the inputs behind those settings are
 pinned here, per results folder, in `inputs.json`: each dataset's checksum, each target's
 fingerprint, each draft checkpoint's weights hash, and the precision `--dtype` resolved to
-(`auto` is measured per machine, scylla_impl/precision.py). The first sweep into a folder
-records them; a resume that reads a different file under the same name (another `--data-dir`,
-a retrained draft, other weights at the target's path) or decodes in another precision is
-refused before it measures anything.
+(`auto` is timed per model and machine: scylla_impl/target.py, `auto_dtype`). The first sweep
+into a folder records them; a resume that reads a different file under the same name (another
+`--data-dir`, a retrained draft, other weights at the target's path) or decodes in another
+precision is refused before it measures anything.
 The dataset checksums are known to the driver before any model loads; the target and draft
 are checked by the worker right after loading them.
 """

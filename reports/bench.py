@@ -201,11 +201,12 @@ def choose_threads(requested: str) -> int:
 
 def choose_dtype(requested: str, profile: Path | None) -> str:
     """The target dtype: `auto` takes the one the profile measured its verify knee in, which
-    `profile --dtype auto` chose as the faster of bf16 and fp32 for decoding (few-row matmuls,
-    scylla_impl/precision.py): bf16 on GPUs; fp32 on a CPU that emulates bf16 (9-25x slower
-    there) and on AVX-512 BF16 CPUs whose few-row bf16 matmuls lose to the fp32 kernel. The
-    sweep's top_k auto then prices its trees with a verify curve measured in the dtype it runs
-    in. Without a profile the sweep's own `auto` decides, by the same rule.
+    `profile --dtype auto` chose as the faster of bf16 and fp32 for decoding this target
+    (scylla_impl/target.py, `auto_dtype`): bf16 on GPUs; fp32 on a CPU that emulates bf16
+    (9-25x slower there); elsewhere whichever the model itself decodes faster, timed once
+    (fp32 on these AVX-512 BF16 CPUs). The sweep's top_k auto then prices its trees with a
+    verify curve measured in the dtype it runs in. Without a profile the sweep's own `auto`
+    decides, by the same rule.
     """
     if requested != "auto" or profile is None:
         return requested

@@ -96,8 +96,8 @@ class TrainConfig:
                          choices=("cache", "online"))
     # "auto" resolves on construction by the bulk rule (scylla_impl/precision.py): features are
     # hundreds of rows per matmul, where native bf16 extracts ~4x faster than fp32. Decoding may
-    # run in fp32 on the same CPU (its few-row rule): the draft then reads fp32 hidden states,
-    # which differ from its bf16 features by bf16's rounding only.
+    # run in fp32 on the same CPU (`auto` timed on the model, scylla_impl/target.py): the draft
+    # then reads fp32 hidden states, which differ from its bf16 features by bf16's rounding only.
     dtype: str = _opt(dtypes.AUTO, "target precision for its features and labels; auto: bf16 where native and "
                                    "faster for many-row matmuls", choices=dtypes.CHOICES)
     autocast: str = _opt("auto", "bf16 autocast of the draft's training: auto = where measured faster than fp32",
