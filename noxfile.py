@@ -1,5 +1,6 @@
 """Sessions: `tests` (fast suite), `slow` (long end-to-end tests), `bench` (the main job),
-`speed` (the decode-speed benchmark: AR vs speculative tokens/s and the step split), `lint`."""
+`speed` (the decode-speed benchmark: AR vs speculative tokens/s and the step split), `gpu`
+(one-command validation on an NVIDIA GPU), `lint`."""
 
 import os
 
@@ -61,3 +62,12 @@ def speed(session: nox.Session) -> None:
     session.run("python", "-m", "reports.speed", *session.posargs)
     session.run("pytest", "tests/benchmarks/test_decode_speed.py", "-m", "bench", "-s", "-p", "no:cacheprovider",
                 "--benchmark-columns=min,median,rounds")
+
+
+@nox.session(python="3.11")
+def gpu(session: nox.Session) -> None:
+    """Validate on an NVIDIA GPU: profile (SM read kernel, bf16 GEMM sweep), the bf16 lossless
+    check, a sweep at batch 1 to 64, the report, one summary against the datasheet (reports/gpu.py).
+    Without a GPU it says so and fails; `nox -s gpu -- --device cpu` checks the plumbing."""
+    _install(session)
+    session.run("python", "-m", "reports.gpu", *session.posargs)

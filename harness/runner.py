@@ -345,7 +345,8 @@ class CellWorker:
         got.stats.append(stats)
         for r, i in enumerate(chunk):
             got.outputs.append(dict(cell_id=cell.cell_id, prompt_id=str(prompts[i].id), turn=turn, batch=call, row=r,
-                                    token_ids=[int(t) for t in result.token_ids[r]]))
+                                    token_ids=[int(t) for t in result.token_ids[r]],
+                                    rivals=result.rivals[r] if result.rivals is not None else None))
         if not self.settings.step_table:
             return
         for s in range(stats.steps):
@@ -574,7 +575,9 @@ def derive(store: ResultStore, cell: Cell, by_id: dict[str, Cell], only_missing:
         if cell.temperature == 0:
             mine, theirs = store.read_outputs(cell.cell_id), store.read_outputs(partner)
             if mine is not None and theirs is not None:
-                changes["lossless"], changes["lossless_mismatches"] = metrics.compare_outputs(mine, theirs)
+                check = metrics.compare_outputs({k: r.token_ids for k, r in mine.items()}, theirs)
+                changes.update(lossless=check.lossless, lossless_mismatches=check.mismatches,
+                               lossless_near_ties=check.near_ties)
     if any(not _same(row.get(k), v) for k, v in changes.items()):
         return store.update_row(cell.cell_id, **changes)
     return row

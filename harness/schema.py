@@ -10,7 +10,7 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 3  # 2: draft_hash; 3: matmul
+SCHEMA_VERSION = 4  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -97,6 +97,7 @@ RESULT_FIELDS: list[pa.Field] = [
     # correctness
     pa.field("lossless", pa.bool_()),
     pa.field("lossless_mismatches", pa.int64()),
+    pa.field("lossless_near_ties", pa.int64()),
     # bookkeeping
     pa.field("started_at", _TS),
     pa.field("duration_s", pa.float64()),
@@ -129,6 +130,10 @@ OUTPUT_FIELDS: list[pa.Field] = [
     pa.field("batch", pa.int64()),
     pa.field("row", pa.int64()),
     pa.field("token_ids", pa.list_(pa.int32())),
+    # AR cells at T=0 only (null elsewhere): per token, its rivals, the tokens whose logit was
+    # within rounding of it (scylla_impl/decode.py), so a divergence at a near-tie is told
+    # from a real one (harness/metrics.py).
+    pa.field("rivals", pa.list_(pa.list_(pa.int32()))),
 ]
 OUTPUT_SCHEMA = pa.schema(OUTPUT_FIELDS)
 

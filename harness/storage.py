@@ -26,7 +26,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,15 @@ _OUR_TMP = re.compile(r"\..+\.\d+\.tmp")  # .<name>.<pid>.tmp, as workloads.file
 def atomic_write_table(table: pa.Table, path: Path) -> None:
     """Write a Parquet file whole or not at all (workloads.files.atomic_write)."""
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One request's tokens as a cell's outputs file holds them; an AR cell at T=0 also keeps,
+    per token, its rivals: the tokens within rounding of it (scylla_impl/decode.py; else None)."""
+
+    token_ids: Sequence[int]
+    rivals: Sequence[Sequence[int]] | None = None
 
 
 class ResultStore:
@@ -169,16 +179,16 @@ class ResultStore:
         atomic_write_table(rows_to_table([row]), self.row_path(cell_id))
         return row
 
-    def read_outputs(self, cell_id: str) -> dict[tuple[str, int], list[int]] | None:
+    def read_outputs(self, cell_id: str) -> dict[tuple[str, int], Reference] | None:
+        """(prompt id, turn) -> the tokens, with AR's runner-ups and gaps where recorded."""
         p = self.outputs_path(cell_id)
         if not p.exists():
             return None
-        t = pq.read_table(p)
+        t = pq.read_table(p).cast(OUTPUT_SCHEMA)
         return {
-            (pid, turn): ids
-            for pid, turn, ids in zip(
-                t.column("prompt_id").to_pylist(), t.column("turn").to_pylist(), t.column("token_ids").to_pylist()
-            )
+            (pid, turn): Reference(ids, rivals)
+            for pid, turn, ids, rivals in zip(*(t.column(name).to_pylist() for name in (
+                "prompt_id", "turn", "token_ids", "rivals")))
         }
 
     def write_run(self, run_id: str, info: dict[str, Any]) -> None:

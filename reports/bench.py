@@ -80,7 +80,7 @@ def _say(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
 
 
-def _run(cmd: list[str], what: str, written: Path | None = None) -> None:
+def run_step(cmd: list[str], what: str, written: Path | None = None) -> None:
     """Run a step; a non-zero exit ends the job, unless the step still wrote `written` (a sweep
     with failed cells): those failures are the regression check's to report."""
     _say(f"{what}: {' '.join(cmd)}")
@@ -95,17 +95,18 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _scylla(*args: str) -> list[str]:
+def scylla_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "harness.cli", *args]
 
 
-def resolve_drafts(given: list[str], methods=METHODS, untrained: bool = False) -> tuple[list[str], bool]:
+def resolve_drafts(given: list[str], methods=METHODS, untrained: bool = False,
+                   device: str = "cpu") -> tuple[list[str], bool]:
     """METHOD=SPEC per speculative method, and whether they are trained checkpoints.
 
     Order: --draft flags, then $SCYLLA_BENCH_DRAFTS ("eagle2=DIR,eagle3=DIR,scylla=DIR"),
     then the engine's trained default drafts (scylla_impl/trained.py), which are trained
     on first use and kept in SCYLLA_HOME: the first run of the job on a fresh machine
-    includes that training. `--untrained` asks for random-init drafts instead (a quick
+    includes that training, on `device`. `--untrained` asks for random-init drafts instead (a quick
     plumbing run); the job then says so loudly, and never does it on its own.
     """
     specs = list(given)
@@ -123,7 +124,7 @@ def resolve_drafts(given: list[str], methods=METHODS, untrained: bool = False) -
     from scylla_impl.trained import DEFAULT_DRAFTS, ensure_trained_draft, trained_draft
 
     quiet_libraries()
-    target = Target.load("default", dtype="float32")
+    target = Target.load("default", dtype="float32", device=device)
     for m in missing:
         if m not in DEFAULT_DRAFTS:
             raise ScyllaError(f"no default draft for method {m!r}: pass --draft {m}=DIR")
@@ -155,7 +156,7 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
     run = dict(cfg, drafts=drafts)
     if plant:
         run.update(PLANTS[plant])
-    cmd = _scylla("sweep", "--target", run["target"], "--methods", "ar," + run["methods"],
+    cmd = scylla_cli("sweep", "--target", run["target"], "--methods", "ar," + run["methods"],
                   "--temperatures", run["temperatures"], "--out", str(out), "--threads", str(threads))
     for name in SWEEP_OPTIONS:
         cmd += [_flag(name), str(run[name])]
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
         profile = None if args.no_profile else out / "profile"
         if profile is not None and not (args.resume and (profile / PROFILE_FILE).is_file()):
-            _run(_scylla("profile", "--quick", "--dtype", "auto", "--out", str(profile)), "profile")
+            run_step(scylla_cli("profile", "--quick", "--dtype", "auto", "--out", str(profile)), "profile")
         args.dtype = choose_dtype(args.dtype, profile)
         _say(f"target dtype: {args.dtype}")
         cfg = sweep_config(args, drafts)
@@ -290,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant, threads)
         if args.resume and sweep_dir.exists():
             cmd.append("--resume")
-        _run(cmd, "sweep", written=sweep_dir / "results.parquet")
-        report_cmd = _scylla("report", str(sweep_dir), "-o", str(out / "report.html"), "--title", "scylla-bench: nox -s bench")
+        run_step(cmd, "sweep", written=sweep_dir / "results.parquet")
+        report_cmd = scylla_cli("report", str(sweep_dir), "-o", str(out / "report.html"), "--title", "scylla-bench: nox -s bench")
         if profile is not None:
             report_cmd += ["--profile", str(profile)]
-        _run(report_cmd, "report")
+        run_step(report_cmd, "report")
 
         cells = pd.read_parquet(sweep_dir / "results.parquet")
         print("\n" + regression.summary_table(cells) + "\n", flush=True)

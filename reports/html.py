@@ -390,9 +390,11 @@ def _checks(res: Results, loss: pd.DataFrame) -> str:
     if len(loss):
         out.append(render_table(loss, [
             Col("method", "method", method_label), Col("cells_t0", "cells at T=0", fint, True),
-            Col("passed", "identical to AR", fint, True), Col("mismatched", "mismatched", fint, True),
-            Col("not_checked", "not checked", fint, True),
-        ], "lossless", "At T=0 every speculative output must equal the AR output of the same prompts, token for token."))
+            Col("passed", "lossless", fint, True), Col("mismatched", "mismatched", fint, True),
+            Col("not_checked", "not checked", fint, True), Col("near_ties", "requests parted at a near-tie", fint, True),
+        ], "lossless", "At T=0 every speculative output must equal the AR output of the same prompts, token for token, "
+                       "or part from it only at a near-tie: a token where AR's two best logits were within rounding of "
+                       "each other (docs/results-schema.md) and the speculative side took the second."))
     bad = tables.lossless_failures(res.ok)
     if len(bad):
         out.append('<p class="bad">Cells whose output differed from AR:</p>')

@@ -76,6 +76,7 @@ EXPECTED_COLUMNS: dict[str, str] = {
     "decode_s": "float64",
     "peak_memory_bytes": "Int64",
     "lossless": "boolean",
+    "lossless_near_ties": "Int64",
     "started_at": "object",
     "duration_s": "float64",
 }

@@ -409,8 +409,9 @@ def lossless_table(ok: pd.DataFrame) -> pd.DataFrame:
             "passed": int((t0["lossless"] == True).sum()),  # noqa: E712  (nullable boolean)
             "mismatched": int((t0["lossless"] == False).sum()),  # noqa: E712
             "not_checked": int(t0["lossless"].isna().sum()),
+            "near_ties": int(t0["lossless_near_ties"].fillna(0).sum()),
         })
-    out = pd.DataFrame(rows, columns=["method", "cells_t0", "passed", "mismatched", "not_checked"])
+    out = pd.DataFrame(rows, columns=["method", "cells_t0", "passed", "mismatched", "not_checked", "near_ties"])
     if len(out):
         order = {m: i for i, m in enumerate(ordered(out["method"], METHOD_ORDER))}
         out = out.sort_values("method", key=lambda s: s.map(order)).reset_index(drop=True)

@@ -23,6 +23,7 @@ from scylla_impl.kv_cache import RowKVCache
 
 class TargetModel(Protocol):
     device: torch.device
+    dtype: torch.dtype  # the weights' and activations' precision (logits come back as float32)
     eos_ids: frozenset[int]
 
     def new_cache(self, batch_size: int, capacity: int = 256) -> RowKVCache:

@@ -77,6 +77,10 @@ class GenerationResult:
     texts: list[str]
     stats: DecodeStats
     config: DecodeConfig = field(default_factory=DecodeConfig)
+    # Greedy AR only, one entry per token of token_ids: its rivals there (`rivals`). The
+    # lossless check reads them to tell a near-tie broken the other way by rounding (bf16)
+    # from a real divergence (harness/metrics.py).
+    rivals: list[list[list[int]]] | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -131,6 +135,8 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
 
     rows = Rows([[int(t)] for t in roots.tolist()], [t in eos or config.max_new_tokens <= 1 for t in roots.tolist()],
                 list(range(b)))
+    if draft is None and config.temperature == 0:
+        rows.rivals = [[tied] for tied in rivals(out.logits[:, 0], roots, target.dtype)]
     front = Frontier(*_leave(target, draft, cache, rows, front.roots, front.root_logprobs, front.root_out))
     counts: list[StepCounts] = []
     step_s: list[float] = []
@@ -158,7 +164,32 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
         first_tokens=np.ones(b, dtype=np.int64),
     )
     texts = [target.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows.outputs]
-    return GenerationResult(rows.outputs, texts, stats, config)
+    return GenerationResult(rows.outputs, texts, stats, config, rows.rivals)
+
+
+# A token's rivals: the other tokens whose logit lies within this many units in the last place
+# (of the chosen logit, in the target's dtype) of the chosen one. A verify of a tree and a
+# one-token AR step run different matmul shapes, so in reduced precision a logit can come out
+# an ulp or two apart, and between rivals that decides which one the argmax takes. Measured in
+# bf16 on the embedded target (README, "lossless"): every divergence between speculative and
+# AR outputs on 48 cells sat at a lead of 0-2 ulps, while 11% of AR's tokens lead by that
+# little. In float32 through the few-row kernel AR and verify give the same bits.
+NEAR_TIE_ULPS = 2.0
+MAX_RIVALS = 8  # exact ties among more tokens keep the first 8: the check then errs strict
+
+
+def rivals(logits: torch.Tensor, chosen: torch.Tensor, dtype: torch.dtype) -> list[list[int]]:
+    """logits [b, V] (float32 from a `dtype` model), chosen [b] -> per row, the other tokens
+    within NEAR_TIE_ULPS of the chosen token's logit."""
+    picked = logits.gather(1, chosen[:, None])  # [b, 1]
+    ulp = torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(picked.abs().clamp_min(1.0))))  # [b, 1]
+    close = (picked - logits <= NEAR_TIE_ULPS * ulp).scatter(1, chosen[:, None], False)  # [b, V]
+    rows, tokens = close.nonzero(as_tuple=True)
+    out: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    for r, t in zip(rows.tolist(), tokens.tolist()):
+        if len(out[r]) < MAX_RIVALS:
+            out[r].append(t)
+    return out
 
 
 @dataclass
@@ -170,6 +201,7 @@ class Rows:
     outputs: list[list[int]]
     done: list[bool]
     live: list[int]
+    rivals: list[list[list[int]]] | None = None  # greedy AR: per output token, see GenerationResult
 
 
 @dataclass
@@ -220,6 +252,9 @@ def step(target: TargetModel, draft: DraftModel | None, cache, front: Frontier, 
     new_tokens.scatter_(1, (verdict.path_len - 1)[:, None], verdict.bonus[:, None])
     counted = _emit(rows, new_tokens.tolist(), verdict.path_len.tolist(), verdict.accepted.tolist(),
                     tree.size - 1, target.eos_ids, config.max_new_tokens)
+    if rows.rivals is not None:  # greedy AR: each row emitted one token, the bonus
+        for r, tied in zip(rows.live, rivals(scored.logits[:, 0], verdict.bonus, target.dtype)):
+            rows.rivals[r].append(tied)
     if draft is None:
         return Frontier(*_leave(target, draft, cache, rows, verdict.bonus)), counted
     feats = scored.layer_inputs if layers else scored.hidden  # [b, n, h or 3h]

@@ -4,7 +4,7 @@ own generate, on real MT-bench prompts, in float32, across drafts, tree shapes a
 import pytest
 import torch
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import DecodeConfig, generate, rivals
 from scylla_impl.drafts import OracleDraft, load_draft
 
 N_PROMPTS = 20
@@ -152,3 +152,24 @@ def test_finished_rows_leave_the_batch(target_fp32, prompts, monkeypatch, spec):
         assert min(active) < max(active), f"rows should finish at different steps: {active}"
     alone = [generate(target_fp32, [p], draft, config).token_ids[0] for p in batch]
     assert_same(target_fp32, batch, result.token_ids, alone, f"{spec}: batch against alone")
+
+
+def test_greedy_ar_records_each_tokens_rivals(target_fp32, prompts):
+    """The near-tie evidence the sweep's lossless check reads (harness/metrics.py): per emitted
+    token, the other tokens within NEAR_TIE_ULPS of its logit, as `rivals` finds them in a
+    batch whose rows finish apart, and as a fresh forward over the prompt and the tokens before
+    it confirms: the token is that forward's argmax, and no other token is closer than its rivals."""
+    batch = prompts[8:11]
+    result = generate(target_fp32, batch, None, DecodeConfig(max_new_tokens=6))
+    assert generate(target_fp32, batch[:1], load_draft("lookup", target_fp32),
+                    DecodeConfig(top_k=1, depth=2, total_tokens=3, max_new_tokens=3)).rivals is None
+    for prompt, ids, tied in zip(batch, result.token_ids, result.rivals):
+        assert len(tied) == len(ids)
+        with torch.no_grad():
+            logits = target_fp32.features(torch.tensor([prompt + ids[:-1]])).logits[0, len(prompt) - 1:]  # [len(ids), V]
+        assert logits.argmax(-1).tolist() == ids
+        assert rivals(logits, torch.tensor(ids), torch.float32) == tied
+    # Synthetic bf16-like logits: exact ties and one-ulp gaps around 20 (ulp 0.125) are rivals.
+    logits = torch.full((1, 10), -5.0)
+    logits[0, [2, 3, 7, 9]] = torch.tensor([20.0, 20.0, 19.75, 19.625])
+    assert rivals(logits, torch.tensor([2]), torch.bfloat16) == [[3, 7]]

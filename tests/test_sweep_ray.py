@@ -121,6 +121,7 @@ def kill_when_announced(announce: Path) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow  # about 30-45 s on 2 cores: actors start twice
 def test_killed_worker_is_recorded_failed_then_retried(tiny_target, shared_eval_dir, tmp_path):
     keys = sweep_keys(tiny_target, shared_eval_dir, datasets="gsm8k", executor="ray", retries="0")
     spec = build_spec(None, keys)

@@ -107,16 +107,21 @@ def ok_row(cell, tokens_per_s: float) -> dict:
     return row
 
 
-def outputs(cell, seqs) -> pa.Table:
+def outputs(cell, seqs, rivals=None) -> pa.Table:
     return pa.Table.from_pylist(
-        [dict(cell_id=cell.cell_id, prompt_id=str(i), turn=0, batch=i, row=0, token_ids=s) for i, s in enumerate(seqs)],
+        [dict(cell_id=cell.cell_id, prompt_id=str(i), turn=0, batch=i, row=0, token_ids=s,
+              rivals=rivals and rivals[i]) for i, s in enumerate(seqs)],
         schema=OUTPUT_SCHEMA,
     )
 
 
-@pytest.mark.parametrize(("spec_tokens", "lossless", "mismatches"), [([[1, 2, 3], [4, 5]], True, 0),
-                                                                     ([[1, 2, 3], [4, 9]], False, 1)])
-def test_derive_speedup_and_lossless_catches_planted_mismatch(tmp_path, spec_tokens, lossless, mismatches):
+@pytest.mark.parametrize(("spec_tokens", "lossless", "mismatches", "ties"), [
+    ([[1, 2, 3], [4, 5]], True, 0, 0),
+    ([[1, 2, 3], [4, 9]], False, 1, 0),
+    ([[1, 2, 3], [4, 7]], True, 0, 1),  # one of AR's rivals at the token where they part
+    ([[1, 2, 3], [9, 7]], False, 1, 0),  # parts a token earlier, where AR had no rival
+])
+def test_derive_speedup_and_lossless_catches_planted_mismatch(tmp_path, spec_tokens, lossless, mismatches, ties):
     ar, sc = plan(spec())
     assert ar.is_ar and sc.ar_partner == ar.cell_id
     store = ResultStore(tmp_path)
@@ -125,11 +130,13 @@ def test_derive_speedup_and_lossless_catches_planted_mismatch(tmp_path, spec_tok
     # the speculative cell may finish first (another executor, an earlier run): nothing to derive yet
     store.write_cell(ok_row(sc, 30.0), outputs(sc, spec_tokens))
     assert derive(store, sc, by_id)["speedup_vs_ar"] is None
-    store.write_cell(ok_row(ar, 20.0), outputs(ar, [[1, 2, 3], [4, 5]]))
+    store.write_cell(ok_row(ar, 20.0),
+                     outputs(ar, [[1, 2, 3], [4, 5]], rivals=[[[], [], []], [[], [7, 8]]]))
     derive(store, ar, by_id)
     row = derive(store, sc, by_id)
     assert row["speedup_vs_ar"] == pytest.approx(1.5) and row["ar_tokens_per_s"] == 20.0
     assert row["lossless"] is lossless and row["lossless_mismatches"] == mismatches
+    assert row["lossless_near_ties"] == ties
     assert store.read_row(sc.cell_id)["lossless"] is lossless  # persisted
     assert store.read_row(ar.cell_id)["speedup_vs_ar"] == 1.0 and store.read_row(ar.cell_id)["lossless"] is None
 

@@ -66,6 +66,7 @@ def test_force_on_a_user_folder_deletes_nothing(tiny_target, corpus, tmp_path):
         assert snapshot(mine) == before
 
 
+@pytest.mark.slow  # about 30 s on 2 cores: a real training run first
 def test_force_validates_every_input_before_clearing_a_run(tiny_target, corpus, tmp_path):
     run = tmp_path / "run"
     first = scylla_train(*run_args(tiny_target, corpus, run), home=tmp_path / "home")

@@ -137,6 +137,11 @@ def _print_plan(cells) -> None:
             click.echo(f"  {c.label()}: {c.reason}")
 
 
+def _lossless(row: dict[str, Any]) -> str:
+    ties = row.get("lossless_near_ties") or 0
+    return _fmt(row["lossless"]) + (f" ({ties} near-tie{'s' if ties > 1 else ''})" if ties else "")
+
+
 def _print_results(rows: list[dict[str, Any]]) -> None:
     header = ["method", "dataset", "batch", "top_k", "depth", "T", "tau", "tok/s", "speedup", "lossless", "status"]
     body = []
@@ -145,7 +150,7 @@ def _print_results(rows: list[dict[str, Any]]) -> None:
         k = "-" if k is None else (f"auto->{k}" if r["top_k_setting"] == "auto" else str(k))
         body.append([
             r["method"], r["dataset"], str(r["batch_size"]), k, _fmt(r["depth"]), f"{r['temperature']:g}",
-            _fmt(r["tau"]), _fmt(r["tokens_per_s"], 1), _fmt(r["speedup_vs_ar"]), _fmt(r["lossless"]),
+            _fmt(r["tau"]), _fmt(r["tokens_per_s"], 1), _fmt(r["speedup_vs_ar"]), _lossless(r),
             r["status"] if r["status"] == "ok" else f"{r['status']}: {(r['error'] or '')[:60]}",
         ])
     if body:
