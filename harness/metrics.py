@@ -121,8 +121,8 @@ class LosslessCheck:
 
     A request that parts from AR at a token where the speculative side took one of AR's rivals
     there (a token whose logit was within rounding of AR's choice: scylla_impl/decode.py,
-    NEAR_TIE_ULPS) is a near-tie; any other difference (another token, a wider gap, a missing request, one
-    output a prefix of the other) is a mismatch. Lossless means no mismatch.
+    NEAR_TIE_ULPS) is a near-tie; any other difference (a token that was no rival, a missing
+    request, one output a prefix of the other) is a mismatch. Lossless means no mismatch.
     """
 
     mismatches: int

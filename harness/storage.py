@@ -180,7 +180,7 @@ class ResultStore:
         return row
 
     def read_outputs(self, cell_id: str) -> dict[tuple[str, int], Reference] | None:
-        """(prompt id, turn) -> the tokens, with AR's runner-ups and gaps where recorded."""
+        """(prompt id, turn) -> the tokens, with AR's rivals where recorded."""
         p = self.outputs_path(cell_id)
         if not p.exists():
             return None

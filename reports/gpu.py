@@ -33,8 +33,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports import tables
 from reports.bench import resolve_drafts, run_step, scylla_cli
-from roofline.profile_doc import read_profile_doc
+from reports.regression import summary_table
+from roofline.profile_doc import ProfileDoc, read_profile_doc
 from scylla_impl.methods import TRAINED
 from workloads.errors import ScyllaError
 
@@ -116,9 +118,8 @@ def _fmt(value: float | None, scale: float, unit: str) -> str:
     return f"{value / scale:,.2f} {unit}" if value else "-"
 
 
-def hardware_lines(profile: Path, dtype: str = DTYPE) -> list[str]:
+def hardware_lines(doc: ProfileDoc, dtype: str = DTYPE) -> list[str]:
     """The profile's figures beside the datasheet's and the targets; matmul in `dtype`."""
-    doc = read_profile_doc(profile)
     read = doc.bandwidth.get("read")
     flops = doc.flops.get(dtype)
     rows = [  # label, measured, datasheet, scale, unit, target, the profile's name for it
@@ -146,38 +147,19 @@ def hardware_lines(profile: Path, dtype: str = DTYPE) -> list[str]:
 
 
 def lossless_lines(cells: pd.DataFrame, dtype: str = DTYPE) -> tuple[list[str], int]:
-    """The lossless check over every speculative cell; -> (lines, cells not lossless or unchecked)."""
-    spec = cells[(cells["status"] == "ok") & (cells["method"] != "ar")]
-    checked = spec[spec["lossless"].notna()]
-    bad = checked[checked["lossless"] == False]  # noqa: E712  (nullable boolean)
-    ties = int(checked["lossless_near_ties"].fillna(0).sum())
-    requests = int(checked["n_requests"].fillna(0).sum())
-    lines = [f"lossless ({dtype}, T=0): {len(checked) - len(bad)} of {len(checked)} speculative cells; "
-             f"{ties} of {requests} requests parted from AR at a near-tie (its token within NEAR_TIE_ULPS of AR's: scylla_impl/decode.py)"]
-    if len(spec) > len(checked):
-        lines.append(f"  {len(spec) - len(checked)} speculative cells had no AR partner to check against")
-    for _, r in bad.iterrows():
+    """The lossless check over every speculative cell (reports/tables.py's counts); -> (lines,
+    cells not lossless or unchecked)."""
+    ok = cells[cells["status"] == "ok"]
+    counts = tables.lossless_table(ok)[["passed", "mismatched", "not_checked", "near_ties"]].sum()
+    lines = [f"lossless ({dtype}, T=0): {counts.passed} of {counts.passed + counts.mismatched} speculative cells; "
+             f"{counts.near_ties} requests parted from AR at a near-tie (its token within NEAR_TIE_ULPS of AR's: "
+             "scylla_impl/decode.py)"]
+    if counts.not_checked:
+        lines.append(f"  {counts.not_checked} speculative cells had no AR partner to check against")
+    for _, r in tables.lossless_failures(ok).iterrows():
         lines.append(f"  NOT LOSSLESS: {r['method']} {r['dataset']} b{r['batch_size']} k{r['top_k']}: "
                      f"{r['lossless_mismatches']} requests differ")
-    return lines, len(bad) + (len(spec) - len(checked))
-
-
-def speedup_lines(cells: pd.DataFrame) -> list[str]:
-    """spec/AR tokens/s and tau by batch size, median over datasets, per method and tree setting."""
-    ok = cells[(cells["status"] == "ok") & (cells["method"] != "ar")].copy()
-    if ok.empty:
-        return ["no speculative cell finished"]
-    ok["tree"] = ok["top_k_setting"].where(ok["top_k_setting"] == "auto", "k" + ok["top_k"].astype("string"))
-    table = ok.groupby(["method", "tree", "batch_size"]).agg(speedup=("speedup_vs_ar", "median"), tau=("tau", "median"))
-    batches = sorted(ok["batch_size"].unique())
-    lines = ["spec/AR tokens/s (tau), median over datasets:",
-             f"  {'method':10} {'tree':6}" + "".join(f"{'b=' + str(b):>14}" for b in batches)]
-    for (method, tree), g in table.groupby(level=[0, 1]):
-        by_b = g.droplevel([0, 1])
-        cols = "".join(f"{by_b.speedup[b]:>7.2f} ({by_b.tau[b]:.2f})" if b in by_b.index else f"{'-':>14}"
-                       for b in batches)
-        lines.append(f"  {method:10} {tree:6}{cols}")
-    return lines
+    return lines, int(counts.mismatched + counts.not_checked)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                  "report")
         times["report"] = time.perf_counter() - t0
         cells = pd.concat([pd.read_parquet(out / p.name / "results.parquet") for p in parts], ignore_index=True)
-        hardware = hardware_lines(profile, args.dtype)
+        doc = read_profile_doc(profile)
     except ScyllaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -229,13 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     loss, not_lossless = lossless_lines(cells, args.dtype)
     failed = cells[cells["status"] == "failed"]
-    device_name = read_profile_doc(profile).device_name or args.device
+    device_name = doc.device_name or args.device
     print("\n" + "=" * 100)
     print(f"nox -s gpu summary: {device_name} ({args.device}), {args.dtype}, target {args.target}"
           + ("  [CPU PLUMBING CHECK, NOT A GPU VALIDATION]" if args.device == "cpu" else ""))
-    print("\n".join(hardware))
+    print("\n".join(hardware_lines(doc, args.dtype)))
     print("\n".join(loss))
-    print("\n".join(speedup_lines(cells)))
+    print("spec/AR by method, batch and tree, over datasets:\n" + summary_table(cells))
     for _, r in failed.iterrows():
         print(f"FAILED CELL: {r['method']} {r['dataset']} b{r['batch_size']}: {r['error']}")
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
