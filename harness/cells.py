@@ -52,6 +52,7 @@ class Cell:
     top_p: float
     seed: int
     system_prompt: str | None
+    compile: bool = False
     # planning outcome
     status: str = PLANNED
     reason: str | None = None
@@ -81,7 +82,7 @@ class Cell:
 IDENTITY = (
     "target", "method", "draft", "dataset", "batch_size", "top_k", "top_k_setting", "depth",
     "total_tokens", "temperature", "top_p", "max_new_tokens", "prompts", "turns", "seed",
-    "system_prompt", "dtype", "device",
+    "system_prompt", "dtype", "device", "compile",
 )
 
 
@@ -90,6 +91,8 @@ def cell_id(params: dict) -> str:
     ident = {k: params.get(k) for k in IDENTITY}
     ident["temperature"] = float(ident["temperature"])
     ident["top_p"] = float(ident["top_p"])
+    if not ident["compile"]:  # added with --compile: eager cells keep the ids they always had
+        del ident["compile"]
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -121,7 +124,7 @@ def plan(spec: SweepSpec, policy: TreePolicy | None = None) -> list[Cell]:
     shared = dict(
         target=spec.target, dtype=spec.dtype, device=spec.device, max_new_tokens=spec.max_new_tokens,
         prompts=spec.prompts, turns=spec.turns, top_p=spec.top_p, seed=spec.seed,
-        system_prompt=spec.system_prompt,
+        system_prompt=spec.system_prompt, compile=spec.compile,
     )
     cells: dict[str, Cell] = {}
 

@@ -80,13 +80,14 @@ class WorkerSettings:
     warmup: int
     step_table: bool
     out: str = ""
+    compile: bool = False
     # What the results folder was measured with (harness/inputs.py); a resume checks against it.
     inputs: Inputs = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: SweepSpec, out: str | Path = "", inputs: Inputs | None = None) -> WorkerSettings:
         return cls(target=spec.target, dtype=spec.dtype, device=spec.device, threads=spec.threads,
-                   data_dir=spec.data_dir, system_prompt=spec.system_prompt, warmup=spec.warmup,
+                   data_dir=spec.data_dir, system_prompt=spec.system_prompt, warmup=spec.warmup, compile=spec.compile,
                    step_table=spec.step_table, out=str(out), inputs=inputs or {})
 
 
@@ -176,7 +177,8 @@ class CellWorker:
             from scylla_impl.target import Target
 
             try:
-                self._target = Target.load(self.settings.target, dtype=self.settings.dtype, device=self.device)
+                self._target = Target.load(self.settings.target, dtype=self.settings.dtype, device=self.device,
+                                           compile=self.settings.compile)
             except ScyllaError:
                 raise
             except Exception as err:
@@ -251,6 +253,7 @@ class CellWorker:
         row["device"] = self.device
         row["dtype"] = str(self.target().dtype).removeprefix("torch.")  # what `auto` resolved to on this device
         row["matmul"] = self.target().matmul
+        row["compiled"] = self.target().compiled
         row["system_prompt"] = self.settings.system_prompt
         t0 = time.perf_counter()
         try:
@@ -308,8 +311,12 @@ class CellWorker:
         answers: list[list[str]] = [[] for _ in prompts]
         if self.settings.warmup > 0:
             first = [ids_for(i, 0, answers) for i in range(cell.batch_size)]
+            # Compiled steps: batch 1 is a shape of its own (torch specializes sizes 1), and a
+            # batch shrinks to it as rows finish, so it compiles here too, not in the timed run.
+            batches = [first, first[:1]] if target.compiled and cell.batch_size > 1 else [first]
             with _phase("warmup"):
-                self._generate(target, first, draft, self._config(cell, self.settings.warmup, cell.seed))
+                for batch in batches:
+                    self._generate(target, batch, draft, self._config(cell, self.settings.warmup, cell.seed))
             self._sync()
 
         if self.device.startswith("cuda"):

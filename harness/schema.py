@@ -10,7 +10,7 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 4  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups
+SCHEMA_VERSION = 5  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -57,6 +57,7 @@ RESULT_FIELDS: list[pa.Field] = [
     # environment
     pa.field("dtype", pa.string()),
     pa.field("matmul", pa.string()),  # "skinny" (scylla_impl/skinny_linear.py) or "torch"
+    pa.field("compiled", pa.bool_()),  # --compile: steps through torch.compile (scylla_impl/compiled.py)
     pa.field("device", pa.string()),
     pa.field("device_name", pa.string()),
     pa.field("threads", pa.int64()),

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from harness.executors import EXECUTORS
-from scylla_impl import devices, dtypes
+from scylla_impl import compiled, devices, dtypes
 from scylla_impl.methods import NAMES, TRAINED, TRAINING_FREE
 from workloads.errors import ScyllaError, os_error
 
@@ -56,6 +56,7 @@ class SweepSpec:
     profile: str | None = None
     dtype: str = dtypes.AUTO
     device: str = devices.AUTO
+    compile: bool = False
     threads: int | None = None
     seed: int = 0
     system_prompt: str | None = None
@@ -319,6 +320,7 @@ KEYS: dict[str, Key] = {
         Key("profile", _path, "roofline profile folder (from `scylla profile`), needed by top_k auto", "DIR"),
         Key("dtype", _choice(dtypes.CHOICES), "target and draft dtype; " + dtypes.DECODE_HELP, "DTYPE"),
         Key("device", lambda k, v, b: devices.check_name(_str(k, v)), "device: " + devices.HELP, "DEVICE"),
+        Key("compile", _bool, compiled.HELP + "; the warm-up compiles, so it needs --warmup >= 1", flag=True),
         Key("threads", _opt_int(1), "torch CPU threads (default: torch's)", "N"),
         Key("seed", _opt_int(0), "random seed", "N"),
         Key("system_prompt", lambda k, v, b: str(v) if v is not None else None, "system prompt for the chat template", "TEXT"),
@@ -418,6 +420,9 @@ def dataset_names() -> tuple[str, ...]:
 
 def validate(spec: SweepSpec) -> None:
     """Cross-key checks. Raises ScyllaError naming the fix."""
+    if spec.compile and spec.warmup < 1:
+        raise ScyllaError("compile: needs --warmup >= 1 (the warm-up compiles each cell's shapes; without it the "
+                          "compiles would land in the timed run)")
     known = dataset_names()
     for d in spec.datasets:
         if d not in known:

@@ -2,6 +2,7 @@
 
     nox -s speed                       # the embedded default, --dtype auto, every CPU
     python -m reports.speed --dtype float32 --json speed.json
+    python -m reports.speed --dtype float32 --compile    # the compiled path (scylla_impl/compiled.py)
 
 One process, one run, so every ratio compares numbers measured minutes apart on the same
 machine state:
@@ -33,7 +34,7 @@ from roofline.cpu_threads import auto_threads
 from roofline.knee import ModelStats, chat_prefix, measure_knee
 from roofline.timing import Timer
 from roofline.tree_costs import level_samples
-from scylla_impl import dtypes
+from scylla_impl import compiled, dtypes
 from scylla_impl.decode import PHASES, DecodeConfig, generate
 from scylla_impl.drafts import new_draft
 from scylla_impl.methods import BY_NAME, METHODS
@@ -66,6 +67,7 @@ class SpeedReport:
     dtype: str
     device: str
     threads: int
+    compiled: bool  # --compile: steps and draft levels through torch.compile
     weight_bytes: int
     weight_read_s: float
     verify_s: dict[int, float]  # tokens -> median seconds
@@ -125,14 +127,14 @@ def measure(target: Target, *, reps: int = 7, steps: int = 32) -> SpeedReport:
         step, phases, books = _split(generate(target, [prefix], draft, spec).stats)
         methods.append(MethodSpeed(name, level[1], level[TREE.top_k], step, phases, books))
     return SpeedReport(target.info.name, str(target.dtype).removeprefix("torch."), str(target.device),
-                       torch.get_num_threads(), nbytes, read.timing.median_s, verify, ar_step, ar_books, methods)
+                       torch.get_num_threads(), target.compiled, nbytes, read.timing.median_s, verify, ar_step, ar_books, methods)
 
 
 def format_report(r: SpeedReport) -> str:
     ms = 1e3
     ar = r.verify_s[1]
     lines = [
-        f"{r.target} ({r.dtype}, {r.device}, {r.threads} threads)",
+        f"{r.target} ({r.dtype}, {r.device}, {r.threads} threads{', compiled' if r.compiled else ''})",
         f"weight read   {r.weight_read_s * ms:7.1f} ms  ({r.weight_bytes / 1e6:.0f} MB at "
         f"{r.weight_bytes / r.weight_read_s / 1e9:.1f} GB/s)",
         f"AR forward    {ar * ms:7.1f} ms  = {ar / r.weight_read_s:.2f}x the weight read",
@@ -176,11 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=_threads, default="auto", help="torch threads: a number, or auto (every idle CPU)")
     ap.add_argument("--reps", type=_positive, default=7, help="timed repetitions per measurement (medians reported)")
     ap.add_argument("--steps", type=_positive, default=32, help="decode steps per timed generate")
+    ap.add_argument("--compile", action="store_true", help=compiled.HELP)
     ap.add_argument("--json", type=Path, help="also write the measurements here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        report = measure(Target.load(args.target, dtype=args.dtype, device=args.device), reps=args.reps,
+        target = Target.load(args.target, dtype=args.dtype, device=args.device, compile=args.compile)
+        report = measure(target, reps=args.reps,
                          steps=args.steps)
     except ScyllaError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,14 +7,22 @@ but not yet accepted (a draft tree) sit after `committed_end` in the tentative r
 `commit` moves each row's accepted tentative tokens down to that row's own length;
 `rollback` forgets the tentative region. Both the target and the drafts use this class,
 so the AR baseline and speculative decoding share one cache implementation.
+
+A static cache (`static=True`, the compiled path) keeps its buffers at `capacity` slots and
+hands attention the whole buffer, masking the slots not in use: a step's shapes then depend
+on the batch and the tokens it scores, never on how long the rows are, so one compiled graph
+serves every step (gpt-fast's pattern). Writes go through a slot-index tensor made before the
+forward, so nothing inside the forward reads the cache's Python counters.
 """
 
 import torch
 
 
 class RowKVCache:
-    def __init__(self, num_layers: int, batch_size: int, device: torch.device | str, capacity: int = 256):
+    def __init__(self, num_layers: int, batch_size: int, device: torch.device | str, capacity: int = 256,
+                 static: bool = False):
         self.num_layers = num_layers
+        self.static = static
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.capacity = capacity
@@ -25,10 +33,19 @@ class RowKVCache:
         self.tentative = 0  # tentative tokens appended after committed_end
         self.tentative_depths = torch.zeros(batch_size, 0, dtype=torch.long, device=self.device)  # [b, tentative]
         self._pending = 0  # tokens of the forward in flight (written by update())
+        self._slots: torch.Tensor | None = None  # static: the slots the forward in flight writes [q]
 
     # -- used by attention layers ------------------------------------------------
     def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this forward's keys/values [b, h, q, d]; return views over all live slots."""
+        """Append this forward's keys/values [b, h, q, d]; return views over all live slots
+        (static: the whole buffer)."""
+        if self.static:
+            if self.keys[layer] is None:
+                shape = (self.batch_size, key.shape[1], self.capacity, key.shape[-1])
+                self.keys[layer], self.values[layer] = key.new_zeros(shape), value.new_zeros(shape)
+            self.keys[layer].index_copy_(2, self._slots, key)
+            self.values[layer].index_copy_(2, self._slots, value)
+            return self.keys[layer], self.values[layer]
         q = key.shape[-2]
         start = self.committed_end + self.tentative
         end = start + q
@@ -37,20 +54,31 @@ class RowKVCache:
             self.keys[layer] = key.new_zeros(shape)
             self.values[layer] = value.new_zeros(shape)
         elif end + 1 > self.keys[layer].shape[2]:
-            self._grow(layer, end + 1)
+            self._grow(layer, max(end + 1, 2 * self.keys[layer].shape[2]))
         self.keys[layer][:, :, start:end] = key
         self.values[layer][:, :, start:end] = value
         self._pending = q
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def _grow(self, layer: int, needed: int) -> None:
+    def _grow(self, layer: int, size: int) -> None:
         old_k, old_v = self.keys[layer], self.values[layer]
-        size = max(needed, 2 * old_k.shape[2])
         new_k = old_k.new_zeros(*old_k.shape[:2], size, old_k.shape[-1])
         new_v = old_v.new_zeros(*old_v.shape[:2], size, old_v.shape[-1])
         new_k[:, :, : old_k.shape[2]] = old_k
         new_v[:, :, : old_v.shape[2]] = old_v
         self.keys[layer], self.values[layer] = new_k, new_v
+
+    def _reserve(self, q: int) -> None:
+        """Static: room for a forward of q tokens plus commit's scratch slot (the buffers double
+        when short, which costs one recompile), and the slots it writes."""
+        start = self.committed_end + self.tentative
+        if start + q + 1 > self.capacity:
+            self.capacity = max(start + q + 1, 2 * self.capacity)
+            for layer in range(self.num_layers):
+                if self.keys[layer] is not None:
+                    self._grow(layer, self.capacity)
+        self._slots = torch.arange(start, start + q, device=self.device)
+        self._pending = q
 
     # -- bookkeeping around one forward ---------------------------------------------
     def attention_mask(self, new_mask: torch.Tensor) -> torch.Tensor:
@@ -59,14 +87,20 @@ class RowKVCache:
         new_mask: bool [b, q, tentative + q], what each new token may see among the
         tentative tokens and the new ones (ancestors and itself). Committed tokens of
         the row are always visible; holes never. Returns bool [b, 1, q, kv] (True =
-        attend).
+        attend); kv is every slot of a static cache, whose unused slots are never visible.
+        A static cache reserves the forward's slots here, since the mask is made before it.
         """
         b, q, t = new_mask.shape
         if t != self.tentative + q:
             raise ValueError(f"new_mask covers {t} slots, expected {self.tentative + q}")
         slots = torch.arange(self.committed_end, device=self.device)
         prefix = (slots[None, :] < self.lengths[:, None])[:, None, :].expand(b, q, -1)
-        return torch.cat([prefix, new_mask.to(self.device)], dim=-1)[:, None]
+        parts = [prefix, new_mask.to(self.device)]
+        if self.static:
+            self._reserve(q)
+            unused = self.capacity - self.committed_end - t
+            parts.append(torch.zeros(b, q, unused, dtype=torch.bool, device=self.device))
+        return torch.cat(parts, dim=-1)[:, None]
 
     def positions(self, depths: torch.Tensor) -> torch.Tensor:
         """Absolute positions of new tokens at `depths` [b, q] below each row's next slot."""
@@ -79,7 +113,10 @@ class RowKVCache:
         b = self.batch_size
         slots = torch.arange(self.committed_end, device=self.device).expand(b, -1)  # [b, committed_end]
         tree = self.lengths[:, None] + torch.cat([self.tentative_depths, depths.to(self.device)], dim=1)
-        return torch.cat([slots, tree], dim=1)  # [b, committed_end + tentative + q]
+        parts = [slots, tree]
+        if self.static:  # unused slots: any position, the mask hides them
+            parts.append(slots.new_zeros(b, self.capacity - self.committed_end - tree.shape[1]))
+        return torch.cat(parts, dim=1)  # [b, committed_end + tentative + q] (static: [b, capacity])
 
     def advance(self, depths: torch.Tensor) -> None:
         """Called after each forward: the tokens just written, at `depths` [b, q], join the
@@ -87,6 +124,7 @@ class RowKVCache:
         self.tentative_depths = torch.cat([self.tentative_depths, depths.to(self.device)], dim=1)
         self.tentative += self._pending
         self._pending = 0
+        self._slots = None
 
     def commit(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
         """Keep, per row, tentative slots keep[row, :counts[row]] (ascending) and drop the rest."""
@@ -147,3 +185,4 @@ class RowKVCache:
         self.tentative = 0
         self.tentative_depths = self.tentative_depths[:, :0]
         self._pending = 0
+        self._slots = None

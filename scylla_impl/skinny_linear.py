@@ -184,7 +184,25 @@ def kernel():
         print(f"note: CPU matmul kernel unavailable ({first}); fp32 decode steps use torch's matmul",
               file=sys.stderr, flush=True)
         return None
+    global _BUILT
+    _BUILT = True
     return module.skinny_linear
+
+
+_BUILT = False  # kernel() has returned the kernel: compiled graphs read this, not the cached call
+
+
+@torch.library.custom_op("scylla::skinny_linear", mutates_args=())
+def _kernel_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The kernel as a torch operator, so a compiled graph (scylla_impl/compiled.py) calls it
+    inside the graph instead of breaking there. Eager calls skip it: the operator's dispatch
+    costs tens of microseconds, hundreds of times a step."""
+    return kernel()(x, weight)
+
+
+@_kernel_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
 
 
 _ENABLED = contextvars.ContextVar("skinny_linear_enabled", default=True)
@@ -206,10 +224,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear, through the kernel where it applies: fp32 on the CPU, at most MAX_ROWS rows,
     no autograd, not inside `off()`, and the kernel built here."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    applies = (_ENABLED.get() and 0 < rows <= MAX_ROWS and x.dtype == weight.dtype == torch.float32
+    # A compiled graph is always a decode step (training never compiles), and tracing cannot
+    # read the context variable.
+    compiling = torch.compiler.is_compiling()
+    applies = ((compiling or _ENABLED.get()) and 0 < rows <= MAX_ROWS
+               and x.dtype == weight.dtype == torch.float32
                and x.device.type == weight.device.type == "cpu" and weight.is_contiguous()
                and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
-    run = kernel() if applies else None
+    if compiling:
+        run = _kernel_op if applies and _BUILT else None
+    else:
+        run = kernel() if applies else None
     if run is None:
         return F.linear(x, weight, bias)
     y = run(x.reshape(rows, x.shape[-1]).contiguous(), weight)  # [rows, out]

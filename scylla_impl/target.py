@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
 from scylla_impl import devices, dtypes, gqa_attention, skinny_linear
+from scylla_impl.compiled import compile_step
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
@@ -132,13 +133,13 @@ class _RowLayer(DynamicLayer):
 class TargetCache(RowKVCache):
     """RowKVCache plus the transformers Cache view the model writes through."""
 
-    def __init__(self, num_layers: int, batch_size: int, device, capacity: int = 256):
-        super().__init__(num_layers, batch_size, device, capacity)
+    def __init__(self, num_layers: int, batch_size: int, device, capacity: int = 256, static: bool = False):
+        super().__init__(num_layers, batch_size, device, capacity, static)
         self.hf = Cache(layers=[_RowLayer(self, i) for i in range(num_layers)])
 
 
 class Target:
-    def __init__(self, model, tokenizer, info: TargetInfo):
+    def __init__(self, model, tokenizer, info: TargetInfo, compile: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = info
@@ -155,9 +156,14 @@ class Target:
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         # Few-row fp32 CPU matmuls at weight-read speed (skinny_linear.py); "torch" elsewhere.
         self.matmul = "skinny" if skinny_linear.install(model) else "torch"
+        # --compile: steps (not prefills) through one compiled forward over static caches.
+        self.compiled = compile
+        self.static_cache = compile  # compiled steps need fixed shapes; tests run static caches eagerly too
+        self._step_forward = compile_step(self._decode, "the target's step") if compile else self._decode
 
     @classmethod
-    def load(cls, name: str = "default", dtype: str | torch.dtype = dtypes.AUTO, device: str = "cpu") -> "Target":
+    def load(cls, name: str = "default", dtype: str | torch.dtype = dtypes.AUTO, device: str = "cpu",
+             compile: bool = False) -> "Target":
         device = devices.resolve(str(device))
         path = _model_path(name)
         torch_dtype = resolve_dtype(dtype, device, path)
@@ -178,7 +184,7 @@ class Target:
             num_layers=cfg.num_hidden_layers,
             fingerprint=_fingerprint(model),
         )
-        return cls(model, tokenizer, info)
+        return cls(model, tokenizer, info, compile)
 
     @torch.no_grad()
     def decode_step_seconds(self, reps: int = 5) -> float:
@@ -203,7 +209,7 @@ class Target:
 
     # -- cache ----------------------------------------------------------------------
     def new_cache(self, batch_size: int, capacity: int = 256) -> TargetCache:
-        return TargetCache(self.info.num_layers, batch_size, self.device, capacity)
+        return TargetCache(self.info.num_layers, batch_size, self.device, capacity, static=self.static_cache)
 
     def rollback(self, cache: TargetCache) -> None:
         cache.rollback()
@@ -232,7 +238,8 @@ class Target:
         causal = idx[None, :, None] >= idx[None, None, :]
         # Padding queries see only themselves so no row of the mask is empty.
         mask = (causal & real[:, None, :]) | (torch.eye(q, dtype=torch.bool, device=self.device) & ~real[:, :, None])
-        out = self.forward(cache, tokens, idx.expand(len(prompts), q), mask, layers, logits_at=lengths - 1)
+        out = self.forward(cache, tokens, idx.expand(len(prompts), q), mask, layers, logits_at=lengths - 1,
+                           step=False)
         keep = idx.expand(len(prompts), q)
         cache.commit(keep, lengths)
         return out
@@ -245,34 +252,39 @@ class Target:
 
     def forward(self, cache: TargetCache, tokens: torch.Tensor, depths: torch.Tensor,
                 new_mask: torch.Tensor, layers: tuple[int, ...] = (),
-                logits_at: torch.Tensor | None = None) -> TargetOutput:
+                logits_at: torch.Tensor | None = None, step: bool = True) -> TargetOutput:
         """Append q tokens per row; new_mask [b, q, tentative + q] says which tentative and
         new tokens each may see (committed tokens of its row are always visible). `logits_at`
-        [b]: compute logits at that one index per row only."""
+        [b]: compute logits at that one index per row only. `step=False` (a prefill) stays
+        eager under --compile: each prompt length would be a new shape."""
         positions = cache.positions(depths)  # [b, q]
         key_positions = cache.key_positions(depths) if self.windowed else None  # [b, kv]
         mask = layer_masks(self.layer_rules, cache.attention_mask(new_mask), positions, key_positions, self.dtype)
-        out = self.decoder(
-            input_ids=tokens.to(self.device),
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache.hf,
-            use_cache=True,
-            output_hidden_states=bool(layers),
-        )
+        run = self._step_forward if step else self._decode
+        hidden, layer_inputs = run(tokens.to(self.device), mask, positions, cache.hf, layers)
         cache.advance(depths)
-        return self._outputs(out, layers, logits_at)
+        return self._outputs(hidden, layer_inputs, logits_at)
+
+    def _decode(self, tokens: torch.Tensor, mask, positions: torch.Tensor, cache: Cache,
+                layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder over new tokens [b, q] -> (last hidden state [b, q, h], inputs of `layers`
+        [b, q, len(layers) * h] or None): the part --compile compiles."""
+        out = self.decoder(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=cache,
+                           use_cache=True, output_hidden_states=bool(layers))
+        layer_inputs = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None
+        return out.last_hidden_state, layer_inputs
 
     @torch.no_grad()
     def features(self, input_ids: torch.Tensor, layers: tuple[int, ...] = ()) -> TargetOutput:
         """Plain causal forward over whole sequences [b, T] (no cache): what draft training reads."""
         out = self.decoder(input_ids=input_ids.to(self.device), use_cache=False,
                            output_hidden_states=bool(layers))
-        return self._outputs(out, layers)
+        layer_inputs = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None
+        return self._outputs(out.last_hidden_state, layer_inputs)
 
-    def _outputs(self, out, layers: tuple[int, ...], logits_at: torch.Tensor | None = None) -> TargetOutput:
-        """Logits (float32, soft-capped where the model does) and the features drafts read."""
-        hidden = out.last_hidden_state  # [b, q, h]
+    def _outputs(self, hidden: torch.Tensor, layer_inputs: torch.Tensor | None,
+                 logits_at: torch.Tensor | None = None) -> TargetOutput:
+        """Logits (float32, soft-capped where the model does) beside the features drafts read."""
         if logits_at is not None:
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             logits = self.lm_head(hidden[rows, logits_at][:, None]).float()  # [b, 1, V]
@@ -280,7 +292,6 @@ class Target:
             logits = self.lm_head(hidden).float()  # [b, q, V]
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        layer_inputs = torch.cat([out.hidden_states[i] for i in layers], dim=-1) if layers else None
         return TargetOutput(logits=logits, hidden=hidden, layer_inputs=layer_inputs)
 
 

@@ -174,3 +174,21 @@ def test_a_layer_the_cache_cannot_serve_is_one_clear_error(tmp_path, default_mod
     AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp_path)
     with pytest.raises(ScyllaError, match="'conv' layers"):
         Target.load(str(tmp_path), dtype="float32")
+
+
+def test_static_cache_equals_transformers_generate(tiny_target):
+    """The static KV cache that --compile decodes over (whole-capacity buffers, unused slots
+    masked, writes by slot index), run eagerly: the same greedy output as transformers, windows
+    and chunks included, at batch 2 with prompts of different lengths."""
+    tok = tiny_target.tokenizer
+    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    want = _greedy(tiny_target.model, prompts, tok.pad_token_id or 0)
+    draft = load_draft("random:eagle2", tiny_target)
+    tiny_target.eos_ids = frozenset()
+    tiny_target.static_cache = draft.static_cache = True
+    try:
+        spec = generate(tiny_target, prompts, draft, DecodeConfig(top_k=4, depth=4, total_tokens=16, max_new_tokens=24))
+        ar = generate(tiny_target, prompts, None, DecodeConfig(max_new_tokens=24))
+    finally:
+        tiny_target.static_cache = False
+    assert spec.token_ids == want and ar.token_ids == want

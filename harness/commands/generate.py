@@ -4,7 +4,7 @@ import json
 
 import click
 
-from scylla_impl import devices, dtypes
+from scylla_impl import compiled, devices, dtypes
 from scylla_impl.methods import TRAINED
 
 DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in TRAINED)
@@ -25,11 +25,12 @@ DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in 
 @click.option("--dtype", type=click.Choice(dtypes.CHOICES), default=dtypes.AUTO, show_default=True,
               help=dtypes.DECODE_HELP)
 @click.option("--device", default="cpu", show_default=True, help=devices.HELP)
+@click.option("--compile", "compile_steps", is_flag=True, help=compiled.HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--system-prompt", default=None, help="system message for the chat template")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens, temperature, top_p,
-             max_new_tokens, dtype, device, seed, system_prompt, as_json) -> None:
+             max_new_tokens, dtype, device, compile_steps, seed, system_prompt, as_json) -> None:
     """Generate replies to --prompt with the target, speculatively or not."""
     import torch
 
@@ -48,7 +49,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
                           top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     config.validate(speculative=method == "spec")
     torch.manual_seed(seed)
-    tgt = Target.load(target, dtype=dtype, device=device)
+    tgt = Target.load(target, dtype=dtype, device=device, compile=compile_steps)
     drafter = None
     if method == "spec":
         drafter = load_draft(draft or _default_draft(tgt), tgt, layers=layers, seed=seed)

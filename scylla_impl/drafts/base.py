@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from scylla_impl import skinny_linear
+from scylla_impl.compiled import compile_step
 from scylla_impl.drafts.layers import rotary
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL
@@ -118,6 +119,9 @@ class Draft(nn.Module):
         self.checkpoint = f"random:{config.method}"
         self.weights_hash: str | None = None
         self.cache: RowKVCache | None = None
+        self.compiled = False  # place() compiles the tree level beside a --compile target
+        self.static_cache = False  # ...over a static KV cache (kv_cache.py)
+        self._level = self._score_level
         if config.draft_vocab_size:
             vd, v = config.draft_vocab_size, config.vocab_size
             if not 1 <= vd <= v:
@@ -214,7 +218,7 @@ class Draft(nn.Module):
     # -- decoding ---------------------------------------------------------------------
     def start(self, prompts: list[list[int]], capacity: int = 256) -> None:
         param = next(self.parameters())
-        self.cache = RowKVCache(len(self.layers), len(prompts), param.device, capacity)
+        self.cache = RowKVCache(len(self.layers), len(prompts), param.device, capacity, static=self.static_cache)
 
     @torch.no_grad()
     def extend(self, tokens, features, counts):
@@ -236,8 +240,13 @@ class Draft(nn.Module):
     def expand(self, tokens, hidden, depths, new_mask):
         """Score one tree level (tentative): tokens [b,k] fed with their parents' outputs."""
         cache = self.cache
-        out = self.hidden_states(tokens, hidden, False, cache.positions(depths), cache.attention_mask(new_mask), cache)
+        logprobs, out = self._level(tokens, hidden, cache.positions(depths), cache.attention_mask(new_mask), cache)
         cache.advance(depths)
+        return logprobs, out
+
+    def _score_level(self, tokens, hidden, positions, mask, cache):
+        """One level's forward: the part --compile compiles (scylla_impl/compiled.py)."""
+        out = self.hidden_states(tokens, hidden, False, positions, mask, cache)
         return F.log_softmax(self.logits(out).float(), dim=-1), out
 
     def rollback(self) -> None:
@@ -260,9 +269,13 @@ class Draft(nn.Module):
 
 def place(draft: Draft, target) -> Draft:
     """The draft ready to decode beside `target`: on its device and dtype, in eval mode, its
-    few-row fp32 CPU matmuls through the same kernel as the target's (skinny_linear.py)."""
+    few-row fp32 CPU matmuls through the same kernel as the target's (skinny_linear.py), its
+    tree level compiled where the target's step is (--compile)."""
     draft = draft.to(device=target.device, dtype=target.dtype).eval()
     skinny_linear.install(draft)
+    if target.compiled and not draft.compiled:
+        draft.compiled = draft.static_cache = True
+        draft._level = compile_step(draft._score_level, f"the {draft.config.method} draft's level")
     return draft
 
 
