@@ -13,14 +13,14 @@ tree width and cache capacity; torch still gives size 1 graphs of their own, so 
 compiles up to four times (batch 1 or more, one token or several), each about a minute on
 a 2-core CPU. Compiling therefore pays on long runs (a sweep compiles in its warm-up), not
 on one short generate. Each compile says so on stderr while it runs.
+
+torch is imported when a step is compiled: the CLI's option registry reads HELP from here,
+and the CLI starts without loading torch.
 """
 
 import sys
 import time
 from collections.abc import Callable
-
-import torch
-import torch._dynamo
 
 HELP = ("compile the target's step and the draft's tree level with torch.compile over a static KV cache "
         "(about a minute per new shape, once per process)")
@@ -36,6 +36,8 @@ class _Announcer:
     so the step that triggered the compile names itself in `label` before each call."""
 
     def __init__(self):
+        import torch._dynamo
+
         self.label = "a step"
         self.started: float | None = None
         torch._dynamo.callback_handler.register_start_callback(self._start)
@@ -57,6 +59,9 @@ _announcer: _Announcer | None = None
 def compile_step(fn: Callable, what: str) -> Callable:
     """`fn` compiled; each call names `what` and its first tensor's leading sizes for the
     compile messages."""
+    import torch
+    import torch._dynamo
+
     global _announcer
     if _announcer is None:
         _announcer = _Announcer()
@@ -65,7 +70,7 @@ def compile_step(fn: Callable, what: str) -> Callable:
                                                            4 * RECOMPILE_LIMIT)
     compiled = torch.compile(fn, dynamic=True)
 
-    def run(tokens: torch.Tensor, *args, **kwargs):
+    def run(tokens, *args, **kwargs):
         _announcer.label = f"{what} (batch {tokens.shape[0]}, {tokens.shape[1]} tokens)"
         return compiled(tokens, *args, **kwargs)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,6 +32,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
             and p.name != ".lock"}
 
 
+@pytest.mark.slow  # about 20 s; the retrained-draft refusal checks the same inputs record in the fast suite
 def test_resume_with_another_dataset_file_is_refused(shared_eval_dir, default_model_dir, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     for d in (first, second):

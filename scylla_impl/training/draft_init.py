@@ -18,7 +18,7 @@ def fp32_view(target):
     if head.bias is not None:
         head.bias = torch.nn.Parameter(target.lm_head.bias.detach().float(), requires_grad=False)
     return SimpleNamespace(model=target.model, info=target.info, device=target.device, dtype=torch.float32,
-                           embed=embed.to(target.device), lm_head=head)
+                           embed=embed.to(target.device), lm_head=head, compiled=False)  # training never compiles
 
 
 def _final_norm_weight(target) -> torch.Tensor | None:
