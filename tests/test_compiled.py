@@ -1,6 +1,7 @@
 """The compiled path (--compile): static KV caches, and torch.compile'd target steps and draft
 levels that decode exactly as the eager ones do."""
 
+import json
 import re
 import subprocess
 import sys
@@ -139,3 +140,15 @@ def test_compile_gain_rejects_a_bad_draft_name():
     done = subprocess.run([sys.executable, "-m", "reports.compile_gain", "--drafts", "scylla-x"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "not METHOD or METHOD-LAYERS" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_generate_with_compile_prints_what_eager_prints(tiny_llama):
+    args = ["generate", "--target", str(tiny_llama), "--prompt", "Name three rivers.", "--prompt", "What is 2+2?",
+            "--method", "spec", "--draft", "random:eagle2", "--top-k", "4", "--depth", "3", "--total-tokens", "10",
+            "--max-new-tokens", "12", "--dtype", "float32", "--json"]
+    eager, compiled = scylla(*args), scylla(*args, "--compile")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-3000:]
+    assert "compiling the target's step" in compiled.stderr and "compiling" not in eager.stderr
+    tokens = [[o["token_ids"] for o in json.loads(done.stdout)["outputs"]] for done in (eager, compiled)]
+    assert tokens[0] == tokens[1] and all(tokens[0])
