@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from roofline.knee import chat_prefix
+from roofline.knee import chain_inputs, chat_prefix
 from scylla_impl import dtypes
 from scylla_impl.decode import DecodeConfig, generate
 from scylla_impl.drafts import new_draft
@@ -40,15 +40,17 @@ def _say(line: str) -> None:
 
 
 def _forward_call(target: Target, prefix: list[int], n: int):
+    """A call that times one forward over an n-token chain after `prefix`, then rolls it back."""
     cache = target.new_cache(1, len(prefix) + n + 8)
     target.prefill(cache, [prefix])
-    tokens = torch.ones(1, n, dtype=torch.long, device=target.device)  # [1, n]
-    depths = torch.arange(n, device=target.device)[None]  # [1, n]
-    mask = torch.tril(torch.ones(n, n, dtype=torch.bool, device=target.device))[None]  # [1, n, n] a chain
+    tokens, depths, mask = chain_inputs(1, n, target.info.vocab_size, target.device)  # [1, n], [1, n], [1, n, n]
 
-    def call():
+    def call() -> float:
+        start = time.perf_counter()
         target.forward_tree(cache, tokens, depths, mask)
+        seconds = time.perf_counter() - start
         target.rollback(cache)
+        return seconds
     return call
 
 
@@ -67,7 +69,7 @@ def _draft_spec(text: str) -> tuple[str, int | None]:
 
 @torch.no_grad()
 def measure(name: str, dtype: str, drafts: list[tuple[str, int | None]], rounds: int, steps: int) -> list[tuple[str, dict, float]]:
-    """[(what, {mode: median seconds}, compile seconds)]."""
+    """[(what, {mode: median seconds}, compile seconds)]. Every case is a call that returns its seconds."""
     targets = {mode: Target.load(name, dtype=dtype, compile=mode == "compiled") for mode in MODES}
     prefix = chat_prefix(targets["eager"].tokenizer, PREFIX_TOKENS)
     cases: dict[str, dict[str, object]] = {}
@@ -82,7 +84,7 @@ def measure(name: str, dtype: str, drafts: list[tuple[str, int | None]], rounds:
     compile_s = {}
     for what, calls in cases.items():  # the first call of each shape compiles
         _say(f"warm-up: {what}")
-        start = time.perf_counter()
+        start = time.perf_counter()  # wall time: a step's median would hide the step that compiled
         calls["compiled"]()
         compile_s[what] = time.perf_counter() - start
         calls["eager"]()
@@ -91,9 +93,7 @@ def measure(name: str, dtype: str, drafts: list[tuple[str, int | None]], rounds:
         _say(f"round {r + 1}/{rounds}")
         for what, calls in cases.items():
             for mode in (MODES if r % 2 == 0 else MODES[::-1]):
-                start = time.perf_counter()
-                value = calls[mode]()
-                samples[what][mode].append(value if isinstance(value, float) else time.perf_counter() - start)
+                samples[what][mode].append(calls[mode]())
     return [(w, {m: float(np.median(s[m])) for m in MODES}, compile_s[w]) for w, s in samples.items()]
 
 
