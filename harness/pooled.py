@@ -1,10 +1,13 @@
 """Results over several cells together, shared by the scaling run and the report: tau pooled
 as a ratio of totals (as a cell's own tau is, harness/metrics.py), and the fastest fixed tree
-per batch size (the optimal top_k of Theorem 1.3). Torch-free, so the report's tables load
-without the engine."""
+per batch size (the optimal top_k of Theorem 1.3), and the input-path ablation of one draft.
+Torch-free, so the report's tables load without the engine."""
 
 import numpy as np
 import pandas as pd
+
+from harness.scaling_fit import t975
+from scylla_impl.methods import CONCAT, PROJECTION
 
 
 def pooled_tau(cells: pd.DataFrame) -> float:
@@ -45,3 +48,29 @@ def fastest_fixed_trees(cells: pd.DataFrame) -> pd.DataFrame:
         rows.append({"batch_size": int(b), "top_k": int(k), "depth": int(d), "total_tokens": int(n),
                      "tokens_per_s": tps, "fixed_trees": int(len(trees))})
     return pd.DataFrame(rows, columns=["batch_size", "top_k", "depth", "total_tokens", "tokens_per_s", "fixed_trees"])
+
+
+def input_ablation(cells: pd.DataFrame) -> pd.DataFrame:
+    """Scylla's architecture ablation: the same draft trained with its input projection and with
+    plain concatenation (column draft_input), compared per dataset and pooled over the datasets
+    both have. `cells` are the two drafts' speculative cells at one tree, batch and temperature.
+    Columns: dataset, tau_projection, tau_concat, tau_gain (concat - projection), speedup_projection,
+    speedup_concat (mean spec/AR tokens/s), and on the pooled row gain_ci95, the half-width of a
+    95% t-interval of the per-dataset gains (nan below two datasets)."""
+    both = set(cells.loc[cells["draft_input"] == PROJECTION, "dataset"]) & set(cells.loc[cells["draft_input"] == CONCAT, "dataset"])
+    cells = cells[cells["dataset"].isin(both)]
+    rows = []
+    for name, g in [(d, cells[cells["dataset"] == d]) for d in sorted(both)] + [("pooled", cells)]:
+        row = {"dataset": name}
+        for kind in (PROJECTION, CONCAT):
+            part = g[g["draft_input"] == kind]
+            row[f"tau_{kind}"] = pooled_tau(part)
+            row[f"speedup_{kind}"] = float(pd.to_numeric(part["speedup_vs_ar"], errors="coerce").mean())
+        row["tau_gain"] = row[f"tau_{CONCAT}"] - row[f"tau_{PROJECTION}"]
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=["dataset", f"tau_{PROJECTION}", f"tau_{CONCAT}", "tau_gain",
+                                      f"speedup_{PROJECTION}", f"speedup_{CONCAT}"])
+    gains = out.loc[out["dataset"] != "pooled", "tau_gain"].to_numpy(dtype=float)
+    ci = t975(len(gains) - 1) * gains.std(ddof=1) / np.sqrt(len(gains)) if len(gains) >= 2 else float("nan")
+    out["gain_ci95"] = np.where(out["dataset"] == "pooled", ci, np.nan)
+    return out

@@ -7,6 +7,9 @@ Scylla (arXiv 2505.07858) claims that
   - Theorem 1.3: the optimal top_k k* falls with the decoding batch size b (the `batch` series:
     fixed trees of several top_k and top_k auto at several batch sizes, with the draft of the
     tokens series' largest budget; k*(b) is the top_k of the fastest fixed tree at each b).
+The `arch` series is the paper's architecture ablation: the same Scylla draft (--arch-layers
+layers, --layers-budget tokens, the same data) with its input projection and with plain
+concatenation (scylla_impl/drafts/scylla.py), compared in tau and net speed (OUT/ablation.parquet).
 
 A run is pieces, each one finished or resumed where it stopped when the command runs again:
 every draft is a training run in OUT/drafts/<name> (kept once finished, resumed from its last
@@ -30,22 +33,24 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import yaml
 
-from harness.pooled import fastest_fixed_trees, tau_series
+from harness.pooled import fastest_fixed_trees, input_ablation, tau_series
 from harness.scaling_fit import LogFit, claim_verdict, fit_log10, fit_loglog
 from scylla_impl import dtypes
+from scylla_impl.methods import BY_NAME, CONCAT, PROJECTION
 from workloads.datasets import DATASET_NAMES
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 
 PLAN_FILE = "scaling.json"
 FITS_FILE = "fits.parquet"
-SERIES = ("tokens", "layers", "batch")
-TAU_SERIES = ("tokens", "layers")  # measured in OUT/sweep; "batch" in OUT/sweep-batch
+SERIES = ("tokens", "layers", "batch", "arch")
+TAU_SERIES = ("tokens", "layers", "arch")  # measured in OUT/sweep; "batch" in OUT/sweep-batch
+ABLATION_FILE = "ablation.parquet"
 PROFILE_DIR = "profile"
 METHOD = "scylla"
 
@@ -84,6 +89,14 @@ def _train_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+class Point(NamedTuple):
+    """One draft of a plan."""
+
+    layers: int
+    tokens: int  # pretraining tokens
+    draft_input: str = PROJECTION  # Scylla's own input path, or the ablation's (DraftConfig.draft_input)
+
+
 def _opt(default: Any, help: str, parse=None, **kw) -> Any:
     """A plan field and its `scylla scaling` option (harness/commands/scaling.py makes the flag)."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
@@ -95,12 +108,15 @@ class ScalingPlan:
     """What one scaling run trains and measures. Every field is a `scylla scaling` option."""
 
     target: str = _opt("default", "target model: 'default' (the embedded model) or a Hugging Face folder")
-    series: tuple[str, ...] = _opt(SERIES, "laws to run: tokens (Thm 1.1), layers (Thm 1.2), batch (Thm 1.3)", _words)
+    series: tuple[str, ...] = _opt(SERIES, "what to run: tokens (Thm 1.1), layers (Thm 1.2), batch (Thm 1.3), arch "
+                                           "(input projection vs concatenation)", _words)
     budgets: tuple[int, ...] = _opt((32_768, 131_072, 327_680, 1_048_576),
                                     "tokens series: pretraining budgets (1.5 decades by default)", _tokens)
     budget_layers: int = _opt(1, "tokens series: decoder layers of every draft", _int)
     layers: tuple[int, ...] = _opt((1, 2, 3, 4, 5), "layers series: decoder layer counts", _ints)
-    layers_budget: int = _opt(131_072, "layers series: pretraining tokens of every draft", lambda t: _tokens(t)[0])
+    layers_budget: int = _opt(131_072, "layers and arch series: pretraining tokens of every draft",
+                              lambda t: _tokens(t)[0])
+    arch_layers: int = _opt(1, "arch series: decoder layers of both drafts", _int)
     sft_tokens: int | None = _opt(None, "stage-2 (chat) budget of every draft (default: the default recipe's)",
                                   lambda t: _tokens(t)[0])
     epochs: int = _opt(1, "passes over each stage's data (1: a budget counts distinct tokens, which buy more than "
@@ -136,10 +152,8 @@ class ScalingPlan:
             raise ScyllaError("the layers series needs at least two different --layers")
         if any(b < 1 for b in self.budgets) or self.layers_budget < 1:
             raise ScyllaError("pretraining budgets must be positive token counts")
-        from scylla_impl.methods import BY_NAME
-
         deepest = BY_NAME[METHOD].draft_class.max_layers
-        if not all(1 <= n <= deepest for n in (*self.layers, self.budget_layers)):
+        if not all(1 <= n <= deepest for n in (*self.layers, self.budget_layers, self.arch_layers)):
             raise ScyllaError(f"layer counts must be 1..{deepest} (Scylla's deepest draft)")
         if "batch" in self.series:
             if not self.budgets:
@@ -159,10 +173,10 @@ class ScalingPlan:
                     "epochs"):
             if key in self.train:
                 raise ScyllaError(f"train option '{key}' is set by the scaling plan itself")
-        for layers, tokens in self.points():  # every draft's training config, checked before anything runs
-            self.train_config(layers, tokens, dtype="float32")
+        for point in self.points():  # every draft's training config, checked before anything runs
+            self.train_config(point, dtype="float32")
 
-    def train_config(self, layers: int, tokens: int, dtype: str):
+    def train_config(self, point: Point, dtype: str):
         """The recipe of one draft: the default recipe with this plan's budgets and options."""
         from scylla_impl.training import recipe
         from scylla_impl.training.config import TrainConfig
@@ -170,38 +184,42 @@ class ScalingPlan:
         unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise ScyllaError(f"unknown training option(s) {', '.join(sorted(unknown))} in --train")
-        overrides = dict(self.train, pretrain_tokens=tokens, name=draft_name(layers, tokens), seed=self.seed,
+        overrides = dict(self.train, pretrain_tokens=point.tokens, name=draft_name(point), seed=self.seed,
                          data_dir=self.data_dir, epochs=self.epochs, dtype=dtype)
+        if point.draft_input != PROJECTION:  # Scylla's own is left unset, so the layers series' draft is shared
+            overrides["draft_input"] = point.draft_input
         if self.sft_tokens is not None:
             overrides["sft_tokens"] = self.sft_tokens
         try:
-            return recipe(METHOD, layers=layers, target=self.target, **overrides)
+            return recipe(METHOD, layers=point.layers, target=self.target, **overrides)
         except TypeError as err:  # a --train value of the wrong kind (seq_len=long) meets a comparison
             raise ScyllaError(f"--train: a value of the wrong type ({err})") from None
 
-    def points(self, series: tuple[str, ...] = SERIES) -> list[tuple[int, int]]:
-        """(layers, pretraining tokens) of every draft of `series` that the plan runs, largest
-        budget first, each once."""
+    def points(self, series: tuple[str, ...] = SERIES) -> list[Point]:
+        """Every draft of `series` that the plan runs, largest budget first, each once."""
         run = set(self.series) & set(series)
         pts = []
         if "tokens" in run:
-            pts += [(self.budget_layers, b) for b in self.budgets]
+            pts += [Point(self.budget_layers, b) for b in self.budgets]
         if "layers" in run:
-            pts += [(n, self.layers_budget) for n in self.layers]
+            pts += [Point(n, self.layers_budget) for n in self.layers]
         if "batch" in run:
             pts.append(self.batch_draft())
-        return sorted(set(pts), key=lambda p: (-p[1], p[0]))
+        if "arch" in run:
+            pts += [Point(self.arch_layers, self.layers_budget, kind) for kind in (PROJECTION, CONCAT)]
+        return sorted(set(pts), key=lambda p: (-p.tokens, p.layers, p.draft_input != PROJECTION))
 
-    def batch_draft(self) -> tuple[int, int]:
+    def batch_draft(self) -> Point:
         """The batch series' draft: the tokens series' best (most pretraining tokens)."""
-        return self.budget_layers, max(self.budgets)
+        return Point(self.budget_layers, max(self.budgets))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def draft_name(layers: int, tokens: int) -> str:
-    return f"{METHOD}-L{layers}-P{tokens}"
+def draft_name(point: Point) -> str:
+    suffix = "" if point.draft_input == PROJECTION else f"-{point.draft_input}"
+    return f"{METHOD}-L{point.layers}-P{point.tokens}{suffix}"
 
 
 def check_plan(out: Path, plan: ScalingPlan) -> None:
@@ -265,8 +283,15 @@ def ensure_profile(plan: ScalingPlan, out: Path, echo) -> Path:
     return folder
 
 
-def run(plan: ScalingPlan, out: Path, *, threads: int | None = None, progress: str = "auto", echo=print) -> pd.DataFrame:
-    """Train what is missing, measure what is missing, fit; returns the fits (also OUT/fits.parquet)."""
+@dataclass(frozen=True)
+class Outcome:
+    fits: pd.DataFrame  # the laws' fits (FITS_FILE); empty when the plan runs only the ablation
+    ablation: pd.DataFrame | None  # the arch series' comparison (ABLATION_FILE); None without it
+
+
+def run(plan: ScalingPlan, out: Path, *, threads: int | None = None, progress: str = "auto", echo=print) -> Outcome:
+    """Train what is missing, measure what is missing, fit and compare; the results also go to
+    OUT/fits.parquet and OUT/ablation.parquet."""
     from harness.progress import BarProgress
     from harness.runner import run_sweep
     from scylla_impl.target import Target
@@ -276,14 +301,13 @@ def run(plan: ScalingPlan, out: Path, *, threads: int | None = None, progress: s
     points = plan.points()
     # Features in training's precision (its rule for `auto` is the bulk one); the sweeps decode in
     # decoding's, which on some CPUs is the other one (scylla_impl/precision.py).
-    target = Target.load(plan.target, dtype=plan.train_config(*points[0], dtype=plan.dtype).dtype)
+    target = Target.load(plan.target, dtype=plan.train_config(points[0], dtype=plan.dtype).dtype)
     drafts = {}
-    for i, (layers, tokens) in enumerate(points, 1):
-        echo(f"[scaling] draft {i}/{len(points)}: {draft_name(layers, tokens)} "
-             f"({layers} layer{'s' * (layers > 1)}, {tokens:,} pretraining tokens)")
-        config = plan.train_config(layers, tokens, dtype=plan.dtype)
-        drafts[layers, tokens] = train_or_resume(config, out / "drafts" / draft_name(layers, tokens), target,
-                                                 progress=progress)
+    for i, point in enumerate(points, 1):
+        echo(f"[scaling] draft {i}/{len(points)}: {draft_name(point)} ({point.layers} layer{'s' * (point.layers > 1)}, "
+             f"{point.tokens:,} pretraining tokens{', input ' + point.draft_input if 'arch' in plan.series else ''})")
+        config = plan.train_config(point, dtype=plan.dtype)
+        drafts[point] = train_or_resume(config, out / "drafts" / draft_name(point), target, progress=progress)
     del target  # each sweep loads its own
 
     def measure(spec) -> pd.DataFrame:
@@ -292,21 +316,29 @@ def run(plan: ScalingPlan, out: Path, *, threads: int | None = None, progress: s
                            progress=BarProgress())
         return pd.read_parquet(report.results_path)
 
-    fits = []
+    fits, ablation = [], None
     tau_points = plan.points(TAU_SERIES)
     if tau_points:
         echo(f"[scaling] measuring tau of {len(tau_points)} drafts on {len(plan.datasets)} datasets "
              f"(top_k {plan.top_k}, depth {plan.depth}, {plan.prompts} prompts each)")
-        fits.append(fit_results(measure(sweep_spec(plan, [drafts[p] for p in tau_points], out, threads)), plan))
+        results = measure(sweep_spec(plan, [drafts[p] for p in tau_points], out, threads))
+        fits.append(fit_results(results, plan))
+        if "arch" in plan.series:
+            ablation = compare_inputs(results, plan)
+            atomic_write_bytes(ablation.to_parquet(index=False), out / ABLATION_FILE)
     if "batch" in plan.series:
         ensure_profile(plan, out, echo)
         echo(f"[scaling] measuring the fastest tree at batch sizes {', '.join(map(str, plan.batch_sizes))} "
              f"(top_k {', '.join(map(str, plan.batch_top_k))} and auto, depth {plan.batch_depth}) on "
              f"{', '.join(plan.batch_datasets)}")
         fits.append(fit_topk(measure(batch_sweep_spec(plan, drafts[plan.batch_draft()], out, threads))))
-    fits = pd.concat(fits, ignore_index=True)
-    atomic_write_bytes(fits.to_parquet(index=False), out / FITS_FILE)
-    return fits
+    fits = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame(columns=FIT_COLUMNS)
+    if len(fits):
+        atomic_write_bytes(fits.to_parquet(index=False), out / FITS_FILE)
+    return Outcome(fits, ablation)
+
+
+FIT_COLUMNS = ["series", "variable", "response", "dataset", "n", "alpha", "alpha_ci95", "beta", "r2", "x", "y"]
 
 
 def _fit_row(series: str, variable: str, response: str, dataset: str, points: list[tuple[float, float]], fit) -> dict:
@@ -323,18 +355,25 @@ def fit_results(results: pd.DataFrame, plan: ScalingPlan) -> pd.DataFrame:
     variable over its drafts. Pooled tau is over the datasets every draft of the series has."""
     ok = results[(results["status"] == "ok") & (results["method"] == METHOD)]
     rows = []
-    for series in (s for s in plan.series if s in TAU_SERIES):
+    for series in (s for s in plan.series if s in ("tokens", "layers")):
         if series == "tokens":
-            members = {draft_name(plan.budget_layers, b): b for b in plan.budgets}
+            members = {draft_name(Point(plan.budget_layers, b)): b for b in plan.budgets}
         else:
-            members = {draft_name(n, plan.layers_budget): n for n in plan.layers}
+            members = {draft_name(Point(n, plan.layers_budget)): n for n in plan.layers}
         names = ok["draft"].map(lambda d: Path(str(d)).name)
         cells = ok[names.isin(members)].assign(x=names[names.isin(members)].map(members))
         variable = "pretrain_tokens" if series == "tokens" else "draft_layers"
         for dataset, points in tau_series(cells, "x").items():
             fit = fit_log10(*zip(*points)) if points else None
             rows.append(_fit_row(series, variable, "tau", dataset, points, fit))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=FIT_COLUMNS)
+
+
+def compare_inputs(results: pd.DataFrame, plan: ScalingPlan) -> pd.DataFrame:
+    """The arch series: its two drafts' tau and spec/AR per dataset and pooled (harness/pooled.py)."""
+    names = {draft_name(Point(plan.arch_layers, plan.layers_budget, kind)) for kind in (PROJECTION, CONCAT)}
+    ok = results[(results["status"] == "ok") & (results["method"] == METHOD)]
+    return input_ablation(ok[ok["draft"].map(lambda d: Path(str(d)).name).isin(names)])
 
 
 def fit_topk(results: pd.DataFrame) -> pd.DataFrame:
@@ -378,5 +417,16 @@ def describe(fits: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FITS_FILE", "LAWS", "PLAN_FILE", "SERIES", "ScalingPlan", "batch_sweep_spec", "check_plan", "describe",
-           "draft_name", "ensure_profile", "fit_results", "fit_topk", "run", "sweep_spec"]
+def describe_ablation(ablation: pd.DataFrame) -> str:
+    """The arch series as text: tau and spec/AR of both input paths, per dataset and pooled."""
+    lines = [f"input projection vs plain concatenation ({METHOD}, the same data): tau (spec/AR tokens/s)"]
+    for r in ablation.itertuples():
+        interval = "" if pd.isna(r.gain_ci95) else f" +- {r.gain_ci95:.3f} (95%, over the datasets)"
+        lines.append(f"  {r.dataset:18s} projection {r.tau_projection:.2f} ({r.speedup_projection:.2f}x)   "
+                     f"concat {r.tau_concat:.2f} ({r.speedup_concat:.2f}x)   concat - projection {r.tau_gain:+.3f}{interval}")
+    return "\n".join(lines)
+
+
+__all__ = ["ABLATION_FILE", "FITS_FILE", "LAWS", "PLAN_FILE", "SERIES", "Outcome", "Point", "ScalingPlan",
+           "batch_sweep_spec", "check_plan", "compare_inputs", "describe", "describe_ablation", "draft_name",
+           "ensure_profile", "fit_results", "fit_topk", "run", "sweep_spec"]

@@ -10,7 +10,7 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 5  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled
+SCHEMA_VERSION = 6  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -35,6 +35,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("draft_layers", pa.int64()),
     pa.field("draft_hash", pa.string()),
     pa.field("pretrain_tokens", pa.int64()),
+    pa.field("draft_input", pa.string()),  # a trained draft's input path: projection or concat (DraftConfig)
     # workload
     pa.field("dataset", pa.string()),
     pa.field("dataset_source", pa.string()),

@@ -355,6 +355,19 @@ def _scaling(res: Results, h: tables.Headline) -> str:
         ], "scaling", "Least-squares fit of tau = alpha log10(x) + beta over the pooled points, and per dataset. "
                       "The paper claims a straight line in log x with a positive slope (R^2 about 0.99 in a "
                       "third-party summary); the verdict says whether these points show it."))
+    for i, ab in enumerate(tables.input_ablations(res.ok, h)):
+        tokens = "" if ab.pretrain_tokens is None else f", {ab.pretrain_tokens:,.0f} pretraining tokens"
+        pooled = ab.table[ab.table["dataset"] == "pooled"].iloc[0]
+        interval = "" if _missing(pooled["gain_ci95"]) else f" +- {pooled['gain_ci95']:.3f} (95% over the datasets)"
+        out.append(render_table(ab.table, [
+            Col("dataset", "dataset", dataset_label), Col("tau_projection", "tau, projection", fnum(3), True),
+            Col("tau_concat", "tau, concatenation", fnum(3), True), Col("tau_gain", "concat - projection", fnum(3), True),
+            Col("speedup_projection", "spec/AR, projection", fnum(2), True),
+            Col("speedup_concat", "spec/AR, concatenation", fnum(2), True),
+        ], f"ablation-{i}", f"Architecture ablation: {method_label(ab.method)} with {ab.layers} layer(s){tokens}, {ab.tree}, "
+                       "trained on the same data with its input projection (a linear map of cat(norm(embedding), "
+                       "feature)) and with plain concatenation (the first layer's attention reads cat(norm(embedding), "
+                       f"norm(feature)) itself). Pooled tau gain of concatenation: {pooled['tau_gain']:+.3f}{interval}."))
     return "".join(out)
 
 

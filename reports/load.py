@@ -40,6 +40,7 @@ EXPECTED_COLUMNS: dict[str, str] = {
     "draft_layers": "Int64",
     "draft_hash": "string",
     "pretrain_tokens": "Int64",
+    "draft_input": "string",
     "dataset": "string",
     "dataset_source": "string",
     "dataset_checksum": "string",

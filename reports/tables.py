@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.pooled import fastest_fixed_trees, pooled_tau, tau_series
+from harness.pooled import fastest_fixed_trees, input_ablation, pooled_tau, tau_series
 from harness.scaling_fit import LogFit, fit_log10
 from reports.published import SCYLLA_CLAIMS, published_baselines
-from scylla_impl.methods import LABELS, REPORT_ORDER, TRAINED
+from scylla_impl.methods import CONCAT, LABELS, PROJECTION, REPORT_ORDER, TRAINED
 
 METHOD_ORDER = list(REPORT_ORDER)
 METHOD_LABELS = LABELS
@@ -371,7 +371,8 @@ def scaling_series(ok: pd.DataFrame, h: Headline) -> list[ScalingSeries]:
     for variable, other in (("pretrain_tokens", "draft_layers"), ("draft_layers", "pretrain_tokens")):
         # A series holds everything but `variable` fixed, the tree included: a scaling
         # sweep usually runs at one tree, not necessarily the headline one.
-        for (m, fixed, *_), g in base.groupby(["method", other, *tree], dropna=False):
+        # ... and the input path: the architecture ablation's two drafts are not a series.
+        for (m, fixed, *_), g in base.groupby(["method", other, "draft_input", *tree], dropna=False):
             g = g[g[variable].notna() & (g[variable] > 0)]
             if g[variable].nunique() < 2:
                 continue
@@ -392,6 +393,31 @@ def scaling_series(ok: pd.DataFrame, h: Headline) -> list[ScalingSeries]:
             k, d = g["top_k_setting"].iloc[0], g["depth"].iloc[0]
             fixed_txt += f"; top_k={k}, depth={d}"
             out.append(ScalingSeries(m, variable, fixed_txt, points, fit_log10(points["x"], points["tau"]), by_dataset))
+    return out
+
+
+@dataclass
+class InputAblation:
+    method: str
+    layers: int
+    pretrain_tokens: float | None
+    tree: str  # top_k and depth, as text
+    table: pd.DataFrame  # harness/pooled.py: input_ablation
+
+
+def input_ablations(ok: pd.DataFrame, h: Headline) -> list[InputAblation]:
+    """Pairs of drafts alike in all but their input path (projection against concatenation):
+    the architecture ablation, at the headline batch size and temperature, one per tree."""
+    base = ok[(ok["temperature"].fillna(0.0) == h.temperature) & (ok["batch_size"] == h.batch_size)
+              & ok["draft_input"].notna()]
+    out = []
+    keys = ["method", "draft_layers", "pretrain_tokens", "top_k_setting", "depth", "total_tokens"]
+    for (m, layers, tokens, k, d, _), g in base.groupby(keys, dropna=False):
+        if set(g["draft_input"]) >= {PROJECTION, CONCAT}:
+            table = input_ablation(g)
+            if len(table) > 1:  # a dataset both drafts ran on, and the pooled row
+                out.append(InputAblation(m, int(layers), None if pd.isna(tokens) else float(tokens),
+                                         f"top_k={k}, depth={d}", table))
     return out
 
 

@@ -50,6 +50,10 @@ class Method:
         return f"{self.name}-{layers or 1}" if self.layers else self.name
 
 
+# How a trained draft's first layer takes the token's embedding and the feature
+# (drafts/base.py: DraftConfig.draft_input): projected to the hidden size, or read concatenated.
+PROJECTION, CONCAT = DRAFT_INPUTS = ("projection", "concat")
+
 # In the order the CLI lists them; the report orders them by report_order.
 METHODS: tuple[Method, ...] = (
     Method("ar", "AR", report_order=0, color="#7f7f7f"),
@@ -71,5 +75,5 @@ REPORT_ORDER = tuple(m.name for m in sorted(METHODS, key=lambda m: m.report_orde
 LABELS = {n: BY_NAME[n].label for n in REPORT_ORDER}
 COLORS = {n: BY_NAME[n].color for n in REPORT_ORDER}
 
-__all__ = ["BASELINES", "BY_NAME", "COLORS", "LABELS", "METHODS", "NAMES", "REPORT_ORDER", "TRAINED", "TRAINING_FREE",
+__all__ = ["BASELINES", "BY_NAME", "COLORS", "CONCAT", "DRAFT_INPUTS", "PROJECTION", "LABELS", "METHODS", "NAMES", "REPORT_ORDER", "TRAINED", "TRAINING_FREE",
            "Method"]

@@ -78,9 +78,38 @@ def test_the_plan_refuses_what_cannot_make_a_series():
     # Each draft once, largest budget first (its features serve every smaller budget); the batch
     # series measures the tokens series' best draft.
     plan = law.ScalingPlan(budgets=(1024, 8192), layers=(1, 2), layers_budget=1024)
-    assert plan.points() == [(1, 8192), (1, 1024), (2, 1024)]
-    assert plan.points(law.TAU_SERIES) == plan.points() and plan.batch_draft() == (1, 8192)
-    assert law.ScalingPlan(series=("batch",), budgets=(1024, 8192)).points() == [(1, 8192)]
+    P, C = "projection", "concat"
+    assert plan.points() == [(1, 8192, P), (1, 1024, P), (1, 1024, C), (2, 1024, P)]
+    assert plan.points(law.TAU_SERIES) == plan.points() and plan.batch_draft() == (1, 8192, P)
+    assert law.ScalingPlan(series=("batch",), budgets=(1024, 8192)).points() == [(1, 8192, P)]
+    # The ablation's projection draft is the layers series' draft of the same size, trained once.
+    assert [law.draft_name(p) for p in law.ScalingPlan(series=("layers", "arch"), layers=(1, 2)).points()] == [
+        "scylla-L1-P131072", "scylla-L1-P131072-concat", "scylla-L2-P131072"]
+    assert law.ScalingPlan(series=("arch",), arch_layers=3).points() == [(3, 131072, P), (3, 131072, C)]
+    with pytest.raises(ScyllaError, match="layer counts must be 1.."):
+        law.ScalingPlan(series=("arch",), arch_layers=0)
+
+
+def test_the_ablation_compares_input_paths_per_dataset_and_pooled():
+    """input_ablation on cells with known counters: pooled tau is the ratio of totals over the
+    datasets both drafts ran, and the gain's interval is Student's over the per-dataset gains."""
+    from harness.pooled import input_ablation
+    from harness.scaling_fit import t975
+
+    def cell(kind, dataset, emitted, steps, speedup):
+        return {"draft_input": kind, "dataset": dataset, "emitted_tokens": emitted, "verify_steps": steps,
+                "tau": emitted / steps, "speedup_vs_ar": speedup}
+
+    cells = pd.DataFrame([cell("projection", "gsm8k", 30, 20, 0.9), cell("projection", "mt_bench", 40, 20, 1.1),
+                          cell("concat", "gsm8k", 36, 20, 1.0), cell("concat", "mt_bench", 42, 20, 1.2),
+                          cell("projection", "humaneval", 50, 20, 1.5)])  # no concat cell: left out
+    table = input_ablation(cells).set_index("dataset")
+    assert list(table.index) == ["gsm8k", "mt_bench", "pooled"]
+    assert table["tau_gain"].tolist() == pytest.approx([0.3, 0.1, 0.2])
+    assert (table.loc["pooled", "tau_projection"], table.loc["pooled", "tau_concat"]) == pytest.approx((70 / 40, 78 / 40))
+    assert (table.loc["pooled", "speedup_projection"], table.loc["pooled", "speedup_concat"]) == pytest.approx((1.0, 1.1))
+    assert table.loc["pooled", "gain_ci95"] == pytest.approx(t975(1) * np.std([0.3, 0.1], ddof=1) / np.sqrt(2))
+    assert table["gain_ci95"].isna().sum() == 2
 
 
 def test_a_plan_saved_before_a_field_existed_resumes_with_that_fields_default(tmp_path):
@@ -115,16 +144,18 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
     tiny = make_tiny(tmp_path / "tiny-llama", default_model_dir, seed=3)
     features = scylla_home() / "features" / Target.load(str(tiny), dtype="float32").info.fingerprint
     plan = law.ScalingPlan(
-        target=str(tiny), series=("tokens", "layers"), budgets=(128, 256, 512), layers=(1, 2), layers_budget=128, sft_tokens=128,
+        target=str(tiny), series=("tokens", "layers", "arch"), budgets=(128, 256, 512), layers=(1, 2), layers_budget=128,
+        sft_tokens=128,
         datasets=("mt_bench", "gsm8k"), prompts=2, max_new_tokens=8, top_k=2, depth=3, dtype="float32",
         data_dir=str(shared_eval_dir),
         train={"seq_len": 32, "batch_size": 4, "micro_batch": 4, "eval_sequences": 1, "draft_vocab": 0,
                "sft_answers": "sharegpt", "sft_mix": None},
     )
     out = tmp_path / "run"
-    fits = law.run(plan, out, progress="none", echo=lambda m: None)
+    outcome = law.run(plan, out, progress="none", echo=lambda m: None)
+    fits = outcome.fits
     drafts = sorted(p.name for p in (out / "drafts").iterdir())
-    assert drafts == ["scylla-L1-P128", "scylla-L1-P256", "scylla-L1-P512", "scylla-L2-P128"]
+    assert drafts == ["scylla-L1-P128", "scylla-L1-P128-concat", "scylla-L1-P256", "scylla-L1-P512", "scylla-L2-P128"]
     # The pretraining features were extracted once, for the largest budget, before its draft finished.
     first_done = (out / "drafts" / "scylla-L1-P512" / "model.safetensors").stat().st_mtime
     chunks = list(features.glob("pretrain-*/*.npy"))
@@ -146,6 +177,26 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
     assert saved[["series", "dataset", "n"]].equals(fits[["series", "dataset", "n"]])
     assert [list(t) for t in saved["y"]] == [list(t) for t in fits["y"]]
     assert "tau = alpha log10(pretraining tokens) + beta   (Thm 1.1: alpha > 0)" in law.describe(fits)
+    # The architecture ablation: the two input paths side by side, in the results, the file and the report.
+    spec = results[results["method"] == "scylla"]
+    assert set(spec.loc[spec["draft"].str.endswith("-concat"), "draft_input"]) == {"concat"}
+    assert set(spec.loc[~spec["draft"].str.endswith("-concat"), "draft_input"]) == {"projection"}
+    ablation = outcome.ablation.set_index("dataset")
+    assert list(ablation.index) == ["gsm8k", "mt_bench", "pooled"]
+    concat = spec[spec["draft"].str.endswith("P128-concat")]
+    assert ablation.loc["pooled", "tau_concat"] == pytest.approx(concat["emitted_tokens"].sum() / concat["verify_steps"].sum())
+    assert pd.read_parquet(out / law.ABLATION_FILE).set_index("dataset")["tau_gain"].tolist() == pytest.approx(
+        ablation["tau_gain"].tolist())
+    assert "input projection vs plain concatenation" in law.describe_ablation(outcome.ablation)
+    from reports import tables
+    from reports.load import load_results
+
+    res = load_results([out / "sweep"])
+    found = tables.input_ablations(res.ok, tables.choose_headline(res.ok))
+    assert len(found) == 1 and found[0].table["tau_gain"].tolist() == pytest.approx(ablation["tau_gain"].tolist())
+    # ... and the drafts that only differ in input path make no scaling series of their own.
+    series = tables.scaling_series(res.ok, tables.choose_headline(res.ok))
+    assert sorted((s.variable, len(s.points)) for s in series) == [("draft_layers", 2), ("pretrain_tokens", 3)]
 
     # Again: nothing is retrained or re-measured; another plan in the same folder is refused.
     stamps = {p: p.stat().st_mtime for p in out.rglob("model.safetensors")}
@@ -188,7 +239,7 @@ def test_the_batch_series_profiles_the_device_and_fits_the_fastest_tree_per_batc
                "sft_answers": "sharegpt", "sft_mix": None},
     )
     out = tmp_path / "run"
-    fits = law.run(plan, out, progress="none", echo=lambda m: None)
+    fits = law.run(plan, out, progress="none", echo=lambda m: None).fits
     assert sorted(p.name for p in (out / "drafts").iterdir()) == ["scylla-L1-P128"]
     assert json.loads((out / "profile" / "profile.json").read_text())["knee"]["target"]["dtype"] == "float32"
     assert not (out / "sweep").exists()  # no tau series in this plan
@@ -221,6 +272,12 @@ def test_the_committed_cpu_series_render_with_their_fits(tmp_path):
     assert files, "no committed scaling results"
     for path in files:
         res = load_results([path])
+        if path.name.startswith("arch"):  # the ablation: the report's table is the one the run stored
+            stored = pd.read_parquet(CPU_SERIES / path.name.replace("_results", "_ablation"))
+            (found,) = tables.input_ablations(res.ok, tables.choose_headline(res.ok))
+            assert found.table["dataset"].tolist() == stored["dataset"].tolist()
+            assert found.table["tau_gain"].tolist() == pytest.approx(stored["tau_gain"].tolist())
+            continue
         fits = pd.read_parquet(CPU_SERIES / path.name.replace("_results", "_fits")).set_index("dataset")
         if fits["series"].iloc[0] == "batch":  # k*(b): the report's tree-policy table finds the same k*
             policy = tables.tree_policy_table(res.ok, 0.0)
@@ -236,4 +293,5 @@ def test_the_committed_cpu_series_render_with_their_fits(tmp_path):
     done = subprocess.run([sys.executable, "-m", "harness.cli", "report", *map(str, files), "-o", str(html)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "Least-squares fit of tau = alpha log10(x) + beta" in html.read_text(encoding="utf-8")
+    page = html.read_text(encoding="utf-8")
+    assert "Least-squares fit of tau = alpha log10(x) + beta" in page and "Architecture ablation: Scylla" in page

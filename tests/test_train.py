@@ -3,6 +3,7 @@ train, save, reload and decode losslessly; training computes exactly what decodi
 online and cached features train identically; bad input fails with one clear error."""
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,12 +110,13 @@ def test_train_save_reload_decode_lossless(method, draft_vocab, tiny, tiny_dir, 
     assert spec.stats.tau >= 1.0
 
 
-@pytest.mark.parametrize("method", ["eagle2", "eagle3", "scylla"])
-def test_unrolled_training_computes_what_decoding_runs(method, tiny):
+@pytest.mark.parametrize("method,draft_input", [("eagle2", None), ("eagle3", None), ("scylla", None),
+                                                ("scylla", "concat")])
+def test_unrolled_training_computes_what_decoding_runs(method, draft_input, tiny):
     """Step 0 of the unroll equals the draft's `extend` over the same pairs, and step k equals
     `expand` of the chain fed with the draft's own outputs: the alignment decoding uses."""
     torch.manual_seed(0)
-    draft = new_draft(method, tiny, layers=2 if method == "scylla" else None, seed=1)
+    draft = new_draft(method, tiny, layers=2 if method == "scylla" else None, seed=1, draft_input=draft_input)
     tokens = torch.randint(0, 1000, (1, 12))
     out = tiny.features(tokens, draft.feature_layers)
     feats = out.layer_inputs if draft.feature_layers else out.hidden
@@ -133,6 +135,45 @@ def test_unrolled_training_computes_what_decoding_runs(method, tiny):
         torch.testing.assert_close(hidden[:, 0], outs[k][:, t0], rtol=1e-4, atol=1e-5)
         ancestors = mask
     draft.rollback()
+
+
+def test_the_input_ablation_trains_reloads_and_decodes_losslessly(tiny, tiny_dir, text_file, tmp_path):
+    """Scylla with plain concatenation instead of its input projection (scylla_impl/drafts/scylla.py):
+    no projection, its first layer's attention reads 2h, about as many parameters; the checkpoint
+    says which it is, and decoding with it is lossless."""
+    result = train(small("scylla", tiny_dir, text_file, draft_input="concat"), tmp_path / "run", target=tiny,
+                   progress="none")
+    draft = load_draft(str(result.out), tiny)
+    assert draft.config.draft_input == "concat" and draft.info.draft_input == "concat"
+    assert json.loads((result.out / "config.json").read_text())["draft_input"] == "concat"
+    names = {n for n, _ in draft.named_parameters()}
+    assert not any(n.startswith("fc.") for n in names) and "hidden_norm.weight" in names
+    assert draft.layers[0].self_attn.q_proj.in_features == 2 * tiny.info.hidden_size
+    projection = new_draft("scylla", tiny, layers=2)
+    assert projection.config.draft_input == "projection"
+    sizes = [sum(p.numel() for p in d.parameters()) for d in (draft, projection)]
+    assert abs(sizes[0] - sizes[1]) / sizes[1] < 0.1
+    config = DecodeConfig(top_k=4, depth=3, total_tokens=12, max_new_tokens=16)
+    assert generate(tiny, prompts(tiny), draft, config).token_ids == generate(tiny, prompts(tiny), None, config).token_ids
+
+
+def test_a_draft_input_its_method_has_not_is_refused(tiny, tiny_dir, text_file, tmp_path):
+    with pytest.raises(ScyllaError, match="eagle2 drafts take projection, not 'concat'"):
+        small("eagle2", tiny_dir, text_file, draft_input="concat")
+    with pytest.raises(ScyllaError, match="eagle3 drafts take draft input concat, not 'projection'"):
+        new_draft("eagle3", tiny, draft_input="projection")
+    # A checkpoint from before the field was recorded reads as its method's own input path.
+    for method, own in (("eagle3", "concat"), ("scylla", "projection")):
+        folder = new_draft(method, tiny).save(tmp_path / method)
+        config = json.loads((folder / "config.json").read_text())
+        assert config.pop("draft_input") == own
+        (folder / "config.json").write_text(json.dumps(config))
+        assert load_draft(str(folder), tiny).info.draft_input == own
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--method", "eagle2", "--draft-input",
+                           "concat", "--target", str(tiny_dir), "--pretrain-tokens", "4k", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.startswith("error:") and "Traceback" not in done.stderr
+    assert "eagle2 drafts take projection, not 'concat'" in done.stderr
 
 
 def test_online_and_cached_features_train_identically(tiny, tiny_dir, text_file, tmp_path):

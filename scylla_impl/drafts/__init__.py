@@ -21,9 +21,10 @@ from workloads.errors import ScyllaError
 
 
 def new_draft(method: str, target, layers: int | None = None, seed: int = 0, draft_vocab: int | None = None,
-              **overrides) -> Draft:
+              draft_input: str | None = None, **overrides) -> Draft:
     """A freshly initialised draft of `method` for `target` (random weights, seeded). `draft_vocab`:
-    size of the reduced vocabulary (capped at the target's; 0 = the full vocabulary)."""
+    size of the reduced vocabulary (capped at the target's; 0 = the full vocabulary); `draft_input`:
+    its input path (DraftConfig.draft_input; None: the method's own)."""
     if method not in TRAINED:
         raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(TRAINED)}")
     cls = BY_NAME[method].draft_class
@@ -40,6 +41,8 @@ def new_draft(method: str, target, layers: int | None = None, seed: int = 0, dra
         if cls.max_layers == 1 and layers != 1:
             raise ScyllaError(f"--layers applies to scylla drafts; {method} has one decoder layer")
         overrides["num_layers"] = layers
+    if draft_input is not None:
+        overrides["draft_input"] = draft_input
     config = DraftConfig.from_target(method, target, **overrides)
     torch.manual_seed(seed)
     draft = cls(config, target)

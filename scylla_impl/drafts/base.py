@@ -14,7 +14,7 @@ draft level reads a fraction of the head a full-vocabulary draft reads.
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from scylla_impl.compiled import compile_step
 from scylla_impl.drafts.layers import rotary
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL
+from scylla_impl.methods import PROJECTION
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write, atomic_write_bytes
 
@@ -56,6 +57,11 @@ class DraftConfig:
     pretrain_tokens: int | None = None
     sft_tokens: int | None = None
     rope_scaling: dict | None = None  # None, or Llama-3.1's llama3 scaling (layers.inverse_frequencies)
+    # How the token's embedding and the feature enter the first layer (Draft.inputs lists what a
+    # method supports, its own first): "projection", a linear map of their concatenation to the
+    # hidden size (EAGLE-2, Scylla); "concat", the concatenation itself, normed, read by the first
+    # layer's attention (EAGLE-3; Scylla's architecture ablation). "": the method's own.
+    draft_input: str = ""
     format: int = DRAFT_FORMAT
 
     @classmethod
@@ -92,6 +98,7 @@ class DraftInfo:
     checkpoint: str  # folder, or "random:<method>" / "oracle"
     pretrain_tokens: int | None = None
     weights_hash: str | None = None  # of the checkpoint's model.safetensors; None when not loaded from one
+    draft_input: str | None = None  # DraftConfig.draft_input; None: a draft without one (lookup, oracle)
 
 
 class Draft(nn.Module):
@@ -107,11 +114,17 @@ class Draft(nn.Module):
     fuses_layers = False  # True: it reads the inputs of several target layers (EAGLE-3)
     max_layers = 1  # decoder layers it may have; EAGLE's drafts have one
     untrained_vocab = 0  # reduced vocabulary of a random-init draft; 0: the target's
+    inputs: tuple[str, ...] = (PROJECTION,)  # the DraftConfig.draft_input values it is built for
     # TrainConfig fields its training recipe sets apart from every method's (training/config.py).
     recipe: dict = {}
 
     def __init__(self, config: DraftConfig, target):
         super().__init__()
+        if not config.draft_input:  # a checkpoint from before the field, or a new draft of the method's own
+            config = replace(config, draft_input=self.inputs[0])
+        if config.draft_input not in self.inputs:
+            raise ScyllaError(f"{config.method} drafts take draft input {' or '.join(self.inputs)}, "
+                              f"not '{config.draft_input}'")
         self.config = config
         # The target's embedding (and LM head) are frozen and belong to the target:
         # kept out of the module tree so they are neither trained nor saved.
@@ -143,7 +156,7 @@ class Draft(nn.Module):
     @property
     def info(self) -> DraftInfo:
         return DraftInfo(self.config.method, self.config.num_layers, self.checkpoint, self.config.pretrain_tokens,
-                         self.weights_hash)
+                         self.weights_hash, self.config.draft_input)
 
     def _inputs(self, tokens, features, from_target: bool):
         """-> (residual stream input [b,q,h], attention input of layer 0 or None)."""

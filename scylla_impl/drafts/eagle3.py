@@ -8,12 +8,14 @@ from torch import nn
 from scylla_impl.drafts.base import Draft, DraftConfig
 from scylla_impl.drafts.eagle2 import decoder_stack
 from scylla_impl.drafts.layers import RMSNorm
+from scylla_impl.methods import CONCAT
 
 
 class Eagle3Draft(Draft):
     own_head = True
     regresses_features = False
     fuses_layers = True
+    inputs = (CONCAT,)
     # An untrained draft gets a reduced vocabulary of this size, so decoding with random:eagle3
     # exercises the draft-to-target id map; trained drafts take theirs from the recipe.
     untrained_vocab = 8192

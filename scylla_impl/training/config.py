@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scylla_impl import devices, dtypes
-from scylla_impl.methods import BY_NAME, TRAINED
+from scylla_impl.methods import BY_NAME, DRAFT_INPUTS, TRAINED
 from workloads.corpora import SFT_SOURCES, check_shares
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
@@ -50,6 +50,9 @@ class TrainConfig:
     method: str
     target: str = "default"
     layers: int | None = _opt(None, "decoder layers of a scylla draft (default 1)")
+    draft_input: str | None = _opt(None, "how the embedding and the feature enter a draft's first layer: "
+                                         "projection (EAGLE-2, Scylla) or concat (EAGLE-3; Scylla's ablation); "
+                                         "default: the method's own", choices=DRAFT_INPUTS)
     pretrain_tokens: int = _opt(0, "stage-1 budget, e.g. 16k, 1.5M", parse=lambda t: parse_tokens(t), metavar="N")
     sft_tokens: int = _opt(0, "stage-2 (chat SFT) budget", parse=lambda t: parse_tokens(t), metavar="N")
     seq_len: int = _opt(256, "packed sequence length")
@@ -128,6 +131,9 @@ class TrainConfig:
             raise ScyllaError(f"--layers applies to scylla drafts; {self.method} has one decoder layer")
         if self.layers is not None and not 1 <= self.layers <= deepest:
             raise ScyllaError(f"--layers must be 1..{deepest} (Scylla's deepest draft), got {self.layers}")
+        inputs = BY_NAME[self.method].draft_class.inputs
+        if self.draft_input is not None and self.draft_input not in inputs:
+            raise ScyllaError(f"--draft-input: {self.method} drafts take {' or '.join(inputs)}, not '{self.draft_input}'")
         for name in ("pretrain_tokens", "sft_tokens"):
             if getattr(self, name) < 0:
                 raise ScyllaError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
