@@ -49,8 +49,10 @@ from workloads.files import atomic_write_bytes
 PLAN_FILE = "scaling.json"
 FITS_FILE = "fits.parquet"
 SERIES = ("tokens", "layers", "batch", "arch")
-TAU_SERIES = ("tokens", "layers", "arch")  # measured in OUT/sweep; "batch" in OUT/sweep-batch
+TAU_LAWS = ("tokens", "layers")  # fitted on tau; "batch" on the fastest tree's top_k
+TAU_SERIES = (*TAU_LAWS, "arch")  # measured in OUT/sweep; "batch" in OUT/sweep-batch
 ABLATION_FILE = "ablation.parquet"
+FIT_COLUMNS = ["series", "variable", "response", "dataset", "n", "alpha", "alpha_ci95", "beta", "r2", "x", "y"]
 PROFILE_DIR = "profile"
 METHOD = "scylla"
 
@@ -338,9 +340,6 @@ def run(plan: ScalingPlan, out: Path, *, threads: int | None = None, progress: s
     return Outcome(fits, ablation)
 
 
-FIT_COLUMNS = ["series", "variable", "response", "dataset", "n", "alpha", "alpha_ci95", "beta", "r2", "x", "y"]
-
-
 def _fit_row(series: str, variable: str, response: str, dataset: str, points: list[tuple[float, float]], fit) -> dict:
     return {
         "series": series, "variable": variable, "response": response, "dataset": dataset, "n": len(points),
@@ -355,7 +354,7 @@ def fit_results(results: pd.DataFrame, plan: ScalingPlan) -> pd.DataFrame:
     variable over its drafts. Pooled tau is over the datasets every draft of the series has."""
     ok = results[(results["status"] == "ok") & (results["method"] == METHOD)]
     rows = []
-    for series in (s for s in plan.series if s in ("tokens", "layers")):
+    for series in (s for s in plan.series if s in TAU_LAWS):
         if series == "tokens":
             members = {draft_name(Point(plan.budget_layers, b)): b for b in plan.budgets}
         else:

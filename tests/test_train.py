@@ -158,7 +158,7 @@ def test_the_input_ablation_trains_reloads_and_decodes_losslessly(tiny, tiny_dir
 
 
 def test_a_draft_input_its_method_has_not_is_refused(tiny, tiny_dir, text_file, tmp_path):
-    with pytest.raises(ScyllaError, match="eagle2 drafts take projection, not 'concat'"):
+    with pytest.raises(ScyllaError, match="eagle2 drafts take draft input projection, not 'concat'"):
         small("eagle2", tiny_dir, text_file, draft_input="concat")
     with pytest.raises(ScyllaError, match="eagle3 drafts take draft input concat, not 'projection'"):
         new_draft("eagle3", tiny, draft_input="projection")
@@ -173,7 +173,7 @@ def test_a_draft_input_its_method_has_not_is_refused(tiny, tiny_dir, text_file, 
                            "concat", "--target", str(tiny_dir), "--pretrain-tokens", "4k", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True)
     assert done.returncode != 0 and done.stderr.startswith("error:") and "Traceback" not in done.stderr
-    assert "eagle2 drafts take projection, not 'concat'" in done.stderr
+    assert "eagle2 drafts take draft input projection, not 'concat'" in done.stderr
 
 
 def test_online_and_cached_features_train_identically(tiny, tiny_dir, text_file, tmp_path):

@@ -118,14 +118,19 @@ class Draft(nn.Module):
     # TrainConfig fields its training recipe sets apart from every method's (training/config.py).
     recipe: dict = {}
 
+    @classmethod
+    def input_path(cls, method: str, draft_input: str | None) -> str:
+        """`draft_input` (DraftConfig.draft_input) if this class is built for it; None or "": its own."""
+        if not draft_input:
+            return cls.inputs[0]
+        if draft_input not in cls.inputs:
+            raise ScyllaError(f"{method} drafts take draft input {' or '.join(cls.inputs)}, not '{draft_input}'")
+        return draft_input
+
     def __init__(self, config: DraftConfig, target):
         super().__init__()
-        if not config.draft_input:  # a checkpoint from before the field, or a new draft of the method's own
-            config = replace(config, draft_input=self.inputs[0])
-        if config.draft_input not in self.inputs:
-            raise ScyllaError(f"{config.method} drafts take draft input {' or '.join(self.inputs)}, "
-                              f"not '{config.draft_input}'")
-        self.config = config
+        # "": a checkpoint from before the field, or a new draft of the method's own input path.
+        self.config = replace(config, draft_input=self.input_path(config.method, config.draft_input))
         # The target's embedding (and LM head) are frozen and belong to the target:
         # kept out of the module tree so they are neither trained nor saved.
         self._target_parts = (target.embed, target.lm_head)

@@ -131,9 +131,7 @@ class TrainConfig:
             raise ScyllaError(f"--layers applies to scylla drafts; {self.method} has one decoder layer")
         if self.layers is not None and not 1 <= self.layers <= deepest:
             raise ScyllaError(f"--layers must be 1..{deepest} (Scylla's deepest draft), got {self.layers}")
-        inputs = BY_NAME[self.method].draft_class.inputs
-        if self.draft_input is not None and self.draft_input not in inputs:
-            raise ScyllaError(f"--draft-input: {self.method} drafts take {' or '.join(inputs)}, not '{self.draft_input}'")
+        BY_NAME[self.method].draft_class.input_path(self.method, self.draft_input)  # the check the draft makes, up front
         for name in ("pretrain_tokens", "sft_tokens"):
             if getattr(self, name) < 0:
                 raise ScyllaError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
