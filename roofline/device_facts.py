@@ -148,14 +148,30 @@ def _cpuinfo() -> list[dict[str, str]]:
     return blocks
 
 
-def _meminfo_total() -> int | None:
+def _meminfo(field: str) -> int | None:
+    """Bytes of a /proc/meminfo field (Linux), or None."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _meminfo_total() -> int | None:
+    return _meminfo("MemTotal")
+
+
+def host_available_bytes() -> int | None:
+    """Host memory a new allocation can take now (Linux's MemAvailable, else free pages), or None."""
+    available = _meminfo("MemAvailable")
+    if available is not None:
+        return available
+    try:  # not Linux: free pages, which leaves out reclaimable caches (an underestimate)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def collect_cpu_facts(unmeasured: list[Unmeasured]) -> CpuFacts:

@@ -44,7 +44,7 @@ from roofline import bandwidth as bw_mod
 from roofline import compute as mm_mod
 from roofline import knee as knee_mod
 from roofline import policy as policy_mod
-from roofline.device_facts import DeviceFacts, collect_device_facts
+from roofline.device_facts import DeviceFacts, collect_device_facts, host_available_bytes
 from roofline.nvml_sampler import NvmlSampler
 from roofline.nvtx_ranges import phase
 from roofline.profile_doc import PROFILE_FILE, ICrit, Knee, ProfileDoc, ProfileRecord
@@ -161,8 +161,14 @@ def _buffer_sizes(run: _Run) -> list[int]:
         return [run.plan.bw_min_bytes]
     sizes = [int(m * llc) for m in run.plan.bw_llc_multiples]
     sizes[-1] = max(sizes[-1], run.plan.bw_min_bytes)
-    if run.device.type == "cuda":  # three arrays of the largest size must fit comfortably
+    # Three arrays of the largest size must fit comfortably beside the cache flusher: a CPU whose
+    # last-level cache is large next to its memory (480 MiB of L3 on a 23 GB VM) would otherwise
+    # ask for 3 x 3.75 GB and be killed by the kernel's OOM killer.
+    if run.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(run.device)
+    else:
+        free = host_available_bytes()
+    if free is not None:
         sizes = [min(s, free // 8) for s in sizes]
     return sorted(set(sizes))
 
