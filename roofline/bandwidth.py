@@ -30,6 +30,7 @@ from roofline import triton_kernels
 from roofline.timing import CacheFlusher, Timer, Timing
 
 DTYPE = torch.float32  # fp32: exact in the Triton interpreter and on every backend
+VERIFY_SLICE = 1 << 24  # elements per slice when numpy's triad result is checked
 PAST_LLC_FACTOR = 4  # a buffer counts towards the peak only at >= 4x the last-level cache
 TRIAD_SCALAR = 3.0
 PATTERN_PERIOD = 8  # every buffer length is a multiple of this and of the block size
@@ -302,7 +303,7 @@ def numpy_triad_crosscheck(
             bufs["a"].fill_(float("nan"))
             t_numpy += timer.measure(np_triad, warmup=0, reps=1, before=flusher).samples_s
         # Checked a slice at a time: `b + s * c` over the whole buffers would allocate two more of them.
-        step = 1 << 24
+        step = VERIFY_SLICE
         verified = all(np.array_equal(a[i:i + step], b[i:i + step] + TRIAD_SCALAR * c[i:i + step])
                        for i in range(0, n, step))
     nbytes = 4 * n

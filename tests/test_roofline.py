@@ -257,6 +257,31 @@ def test_numpy_triad_crosscheck_structure():
     assert len(check.rows()) == 6
 
 
+def test_numpy_triad_is_verified_slice_by_slice(monkeypatch):
+    monkeypatch.setattr(bw, "VERIFY_SLICE", 1000)  # 263 slices, the last one short
+    check = bw.numpy_triad_crosscheck(1 << 18, threads=2, flusher=None, warmup=0, reps=1)
+    assert check.numpy_verified
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bandwidth_buffers_fit_in_the_memory_there_is(monkeypatch, device):
+    from types import SimpleNamespace
+
+    from roofline import profile as prof
+
+    # A Xeon VM: 480 MiB of L3 and 23 GB of memory; 4 and 8 LLCs per array would need 3 x 3.75 GB.
+    llc, available = 480 << 20, 12 << 30
+    monkeypatch.setattr(prof, "host_available_bytes", lambda: available)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device: (available, 2 * available))
+    run = SimpleNamespace(facts=SimpleNamespace(llc_bytes=llc), device=torch.device(device), unmeasured=[],
+                          plan=SimpleNamespace(bw_llc_multiples=(1, 4, 8), bw_min_bytes=128 << 20))
+    sizes = prof._buffer_sizes(run)
+    assert sizes == [llc, available // 8]  # 4 and 8 LLCs are both cut to what three arrays can take
+    monkeypatch.setattr(prof, "host_available_bytes", lambda: None)  # unknown: as the plan asks
+    if device == "cpu":
+        assert prof._buffer_sizes(run) == [llc, 4 * llc, 8 * llc]
+
+
 def test_matmul_search_budget_and_flops():
     mode = MODES["float32"]
     # 8192^3 is predicted (cubic in size from 64^3) at >= 2M x the 64^3 time: past any budget
