@@ -159,10 +159,6 @@ def _meminfo(field: str) -> int | None:
     return None
 
 
-def _meminfo_total() -> int | None:
-    return _meminfo("MemTotal")
-
-
 def host_available_bytes() -> int | None:
     """Host memory a new allocation can take now (Linux's MemAvailable, else free pages), or None."""
     available = _meminfo("MemAvailable")
@@ -201,7 +197,7 @@ def collect_cpu_facts(unmeasured: list[Unmeasured]) -> CpuFacts:
         cpus_available=available,
         threads_used=torch.get_num_threads(),
         mhz=mhz,
-        memory_bytes=_meminfo_total(),
+        memory_bytes=_meminfo("MemTotal"),
         caches=caches,
         llc_bytes=llc,
         isa=sorted(f for f in INTERESTING_ISA if f in flags),

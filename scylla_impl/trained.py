@@ -23,10 +23,10 @@ DEFAULT_DRAFTS: dict[str, tuple[str, int | None]] = {
 # A method with several depths: its own name is its last draft (the default draft is the Scylla-3 one).
 ALIASES = {m.name: m.draft_name(m.layers[-1]) for m in METHODS if m.trained and m.layers}
 DEFAULT_DRAFTS.update({alias: DEFAULT_DRAFTS[name] for alias, name in ALIASES.items()})
-# Measured for the default recipe on this project's 2-core CPUs with bf16 (AVX-512 BF16): 6.5 min
-# of training for EAGLE-2, 7.3 for EAGLE-3, 12 for Scylla-3, plus about 4 min once per target for
-# its answers and features; see scylla_impl/training/config.py. Without fast bf16 everything runs
-# in fp32, several times longer.
+# Measured for the default recipe on a 2-core Xeon with AMX (bf16): 6.5 min of training for
+# EAGLE-2, 7.3 for EAGLE-3, 11.2 for Scylla-3, plus about 4 min once per target for its answers and
+# features; see scylla_impl/training/config.py. Without fast bf16 everything runs in fp32, several
+# times longer.
 RECIPE_MINUTES = "6-12"
 
 
