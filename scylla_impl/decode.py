@@ -168,12 +168,14 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
 
 
 # A token's rivals: the other tokens whose logit lies within this many units in the last place
-# (of the chosen logit, in the target's dtype) of the chosen one. A verify of a tree and a
-# one-token AR step run different matmul shapes, so in reduced precision a logit can come out
-# an ulp or two apart, and between rivals that decides which one the argmax takes. Measured in
-# bf16 on the embedded target (README, "lossless"): all 122 speculative outputs that parted
-# from AR on 48 cells did so by taking one of AR's rivals, while 11% of AR's tokens have any.
-# In float32 through the few-row kernel AR and verify give the same bits.
+# (of the chosen logit, in the target's dtype) of the chosen one. Where a verify of a tree and a
+# one-token AR step run through different kernels (GPUs, BLAS beyond the few-row kernel's rows,
+# SDPA for soft-capped attention), a logit can come out an ulp or two apart in reduced
+# precision, and between rivals that decides which one the argmax takes. Measured in bf16 on
+# the embedded target with torch's kernels (README, "lossless"): all 122 speculative outputs
+# that parted from AR on 48 cells did so by taking one of AR's rivals, while 11% of AR's tokens
+# have any. On the CPU's few-row paths (skinny_linear.py, row_attention.py) AR and verify give
+# the same bits, in fp32 and in bf16.
 NEAR_TIE_ULPS = 2.0
 MAX_RIVALS = 8  # exact ties among more tokens keep the first 8: the check then errs strict
 

@@ -1,4 +1,8 @@
-"""SDPA for the target that never copies its KV cache to match the query heads.
+"""The target's attention: exact decode steps on the CPU, SDPA without KV copies elsewhere.
+
+A decode step on the CPU (at most row_attention.MAX_QUERIES tokens per row, fp32 or bf16,
+plain attention) goes to row_attention.py, whose result for a token does not depend on the
+tree around it, so an AR step and a verify score it alike.
 
 transformers' SDPA attention repeats the key/value heads of a grouped-query model
 (`repeat_kv`) whenever a mask is given and more than one query token comes in: every
@@ -14,6 +18,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from scylla_impl import row_attention, skinny_linear
+
 NAME = "scylla_sdpa"
 
 
@@ -23,6 +29,9 @@ def gqa_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     """query [b, heads, q, d], key/value [b, kv_heads, kv, d], mask [b, 1, q, kv] -> [b, q, heads, d]."""
     grouped = getattr(module, "num_key_value_groups", 1) > 1
     plain = kwargs.get("softcap") is None and kwargs.get("position_bias") is None and kwargs.get("s_aux") is None
+    if plain and _row_attention_applies(query, key, value, attention_mask, dropout):
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return torch.ops.scylla.row_attention(query, key, value, attention_mask, float(scale)), None
     if not (grouped and plain and attention_mask is not None and query.shape[2] > 1
             and key.shape[-1] == value.shape[-1]):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -30,6 +39,17 @@ def gqa_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                          scale=scaling, enable_gqa=True)  # [b, heads, q, d]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _row_attention_applies(query, key, value, mask, dropout: float) -> bool:
+    """A decode step on the CPU with the built kernel: row_attention.py, whose result for a
+    token does not depend on the tree around it, so AR and a verify score it alike."""
+    return (query.device.type == "cpu" and query.shape[2] <= row_attention.MAX_QUERIES and dropout == 0.0
+            and mask is not None and mask.dtype == query.dtype == key.dtype == value.dtype
+            and query.dtype in skinny_linear.built_dtypes() and mask.dim() == 4 and mask.shape[1] == 1
+            and mask.shape[-1] == key.shape[2] and key.shape[-1] == value.shape[-1] == query.shape[-1]
+            and key.stride(-1) == 1 and value.stride(-1) == 1
+            and not (torch.is_grad_enabled() and query.requires_grad))
 
 
 AttentionInterface.register(NAME, gqa_sdpa_attention)

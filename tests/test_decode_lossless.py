@@ -176,3 +176,32 @@ def test_greedy_ar_records_each_tokens_rivals(target_fp32, prompts):
     logits = torch.full((1, 10), -5.0)
     logits[0, [2, 3, 7, 9]] = torch.tensor([20.0, 20.0, 19.75, 19.625])
     assert rivals(logits, torch.tensor([2]), torch.bfloat16) == [[3, 7]]
+
+
+# bf16 on a CPU whose few-row kernels take it: every step's matmuls through one instruction
+# path and attention summed over what each token sees (skinny_linear.py, row_attention.py),
+# so speculative outputs equal AR's bit for bit, with no near-tie allowance: 60-token trees and
+# 4 rows of 12-token trees included (AMX serves up to 128 rows).
+BF16_CASES = [("oracle", 4, 5, 8, 1), ("random:eagle3", 10, 5, 60, 1), ("lookup", 3, 4, 12, 4),
+              ("random:scylla", 4, 3, 12, 4)]
+
+
+@pytest.fixture(scope="module")
+def target_bf16(default_model_dir):
+    from scylla_impl import skinny_linear
+    from scylla_impl.target import Target
+
+    if torch.bfloat16 not in skinny_linear.dtypes():
+        pytest.skip("this CPU has no AVX512-BF16: bf16 steps go through torch's matmul, exact only up to near-ties")
+    return Target.load("default", dtype="bfloat16")
+
+
+@pytest.mark.parametrize("spec,top_k,depth,total,batch", BF16_CASES)
+def test_bf16_speculative_equals_ar_exactly(target_bf16, prompts, spec, top_k, depth, total, batch):
+    subset = prompts[:8]
+    ar = _decode(target_bf16, subset, None, DecodeConfig(max_new_tokens=NEW_TOKENS), batch)
+    draft = load_draft(spec, target_bf16, seed=1)
+    config = DecodeConfig(top_k=top_k, depth=depth, total_tokens=total, max_new_tokens=NEW_TOKENS)
+    got = _decode(target_bf16, subset, draft, config, batch)
+    differ = [i for i, (g, a) in enumerate(zip(got, ar)) if g != a]
+    assert not differ, f"{spec} k{top_k} d{depth} n{total} b{batch}: prompts {differ} part from AR in bf16"

@@ -1,5 +1,6 @@
-"""The few-row fp32 CPU matmul kernel: F.linear's results, the same bits for a row whatever
-else is in the batch, installed without touching parameters, and out of autograd's way."""
+"""The few-row CPU matmul kernel (fp32, and bf16 where the CPU has AVX512-BF16): F.linear's
+results, the same bits for a row whatever else is in the batch, installed without touching
+parameters, and out of autograd's way."""
 
 import pytest
 import torch
@@ -24,15 +25,38 @@ def test_equals_torch_linear(kernel, rows, k, n):
     torch.testing.assert_close(kernel(x, w), x @ w.T, rtol=1e-5, atol=1e-4)
 
 
-def test_a_row_gets_the_same_bits_in_any_batch(kernel):
+def needs_bf16():
+    if torch.bfloat16 not in skinny_linear.dtypes():
+        pytest.skip("this CPU has no AVX512-BF16: bf16 goes through torch's matmul")
+
+
+@pytest.mark.parametrize("rows, k, n", [(1, 576, 1536), (3, 64, 10), (8, 1536, 576), (13, 37, 5), (40, 576, 49152),
+                                        (70, 96, 33)])
+def test_bf16_equals_fp32_products_rounded(kernel, rows, k, n):
+    """bf16 products summed in fp32, rounded once: within an ulp of the fp32 result, as torch's own."""
+    needs_bf16()
+    gen = torch.Generator().manual_seed(rows * k)
+    x, w = (torch.randn(*shape, generator=gen).to(torch.bfloat16) for shape in ((rows, k), (n, k)))
+    want = x.float() @ w.float().T
+    got = kernel(x, w)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2 ** -7, atol=1e-3)
+
+
+# 301 weight rows: an odd count leaves a one-row tail when weight rows go two at a time, and
+# 301 % 16 rows outside AMX's 16-row blocks; K 100 and 37 are not AMX's blocks of 32 k, K 96 is.
+@pytest.mark.parametrize("dtype, k", [(torch.float32, 100), (torch.bfloat16, 96), (torch.bfloat16, 37)])
+def test_a_row_gets_the_same_bits_in_any_batch(kernel, dtype, k):
     """AR scores a token alone, a verify scores it inside a tree: their logits must agree exactly."""
+    if dtype == torch.bfloat16:
+        needs_bf16()
+    rows = skinny_linear.max_rows(dtype)
     gen = torch.Generator().manual_seed(0)
-    # 301 weight rows: an odd count leaves a one-row tail when weight rows go two at a time
-    x, w = torch.randn(40, 100, generator=gen), torch.randn(301, 100, generator=gen)
+    x, w = torch.randn(rows, k, generator=gen).to(dtype), torch.randn(301, k, generator=gen).to(dtype)
     whole = kernel(x, w)
-    for i in range(40):
-        assert torch.equal(kernel(x[i:i + 1].contiguous(), w), whole[i:i + 1])
-    for m in range(1, skinny_linear.MAX_ROWS + 1):  # every register block shape, with and without a tail block
+    for i in range(rows):
+        assert torch.equal(kernel(x[i:i + 1].contiguous(), w), whole[i:i + 1]), i
+    for m in sorted({*range(1, 41), rows // 2, rows - 1, rows}):  # every block shape, with and without a tail
         assert torch.equal(kernel(x[:m].contiguous(), w), whole[:m]), m
     assert torch.equal(kernel(x[5:17].contiguous(), w), whole[5:17])
 
@@ -57,8 +81,10 @@ def test_training_and_other_dtypes_use_torch():
     x = torch.randn(2, 8, requires_grad=True)
     layer(x).sum().backward()  # through F.linear: the kernel has no backward
     assert x.grad is not None and layer.weight.grad is not None
+    half = nn.Linear(8, 4).to(torch.float16)
+    assert skinny_linear.install(half) == 0 and type(half) is nn.Linear
     bf16 = nn.Linear(8, 4).to(torch.bfloat16)
-    assert skinny_linear.install(bf16) == 0 and type(bf16) is nn.Linear
+    assert skinny_linear.install(bf16) == (torch.bfloat16 in skinny_linear.dtypes())
     wide = torch.randn(skinny_linear.MAX_ROWS + 1, 8)
     with torch.no_grad():
         torch.testing.assert_close(layer(wide), F.linear(wide, layer.weight, layer.bias))
