@@ -121,21 +121,22 @@ static void weigh(const float* p, const int64_t* seen, int64_t n, const T* v, in
   else weigh_values<T, 0>(p, seen, n, v, vs, D, acc);
 }
 
-// One head of one row: Q queries q [Q, D] (fp32), keys/values at stride ks/vs per slot, the
-// queries' masks at stride mq per query and ms per slot (additive; below -1e30: not seen)
-// -> out, query i at out + i * os. Scores take 16 keys a time in lanes, each summed over d
-// in order, so a score depends on its query and key only; softmax and the weighted sum of
-// values then run over the keys a query sees, in slot order.
+// The G query heads that share one KV head, in one row: q [G * Q, D] (fp32, head-major,
+// zero rows after it up to a multiple of 4), keys/values at stride ks/vs per slot, the queries' masks at stride mq
+// per query and ms per slot (additive; below -1e30: not seen) -> out, query i of head j at
+// out + i * os + j * D. Scores take 16 keys a time in lanes, each summed over d in order, so a
+// score depends on its query and key only; softmax and the weighted sum of values then run
+// over the keys a query sees, in slot order. The group's heads share each widened key block.
 template <typename T>
-static void attend_head(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, const T* mask, int64_t mq,
-                        int64_t ms, int64_t Q, int64_t S, int64_t D, float scale, T* out, int64_t os) {
-  const int64_t D16 = D - D % 16;
-  std::vector<float> kt(D * 16), scores(Q * S), kept(S + 16);
+static void attend_group(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, const T* mask, int64_t mq,
+                         int64_t ms, int64_t G, int64_t Q, int64_t S, int64_t D, float scale, T* out, int64_t os) {
+  const int64_t D16 = D - D % 16, R = G * Q, R4 = (R + 3) / 4 * 4;
+  std::vector<float> kt(D * 16), scores(R4 * S), kept(S + 16);
   std::vector<int64_t> seen(S);
   std::vector<float> acc(D);
   // bf16 values widened once when several queries read them (exact, so the sums are the same).
   std::vector<float> vf;
-  if (!std::is_same<T, float>::value && Q >= 4) {
+  if (!std::is_same<T, float>::value && G * Q >= 4) {
     vf.resize(S * D);
     for (int64_t s = 0; s < S; ++s)
       for (int64_t d = 0; d < D; ++d) vf[s * D + d] = to_float(v[s * vs + d]);
@@ -151,7 +152,7 @@ static void attend_head(const float* q, const T* k, int64_t ks, const T* v, int6
       }
       for (int64_t d = D16; d < D; ++d) kt[d * 16 + l] = to_float(key[d]);
     }
-    for (int64_t i0 = 0; i0 < Q; i0 += 4) {  // 4 queries share each load of the keys (q holds Q rounded up to 4)
+    for (int64_t i0 = 0; i0 < R4; i0 += 4) {  // 4 queries share each load of the keys
       v16 d0 = {}, d1 = {}, d2 = {}, d3 = {};
       const float* qi = q + i0 * D;
       for (int64_t d = 0; d < D; ++d) {
@@ -162,17 +163,17 @@ static void attend_head(const float* q, const T* k, int64_t ks, const T* v, int6
         d3 = fma16(v16{} + qi[3 * D + d], key, d3);
       }
       const v16 dots[4] = {d0, d1, d2, d3};
-      for (int64_t i = 0; i < std::min<int64_t>(4, Q - i0); ++i)
-        std::memcpy(scores.data() + (i0 + i) * S + s0, &dots[i], w * sizeof(float));
+      for (int64_t i = 0; i < 4; ++i) std::memcpy(scores.data() + (i0 + i) * S + s0, &dots[i], w * sizeof(float));
     }
   }
-  for (int64_t i = 0; i < Q; ++i) {
-    T* o = out + i * os;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t j = r / Q, i = r % Q;
+    T* o = out + i * os + j * D;
     int64_t n = 0;
     for (int64_t s = 0; s < S; ++s) {
       const float m = to_float(mask[i * mq + s * ms]);
       if (!(m > -1e30f)) continue;
-      kept[n] = scores[i * S + s] * scale + m;
+      kept[n] = scores[r * S + s] * scale + m;
       seen[n++] = s;
     }
     if (n == 0) {  // a query that sees nothing (never in a decode step): zeros, as SDPA's masked rows
@@ -198,21 +199,21 @@ static void attend(const torch::Tensor& q, const torch::Tensor& k, const torch::
                    double scale, torch::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), Q = q.size(2), D = q.size(3);
   const int64_t G = H / k.size(1), S = k.size(2);
-  const int64_t Q4 = (Q + 3) / 4 * 4;
-  auto qf = torch::zeros({B, H, Q4, D}, q.options().dtype(torch::kFloat));  // [B, H, Q4, D]: blocks of 4 queries
-  qf.narrow(2, 0, Q).copy_(q);
+  const int64_t KV = k.size(1), R4 = (G * Q + 3) / 4 * 4;
+  auto qf = torch::zeros({B, KV, R4, D}, q.options().dtype(torch::kFloat));  // per KV head, its G heads' queries
+  qf.narrow(2, 0, G * Q).copy_(q.reshape({B, KV, G * Q, D}));
   const float* qp = qf.data_ptr<float>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   const T* mp = mask.data_ptr<T>();
   T* op = out.data_ptr<T>();  // [B, Q, H, D]
-  at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, B * KV, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / H, h = t % H;
-      attend_head<T>(qp + (b * H + h) * Q4 * D, kp + b * k.stride(0) + h / G * k.stride(1), k.stride(2),
-                     vp + b * v.stride(0) + h / G * v.stride(1), v.stride(2), mp + b * mask.stride(0),
-                     mask.stride(2), mask.stride(3), Q, S, D, static_cast<float>(scale), op + (b * Q * H + h) * D,
-                     H * D);
+      const int64_t b = t / KV, g = t % KV;
+      attend_group<T>(qp + (b * KV + g) * R4 * D, kp + b * k.stride(0) + g * k.stride(1), k.stride(2),
+                      vp + b * v.stride(0) + g * v.stride(1), v.stride(2), mp + b * mask.stride(0),
+                      mask.stride(2), mask.stride(3), G, Q, S, D, static_cast<float>(scale),
+                      op + (b * Q * H + g * G) * D, H * D);
     }
   });
 }
