@@ -45,6 +45,8 @@ static inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
 static inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof(v)); return v; }
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
 static inline v16 load16(const at::BFloat16* p) {  // bf16 is fp32's top half: widen, shift
   u16x16 h;
   std::memcpy(&h, p, sizeof(h));
@@ -67,7 +69,7 @@ static inline v16 fma16(v16 a, v16 b, v16 c) {
 // with r in [0, ln2), 2^n from the exponent bits, e^r by a degree-6 polynomial (rel. error
 // below 2e-7). Below -87 it returns 0, as softmax wants of a term that small.
 static inline v16 exp16(v16 x) {
-  typedef int32_t i32x16 __attribute__((vector_size(64)));
+  x = (x > -88.0f) ? x : v16{} - 88.0f;  // -inf (a masked key) too, kept in int range
   const v16 t = x * 1.44269504088896341f;
   i32x16 n = __builtin_convertvector(t, i32x16);
   n -= (__builtin_convertvector(n, v16) > t) ? 1 : 0;  // floor
@@ -86,111 +88,186 @@ static inline v16 exp16(v16 x) {
   return (x > -87.0f) ? p * scale : v16{};
 }
 
-// acc [D] = sum over j < n, in order, of p[j] * value of slot seen[j]. NC: D / 16 where the
-// accumulators fit registers (a head of 64 or 128), 0 for any D. Same sums either way.
-template <typename T, int NC>
-static void weigh_values(const float* p, const int64_t* seen, int64_t n, const T* v, int64_t vs, int64_t D,
-                         float* acc) {
+#ifdef __AVX512F__
+// r[l] = row l of a 16 x 16 block -> r[e] = column e: pairs within 128-bit lanes, then lanes.
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+#endif
+
+// kt [D][32], columns c..c+15: the w keys from slot s0 (zeros after them) as fp32, the head
+// dimension outermost, so that 16 keys' terms for one d sit in one vector.
+template <typename T>
+static void keys_by_dim(const T* k, int64_t ks, int64_t s0, int64_t w, int64_t D, float* kt) {
+  const int64_t D16 = D - D % 16;
+#ifdef __AVX512F__
+  for (int64_t d = 0; d < D16; d += 16) {
+    __m512 r[16];
+    for (int64_t l = 0; l < 16; ++l) r[l] = l < w ? (__m512)load16(k + (s0 + l) * ks + d) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int e = 0; e < 16; ++e) _mm512_storeu_ps(kt + (d + e) * 32, r[e]);
+  }
+#else
+  for (int64_t l = 0; l < 16; ++l)
+    for (int64_t d = 0; d < D16; ++d) kt[d * 32 + l] = l < w ? to_float(k[(s0 + l) * ks + d]) : 0.0f;
+#endif
+  for (int64_t l = 0; l < 16; ++l)
+    for (int64_t d = D16; d < D; ++d) kt[d * 32 + l] = l < w ? to_float(k[(s0 + l) * ks + d]) : 0.0f;
+}
+
+// For RB query rows r0..: acc[r] [D] = sum over the slots s that row sees, in slot order, of
+// p[r][s] * value s; total[r] = sum of those p[r][s], in the same order. Rows run side by side
+// (one load of a value serves RB of them), each its own chain of sums, so a row's sums are
+// what it gets alone. NC = D / 16 where the accumulators fit registers, 0 for any D.
+template <typename T, int NC, int RB>
+static void weigh_rows(const float* p, const uint8_t* const* sees, int64_t S, const T* v, int64_t vs, int64_t D,
+                       float* acc, float* total) {
   if constexpr (NC > 0) {
-    v16 a[NC] = {};
-    for (int64_t j = 0; j < n; ++j) {
-      const T* value = v + seen[j] * vs;
-      const v16 pv = v16{} + p[j];
-      for (int c = 0; c < NC; ++c) a[c] = fma16(pv, load16(value + 16 * c), a[c]);
+    v16 a[RB][NC] = {};
+    float t[RB] = {};
+    for (int64_t s = 0; s < S; ++s) {
+      const T* value = v + s * vs;
+      v16 val[NC];
+      for (int c = 0; c < NC; ++c) val[c] = load16(value + 16 * c);
+      for (int r = 0; r < RB; ++r) {
+        if (!sees[r][s]) continue;
+        const float w = p[r * S + s];
+        const v16 pv = v16{} + w;
+        for (int c = 0; c < NC; ++c) a[r][c] = fma16(pv, val[c], a[r][c]);
+        t[r] += w;
+      }
     }
-    std::memcpy(acc, a, sizeof(a));
+    for (int r = 0; r < RB; ++r) {
+      std::memcpy(acc + r * D, a[r], sizeof(a[r]));
+      total[r] = t[r];
+    }
   } else {
     const int64_t D16 = D - D % 16;
-    std::fill(acc, acc + D, 0.0f);
-    for (int64_t j = 0; j < n; ++j) {
-      const T* value = v + seen[j] * vs;
-      const v16 pv = v16{} + p[j];
-      for (int64_t d = 0; d < D16; d += 16) {
-        const v16 sum = fma16(pv, load16(value + d), load16(acc + d));
-        std::memcpy(acc + d, &sum, sizeof(sum));
+    for (int r = 0; r < RB; ++r) {
+      float* o = acc + r * D;
+      std::fill(o, o + D, 0.0f);
+      float t = 0.0f;
+      for (int64_t s = 0; s < S; ++s) {
+        if (!sees[r][s]) continue;
+        const T* value = v + s * vs;
+        const float w = p[r * S + s];
+        const v16 pv = v16{} + w;
+        for (int64_t d = 0; d < D16; d += 16) {
+          const v16 sum = fma16(pv, load16(value + d), load16(o + d));
+          std::memcpy(o + d, &sum, sizeof(sum));
+        }
+        for (int64_t d = D16; d < D; ++d) o[d] += w * to_float(value[d]);
+        t += w;
       }
-      for (int64_t d = D16; d < D; ++d) acc[d] += p[j] * to_float(value[d]);
+      total[r] = t;
     }
   }
 }
 
 template <typename T>
-static void weigh(const float* p, const int64_t* seen, int64_t n, const T* v, int64_t vs, int64_t D, float* acc) {
-  if (D == 64) weigh_values<T, 4>(p, seen, n, v, vs, D, acc);
-  else if (D == 128) weigh_values<T, 8>(p, seen, n, v, vs, D, acc);
-  else weigh_values<T, 0>(p, seen, n, v, vs, D, acc);
+static void weigh(const float* p, const uint8_t* const* sees, int64_t S, const T* v, int64_t vs, int64_t D,
+                  float* acc, float* total) {
+  if (D == 64) weigh_rows<T, 4, 4>(p, sees, S, v, vs, D, acc, total);
+  else if (D == 128) weigh_rows<T, 8, 2>(p, sees, S, v, vs, D, acc, total), weigh_rows<T, 8, 2>(p + 2 * S, sees + 2, S, v, vs, D, acc + 2 * D, total + 2);
+  else weigh_rows<T, 0, 4>(p, sees, S, v, vs, D, acc, total);
 }
 
-// The G query heads that share one KV head, in one row: q [G * Q, D] (fp32, head-major,
-// zero rows after it up to a multiple of 4), keys/values at stride ks/vs per slot, the queries' masks at stride mq
-// per query and ms per slot (additive; below -1e30: not seen) -> out, query i of head j at
-// out + i * os + j * D. Scores take 16 keys a time in lanes, each summed over d in order, so a
-// score depends on its query and key only; softmax and the weighted sum of values then run
-// over the keys a query sees, in slot order. The group's heads share each widened key block.
+// Query rows r0..r1 (a multiple of 4 apart) of the G heads that share one KV head, in one batch
+// row: q [G * Q rounded up to 4, D] (fp32, head-major, zero rows after the last), keys/values
+// at stride ks/vs per slot, sees [Q, S] (1 where query i sees slot s) and the additive mask
+// [Q, S] -> out, query i of head j at out + i * os + j * D.
+// Scores take 16 keys a time in lanes, each summed over d in order, so a score depends on its
+// query and key only; softmax and the weighted sum of values then run over the slots a query
+// sees, in slot order.
 template <typename T>
-static void attend_group(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, const T* mask, int64_t mq,
-                         int64_t ms, int64_t G, int64_t Q, int64_t S, int64_t D, float scale, T* out, int64_t os) {
-  const int64_t D16 = D - D % 16, R = G * Q, R4 = (R + 3) / 4 * 4;
-  std::vector<float> kt(D * 16), scores(R4 * S), kept(S + 16);
-  std::vector<int64_t> seen(S);
-  std::vector<float> acc(D);
-  // bf16 values widened once when several queries read them (exact, so the sums are the same).
-  std::vector<float> vf;
-  if (!std::is_same<T, float>::value && G * Q >= 4) {
-    vf.resize(S * D);
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t d = 0; d < D; ++d) vf[s * D + d] = to_float(v[s * vs + d]);
-  }
-  for (int64_t s0 = 0; s0 < S; s0 += 16) {
-    const int64_t w = std::min<int64_t>(16, S - s0);
-    if (w < 16) std::fill(kt.begin(), kt.end(), 0.0f);
-    for (int64_t l = 0; l < w; ++l) {
-      const T* key = k + (s0 + l) * ks;
-      for (int64_t d = 0; d < D16; d += 16) {
-        const v16 row = load16(key + d);
-        for (int e = 0; e < 16; ++e) kt[(d + e) * 16 + l] = row[e];
-      }
-      for (int64_t d = D16; d < D; ++d) kt[d * 16 + l] = to_float(key[d]);
-    }
-    for (int64_t i0 = 0; i0 < R4; i0 += 4) {  // 4 queries share each load of the keys
-      v16 d0 = {}, d1 = {}, d2 = {}, d3 = {};
-      const float* qi = q + i0 * D;
+static void attend_rows(const float* q, int64_t r0, int64_t r1, const T* k, int64_t ks, const T* v, int64_t vs,
+                        const uint8_t* sees, const T* mask, int64_t G, int64_t Q, int64_t S,
+                        int64_t D, float scale, T* out, int64_t os) {
+  const int64_t R = G * Q, n = r1 - r0;
+  std::vector<float> kt(D * 32), p(n * S), acc(4 * D), total(4);
+  std::vector<uint8_t> blind(S, 0);  // the padding rows see nothing
+  // Scores, 32 keys a time: 4 queries x 2 vectors of keys are 8 chains of sums in flight.
+  for (int64_t s0 = 0; s0 < S; s0 += 32) {
+    const int64_t w0 = std::min<int64_t>(16, S - s0), w1 = std::max<int64_t>(0, std::min<int64_t>(16, S - s0 - 16));
+    keys_by_dim(k, ks, s0, w0, D, kt.data());
+    keys_by_dim(k, ks, s0 + 16, w1, D, kt.data() + 16);
+    for (int64_t i0 = 0; i0 < n; i0 += 4) {
+      v16 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+      const float* qi = q + (r0 + i0) * D;
       for (int64_t d = 0; d < D; ++d) {
-        const v16 key = load16(kt.data() + d * 16);
-        d0 = fma16(v16{} + qi[d], key, d0);
-        d1 = fma16(v16{} + qi[D + d], key, d1);
-        d2 = fma16(v16{} + qi[2 * D + d], key, d2);
-        d3 = fma16(v16{} + qi[3 * D + d], key, d3);
+        const v16 ka = load16(kt.data() + d * 32), kb = load16(kt.data() + d * 32 + 16);
+        const v16 q0 = v16{} + qi[d], q1 = v16{} + qi[D + d], q2 = v16{} + qi[2 * D + d], q3 = v16{} + qi[3 * D + d];
+        a0 = fma16(q0, ka, a0), b0 = fma16(q0, kb, b0);
+        a1 = fma16(q1, ka, a1), b1 = fma16(q1, kb, b1);
+        a2 = fma16(q2, ka, a2), b2 = fma16(q2, kb, b2);
+        a3 = fma16(q3, ka, a3), b3 = fma16(q3, kb, b3);
       }
-      const v16 dots[4] = {d0, d1, d2, d3};
-      for (int64_t i = 0; i < 4; ++i) std::memcpy(scores.data() + (i0 + i) * S + s0, &dots[i], w * sizeof(float));
+      const v16 lo[4] = {a0, a1, a2, a3}, hi[4] = {b0, b1, b2, b3};
+      for (int64_t i = 0; i < 4; ++i) {
+        std::memcpy(p.data() + (i0 + i) * S + s0, &lo[i], w0 * sizeof(float));
+        std::memcpy(p.data() + (i0 + i) * S + s0 + 16, &hi[i], w1 * sizeof(float));
+      }
     }
   }
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t j = r / Q, i = r % Q;
-    T* o = out + i * os + j * D;
-    int64_t n = 0;
-    for (int64_t s = 0; s < S; ++s) {
-      const float m = to_float(mask[i * mq + s * ms]);
-      if (!(m > -1e30f)) continue;
-      kept[n] = scores[r * S + s] * scale + m;
-      seen[n++] = s;
+  // Softmax numerators: exp(score - the row's top score) where seen, 0 elsewhere.
+  std::vector<const uint8_t*> row_sees(n);
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  const int64_t S16 = S - S % 16;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = (r0 + r) % Q;
+    const uint8_t* seen = row_sees[r] = r0 + r < R ? sees + i * S : blind.data();
+    const T* m = mask + i * S;
+    float* row = p.data() + r * S;
+    v16 tops = v16{} + minus_inf;
+    for (int64_t s = 0; s < S16; s += 16) {
+      u8x16 bytes;
+      std::memcpy(&bytes, seen + s, sizeof(bytes));
+      const v16 x = (__builtin_convertvector(bytes, i32x16) != 0) ? load16(row + s) * scale + load16(m + s)
+                                                                   : v16{} + minus_inf;
+      tops = (x > tops) ? x : tops;
+      std::memcpy(row + s, &x, sizeof(x));
     }
-    if (n == 0) {  // a query that sees nothing (never in a decode step): zeros, as SDPA's masked rows
-      for (int64_t d = 0; d < D; ++d) o[d] = T(0.0f);
-      continue;
+    float top = minus_inf;
+    for (int e = 0; e < 16; ++e) top = std::max(top, tops[e]);
+    for (int64_t s = S16; s < S; ++s) {
+      row[s] = seen[s] ? row[s] * scale + to_float(m[s]) : minus_inf;
+      top = std::max(top, row[s]);
     }
-    float top = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < n; ++j) top = std::max(top, kept[j]);
-    for (int64_t j = 0; j < n; j += 16) {
-      const v16 p = exp16(load16(kept.data() + j) - top);
-      std::memcpy(kept.data() + j, &p, sizeof(p));
+    if (top == minus_inf) top = 0.0f;  // sees nothing: all zeros
+    for (int64_t s = 0; s < S16; s += 16) {
+      const v16 e = exp16(load16(row + s) - top);
+      std::memcpy(row + s, &e, sizeof(e));
     }
-    float total = 0.0f;
-    for (int64_t j = 0; j < n; ++j) total += kept[j];
-    if (!vf.empty()) weigh<float>(kept.data(), seen.data(), n, vf.data(), D, D, acc.data());
-    else weigh<T>(kept.data(), seen.data(), n, v, vs, D, acc.data());
-    for (int64_t d = 0; d < D; ++d) o[d] = T(acc[d] / total);
+    for (int64_t s = S16; s < S; ++s) row[s] = exp16(v16{} + (row[s] - top))[0];
+  }
+  for (int64_t i0 = 0; i0 < n; i0 += 4) {
+    weigh<T>(p.data() + i0 * S, row_sees.data() + i0, S, v, vs, D, acc.data(), total.data());
+    for (int64_t r = 0; r < 4 && r0 + i0 + r < R; ++r) {
+      const int64_t j = (r0 + i0 + r) / Q, i = (r0 + i0 + r) % Q;
+      T* o = out + i * os + j * D;
+      // A query that sees nothing (never in a decode step) gets zeros, as SDPA's masked rows.
+      for (int64_t d = 0; d < D; ++d) o[d] = T(total[r] > 0.0f ? acc[r * D + d] / total[r] : 0.0f);
+    }
   }
 }
 
@@ -202,18 +279,26 @@ static void attend(const torch::Tensor& q, const torch::Tensor& k, const torch::
   const int64_t KV = k.size(1), R4 = (G * Q + 3) / 4 * 4;
   auto qf = torch::zeros({B, KV, R4, D}, q.options().dtype(torch::kFloat));  // per KV head, its G heads' queries
   qf.narrow(2, 0, G * Q).copy_(q.reshape({B, KV, G * Q, D}));
+  const auto masks = mask.contiguous();  // [B, 1, Q, S]
+  const auto sees = (masks > -1e30).to(torch::kUInt8);  // 1 where query i sees slot s
   const float* qp = qf.data_ptr<float>();
+  const uint8_t* sp = sees.data_ptr<uint8_t>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
-  const T* mp = mask.data_ptr<T>();
+  const T* mp = masks.data_ptr<T>();
   T* op = out.data_ptr<T>();  // [B, Q, H, D]
-  at::parallel_for(0, B * KV, 1, [&](int64_t t0, int64_t t1) {
+  // Rows of queries split into parts where the (batch row, KV head) pairs alone would leave
+  // threads idle: each part widens its own key blocks, and a row's sums stay its own.
+  const int64_t blocks = R4 / 4, threads = at::get_num_threads();
+  const int64_t parts = std::max<int64_t>(1, std::min(blocks, (2 * threads + B * KV - 1) / (B * KV)));
+  at::parallel_for(0, B * KV * parts, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / KV, g = t % KV;
-      attend_group<T>(qp + (b * KV + g) * R4 * D, kp + b * k.stride(0) + g * k.stride(1), k.stride(2),
-                      vp + b * v.stride(0) + g * v.stride(1), v.stride(2), mp + b * mask.stride(0),
-                      mask.stride(2), mask.stride(3), G, Q, S, D, static_cast<float>(scale),
-                      op + (b * Q * H + g * G) * D, H * D);
+      const int64_t b = t / (KV * parts), g = t / parts % KV, part = t % parts;
+      const int64_t r0 = blocks * part / parts * 4, r1 = blocks * (part + 1) / parts * 4;
+      attend_rows<T>(qp + (b * KV + g) * R4 * D, r0, r1, kp + b * k.stride(0) + g * k.stride(1), k.stride(2),
+                     vp + b * v.stride(0) + g * v.stride(1), v.stride(2), sp + b * Q * S, mp + b * Q * S, G, Q, S, D,
+                     static_cast<float>(scale),
+                     op + (b * Q * H + g * G) * D, H * D);
     }
   });
 }
