@@ -192,20 +192,31 @@ static void weigh(const float* p, const uint8_t* const* sees, int64_t S, const T
   else weigh_rows<T, 0, 4>(p, sees, S, v, vs, D, acc, total);
 }
 
-// Query rows r0..r1 (a multiple of 4 apart) of the G heads that share one KV head, in one batch
-// row: q [G * Q rounded up to 4, D] (fp32, head-major, zero rows after the last), keys/values
-// at stride ks/vs per slot, sees [Q, S] (1 where query i sees slot s) and the additive mask
-// [Q, S] -> out, query i of head j at out + i * os + j * D.
+// Query rows r0..r1 (a multiple of 4 apart; row j * Q + i is query i of head j, rows past G * Q
+// are padding) of the G heads that share one KV head, in one batch row: queries at stride qh
+// per head and qs per query, keys/values at stride ks/vs per slot, the additive mask [Q, S]
+// -> out, query i of head j at out + i * os + j * D.
 // Scores take 16 keys a time in lanes, each summed over d in order, so a score depends on its
 // query and key only; softmax and the weighted sum of values then run over the slots a query
 // sees, in slot order.
 template <typename T>
-static void attend_rows(const float* q, int64_t r0, int64_t r1, const T* k, int64_t ks, const T* v, int64_t vs,
-                        const uint8_t* sees, const T* mask, int64_t G, int64_t Q, int64_t S,
-                        int64_t D, float scale, T* out, int64_t os) {
-  const int64_t R = G * Q, n = r1 - r0;
-  std::vector<float> kt(D * 32), p(n * S), acc(4 * D), total(4);
-  std::vector<uint8_t> blind(S, 0);  // the padding rows see nothing
+static void attend_rows(const T* queries, int64_t qh, int64_t qs, int64_t r0, int64_t r1, const T* k, int64_t ks,
+                        const T* v, int64_t vs, const T* mask, int64_t G, int64_t Q, int64_t S, int64_t D,
+                        float scale, T* out, int64_t os) {
+  const int64_t R = G * Q, n = r1 - r0, S16 = S - S % 16;
+  std::vector<float> q(n * D), kt(D * 32), p(n * S), acc(4 * D), total(4);
+  for (int64_t r = 0; r < n && r0 + r < R; ++r) {
+    const T* query = queries + (r0 + r) / Q * qh + (r0 + r) % Q * qs;
+    for (int64_t d = 0; d < D; ++d) q[r * D + d] = to_float(query[d]);
+  }
+  std::vector<uint8_t> sees(Q * S), blind(S, 0);  // 1 where query i sees slot s; padding sees nothing
+  for (int64_t i = 0; i < Q; ++i) {
+    for (int64_t s = 0; s < S16; s += 16) {
+      const u8x16 seen = __builtin_convertvector(load16(mask + i * S + s) > -1e30f, u8x16);
+      std::memcpy(sees.data() + i * S + s, &seen, sizeof(seen));
+    }
+    for (int64_t s = S16; s < S; ++s) sees[i * S + s] = to_float(mask[i * S + s]) > -1e30f;
+  }
   // Scores, 32 keys a time: 4 queries x 2 vectors of keys are 8 chains of sums in flight.
   for (int64_t s0 = 0; s0 < S; s0 += 32) {
     const int64_t w0 = std::min<int64_t>(16, S - s0), w1 = std::max<int64_t>(0, std::min<int64_t>(16, S - s0 - 16));
@@ -213,7 +224,7 @@ static void attend_rows(const float* q, int64_t r0, int64_t r1, const T* k, int6
     keys_by_dim(k, ks, s0 + 16, w1, D, kt.data() + 16);
     for (int64_t i0 = 0; i0 < n; i0 += 4) {
       v16 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
-      const float* qi = q + (r0 + i0) * D;
+      const float* qi = q.data() + i0 * D;
       for (int64_t d = 0; d < D; ++d) {
         const v16 ka = load16(kt.data() + d * 32), kb = load16(kt.data() + d * 32 + 16);
         const v16 q0 = v16{} + qi[d], q1 = v16{} + qi[D + d], q2 = v16{} + qi[2 * D + d], q3 = v16{} + qi[3 * D + d];
@@ -232,10 +243,9 @@ static void attend_rows(const float* q, int64_t r0, int64_t r1, const T* k, int6
   // Softmax numerators: exp(score - the row's top score) where seen, 0 elsewhere.
   std::vector<const uint8_t*> row_sees(n);
   const float minus_inf = -std::numeric_limits<float>::infinity();
-  const int64_t S16 = S - S % 16;
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = (r0 + r) % Q;
-    const uint8_t* seen = row_sees[r] = r0 + r < R ? sees + i * S : blind.data();
+    const uint8_t* seen = row_sees[r] = r0 + r < R ? sees.data() + i * S : blind.data();
     const T* m = mask + i * S;
     float* row = p.data() + r * S;
     v16 tops = v16{} + minus_inf;
@@ -277,12 +287,8 @@ static void attend(const torch::Tensor& q, const torch::Tensor& k, const torch::
   const int64_t B = q.size(0), H = q.size(1), Q = q.size(2), D = q.size(3);
   const int64_t G = H / k.size(1), S = k.size(2);
   const int64_t KV = k.size(1), R4 = (G * Q + 3) / 4 * 4;
-  auto qf = torch::zeros({B, KV, R4, D}, q.options().dtype(torch::kFloat));  // per KV head, its G heads' queries
-  qf.narrow(2, 0, G * Q).copy_(q.reshape({B, KV, G * Q, D}));
   const auto masks = mask.contiguous();  // [B, 1, Q, S]
-  const auto sees = (masks > -1e30).to(torch::kUInt8);  // 1 where query i sees slot s
-  const float* qp = qf.data_ptr<float>();
-  const uint8_t* sp = sees.data_ptr<uint8_t>();
+  const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   const T* mp = masks.data_ptr<T>();
@@ -295,10 +301,10 @@ static void attend(const torch::Tensor& q, const torch::Tensor& k, const torch::
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / (KV * parts), g = t / parts % KV, part = t % parts;
       const int64_t r0 = blocks * part / parts * 4, r1 = blocks * (part + 1) / parts * 4;
-      attend_rows<T>(qp + (b * KV + g) * R4 * D, r0, r1, kp + b * k.stride(0) + g * k.stride(1), k.stride(2),
-                     vp + b * v.stride(0) + g * v.stride(1), v.stride(2), sp + b * Q * S, mp + b * Q * S, G, Q, S, D,
-                     static_cast<float>(scale),
-                     op + (b * Q * H + g * G) * D, H * D);
+      attend_rows<T>(qp + b * q.stride(0) + g * G * q.stride(1), q.stride(1), q.stride(2), r0, r1,
+                     kp + b * k.stride(0) + g * k.stride(1), k.stride(2), vp + b * v.stride(0) + g * v.stride(1),
+                     v.stride(2), mp + b * Q * S, G, Q, S, D, static_cast<float>(scale), op + (b * Q * H + g * G) * D,
+                     H * D);
     }
   });
 }
@@ -314,6 +320,7 @@ torch::Tensor row_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, t
   TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "row_attention: contiguous head dim");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
               mask.scalar_type() == q.scalar_type(), "row_attention: one dtype");
+  if (q.stride(3) != 1) q = q.contiguous();
   auto out = torch::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
   if (q.scalar_type() == at::kBFloat16) attend<at::BFloat16>(q, k, v, mask, scale, out);
   else if (q.scalar_type() == at::kFloat) attend<float>(q, k, v, mask, scale, out);
