@@ -73,6 +73,7 @@ SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -116,25 +117,31 @@ static inline void block(const float* x, const float* w, float* y, int64_t K, in
     }
 }
 
+// f(rows, m) for the input rows from m, LIMIT (at most 8) at a time, with `rows` their count as
+// a compile-time constant (std::integral_constant), so a block's accumulators are registers.
+template <int LIMIT, typename F>
+static void in_row_blocks(int64_t M, F&& f) {
+  static_assert(LIMIT >= 4 && LIMIT <= 8, "row blocks of 4 to 8");
+  for (int64_t m = 0; m < M; m += LIMIT) {
+    switch (std::min<int64_t>(LIMIT, M - m)) {
+      case 1: f(std::integral_constant<int, 1>{}, m); break;
+      case 2: f(std::integral_constant<int, 2>{}, m); break;
+      case 3: f(std::integral_constant<int, 3>{}, m); break;
+      case 4: f(std::integral_constant<int, 4>{}, m); break;
+      case 5: if constexpr (LIMIT >= 5) f(std::integral_constant<int, 5>{}, m); break;
+      case 6: if constexpr (LIMIT >= 6) f(std::integral_constant<int, 6>{}, m); break;
+      case 7: if constexpr (LIMIT >= 7) f(std::integral_constant<int, 7>{}, m); break;
+      case 8: if constexpr (LIMIT >= 8) f(std::integral_constant<int, 8>{}, m); break;
+    }
+  }
+}
+
 // Every input row against weight rows n..n+NB-1, MB_MAX input rows at a time.
 template <int NB>
 static void weight_rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, int64_t n) {
-  for (int64_t m = 0; m < M; m += MB_MAX) {
-    const float* xb = x + m * K;
-    float* yb = y + m * N;
-    switch (std::min<int64_t>(MB_MAX, M - m)) {
-      case 1: block<NB, 1>(xb, w, yb, K, N, n); break;
-      case 2: block<NB, 2>(xb, w, yb, K, N, n); break;
-      case 3: block<NB, 3>(xb, w, yb, K, N, n); break;
-      case 4: block<NB, 4>(xb, w, yb, K, N, n); break;
-#ifdef __AVX512VL__
-      case 5: block<NB, 5>(xb, w, yb, K, N, n); break;
-      case 6: block<NB, 6>(xb, w, yb, K, N, n); break;
-      case 7: block<NB, 7>(xb, w, yb, K, N, n); break;
-      case 8: block<NB, 8>(xb, w, yb, K, N, n); break;
-#endif
-    }
-  }
+  in_row_blocks<MB_MAX>(M, [&](auto rows, int64_t m) {
+    block<NB, decltype(rows)::value>(x + m * K, w, y + m * N, K, N, n);
+  });
 }
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -167,20 +174,9 @@ static inline void block_bf16(const uint16_t* x, const uint16_t* w, at::BFloat16
 template <int NB>
 static void weight_rows_bf16(const uint16_t* x, const uint16_t* w, at::BFloat16* y, int64_t M, int64_t K, int64_t N,
                              int64_t n) {
-  for (int64_t m = 0; m < M; m += 8) {
-    const uint16_t* xb = x + m * K;
-    at::BFloat16* yb = y + m * N;
-    switch (std::min<int64_t>(8, M - m)) {
-      case 1: block_bf16<NB, 1>(xb, w, yb, K, N, n); break;
-      case 2: block_bf16<NB, 2>(xb, w, yb, K, N, n); break;
-      case 3: block_bf16<NB, 3>(xb, w, yb, K, N, n); break;
-      case 4: block_bf16<NB, 4>(xb, w, yb, K, N, n); break;
-      case 5: block_bf16<NB, 5>(xb, w, yb, K, N, n); break;
-      case 6: block_bf16<NB, 6>(xb, w, yb, K, N, n); break;
-      case 7: block_bf16<NB, 7>(xb, w, yb, K, N, n); break;
-      case 8: block_bf16<NB, 8>(xb, w, yb, K, N, n); break;
-    }
-  }
+  in_row_blocks<8>(M, [&](auto rows, int64_t m) {
+    block_bf16<NB, decltype(rows)::value>(x + m * K, w, y + m * N, K, N, n);
+  });
 }
 
 // Weight rows [n0, n1) against every input row, VDPBF16PS.
