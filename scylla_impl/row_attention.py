@@ -30,7 +30,9 @@ SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <cmath>
+#ifdef __AVX512F__
 #include <immintrin.h>
+#endif
 #include <cstring>
 #include <limits>
 #include <type_traits>

@@ -301,6 +301,8 @@ static torch::Tensor skinny_linear_bf16(const torch::Tensor&, const torch::Tenso
   TORCH_CHECK(false, "skinny_linear: this CPU has no AVX512-BF16");
 }
 constexpr bool BF16 = false;
+constexpr bool AMX = false;
+static bool amx_permitted() { return false; }
 #endif
 
 // x [M, K] and w [N, K], contiguous, both fp32 or both bf16 -> x @ w.T [M, N].

@@ -2,12 +2,17 @@
 results, the same bits for a row whatever else is in the batch, installed without touching
 parameters, and out of autograd's way."""
 
+import shutil
+import subprocess
+import sysconfig
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import cpp_extension
 
-from scylla_impl import skinny_linear
+from scylla_impl import row_attention, skinny_linear
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +98,22 @@ def test_training_and_other_dtypes_use_torch():
 def test_the_embedded_target_runs_on_it(target_fp32):
     assert target_fp32.matmul == "skinny"
     assert isinstance(target_fp32.lm_head, skinny_linear.SkinnyLinear)
+
+
+@pytest.mark.parametrize("arch", ["x86-64-v2", "x86-64-v3", "x86-64-v4", "sapphirerapids"])
+def test_kernel_source_compiles_for_other_cpus(arch, tmp_path):
+    """The kernels are built with -march=native, so this machine's build says nothing of an
+    AVX2 or plain x86-64 CPU's: there a missing definition would fail the whole extension, and
+    decode steps would lose both kernels (fp32 matmuls and exact attention). Each instruction
+    set's branches compile here (syntax and types, no code generated)."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no g++ on this machine")
+    source = tmp_path / "kernels.cpp"
+    source.write_text(skinny_linear.SOURCE + "\n" + row_attention.SOURCE)
+    includes = [f"-I{path}" for path in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
+    flags = [flag for flag in skinny_linear.CFLAGS if not flag.startswith(("-march", "-O"))]
+    done = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", f"-march={arch}", *flags, *includes, str(source)],
+                          capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 0 and not errors, "\n".join(errors[:10]) or done.stderr[-2000:]
