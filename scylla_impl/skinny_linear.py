@@ -73,8 +73,38 @@ SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+// r[l] = row l of a 16 x 16 block -> r[e] = column e: pairs within 128-bit lanes, then lanes.
+// Moves only, so any 32-bit contents (floats, bf16 pairs) pass bit for bit.
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+#endif
 
 typedef float v8 __attribute__((vector_size(32)));
 static inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof(v)); return v; }
@@ -220,8 +250,27 @@ static void tile_config() {
   _tile_loadconfig(&cfg);
 }
 
-// xt: per chunk of 32 input rows, per k block of 32, 16 pairs x 32 rows (rows beyond M zero)
-// -> y for weight rows [n0, n1). A 16-row weight block is read from memory for the first
+// The inputs as B tiles: per chunk of 32 input rows, per k block of 32, 16 pairs (k, k+1) x 32
+// rows. 16 rows' 16 pairs are one in-register transpose. A chunk's second 16 rows are written
+// only where the chunk holds more than 16 rows (only then is their tile loaded); rows past M
+// in a written half are zeros.
+static std::unique_ptr<uint32_t[]> amx_inputs(const uint32_t* pairs, int64_t M, int64_t K) {
+  const int64_t P = K / 2, chunk = P * 32;
+  std::unique_ptr<uint32_t[]> xt(new uint32_t[(M + 31) / 32 * chunk]);
+  for (int64_t m0 = 0; m0 < M; m0 += 16) {
+    uint32_t* half = xt.get() + m0 / 32 * chunk + m0 % 32;
+    for (int64_t p0 = 0; p0 < P; p0 += 16) {
+      __m512 r[16];
+      for (int64_t l = 0; l < 16; ++l)
+        r[l] = m0 + l < M ? _mm512_castsi512_ps(_mm512_loadu_si512(pairs + (m0 + l) * P + p0)) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int e = 0; e < 16; ++e) _mm512_storeu_si512(half + (p0 + e) * 32, _mm512_castps_si512(r[e]));
+    }
+  }
+  return xt;
+}
+
+// xt (amx_inputs) -> y for weight rows [n0, n1). A 16-row weight block is read from memory for the first
 // chunk and from cache for the others.
 static void rows_amx(const uint32_t* xt, const uint16_t* wp, at::BFloat16* yp, int64_t M, int64_t K, int64_t N,
                      int64_t n0, int64_t n1) {
@@ -263,6 +312,7 @@ static void rows_amx(const uint32_t* xt, const uint16_t* wp, at::BFloat16* yp, i
 constexpr bool AMX = true;
 #else
 static bool amx_permitted() { return false; }
+static std::unique_ptr<uint32_t[]> amx_inputs(const uint32_t*, int64_t, int64_t) { return nullptr; }
 static void rows_amx(const uint32_t*, const uint16_t*, at::BFloat16*, int64_t, int64_t, int64_t, int64_t, int64_t) {}
 constexpr bool AMX = false;
 #endif
@@ -278,16 +328,10 @@ static torch::Tensor skinny_linear_bf16(const torch::Tensor& x, const torch::Ten
   // shape of the weights, never by M, so a row's bits do not depend on its batch).
   const bool amx = AMX && K % 32 == 0 && amx_permitted();
   const int64_t n_amx = amx ? N - N % 16 : 0;
-  std::vector<uint32_t> xt;
-  if (amx) {
-    const int64_t chunk = K / 2 * 32;  // [K/32][16 pairs][32 input rows]
-    xt.assign((M + 31) / 32 * chunk, 0);
-    const auto* pairs = reinterpret_cast<const uint32_t*>(xp);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t p = 0; p < K / 2; ++p) xt[m / 32 * chunk + (p / 16) * 512 + (p % 16) * 32 + m % 32] = pairs[m * K / 2 + p];
-  }
+  std::unique_ptr<uint32_t[]> xt;
+  if (amx) xt = amx_inputs(reinterpret_cast<const uint32_t*>(xp), M, K);
   at::parallel_for(0, n_amx / 16, 8, [&](int64_t b0, int64_t b1) {
-    rows_amx(xt.data(), wp, yp, M, K, N, b0 * 16, b1 * 16);
+    rows_amx(xt.get(), wp, yp, M, K, N, b0 * 16, b1 * 16);
   });
   const int64_t NB = M <= 4 ? 1 : 2;
   at::parallel_for(0, (N - n_amx + NB - 1) / NB, 16 / NB, [&](int64_t b0, int64_t b1) {
