@@ -97,8 +97,8 @@ static inline v16 exp16(v16 x) {
 // dimension outermost, so that 16 keys' terms for one d sit in one vector.
 template <typename T>
 static void keys_by_dim(const T* k, int64_t ks, int64_t s0, int64_t w, int64_t D, float* kt) {
-  const int64_t D16 = D - D % 16;
 #ifdef __AVX512F__
+  const int64_t D16 = D - D % 16;  // 16 d a time in registers, the rest one by one
   for (int64_t d = 0; d < D16; d += 16) {
     __m512 r[16];
     for (int64_t l = 0; l < 16; ++l) r[l] = l < w ? (__m512)load16(k + (s0 + l) * ks + d) : _mm512_setzero_ps();
@@ -106,8 +106,7 @@ static void keys_by_dim(const T* k, int64_t ks, int64_t s0, int64_t w, int64_t D
     for (int e = 0; e < 16; ++e) _mm512_storeu_ps(kt + (d + e) * 32, r[e]);
   }
 #else
-  for (int64_t l = 0; l < 16; ++l)
-    for (int64_t d = 0; d < D16; ++d) kt[d * 32 + l] = l < w ? to_float(k[(s0 + l) * ks + d]) : 0.0f;
+  const int64_t D16 = 0;
 #endif
   for (int64_t l = 0; l < 16; ++l)
     for (int64_t d = D16; d < D; ++d) kt[d * 32 + l] = l < w ? to_float(k[(s0 + l) * ks + d]) : 0.0f;
@@ -165,9 +164,14 @@ static void weigh_rows(const float* p, const uint8_t* const* sees, int64_t S, co
 template <typename T>
 static void weigh(const float* p, const uint8_t* const* sees, int64_t S, const T* v, int64_t vs, int64_t D,
                   float* acc, float* total) {
-  if (D == 64) weigh_rows<T, 4, 4>(p, sees, S, v, vs, D, acc, total);
-  else if (D == 128) weigh_rows<T, 8, 2>(p, sees, S, v, vs, D, acc, total), weigh_rows<T, 8, 2>(p + 2 * S, sees + 2, S, v, vs, D, acc + 2 * D, total + 2);
-  else weigh_rows<T, 0, 4>(p, sees, S, v, vs, D, acc, total);
+  if (D == 64) {
+    weigh_rows<T, 4, 4>(p, sees, S, v, vs, D, acc, total);
+  } else if (D == 128) {  // 2 rows a pass keep the 16 accumulators in registers
+    weigh_rows<T, 8, 2>(p, sees, S, v, vs, D, acc, total);
+    weigh_rows<T, 8, 2>(p + 2 * S, sees + 2, S, v, vs, D, acc + 2 * D, total + 2);
+  } else {
+    weigh_rows<T, 0, 4>(p, sees, S, v, vs, D, acc, total);
+  }
 }
 
 // Query rows r0..r1 (a multiple of 4 apart; row j * Q + i is query i of head j, rows past G * Q

@@ -66,7 +66,8 @@ MAX_ROWS_AMX = 128
 # -ffp-contract=off: otherwise GCC fuses `acc += w * x` into an FMA in some template instances
 # and not in others (seen on Zen 4 with AVX-512), and a row alone rounds differently from the
 # same row in a batch of 8.
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
+PORTABLE_CFLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
+CFLAGS = [*PORTABLE_CFLAGS, "-march=native"]
 
 SOURCE = r"""
 #include <torch/extension.h>
@@ -229,7 +230,7 @@ static void rows_dpbf16(const uint16_t* xp, const uint16_t* wp, at::BFloat16* yp
 // inputs are the B tile, laid out per call in pairs (k, k+1) per input row, padded to 16 rows.
 // Each output sums its k blocks in order whatever the row count: a row alone and in a batch
 // get the same bits.
-static bool amx_permitted() {
+static bool amx_usable() {  // the kernel lets this process use the tiles
   static const bool ok = [] {
     constexpr int ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
@@ -309,12 +310,10 @@ static void rows_amx(const uint32_t* xt, const uint16_t* wp, at::BFloat16* yp, i
   }
   _tile_release();
 }
-constexpr bool AMX = true;
 #else
-static bool amx_permitted() { return false; }
+static bool amx_usable() { return false; }
 static std::unique_ptr<uint32_t[]> amx_inputs(const uint32_t*, int64_t, int64_t) { return nullptr; }
 static void rows_amx(const uint32_t*, const uint16_t*, at::BFloat16*, int64_t, int64_t, int64_t, int64_t, int64_t) {}
-constexpr bool AMX = false;
 #endif
 
 static torch::Tensor skinny_linear_bf16(const torch::Tensor& x, const torch::Tensor& w) {
@@ -326,7 +325,7 @@ static torch::Tensor skinny_linear_bf16(const torch::Tensor& x, const torch::Ten
   // AMX takes whole 16-row weight blocks and k in blocks of 32; the rows past the last whole
   // block, and every row where K is not a multiple of 32, go through VDPBF16PS (chosen by the
   // shape of the weights, never by M, so a row's bits do not depend on its batch).
-  const bool amx = AMX && K % 32 == 0 && amx_permitted();
+  const bool amx = amx_usable() && K % 32 == 0;
   const int64_t n_amx = amx ? N - N % 16 : 0;
   std::unique_ptr<uint32_t[]> xt;
   if (amx) xt = amx_inputs(reinterpret_cast<const uint32_t*>(xp), M, K);
@@ -344,9 +343,8 @@ constexpr bool BF16 = true;
 static torch::Tensor skinny_linear_bf16(const torch::Tensor&, const torch::Tensor&) {
   TORCH_CHECK(false, "skinny_linear: this CPU has no AVX512-BF16");
 }
+static bool amx_usable() { return false; }
 constexpr bool BF16 = false;
-constexpr bool AMX = false;
-static bool amx_permitted() { return false; }
 #endif
 
 // x [M, K] and w [N, K], contiguous, both fp32 or both bf16 -> x @ w.T [M, N].
@@ -375,7 +373,7 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
 
 // Whether this build multiplies bf16 (the CPU has AVX512-BF16), and with AMX tiles; fp32 it always does.
 bool bf16_supported() { return BF16; }
-bool amx_supported() { return BF16 && AMX && amx_permitted(); }
+bool amx_supported() { return amx_usable(); }
 
 // The operator a compiled graph calls (scylla_impl/compiled.py), registered from C++: defined
 // in Python (torch.library.custom_op) each of a step's 211 calls went through Python, and the
@@ -383,6 +381,19 @@ bool amx_supported() { return BF16 && AMX && amx_permitted(); }
 TORCH_LIBRARY(scylla, m) { m.def("skinny_linear(Tensor x, Tensor weight) -> Tensor"); }
 TORCH_LIBRARY_IMPL(scylla, CPU, m) { m.impl("skinny_linear", &skinny_linear); }
 """
+
+# One extension: the matmul, then the attention (row_attention.py), which uses transpose16 above.
+SOURCES = (SOURCE, row_attention.SOURCE)
+FUNCTIONS = ("skinny_linear", "bf16_supported", "amx_supported")
+
+
+def build(name: str, folder: Path, cflags: list[str] = CFLAGS):
+    """Compile SOURCES with `cflags` into `folder` (reused when already built) and load it;
+    cpp_extension's errors pass through. Registers the `scylla` operators: once a process."""
+    from torch.utils import cpp_extension
+
+    return cpp_extension.load_inline(name, cpp_sources=list(SOURCES), functions=list(FUNCTIONS), extra_cflags=cflags,
+                                     build_directory=str(folder), verbose=False)
 
 
 def _read_cpu_flags() -> str:
@@ -396,7 +407,7 @@ def _read_cpu_flags() -> str:
 def cpu_signature() -> str:
     """What the binary depends on: the source and flags, this CPU's instruction set (-march=native),
     torch and Python. A machine that differs in any of them builds its own."""
-    text = "\n".join([SOURCE, row_attention.SOURCE, *CFLAGS, _read_cpu_flags(), platform.machine(), torch.__version__, sys.version])
+    text = "\n".join([*SOURCES, *CFLAGS, _read_cpu_flags(), platform.machine(), torch.__version__, sys.version])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -414,8 +425,6 @@ def _ninja_on_path() -> None:
 @cache
 def kernel():
     """The compiled `skinny_linear(x, w)`, or None (said once on stderr) where it cannot be built."""
-    from torch.utils import cpp_extension
-
     _ninja_on_path()
     name = f"skinny_linear_{cpu_signature()}"
     # The machine's cache, not SCYLLA_HOME: the binary belongs to the CPU, not to a data folder.
@@ -425,10 +434,7 @@ def kernel():
         if not any(folder.glob("*.so")):
             print("compiling the CPU matmul kernel for few-row fp32 steps (once per machine, about a minute)",
                   file=sys.stderr, flush=True)
-        module = cpp_extension.load_inline(name, cpp_sources=[SOURCE, row_attention.SOURCE],
-                                           functions=["skinny_linear", "bf16_supported", "amx_supported"],
-                                           extra_cflags=CFLAGS,
-                                           build_directory=str(folder), verbose=False)
+        module = build(name, folder)
     except (OSError, RuntimeError, ImportError) as err:  # no compiler or ninja here, or the build failed
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"note: CPU matmul kernel unavailable ({first}); fp32 decode steps use torch's matmul",

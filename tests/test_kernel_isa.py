@@ -9,6 +9,7 @@ process can register once (`python tests/test_kernel_isa.py ISA FOLDER` runs one
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,15 +36,10 @@ def test_kernels_built_for_another_instruction_set_are_right(isa, tmp_path):
 def check(isa: str, folder: str) -> None:
     import torch
     import torch.nn.functional as F
-    from torch.utils import cpp_extension
-
-    from scylla_impl import row_attention
 
     torch.set_num_threads(2)
-    flags = [flag for flag in skinny_linear.CFLAGS if not flag.startswith("-march")] + ISAS[isa][0]
-    built = cpp_extension.load_inline(f"scylla_{isa.replace('-', '_')}", cpp_sources=[skinny_linear.SOURCE, row_attention.SOURCE],
-                                      functions=["skinny_linear", "bf16_supported", "amx_supported"],
-                                      extra_cflags=flags, build_directory=folder, verbose=False)
+    built = skinny_linear.build(f"scylla_{isa.replace('-', '_')}", Path(folder),
+                                [*skinny_linear.PORTABLE_CFLAGS, *ISAS[isa][0]])
     assert not built.amx_supported()
     assert built.bf16_supported() == (isa == "avx512bf16-no-amx")
     gen = torch.Generator().manual_seed(0)
