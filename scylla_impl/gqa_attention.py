@@ -41,6 +41,24 @@ def gqa_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     return out.transpose(1, 2).contiguous(), None
 
 
+def draft_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A draft layer's attention: query [b, heads, q, d], key/value [b, kv_heads, kv, d], mask
+    bool [b, 1, q, kv] (True = attend) -> [b, q, heads * d]. A tree level on the CPU goes to
+    row_attention.py as the target's steps do: SDPA's CPU kernel spent 130-200 us a layer on a
+    10-token level of the embedded default's drafts, about a tenth of the level. Training,
+    prefill-length inputs and other devices go to SDPA, which reads each KV head for its query
+    group in place (repeating the heads would copy the draft's whole cache on every forward)."""
+    b, _, q, _ = query.shape
+    if query.device.type == "cpu" and q <= row_attention.MAX_QUERIES and not torch.is_grad_enabled():
+        additive = torch.zeros(mask.shape, dtype=query.dtype).masked_fill_(~mask, float("-inf"))  # [b, 1, q, kv]
+        if _row_attention_applies(query, key, value, additive, 0.0):
+            out = torch.ops.scylla.row_attention(query, key, value, additive, query.shape[-1] ** -0.5)  # [b, q, heads, d]
+            return out.reshape(b, q, -1)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                         enable_gqa=key.shape[1] != query.shape[1])  # [b, heads, q, d]
+    return out.transpose(1, 2).reshape(b, q, -1)
+
+
 def _row_attention_applies(query, key, value, mask, dropout: float) -> bool:
     """A decode step on the CPU with the built kernel: row_attention.py, whose result for a
     token does not depend on the tree around it, so AR and a verify score it alike."""

@@ -180,8 +180,10 @@ def test_greedy_ar_records_each_tokens_rivals(target_fp32, prompts):
 
 # bf16 on a CPU whose few-row kernels take it: every step's matmuls through one instruction
 # path and attention summed over what each token sees (skinny_linear.py, row_attention.py),
-# so speculative outputs equal AR's bit for bit, with no near-tie allowance: 60-token trees and
-# 4 rows of 12-token trees included (AMX serves up to 128 rows).
+# so speculative outputs equal AR's bit for bit, with no near-tie allowance, wherever a verify's
+# rows fit the kernel: 60-token trees and 4 rows of 12-token trees with AMX (128 rows), the
+# 8-token tree everywhere (32 rows). Wider verifies go through torch's matmul: lossless up to
+# near-ties, as the sweep checks it.
 BF16_CASES = [("oracle", 4, 5, 8, 1), ("random:eagle3", 10, 5, 60, 1), ("lookup", 3, 4, 12, 4),
               ("random:scylla", 4, 3, 12, 4)]
 
@@ -197,11 +199,23 @@ def target_bf16(default_model_dir):
 
 
 @pytest.mark.parametrize("spec,top_k,depth,total,batch", BF16_CASES)
-def test_bf16_speculative_equals_ar_exactly(target_bf16, prompts, spec, top_k, depth, total, batch):
+def test_bf16_speculative_equals_ar(target_bf16, prompts, spec, top_k, depth, total, batch):
+    from harness.metrics import compare_outputs
+    from harness.storage import Reference
+    from scylla_impl import skinny_linear
+
     subset = prompts[:8]
-    ar = _decode(target_bf16, subset, None, DecodeConfig(max_new_tokens=NEW_TOKENS), batch)
+    ar = []
+    for i in range(0, len(subset), batch):
+        done = generate(target_bf16, subset[i:i + batch], None, DecodeConfig(max_new_tokens=NEW_TOKENS))
+        ar += [Reference(ids, tied) for ids, tied in zip(done.token_ids, done.rivals)]
     draft = load_draft(spec, target_bf16, seed=1)
     config = DecodeConfig(top_k=top_k, depth=depth, total_tokens=total, max_new_tokens=NEW_TOKENS)
     got = _decode(target_bf16, subset, draft, config, batch)
-    differ = [i for i, (g, a) in enumerate(zip(got, ar)) if g != a]
-    assert not differ, f"{spec} k{top_k} d{depth} n{total} b{batch}: prompts {differ} part from AR in bf16"
+    label = f"{spec} k{top_k} d{depth} n{total} b{batch}"
+    if batch * total <= skinny_linear.max_rows(torch.bfloat16):
+        differ = [i for i, (g, a) in enumerate(zip(got, ar)) if g != list(a.token_ids)]
+        assert not differ, f"{label}: prompts {differ} part from AR in bf16"
+    else:
+        check = compare_outputs(dict(enumerate(got)), dict(enumerate(ar)))
+        assert check.lossless, f"{label}: {check.mismatches} prompts part from AR at no near-tie"

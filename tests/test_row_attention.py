@@ -74,3 +74,26 @@ def test_bad_shapes_are_refused():
         attention(q, k, k, torch.zeros(1, 1, 2, 5))
     with pytest.raises(RuntimeError, match="mask shape"):
         attention(q, k[:, :2], k[:, :2], torch.zeros(1, 1, 2, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_draft_tree_level_goes_through_it(dtype, monkeypatch):
+    """A draft's tree level (no grad, a few queries, bool tree mask) is attended by the kernel
+    and gives what SDPA gives; with grad (training) the same call goes to SDPA."""
+    from scylla_impl import gqa_attention
+
+    decided = []
+    applies = gqa_attention._row_attention_applies
+    monkeypatch.setattr(gqa_attention, "_row_attention_applies", lambda *a: decided.append(applies(*a)) or decided[-1])
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 9, 10, 64, generator=gen).to(dtype)  # a 10-token level of the embedded default's drafts
+    k, v = (torch.randn(1, 3, 210, 64, generator=gen).to(dtype) for _ in range(2))
+    visible = torch.ones(1, 1, 10, 210, dtype=torch.bool)
+    visible[..., 200:] = torch.eye(10, dtype=torch.bool)  # each tree token sees the prefix and itself
+    with torch.no_grad():
+        got = gqa_attention.draft_attention(q, k, v, visible)  # [1, 10, 9 * 64]
+    assert decided == [True]
+    with torch.enable_grad():
+        want = gqa_attention.draft_attention(q.requires_grad_(), k, v, visible)
+    assert decided == [True], "with grad the kernel is not asked"
+    torch.testing.assert_close(got.float(), want.detach().float(), **TOLERANCE[dtype])

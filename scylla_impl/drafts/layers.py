@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scylla_impl.gqa_attention import draft_attention
 from scylla_impl.kv_cache import RowKVCache
 
 
@@ -74,10 +75,7 @@ class DraftAttention(nn.Module):
         ks = ks * cos + _rotate_half(ks) * sin
         if cache is not None:
             ks, vs = cache.update(layer, ks, vs)
-        # Grouped-query attention reads each KV head for its query group in place: repeating the
-        # heads would copy the draft's whole cache on every forward.
-        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
-        return self.o_proj(out.transpose(1, 2).reshape(b, q, -1))
+        return self.o_proj(draft_attention(qs, ks, vs, mask))
 
 
 class DraftMLP(nn.Module):
