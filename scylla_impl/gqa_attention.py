@@ -50,7 +50,8 @@ def draft_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     group in place (repeating the heads would copy the draft's whole cache on every forward)."""
     b, _, q, _ = query.shape
     if query.device.type == "cpu" and q <= row_attention.MAX_QUERIES and not torch.is_grad_enabled():
-        additive = torch.zeros(mask.shape, dtype=query.dtype).masked_fill_(~mask, float("-inf"))  # [b, 1, q, kv]
+        visible = mask.expand(b, 1, q, key.shape[2])  # training's held-out passes broadcast one mask over the batch
+        additive = torch.zeros(visible.shape, dtype=query.dtype).masked_fill_(~visible, float("-inf"))
         if _row_attention_applies(query, key, value, additive, 0.0):
             out = torch.ops.scylla.row_attention(query, key, value, additive, query.shape[-1] ** -0.5)  # [b, q, heads, d]
             return out.reshape(b, q, -1)
@@ -64,8 +65,9 @@ def _row_attention_applies(query, key, value, mask, dropout: float) -> bool:
     token does not depend on the tree around it, so AR and a verify score it alike."""
     return (query.device.type == "cpu" and query.shape[2] <= row_attention.MAX_QUERIES and dropout == 0.0
             and mask is not None and mask.dtype == query.dtype == key.dtype == value.dtype
-            and query.dtype in skinny_linear.built_dtypes() and mask.dim() == 4 and mask.shape[1] == 1
-            and mask.shape[-1] == key.shape[2] and key.shape[-1] == value.shape[-1] == query.shape[-1]
+            and query.dtype in skinny_linear.built_dtypes()
+            and mask.shape == (query.shape[0], 1, query.shape[2], key.shape[2])
+            and key.shape[-1] == value.shape[-1] == query.shape[-1]
             and key.stride(-1) == 1 and value.stride(-1) == 1
             and not (torch.is_grad_enabled() and query.requires_grad))
 

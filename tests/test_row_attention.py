@@ -86,12 +86,12 @@ def test_a_draft_tree_level_goes_through_it(dtype, monkeypatch):
     applies = gqa_attention._row_attention_applies
     monkeypatch.setattr(gqa_attention, "_row_attention_applies", lambda *a: decided.append(applies(*a)) or decided[-1])
     gen = torch.Generator().manual_seed(3)
-    q = torch.randn(1, 9, 10, 64, generator=gen).to(dtype)  # a 10-token level of the embedded default's drafts
-    k, v = (torch.randn(1, 3, 210, 64, generator=gen).to(dtype) for _ in range(2))
-    visible = torch.ones(1, 1, 10, 210, dtype=torch.bool)
+    q = torch.randn(2, 9, 10, 64, generator=gen).to(dtype)  # a 10-token level of the embedded default's drafts
+    k, v = (torch.randn(2, 3, 210, 64, generator=gen).to(dtype) for _ in range(2))
+    visible = torch.ones(1, 1, 10, 210, dtype=torch.bool)  # one mask for both rows, broadcast as SDPA takes it
     visible[..., 200:] = torch.eye(10, dtype=torch.bool)  # each tree token sees the prefix and itself
     with torch.no_grad():
-        got = gqa_attention.draft_attention(q, k, v, visible)  # [1, 10, 9 * 64]
+        got = gqa_attention.draft_attention(q, k, v, visible)  # [2, 10, 9 * 64]
     assert decided == [True]
     with torch.enable_grad():
         want = gqa_attention.draft_attention(q.requires_grad_(), k, v, visible)
