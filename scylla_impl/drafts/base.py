@@ -287,8 +287,9 @@ class Draft(nn.Module):
 
 def place(draft: Draft, target) -> Draft:
     """The draft ready to decode beside `target`: on its device and dtype, in eval mode, its
-    few-row CPU matmuls (fp32, and bf16 where the CPU has AVX512-BF16) through the same kernel as the target's (skinny_linear.py), its
-    tree level compiled where the target's step is (--compile)."""
+    few-row CPU matmuls (fp32, and bf16 where the CPU has AVX512-BF16) through the same kernel
+    as the target's (skinny_linear.py), its tree level compiled where the target's step is
+    (--compile)."""
     draft = draft.to(device=target.device, dtype=target.dtype).eval()
     skinny_linear.install(draft)
     if target.compiled and not draft.compiled:
