@@ -41,20 +41,30 @@ def gqa_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     return out.transpose(1, 2).contiguous(), None
 
 
+def draft_mask(mask: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """The mask every layer of one draft forward reads, made once per forward: bool mask
+    [b or 1, 1, q, kv] (True = attend) -> the same mask, or, where a tree level goes to
+    row_attention.py (on the CPU, no grad, a level's few tokens), additive [b, 1, q, kv] in
+    `dtype`, as that kernel takes it. Training's held-out passes broadcast one mask over the
+    batch; the kernel wants one per row."""
+    _, _, q, kv = mask.shape
+    if (mask.device.type != "cpu" or q > row_attention.MAX_QUERIES or torch.is_grad_enabled()
+            or dtype not in skinny_linear.built_dtypes()):
+        return mask
+    visible = mask.expand(batch, 1, q, kv)
+    return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
+
+
 def draft_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """A draft layer's attention: query [b, heads, q, d], key/value [b, kv_heads, kv, d], mask
-    bool [b, 1, q, kv] (True = attend) -> [b, q, heads * d]. A tree level on the CPU goes to
-    row_attention.py as the target's steps do: SDPA's CPU kernel spent 130-200 us a layer on a
-    10-token level of the embedded default's drafts, about a tenth of the level. Training,
-    prefill-length inputs and other devices go to SDPA, which reads each KV head for its query
-    group in place (repeating the heads would copy the draft's whole cache on every forward)."""
+    from draft_mask -> [b, q, heads * d]. A tree level on the CPU goes to row_attention.py as
+    the target's steps do: SDPA's CPU kernel spent 130-200 us a layer on a 10-token level of
+    the embedded default's drafts, about a tenth of the level. Training, prefill-length inputs
+    and other devices go to SDPA, which reads each KV head for its query group in place
+    (repeating the heads would copy the draft's whole cache on every forward)."""
     b, _, q, _ = query.shape
-    if query.device.type == "cpu" and q <= row_attention.MAX_QUERIES and not torch.is_grad_enabled():
-        visible = mask.expand(b, 1, q, key.shape[2])  # training's held-out passes broadcast one mask over the batch
-        additive = torch.zeros(visible.shape, dtype=query.dtype).masked_fill_(~visible, float("-inf"))
-        if _row_attention_applies(query, key, value, additive, 0.0):
-            out = torch.ops.scylla.row_attention(query, key, value, additive, query.shape[-1] ** -0.5)  # [b, q, heads, d]
-            return out.reshape(b, q, -1)
+    if _row_attention_applies(query, key, value, mask, 0.0):
+        return torch.ops.scylla.row_attention(query, key, value, mask, query.shape[-1] ** -0.5).reshape(b, q, -1)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask,
                                          enable_gqa=key.shape[1] != query.shape[1])  # [b, heads, q, d]
     return out.transpose(1, 2).reshape(b, q, -1)

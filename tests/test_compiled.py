@@ -93,6 +93,42 @@ def test_compiled_steps_decode_token_for_token_as_eager(tiny_llama):
     assert generate(compiled, prompts, None, DecodeConfig(max_new_tokens=16)).token_ids == want_ar
 
 
+class _Scaler:
+    """A model whose step reads a plain attribute of one of its modules: dynamo's guard on that
+    attribute is among those compile_step skips."""
+
+    def __init__(self, width: int, doubles: bool):
+        self.proj = torch.nn.Linear(width, width, bias=False)
+        self.proj.doubles = doubles
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.proj(tokens)
+        return out * 2 if self.proj.doubles else out
+
+    def breaking_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.proj(tokens)
+        torch._dynamo.graph_break()
+        return out + 1
+
+
+def test_compiled_steps_of_two_models_never_share_a_graph(capsys):
+    """Skipping the guards on modules is safe only because each model's step has its own code
+    object: a second model of the same class, differing only in a module attribute the skipped
+    guards would have checked, gets its own graph and its own answer. A step that breaks the
+    graph still runs, compiled with every guard kept, and says so."""
+    from scylla_impl.compiled import compile_step
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8)
+    with torch.no_grad():
+        for doubles in (True, False):
+            model = _Scaler(8, doubles)
+            assert torch.allclose(compile_step(model.step, "a step")(x), model.step(x))
+        model = _Scaler(8, True)
+        assert torch.allclose(compile_step(model.breaking_step, "a breaking step")(x), model.breaking_step(x))
+    assert "a breaking step does not compile to one graph" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_sweep_with_compile_records_it_and_stays_lossless(tiny_llama, tmp_path, shared_eval_dir):
     out = tmp_path / "run"

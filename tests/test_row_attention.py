@@ -78,8 +78,8 @@ def test_bad_shapes_are_refused():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_draft_tree_level_goes_through_it(dtype, monkeypatch):
-    """A draft's tree level (no grad, a few queries, bool tree mask) is attended by the kernel
-    and gives what SDPA gives; with grad (training) the same call goes to SDPA."""
+    """A draft's tree level (no grad, a few queries) is attended by the kernel and gives what
+    SDPA gives; with grad (training) draft_mask keeps the bool mask and the call goes to SDPA."""
     from scylla_impl import gqa_attention
 
     decided = []
@@ -91,9 +91,11 @@ def test_a_draft_tree_level_goes_through_it(dtype, monkeypatch):
     visible = torch.ones(1, 1, 10, 210, dtype=torch.bool)  # one mask for both rows, broadcast as SDPA takes it
     visible[..., 200:] = torch.eye(10, dtype=torch.bool)  # each tree token sees the prefix and itself
     with torch.no_grad():
-        got = gqa_attention.draft_attention(q, k, v, visible)  # [2, 10, 9 * 64]
-    assert decided == [True]
+        mask = gqa_attention.draft_mask(visible, 2, dtype)  # additive [2, 1, 10, 210], as the kernel takes it
+        got = gqa_attention.draft_attention(q, k, v, mask)  # [2, 10, 9 * 64]
+    assert mask.shape == (2, 1, 10, 210) and mask.dtype == dtype and decided == [True]
     with torch.enable_grad():
-        want = gqa_attention.draft_attention(q.requires_grad_(), k, v, visible)
-    assert decided == [True], "with grad the kernel is not asked"
+        mask = gqa_attention.draft_mask(visible, 2, dtype)
+        want = gqa_attention.draft_attention(q.requires_grad_(), k, v, mask)
+    assert mask is visible and decided == [True, False], "with grad the mask stays SDPA's and the kernel declines"
     torch.testing.assert_close(got.float(), want.detach().float(), **TOLERANCE[dtype])

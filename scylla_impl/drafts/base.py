@@ -26,6 +26,7 @@ from torch import nn
 from scylla_impl import skinny_linear
 from scylla_impl.compiled import compile_step
 from scylla_impl.drafts.layers import rotary
+from scylla_impl.gqa_attention import draft_mask
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL
 from scylla_impl.methods import PROJECTION
@@ -226,6 +227,7 @@ class Draft(nn.Module):
     def hidden_states(self, tokens, features, from_target: bool, positions, mask, cache=None):
         x, attn_input = self._inputs(tokens, features, from_target)
         cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta, x.dtype, self.config.rope_scaling)
+        mask = draft_mask(mask, x.shape[0], x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i, attn_input if i == 0 else None)
         return x
