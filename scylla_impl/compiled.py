@@ -1,9 +1,9 @@
 """The compiled fast path (`--compile`): one-token and tree steps through `torch.compile`.
 
 What is compiled: the target's forward over a step's tokens (an AR token, a tree to verify)
-and a draft's forward over one tree level, each over a static KV cache (kv_cache.py), so
-their shapes depend only on the batch and the tokens scored. Prefills stay eager: every
-prompt length would be a new shape. Inductor fuses the norms, rotary embeddings and
+and a draft's forward over one tree level or one accepted path, each over a static KV cache
+(kv_cache.py), so their shapes depend only on the batch and the tokens scored. Prefills stay
+eager: every prompt length would be a new shape. Inductor fuses the norms, rotary embeddings and
 residual adds that eager mode runs one small operator at a time, and the Python of a
 30-layer forward runs once, at trace time; the few-row matmuls stay the skinny kernel's
 (skinny_linear.py registers it as an operator the graph calls).

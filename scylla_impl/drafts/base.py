@@ -23,7 +23,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
-from scylla_impl import skinny_linear
+from scylla_impl import row_attention, skinny_linear
 from scylla_impl.compiled import compile_step
 from scylla_impl.drafts.layers import rotary
 from scylla_impl.gqa_attention import draft_mask
@@ -141,6 +141,7 @@ class Draft(nn.Module):
         self.compiled = False  # place() compiles the tree level beside a --compile target
         self.static_cache = False  # ...over a static KV cache (kv_cache.py)
         self._level = self._score_level
+        self._path = self._score_path
         if config.draft_vocab_size:
             vd, v = config.draft_vocab_size, config.vocab_size
             if not 1 <= vd <= v:
@@ -249,12 +250,15 @@ class Draft(nn.Module):
         causal = (idx[:, None] >= idx[None, :]).expand(b, q, q)
         positions = cache.positions(idx.expand(b, q))
         dtype = next(self.parameters()).dtype
-        out = self.hidden_states(tokens, features.to(dtype), True, positions, cache.attention_mask(causal), cache)
-        cache.advance(idx.expand(b, q))
         counts = counts.to(cache.device)
+        # Up to MAX_QUERIES pairs (a step's accepted path, a short prompt) take the compiled
+        # forward; a longer prompt stays eager, as the target's prefill does, rather than compile
+        # its attention's other branch (SDPA) as one more graph.
+        score = self._path if q <= row_attention.MAX_QUERIES else self._score_path
+        logprobs, last = score(tokens, features.to(dtype), positions, cache.attention_mask(causal), cache, counts - 1)
+        cache.advance(idx.expand(b, q))
         cache.commit(idx.expand(b, q), counts)
-        last = out[torch.arange(b, device=out.device), counts - 1]
-        return F.log_softmax(self.logits(last).float(), dim=-1), last
+        return logprobs, last
 
     @torch.no_grad()
     def expand(self, tokens, hidden, depths, new_mask):
@@ -263,6 +267,13 @@ class Draft(nn.Module):
         logprobs, out = self._level(tokens, hidden, cache.positions(depths), cache.attention_mask(new_mask), cache)
         cache.advance(depths)
         return logprobs, out
+
+    def _score_path(self, tokens, features, positions, mask, cache, last_index):
+        """An accepted path's forward, read out after each row's last real pair (last_index [b]):
+        the other part --compile compiles."""
+        out = self.hidden_states(tokens, features, True, positions, mask, cache)  # [b, q, h]
+        last = out[torch.arange(out.shape[0], device=out.device), last_index]  # [b, h]
+        return F.log_softmax(self.logits(last).float(), dim=-1), last
 
     def _score_level(self, tokens, hidden, positions, mask, cache):
         """One level's forward: the part --compile compiles (scylla_impl/compiled.py)."""
@@ -290,13 +301,14 @@ class Draft(nn.Module):
 def place(draft: Draft, target) -> Draft:
     """The draft ready to decode beside `target`: on its device and dtype, in eval mode, its
     few-row CPU matmuls (fp32, and bf16 where the CPU has AVX512-BF16) through the same kernel
-    as the target's (skinny_linear.py), its tree level compiled where the target's step is
-    (--compile)."""
+    as the target's (skinny_linear.py), its tree level and accepted path compiled where the
+    target's step is (--compile)."""
     draft = draft.to(device=target.device, dtype=target.dtype).eval()
     skinny_linear.install(draft)
     if target.compiled and not draft.compiled:
         draft.compiled = draft.static_cache = True
         draft._level = compile_step(draft._score_level, f"the {draft.config.method} draft's level")
+        draft._path = compile_step(draft._score_path, f"the {draft.config.method} draft's accepted path")
     return draft
 
 
