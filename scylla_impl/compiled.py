@@ -23,8 +23,8 @@ import time
 import types
 from collections.abc import Callable
 
-HELP = ("compile the target's step and the draft's tree level with torch.compile over a static KV cache "
-        "(about a minute per new shape, once per process)")
+HELP = ("compile the target's step and the draft's tree levels and accepted paths with torch.compile over a "
+        "static KV cache (about a minute per new shape, once per process)")
 
 # A sweep compiles each step's few graphs once per target and draft, but a model whose code
 # reads a Python number from the cache would compile every step; past this many dynamo runs
