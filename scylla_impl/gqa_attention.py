@@ -48,8 +48,7 @@ def draft_mask(mask: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tens
     `dtype`, as that kernel takes it. Training's held-out passes broadcast one mask over the
     batch; the kernel wants one per row."""
     _, _, q, kv = mask.shape
-    if (mask.device.type != "cpu" or q > row_attention.MAX_QUERIES or torch.is_grad_enabled()
-            or dtype not in skinny_linear.built_dtypes()):
+    if torch.is_grad_enabled() or not _row_attention_takes(mask.device, q, dtype):
         return mask
     visible = mask.expand(batch, 1, q, kv)
     return torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, float("-inf"))
@@ -73,13 +72,18 @@ def draft_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 def _row_attention_applies(query, key, value, mask, dropout: float) -> bool:
     """A decode step on the CPU with the built kernel: row_attention.py, whose result for a
     token does not depend on the tree around it, so AR and a verify score it alike."""
-    return (query.device.type == "cpu" and query.shape[2] <= row_attention.MAX_QUERIES and dropout == 0.0
+    return (_row_attention_takes(query.device, query.shape[2], query.dtype) and dropout == 0.0
             and mask is not None and mask.dtype == query.dtype == key.dtype == value.dtype
-            and query.dtype in skinny_linear.built_dtypes()
             and mask.shape == (query.shape[0], 1, query.shape[2], key.shape[2])
             and key.shape[-1] == value.shape[-1] == query.shape[-1]
             and key.stride(-1) == 1 and value.stride(-1) == 1
             and not (torch.is_grad_enabled() and query.requires_grad))
+
+
+def _row_attention_takes(device: torch.device, queries: int, dtype: torch.dtype) -> bool:
+    """What the kernel needs of a forward before its tensors are looked at: the CPU, a decode
+    step's few queries, a dtype it was built for."""
+    return device.type == "cpu" and queries <= row_attention.MAX_QUERIES and dtype in skinny_linear.built_dtypes()
 
 
 AttentionInterface.register(NAME, gqa_sdpa_attention)
