@@ -173,7 +173,9 @@ def _replay_batch(target, draft, prompts, continuations, layers, table, max_dept
     pair_feats = torch.stack([torch.nn.functional.pad(feats[r, :lengths[r]], (0, 0, 0, longest - lengths[r]))
                               for r in range(b)])
     root_logprobs, root_out = draft.extend(pair_tokens, pair_feats, torch.tensor(lengths, device=device))
-    width = max(len(s) for s in seqs) + max_depth
+    # A root's reference runs max_depth past it, and roots go up to the longest continuation
+    # from every prompt's end: the longest prompt need not own the longest continuation.
+    width = longest + max(len(c) for c in continuations) + max_depth
     padded = torch.tensor([s + [-1] * (width - len(s)) for s in seqs], device=device)  # -1 never matches a token
     rows = torch.arange(b, device=device)
     for i in range(steps):

@@ -2,6 +2,7 @@
 on the embedded default target in float32 with real MT-bench prompts, and feeds the draft
 exactly the (token, feature) pairs decoding feeds it."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,26 @@ def test_acceptance_table_round_trips_and_refuses_what_it_never_priced():
         back.mean_accepted(4, 3, 500)
     with pytest.raises(ScyllaError, match="not an acceptance table"):
         AcceptanceTable.from_json({"top_ks": [1]})
+
+
+def test_a_long_prompt_with_a_short_continuation_replays_as_it_would_alone(target_fp32, mt_bench_prompts):
+    # Decoding stops each row at its own EOS, so the longest prompt can own the shortest
+    # continuation while a short prompt runs on; the batch must price each row as if alone.
+    from scylla_impl.calibration import _replay_batch
+
+    long_prompt, short_prompt = max(mt_bench_prompts, key=len), min(mt_bench_prompts, key=len)
+    assert len(long_prompt) > len(short_prompt) + 20
+    continuations = [long_prompt[-9:], short_prompt[-6:] + long_prompt[-30:]]  # lookup finds these
+    draft, depth = load_draft("lookup", target_fp32), 3
+
+    def table_of(rows):
+        table = AcceptanceTable((2,), depth)
+        _replay_batch(target_fp32, draft, [[long_prompt, short_prompt][r] for r in rows],
+                      [continuations[r] for r in rows], (), table, depth, 0, None)
+        return table
+
+    together, alone = table_of([0, 1]), [table_of([0]), table_of([1])]
+    assert together.positions == sum(len(c) - depth for c in continuations) == sum(t.positions for t in alone)
+    for key, sums in together.sums.items():
+        np.testing.assert_allclose(sums, alone[0].sums[key] + alone[1].sums[key])
+    assert together.sums[(2, depth)].max() > 0  # the copied spans were found
