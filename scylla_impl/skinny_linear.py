@@ -12,13 +12,17 @@ whole steps):
     this kernel     19.1   20.1   31.1   34.8   59.2  106.1  220.5 ms
 
 The kernel streams the weights once and multiplies them into the input rows held in vector
-registers: one weight row at a time against up to 4 input rows, two weight rows sharing each
-input load beyond that (a register block of 2 x 8 rows with AVX-512, 2 x 4 with AVX2; larger
-inputs walk the same weights again from L1), with the next weight rows prefetched so the
-multiplies do not wait on memory (without the prefetch, and with one weight row per block,
-8 rows took 54.8 ms and 16 took 90.5). Every output is summed in the same order whatever the
-number of rows, the blocking or the threads, so a token scored alone (AR) and the same token
-scored inside a tree (verify) get bit-identical logits, which BLAS does not promise.
+registers: one weight row at a time against every input row while they fit one register
+block (8 rows with AVX-512, 4 with AVX2), two weight rows sharing each input load beyond that
+(a block of 2 x 8 rows, 2 x 4 with AVX2; larger inputs walk the same weights again from L1),
+with the next weight rows prefetched so the multiplies do not wait on memory (without the
+prefetch, and with one weight row per block, 8 rows took 54.8 ms and 16 took 90.5). Two
+weight rows per block from 5 input rows on, as the kernel once did, cost more than one where
+the inputs fit (the same EPYC later, 2 threads, medians: fp32 5 rows 17.4 ms against 14.5, 8
+rows 18.5 against 16.2; bf16 5-8 rows 9.2-9.4 against 7.3-8.4, 1-4 rows 7.1-7.6 either way).
+Every output is summed in the same order whatever the number of rows, the blocking or the
+threads, so a token scored alone (AR) and the same token scored inside a tree (verify) get
+bit-identical logits, which BLAS does not promise.
 
 bf16 (where the CPU has AVX512-BF16) multiplies bf16 pairs into fp32 sums: with AMX, 16
 weight rows by up to 32 input rows per tile instruction (more rows reuse the weight block
@@ -263,7 +267,7 @@ static void weight_rows_bf16(const uint16_t* x, const uint16_t* w, at::BFloat16*
 // Weight rows [n0, n1) against every input row, VDPBF16PS.
 static void rows_dpbf16(const uint16_t* xp, const uint16_t* wp, at::BFloat16* yp, int64_t M, int64_t K, int64_t N,
                         int64_t n0, int64_t n1) {
-  const int64_t NB = M <= 4 ? 1 : 2;
+  const int64_t NB = M <= 8 ? 1 : 2;  // one register block holds up to 8 input rows (in_row_blocks<8>)
   for (int64_t n = n0; n < n1; n += NB) {
     if (NB == 2 && n + 2 <= n1) weight_rows_bf16<2>(xp, wp + n * K, yp, M, K, N, n);
     else for (int64_t r = n; r < std::min(n + NB, n1); ++r) weight_rows_bf16<1>(xp, wp + r * K, yp, M, K, N, r);
@@ -372,7 +376,7 @@ static torch::Tensor skinny_linear_bf16(const torch::Tensor& x, const torch::Ten
   at::parallel_for(0, n_amx / 16, 8, [&](int64_t b0, int64_t b1) {
     rows_amx(xt.get(), wp, yp, M, K, N, b0 * 16, b1 * 16);
   });
-  const int64_t NB = M <= 4 ? 1 : 2;
+  const int64_t NB = M <= 8 ? 1 : 2;
   at::parallel_for(0, (N - n_amx + NB - 1) / NB, 16 / NB, [&](int64_t b0, int64_t b1) {
     rows_dpbf16(xp, wp, yp, M, K, N, n_amx + b0 * NB, std::min(n_amx + b1 * NB, N));
   });
@@ -398,9 +402,10 @@ torch::Tensor skinny_linear(torch::Tensor x, torch::Tensor w) {
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Up to 4 input rows the weight stream is the limit and one weight row at a time reads it
-  // best; beyond, two weight rows share each input load, which halves the loads per multiply.
-  const int64_t NB = M <= 4 ? 1 : 2;
+  // While every input row fits one register block the weight stream is the limit and one weight
+  // row at a time reads it best (bf16 at 5-8 rows on the EPYC: 7.3-8.4 ms against 9.2-9.4 with
+  // two); beyond, two weight rows share each input load, which halves the loads per multiply.
+  const int64_t NB = M <= MB_MAX ? 1 : 2;
   at::parallel_for(0, (N + NB - 1) / NB, 16 / NB, [&](int64_t b0, int64_t b1) {
     for (int64_t n = b0 * NB; n < std::min(b1 * NB, N); n += NB) {
       if (NB == 2 && n + 2 <= N) weight_rows<2>(xp, wp + n * K, yp, M, K, N, n);
