@@ -249,7 +249,9 @@ BUDGETS: dict[str, Budget] = {
     # 2.45 (Alpaca), 2.53 -> 2.92 (unseen SFT prompts); with the 60-token tree 1.96 -> 2.17, 2.28 ->
     # 2.56, 3.03 -> 3.34, 2.63 -> 2.92, 3.34 -> 3.81; Scylla-3 the same within 0.03. Cost on that
     # EPYC: the answers 29 min (1.1M tokens at 477/s, once per target), features 9 min per 1M
-    # tokens (once), training 24 min (Scylla-1) or 42 (Scylla-3).
+    # tokens (once), training 24 min (Scylla-1), 26 (EAGLE-2), 33 (EAGLE-3) or 42 (Scylla-3).
+    # At this budget the four are close: replay tau (24 held-out prompts, fp32) with the 10-token
+    # tree Scylla-3 2.14, EAGLE-2 2.11, Scylla-1 2.10, EAGLE-3 2.06; 60-token 2.72, 2.63, 2.67, 2.56.
     "long": Budget(pretrain_tokens=1_048_576, sft_tokens=1_000_000, epochs=1),
 }
 RECIPE_NAMES = tuple(BUDGETS)
