@@ -256,10 +256,13 @@ static inline void block_bf16(const uint16_t* x, const uint16_t* w, at::BFloat16
   }
 }
 
+// Input rows per VDPBF16PS register block (AVX512-BF16 implies AVX-512's 32 registers).
+constexpr int MB_BF16 = 8;
+
 template <int NB>
 static void weight_rows_bf16(const uint16_t* x, const uint16_t* w, at::BFloat16* y, int64_t M, int64_t K, int64_t N,
                              int64_t n) {
-  in_row_blocks<8>(M, [&](auto rows, int64_t m) {
+  in_row_blocks<MB_BF16>(M, [&](auto rows, int64_t m) {
     block_bf16<NB, decltype(rows)::value>(x + m * K, w, y + m * N, K, N, n);
   });
 }
@@ -267,7 +270,7 @@ static void weight_rows_bf16(const uint16_t* x, const uint16_t* w, at::BFloat16*
 // Weight rows [n0, n1) against every input row, VDPBF16PS.
 static void rows_dpbf16(const uint16_t* xp, const uint16_t* wp, at::BFloat16* yp, int64_t M, int64_t K, int64_t N,
                         int64_t n0, int64_t n1) {
-  const int64_t NB = M <= 8 ? 1 : 2;  // one register block holds up to 8 input rows (in_row_blocks<8>)
+  const int64_t NB = M <= MB_BF16 ? 1 : 2;  // one weight row a block while the inputs fit one block
   for (int64_t n = n0; n < n1; n += NB) {
     if (NB == 2 && n + 2 <= n1) weight_rows_bf16<2>(xp, wp + n * K, yp, M, K, N, n);
     else for (int64_t r = n; r < std::min(n + NB, n1); ++r) weight_rows_bf16<1>(xp, wp + r * K, yp, M, K, N, r);
@@ -376,7 +379,7 @@ static torch::Tensor skinny_linear_bf16(const torch::Tensor& x, const torch::Ten
   at::parallel_for(0, n_amx / 16, 8, [&](int64_t b0, int64_t b1) {
     rows_amx(xt.get(), wp, yp, M, K, N, b0 * 16, b1 * 16);
   });
-  const int64_t NB = M <= 8 ? 1 : 2;
+  const int64_t NB = M <= MB_BF16 ? 1 : 2;
   at::parallel_for(0, (N - n_amx + NB - 1) / NB, 16 / NB, [&](int64_t b0, int64_t b1) {
     rows_dpbf16(xp, wp, yp, M, K, N, n_amx + b0 * NB, std::min(n_amx + b1 * NB, N));
   });
