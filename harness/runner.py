@@ -79,6 +79,7 @@ class WorkerSettings:
     system_prompt: str | None
     warmup: int
     step_table: bool
+    paired_ar: bool = False  # SweepSpec.paired_ar
     out: str = ""
     compile: bool = False
     # What the results folder was measured with (harness/inputs.py); a resume checks against it.
@@ -88,7 +89,7 @@ class WorkerSettings:
     def from_spec(cls, spec: SweepSpec, out: str | Path = "", inputs: Inputs | None = None) -> WorkerSettings:
         return cls(target=spec.target, dtype=spec.dtype, device=spec.device, threads=spec.threads,
                    data_dir=spec.data_dir, system_prompt=spec.system_prompt, warmup=spec.warmup, compile=spec.compile,
-                   step_table=spec.step_table, out=str(out), inputs=inputs or {})
+                   step_table=spec.step_table, paired_ar=spec.paired_ar, out=str(out), inputs=inputs or {})
 
 
 @dataclass
@@ -309,6 +310,12 @@ class CellWorker:
                                     turn=turn, previous_answers=tuple(answers[i][:turn]))
 
         answers: list[list[str]] = [[] for _ in prompts]
+        # With --paired-ar, each batch is also decoded without the draft, right before or after
+        # (alternating, so neither order is favoured): the speedup then divides by throughput
+        # measured alongside, not by the AR cell's, which ran minutes earlier on a machine
+        # whose speed may since have moved.
+        paired = self.settings.paired_ar and draft is not None
+        paired_stats = []
         if self.settings.warmup > 0:
             first = [ids_for(i, 0, answers) for i in range(cell.batch_size)]
             # Compiled steps: batch 1 is a shape of its own (torch specializes sizes 1), and a
@@ -316,7 +323,8 @@ class CellWorker:
             batches = [first, first[:1]] if target.compiled and cell.batch_size > 1 else [first]
             with _phase("warmup"):
                 for batch in batches:
-                    self._generate(target, batch, draft, self._config(cell, self.settings.warmup, cell.seed))
+                    for model in (draft, None) if paired else (draft,):
+                        self._generate(target, batch, model, self._config(cell, self.settings.warmup, cell.seed))
             self._sync()
 
         if self.device.startswith("cuda"):
@@ -332,13 +340,19 @@ class CellWorker:
                     batch_ids = [ids_for(i, turn, answers) for i in chunk]
                     cfg = self._config(cell, cell.max_new_tokens, cell.seed + call)
                     with _phase(f"batch {call}"):
+                        if paired and call % 2 == 0:
+                            paired_stats.append(self._generate(target, batch_ids, None, cfg).stats)
                         result = self._generate(target, batch_ids, draft, cfg)
+                        if paired and call % 2 == 1:
+                            paired_stats.append(self._generate(target, batch_ids, None, cfg).stats)
                     self._collect(cell, got, result, chunk, prompts, turn, call)
                     for r, i in enumerate(chunk):
                         answers[i].append(result.texts[r])
                     call += 1
             self._sync()
         row.update(metrics.summarize(got.stats, None if draft is None else cell.depth))
+        if paired:
+            row["paired_ar_tokens_per_s"] = metrics.summarize(paired_stats, None)["tokens_per_s"]
         row.update(sampler.medians())
         row["n_requests"] = len(got.outputs)
         row.update(_peak_memory(self.device))
@@ -577,8 +591,11 @@ def derive(store: ResultStore, cell: Cell, by_id: dict[str, Cell], only_missing:
         ar_row = store.read_row(partner)
         if ar_row["status"] != STATUS_OK:
             return row
-        changes = {"ar_cell_id": partner, "ar_tokens_per_s": ar_row["tokens_per_s"],
-                   "speedup_vs_ar": metrics.speedup(row["tokens_per_s"], ar_row["tokens_per_s"])}
+        # The AR throughput measured beside this cell's batches (--paired-ar) where there is one.
+        paired = row.get("paired_ar_tokens_per_s")
+        ar_tokens_per_s = paired if paired is not None else ar_row["tokens_per_s"]
+        changes = {"ar_cell_id": partner, "ar_tokens_per_s": ar_tokens_per_s,
+                   "speedup_vs_ar": metrics.speedup(row["tokens_per_s"], ar_tokens_per_s)}
         if cell.temperature == 0:
             mine, theirs = store.read_outputs(cell.cell_id), store.read_outputs(partner)
             if mine is not None and theirs is not None:

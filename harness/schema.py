@@ -10,7 +10,8 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 6  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input
+SCHEMA_VERSION = 7  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input;
+# 7: paired_ar_tokens_per_s
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -80,6 +81,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("tokens_per_s", pa.float64()),
     pa.field("ar_cell_id", pa.string()),
     pa.field("ar_tokens_per_s", pa.float64()),
+    pa.field("paired_ar_tokens_per_s", pa.float64()),  # --paired-ar: AR on this cell's own batches, alongside
     pa.field("speedup_vs_ar", pa.float64()),
     pa.field("step_time_median_s", pa.float64()),
     pa.field("step_time_p90_s", pa.float64()),

@@ -62,6 +62,7 @@ class SweepSpec:
     system_prompt: str | None = None
     warmup: int = 8
     step_table: bool = False
+    paired_ar: bool = False
     executor: str = "local"
     ray_address: str | None = None
     workers: int | None = None
@@ -326,6 +327,10 @@ KEYS: dict[str, Key] = {
         Key("system_prompt", lambda k, v, b: str(v) if v is not None else None, "system prompt for the chat template", "TEXT"),
         Key("warmup", _opt_int(0), "warm-up new tokens per cell before timing (0: none)", "N"),
         Key("step_table", _bool, "also write the per-step table (steps.parquet)", flag=True),
+        Key("paired_ar", _bool, "each speculative cell also decodes every batch without its draft, alternating "
+            "which goes first, and its speedup divides by that AR's tokens/s (paired_ar_tokens_per_s): the "
+            "ratio then holds while the machine's speed drifts between cells; the AR decodes add about as much "
+            "time as the speculative ones", flag=True),
         Key("executor", lambda k, v, b: _choice(tuple(EXECUTORS))(k, v, b), "where cells run: local (this process, one after another) or "
             "ray (one worker per GPU, or per --threads CPUs, of a Ray cluster)", "|".join(EXECUTORS)),
         Key("ray_address", _ray_address, "executor ray: the cluster to join (HOST:6379, or "

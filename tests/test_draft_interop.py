@@ -232,3 +232,18 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path, target):
     draft = load_draft(str(folder), target)
     assert draft.config.rope_scaling == scaling and draft.config.rope_theta == 500000.0
     assert json.loads((export_draft(draft, tmp_path / "x") / "config.json").read_text())["rope_scaling"] == scaling
+
+
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_reads_rotary_rows_with_the_bits_a_forward_computes(target, scaling, dtype):
+    from scylla_impl.drafts.layers import rotary
+
+    draft = new_draft("scylla", target)
+    draft.config = dataclasses.replace(draft.config, rope_scaling=scaling, rope_theta=500000.0)
+    draft.to(dtype).start([[1, 2, 3]] * 2, capacity=300)
+    positions = torch.tensor([[0, 1, 2, 7], [150, 151, 298, 299]])  # [b, q]
+    want = rotary(positions, draft.config.head_dim, 500000.0, dtype, scaling)  # each [b, 1, q, head_dim]
+    got = [table[positions][:, None] for table in draft._rope_table]
+    assert all(torch.equal(g, w) for g, w in zip(got, want))

@@ -265,3 +265,37 @@ def test_mt_bench_second_turn_follows_the_first_answer(shared_eval_dir, default_
     outputs = pq.read_table(tmp_path / "out" / "cells" / f"{row['cell_id']}.outputs.parquet").to_pylist()
     assert [(o["turn"], o["batch"]) for o in outputs] == [(0, 0), (1, 1)]
     assert all(len(o["token_ids"]) == 3 for o in outputs)
+
+
+class RecordingWorker(CellWorker):
+    """Notes, per call of the engine, whether it decoded with a draft."""
+
+    calls: list[bool] = []
+
+    def _generate(self, target, prompts, draft, config):
+        RecordingWorker.calls.append(draft is not None)
+        return super()._generate(target, prompts, draft, config)
+
+
+def test_paired_ar_decodes_each_batch_alongside_and_divides_by_it(shared_eval_dir, default_model_dir, tmp_path):
+    flags = {"methods": "ar,scylla", "draft": ("scylla=random:scylla",), "datasets": "natural_questions",
+             "batch_sizes": "1", "threads": "1", "top_k": "2", "depths": "2", "total_tokens": "3",
+             "prompts": "3", "max_new_tokens": "4", "warmup": "2", "dtype": "float32", "data_dir": str(shared_eval_dir)}
+    spec = build_spec(None, {**flags, "paired_ar": "true"})
+    RecordingWorker.calls = []
+    report = run_sweep(spec, tmp_path / "out", worker_factory=RecordingWorker)
+    # AR cell: warm-up and 3 batches, alone. Speculative cell: warm-up with both, then AR
+    # before batch 0, after batch 1, before batch 2.
+    assert RecordingWorker.calls == [False] * 4 + [True, False] + [False, True, True, False, False, True]
+    rows = {r["method"]: r for r in pq.read_table(report.results_path).to_pylist()}
+    ar, sc = rows["ar"], rows["scylla"]
+    assert ar["paired_ar_tokens_per_s"] is None and ar["speedup_vs_ar"] == 1.0
+    assert sc["paired_ar_tokens_per_s"] > 0 and sc["ar_tokens_per_s"] == sc["paired_ar_tokens_per_s"]
+    assert sc["speedup_vs_ar"] == pytest.approx(sc["tokens_per_s"] / sc["paired_ar_tokens_per_s"])
+    assert sc["ar_cell_id"] == ar["cell_id"] and sc["lossless"] is True
+
+    # Without the flag the divisor is the AR cell's own throughput.
+    plain = run_sweep(build_spec(None, flags), tmp_path / "plain")
+    rows = {r["method"]: r for r in pq.read_table(plain.results_path).to_pylist()}
+    assert rows["scylla"]["paired_ar_tokens_per_s"] is None
+    assert rows["scylla"]["ar_tokens_per_s"] == rows["ar"]["tokens_per_s"]

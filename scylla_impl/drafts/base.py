@@ -138,6 +138,8 @@ class Draft(nn.Module):
         self.checkpoint = f"random:{config.method}"
         self.weights_hash: str | None = None
         self.cache: RowKVCache | None = None
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin by position (start)
+        self._dtype: torch.dtype | None = None  # of the parameters, as placed (start)
         self.compiled = False  # place() compiles the tree level beside a --compile target
         self.static_cache = False  # ...over a static KV cache (kv_cache.py)
         self._level = self._score_level
@@ -227,7 +229,13 @@ class Draft(nn.Module):
 
     def hidden_states(self, tokens, features, from_target: bool, positions, mask, cache=None):
         x, attn_input = self._inputs(tokens, features, from_target)
-        cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta, x.dtype, self.config.rope_scaling)
+        if cache is not None and self._rope_table is not None:
+            # Decoding: two rows of the table per token instead of the ~15 small ops that
+            # compute them, each of which costs microseconds beside a level's few matmuls.
+            cos, sin = (table[positions][:, None] for table in self._rope_table)  # [b, 1, q, head_dim]
+        else:
+            cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta, x.dtype,
+                              self.config.rope_scaling)  # [b, 1, q, head_dim]
         mask = draft_mask(mask, x.shape[0], x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, cache, i, attn_input if i == 0 else None)
@@ -240,6 +248,12 @@ class Draft(nn.Module):
     def start(self, prompts: list[list[int]], capacity: int = 256) -> None:
         param = next(self.parameters())
         self.cache = RowKVCache(len(self.layers), len(prompts), param.device, capacity, static=self.static_cache)
+        self._dtype = param.dtype
+        # The same elementwise ops as `rotary` per position, so a row of the table has the bits
+        # a forward would compute for that position.
+        cos, sin = rotary(torch.arange(capacity, device=param.device)[None], self.config.head_dim,
+                          self.config.rope_theta, param.dtype, self.config.rope_scaling)  # [1, 1, capacity, head_dim]
+        self._rope_table = (cos[0, 0], sin[0, 0])  # [capacity, head_dim] each
 
     @torch.no_grad()
     def extend(self, tokens, features, counts):
@@ -249,13 +263,12 @@ class Draft(nn.Module):
         idx = torch.arange(q, device=cache.device)
         causal = (idx[:, None] >= idx[None, :]).expand(b, q, q)
         positions = cache.positions(idx.expand(b, q))
-        dtype = next(self.parameters()).dtype
         counts = counts.to(cache.device)
         # Up to MAX_QUERIES pairs (a step's accepted path, a short prompt) take the compiled
         # forward; a longer prompt stays eager, as the target's prefill does, rather than compile
         # its attention's other branch (SDPA) as one more graph.
         score = self._path if q <= row_attention.MAX_QUERIES else self._score_path
-        logprobs, last = score(tokens, features.to(dtype), positions, cache.attention_mask(causal), cache, counts - 1)
+        logprobs, last = score(tokens, features.to(self._dtype), positions, cache.attention_mask(causal), cache, counts - 1)
         cache.advance(idx.expand(b, q))
         cache.commit(idx.expand(b, q), counts)
         return logprobs, last
