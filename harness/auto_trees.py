@@ -147,7 +147,9 @@ def _acceptance(target, draft, name: str, dtype: str, prompts: list[list[int]], 
     """The draft's acceptance table: from its checkpoint folder's calibration.json, or replayed now."""
     digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
     top_ks, depth = calibration.TOP_KS, calibration.MAX_DEPTH
-    key = "/".join(map(str, (draft.info.weights_hash, target.info.fingerprint, dtype, digest, REPLAY_NEW_TOKENS,
+    # A draft decoding in another precision than the target's (drafts/base.py decode_dtype) says so.
+    precision = dtype if draft.info.dtype in (None, dtype) else f"{dtype}-draft-{draft.info.dtype}"
+    key = "/".join(map(str, (draft.info.weights_hash, target.info.fingerprint, precision, digest, REPLAY_NEW_TOKENS,
                              ",".join(map(str, top_ks)), depth)))
     folder = Path(name)
     cache = folder / CALIBRATION if (folder / "config.json").is_file() else None

@@ -293,7 +293,7 @@ class CellWorker:
                 raise ScyllaError(f"draft {cell.draft!r} loaded as no draft")
             info = draft.info
             row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens,
-                       draft_hash=info.weights_hash, draft_input=info.draft_input)
+                       draft_hash=info.weights_hash, draft_input=info.draft_input, draft_dtype=info.dtype)
             if cell.total_tokens == 1:
                 draft = None
         prompts, info = self.dataset(cell.dataset, cell.prompts)

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
 SCHEMA_VERSION = 7  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input;
-# 7: paired_ar_tokens_per_s
+# 7: paired_ar_tokens_per_s, draft_dtype
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -37,6 +37,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("draft_hash", pa.string()),
     pa.field("pretrain_tokens", pa.int64()),
     pa.field("draft_input", pa.string()),  # a trained draft's input path: projection or concat (DraftConfig)
+    pa.field("draft_dtype", pa.string()),  # a trained draft's precision as it decoded (drafts/base.py decode_dtype)
     # workload
     pa.field("dataset", pa.string()),
     pa.field("dataset_source", pa.string()),

@@ -219,3 +219,18 @@ def test_bf16_speculative_equals_ar(target_bf16, prompts, spec, top_k, depth, to
     else:
         check = compare_outputs(dict(enumerate(got)), dict(enumerate(ar)))
         assert check.lossless, f"{label}: {check.mismatches} prompts part from AR at no near-tie"
+
+
+@pytest.mark.parametrize("spec", ["random:eagle2", "random:scylla"])  # the target's full head; a reduced one
+def test_beside_an_fp32_target_a_draft_decodes_in_bf16_where_bf16_is_native(target_fp32, prompts, reference, spec):
+    from scylla_impl import skinny_linear
+
+    draft = load_draft(spec, target_fp32, seed=1)
+    native = torch.bfloat16 in skinny_linear.dtypes()
+    assert draft.info.dtype == ("bfloat16" if native else "float32")
+    assert next(draft.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
+    assert load_draft(spec, target_fp32, dtype=torch.float32).info.dtype == "float32"  # training and export ask
+    # The target verifies in fp32, so the output is AR's whatever the draft's precision.
+    config = DecodeConfig(top_k=4, depth=3, total_tokens=8, max_new_tokens=NEW_TOKENS)
+    got = _decode(target_fp32, prompts[:4], draft, config, 2)
+    assert_same(target_fp32, prompts[:4], got, reference[:4], f"{spec} in {draft.info.dtype}")

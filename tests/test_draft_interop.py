@@ -130,7 +130,7 @@ def eagle3_folder(tmp_path, target):
 @pytest.mark.parametrize("bias", [True, False])
 def test_eagle2_checkpoint_computes_the_reference_forward_and_decodes_losslessly(tmp_path, target, bias):
     folder, state = eagle2_folder(tmp_path, target, bias)
-    draft = load_draft(str(folder), target)
+    draft = load_draft(str(folder), target, dtype=torch.float32)  # the reference's precision
     assert draft.config.method == "eagle2" and draft.feature_layers == ()
     token, hidden = 123, torch.randn(H)
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_eagle2_checkpoint_computes_the_reference_forward_and_decodes_losslessly
 
 def test_eagle3_checkpoint_computes_the_reference_forward_exports_and_round_trips(tmp_path, target):
     folder, state, kept = eagle3_folder(tmp_path, target)
-    draft = load_draft(str(folder), target)
+    draft = load_draft(str(folder), target, dtype=torch.float32)  # the reference's precision
     assert draft.config.method == "eagle3" and draft.draft_vocab == DRAFT_VOCAB
     assert draft.feature_layers == default_layer_choice(LAYERS) == (2, 4, 5)
     assert torch.equal(draft.draft_token_ids(), kept)  # d2t read as offsets
@@ -157,16 +157,16 @@ def test_eagle3_checkpoint_computes_the_reference_forward_exports_and_round_trip
     assert all(torch.equal(written[k], state[k].to(written[k].dtype)) for k in state)
     config_out = json.loads((out / "config.json").read_text())
     assert config_out["architectures"] == ["LlamaForCausalLMEagle3"] and config_out["draft_vocab_size"] == DRAFT_VOCAB
-    again = load_draft(str(out), target)
+    again = load_draft(str(out), target, dtype=torch.float32)
     torch.testing.assert_close(first_logprobs(again, token, features), want, rtol=1e-4, atol=1e-4)
 
 
 def test_our_drafts_export_in_the_published_layouts(tmp_path, target):
-    eagle2 = new_draft("eagle2", target, seed=3)
+    eagle2 = new_draft("eagle2", target, seed=3, dtype=torch.float32)
     out = export_draft(eagle2, tmp_path / "e2")
     assert {k for k in load_file(str(out / "model.safetensors"))} >= {"fc.weight", "fc.bias", "layers.0.self_attn.q_proj.weight"}
     token, hidden = 5, torch.randn(H)
-    torch.testing.assert_close(first_logprobs(load_draft(str(out), target), token, hidden),
+    torch.testing.assert_close(first_logprobs(load_draft(str(out), target, dtype=torch.float32), token, hidden),
                                first_logprobs(eagle2, token, hidden))
     with pytest.raises(ScyllaError, match="no published layout holds a draft with method scylla"):
         export_draft(new_draft("scylla", target), tmp_path / "s")

@@ -35,13 +35,15 @@ def export_draft(draft: str, target: str, out: str) -> None:
     """Write a draft in the published layout of its method, for SGLang, vLLM and EAGLE's code:
     EAGLE-3 drafts as EAGLE-3 / SpecForge checkpoints, full-vocabulary EAGLE-2 drafts as EAGLE-1/2
     ones. Published EAGLE-1/2 and EAGLE-3 folders load directly wherever a draft folder is taken."""
+    import torch
+
     from harness.quiet import quiet_libraries
     from scylla_impl.drafts import Draft, load_draft
     from scylla_impl.drafts.interop import export_draft as export
     from scylla_impl.target import Target
 
     quiet_libraries()
-    loaded = load_draft(draft, Target.load(target, dtype="float32", device="cpu"))
+    loaded = load_draft(draft, Target.load(target, dtype="float32", device="cpu"), dtype=torch.float32)
     if not isinstance(loaded, Draft):
         raise click.BadParameter(f"{draft!r} is not a trained draft folder", param_hint="DRAFT_DIR")
     click.echo(str(export(loaded, out)))

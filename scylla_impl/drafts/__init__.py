@@ -10,6 +10,7 @@ from scylla_impl.drafts.base import (
     DraftConfig,
     DraftInfo,
     check_target,
+    decode_dtype,
     load_weights,
     place,
     read_config,
@@ -21,10 +22,10 @@ from workloads.errors import ScyllaError
 
 
 def new_draft(method: str, target, layers: int | None = None, seed: int = 0, draft_vocab: int | None = None,
-              draft_input: str | None = None, **overrides) -> Draft:
+              draft_input: str | None = None, dtype: torch.dtype | None = None, **overrides) -> Draft:
     """A freshly initialised draft of `method` for `target` (random weights, seeded). `draft_vocab`:
     size of the reduced vocabulary (capped at the target's; 0 = the full vocabulary); `draft_input`:
-    its input path (DraftConfig.draft_input; None: the method's own)."""
+    its input path (DraftConfig.draft_input; None: the method's own); `dtype`: see `place`."""
     if method not in TRAINED:
         raise ScyllaError(f"unknown draft method '{method}'; known: {', '.join(TRAINED)}")
     cls = BY_NAME[method].draft_class
@@ -46,13 +47,14 @@ def new_draft(method: str, target, layers: int | None = None, seed: int = 0, dra
     config = DraftConfig.from_target(method, target, **overrides)
     torch.manual_seed(seed)
     draft = cls(config, target)
-    return place(draft, target)
+    return place(draft, target, dtype)
 
 
-def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 0):
+def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 0, dtype: torch.dtype | None = None):
     """None/'none' -> None (AR); 'oracle'; 'lookup' (prompt lookup, training-free);
     'random:<method>'; or a checkpoint folder: this project's, or an EAGLE-1/2 or EAGLE-3 /
-    SpecForge one (interop.py)."""
+    SpecForge one (interop.py). A trained method's draft is placed for decoding beside `target`
+    (`place`; `dtype` None: the precision decoding gives it, `decode_dtype`)."""
     if spec in (None, "", "none", "ar"):
         return None
     if spec == "oracle":
@@ -60,13 +62,13 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
     if spec in TRAINING_FREE:
         return BY_NAME[spec].draft_class(target)
     if spec.startswith("random:"):
-        return new_draft(spec.split(":", 1)[1], target, layers=layers, seed=seed)
+        return new_draft(spec.split(":", 1)[1], target, layers=layers, seed=seed, dtype=dtype)
     folder = Path(spec)
     if not folder.exists():
         free = ", ".join(f"'{s}'" for s in ("oracle", *TRAINING_FREE))
         raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, {free} or random:{{{','.join(TRAINED)}}}")
     if interop.is_foreign(folder):  # an EAGLE-1/2 or EAGLE-3 / SpecForge checkpoint
-        return interop.import_draft(folder, target)
+        return place(interop.import_draft(folder, target), target, dtype)
     config = read_config(folder)
     check_target(config, target, folder)
     if config.method not in TRAINED:
@@ -74,7 +76,7 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
     draft = BY_NAME[config.method].draft_class(config, target)
     load_weights(draft, folder)
     draft.checkpoint = str(folder)
-    return place(draft, target)
+    return place(draft, target, dtype)
 
 
-__all__ = ["Draft", "DraftConfig", "DraftInfo", "OracleDraft", "PromptLookupDraft", "load_draft", "new_draft"]
+__all__ = ["Draft", "DraftConfig", "DraftInfo", "decode_dtype", "OracleDraft", "PromptLookupDraft", "load_draft", "new_draft"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from scylla_impl.drafts.base import DRAFT_FORMAT, Draft, DraftConfig, place
+from scylla_impl.drafts.base import DRAFT_FORMAT, Draft, DraftConfig
 from scylla_impl.methods import BY_NAME
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write, atomic_write_bytes
@@ -110,7 +110,8 @@ def _feature_layers(raw: dict, target) -> list[int]:
 
 
 def import_draft(folder: Path, target) -> Draft:
-    """An EAGLE-1/2 or EAGLE-3 checkpoint folder as this project's draft for `target`."""
+    """An EAGLE-1/2 or EAGLE-3 checkpoint folder as this project's draft for `target`, on the
+    CPU in fp32 (load_draft places it)."""
     raw = json.loads((folder / "config.json").read_text())
     made_for = (raw.get("scylla_bench") or {}).get("target_fingerprint")
     if made_for and made_for != target.info.fingerprint:
@@ -156,7 +157,7 @@ def import_draft(folder: Path, target) -> Draft:
     draft._vocab_changed()
     draft.checkpoint = str(folder)
     draft.weights_hash = _hash(state)
-    return place(draft, target)
+    return draft
 
 
 def _to_ours(state: dict[str, torch.Tensor], layout: str, draft: Draft, folder: Path) -> dict[str, torch.Tensor]:

@@ -79,7 +79,7 @@ class Trainer:
         from scylla_impl.drafts import new_draft
 
         self.draft = new_draft(config.method, fp32_view(target), layers=config.layers, seed=config.seed,
-                               draft_vocab=config.draft_vocab, draft_input=config.draft_input)
+                               draft_vocab=config.draft_vocab, draft_input=config.draft_input, dtype=torch.float32)
         if self.draft.reduced:
             self.draft.set_vocab(token_counts(stages, target.info.vocab_size))
         if self.draft.own_head and config.head_from_target:
