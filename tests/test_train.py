@@ -116,7 +116,8 @@ def test_unrolled_training_computes_what_decoding_runs(method, draft_input, tiny
     """Step 0 of the unroll equals the draft's `extend` over the same pairs, and step k equals
     `expand` of the chain fed with the draft's own outputs: the alignment decoding uses."""
     torch.manual_seed(0)
-    draft = new_draft(method, tiny, layers=2 if method == "scylla" else None, seed=1, draft_input=draft_input)
+    draft = new_draft(method, tiny, layers=2 if method == "scylla" else None, seed=1, draft_input=draft_input,
+                      dtype=torch.float32)  # training's precision, whatever decoding would give it
     tokens = torch.randint(0, 1000, (1, 12))
     out = tiny.features(tokens, draft.feature_layers)
     feats = out.layer_inputs if draft.feature_layers else out.hidden
@@ -255,7 +256,7 @@ def test_a_batch_with_nothing_to_learn_still_steps(tiny):
     so a DDP rank holding it stays in step with the others."""
     from scylla_impl.training.losses import Batch, Denominators, UnrolledLoss, make_labels
 
-    draft = new_draft("eagle2", tiny).train()
+    draft = new_draft("eagle2", tiny, dtype=torch.float32).train()  # as the training loop makes it
     tokens = torch.randint(0, 1000, (2, SEQ))
     out = tiny.features(tokens)
     batch = Batch(tokens, torch.zeros(2, SEQ, dtype=torch.bool), out.hidden, out.hidden, [1, 2])
