@@ -232,9 +232,10 @@ class Draft(nn.Module):
 
     def hidden_states(self, tokens, features, from_target: bool, positions, mask, cache=None):
         x, attn_input = self._inputs(tokens, features, from_target)
-        if cache is not None and self._rope_table is not None:
-            # Decoding: two rows of the table per token instead of the ~15 small ops that
-            # compute them, each of which costs microseconds beside a level's few matmuls.
+        if cache is not None and cache is self.cache:
+            # Decoding (start made the table with the cache): two rows of the table per token
+            # instead of the ~15 small ops that compute them, each of which costs microseconds
+            # beside a level's few matmuls. Training's unrolled steps compute theirs.
             cos, sin = (table[positions][:, None] for table in self._rope_table)  # [b, 1, q, head_dim]
         else:
             cos, sin = rotary(positions, self.config.head_dim, self.config.rope_theta, x.dtype,
