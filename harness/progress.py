@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from harness import metrics
 from harness.runner import Progress
 from workloads.progress import ProgressBar, no_progress
 
@@ -43,8 +44,9 @@ class BarProgress(Progress):
             post["failed"] = self.failed
         what = (f"tau {row['tau']:.2f}, {row['tokens_per_s']:.1f} tok/s" if row.get("tau") is not None
                 and row.get("tokens_per_s") is not None else row.get("status", "done"))
-        if row.get("paired_ar_tokens_per_s") and row.get("tokens_per_s") is not None:
-            what += f" ({row['tokens_per_s'] / row['paired_ar_tokens_per_s']:.2f}x of the AR alongside)"
+        paired = metrics.speedup(row.get("tokens_per_s"), row.get("paired_ar_tokens_per_s"))
+        if paired is not None:
+            what += f" ({paired:.2f}x of the AR alongside)"
         self.bar.update(1, note=f"{cell.label()}: {what}", **post)
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ from scylla_impl.drafts.base import (
     DraftConfig,
     DraftInfo,
     check_target,
-    decode_dtype,
     load_weights,
     place,
     read_config,
@@ -54,7 +53,7 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
     """None/'none' -> None (AR); 'oracle'; 'lookup' (prompt lookup, training-free);
     'random:<method>'; or a checkpoint folder: this project's, or an EAGLE-1/2 or EAGLE-3 /
     SpecForge one (interop.py). A trained method's draft is placed for decoding beside `target`
-    (`place`; `dtype` None: the precision decoding gives it, `decode_dtype`)."""
+    (`place`; `dtype` None: the precision decoding gives it, base.decode_dtype)."""
     if spec in (None, "", "none", "ar"):
         return None
     if spec == "oracle":
@@ -79,4 +78,4 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
     return place(draft, target, dtype)
 
 
-__all__ = ["Draft", "DraftConfig", "DraftInfo", "decode_dtype", "OracleDraft", "PromptLookupDraft", "load_draft", "new_draft"]
+__all__ = ["Draft", "DraftConfig", "DraftInfo", "OracleDraft", "PromptLookupDraft", "load_draft", "new_draft"]
