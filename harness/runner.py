@@ -313,8 +313,10 @@ class CellWorker:
         # With --paired-ar, each batch is also decoded without the draft, right before or after
         # (alternating, so neither order is favoured): the speedup then divides by throughput
         # measured alongside, not by the AR cell's, which ran minutes earlier on a machine
-        # whose speed may since have moved.
-        paired = self.settings.paired_ar and draft is not None
+        # whose speed may since have moved. A top_k auto cell that chose AR pairs too: its
+        # ratio is then about 1, as it is to its user, not the drift since the AR cell (a
+        # bench run measured 133 tokens/s there against 175 for the AR cell minutes before).
+        paired = self.settings.paired_ar and not cell.is_ar
         paired_stats = []
         if self.settings.warmup > 0:
             first = [ids_for(i, 0, answers) for i in range(cell.batch_size)]

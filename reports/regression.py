@@ -21,9 +21,10 @@ Two kinds of figure, keyed by (method, dataset, batch size, top_k setting):
   10-token tree the planted shrunk tree (depth 2, 6 tokens) moved pooled tau by only 0-3%
   (within TAU_POOLED_TOLERANCE), and this figure by 9 -> 5.
 - speculative/AR throughput ratio, per (method, batch size, top_k setting) as the
-  geometric mean over datasets of each cell's speedup over its AR partner. Both sides
-  are timed in the same run, which cancels most machine load, but not all of it on a
-  shared 2-core box: a drop larger than the stated tolerance fails.
+  geometric mean over datasets of each cell's speedup over AR. The bench pairs them
+  (`--paired-ar`): AR decodes the cell's own batches alongside it, so a host whose speed
+  drifts between cells moves both sides; a ratio over an AR cell timed minutes earlier
+  moved by -0.31..+0.19 on a busy 2-core EPYC. A drop larger than the stated tolerance fails.
 
 The baseline also records the sweep's configuration; comparing against a baseline made
 with a different configuration is refused (it would compare different experiments).

@@ -276,5 +276,9 @@ def test_the_sweep_runs_what_the_baseline_records(tmp_path):
                                                  if k not in ("resume", "retry_failed", "dry_run")})
     assert spec.datasets == ("gsm8k", "alpaca") and spec.prompts == 2 and spec.top_k == (2,)
     assert spec.dtype == cfg["dtype"] == "float32" and spec.max_new_tokens == cfg["max_new_tokens"]
+    assert spec.paired_ar and cfg["paired_ar"] is True
+    unpaired = parse_args(["--no-paired-ar"])
+    assert unpaired.paired_ar is False
+    assert "--paired-ar" not in sweep_command(sweep_config(unpaired, drafts), drafts, tmp_path / "s", None, None, 1)
     planted = sweep_command(cfg, drafts, tmp_path / "sweep", None, "shrink-tree", threads=1)
     assert planted[planted.index("--depths") + 1] == "2" and cfg["depths"] == "5"

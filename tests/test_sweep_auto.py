@@ -83,6 +83,14 @@ def test_auto_runs_ar_when_no_tree_pays(tmp_path, default_model_dir):
     assert (auto["top_k"], auto["depth"], auto["total_tokens"]) == (0, 0, 1)
     assert auto["status"] == "ok" and auto["tau"] == 1.0 and auto["lossless"] is True
     assert auto["emitted_tokens"] == ar["emitted_tokens"]
+    assert auto["paired_ar_tokens_per_s"] is None and auto["ar_tokens_per_s"] == ar["tokens_per_s"]
+
+    # Paired, the AR it runs is also decoded alongside, and its ratio divides by that.
+    run_sweep(spec_for(tmp_path / "steep", paired_ar="true"), tmp_path / "paired")
+    auto = next(r for r in pq.read_table(tmp_path / "paired" / "results.parquet").to_pylist()
+                if r["top_k_setting"] == "auto")
+    assert auto["total_tokens"] == 1 and auto["paired_ar_tokens_per_s"] > 0
+    assert auto["speedup_vs_ar"] == pytest.approx(auto["tokens_per_s"] / auto["paired_ar_tokens_per_s"])
 
 
 def test_auto_refuses_a_profile_of_another_dtype_or_without_a_curve(tmp_path, default_model_dir):
