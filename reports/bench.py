@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype = choose_dtype(args.dtype, profile)
         _say(f"target dtype: {args.dtype}")
         cfg = sweep_config(args, drafts)
+        if not args.update_baseline and args.baseline.is_file():
+            regression.check_same_sweep(cfg, regression.read_baseline(args.baseline))
         sweep_dir = out / "sweep"
         cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant, threads)
         if args.resume and sweep_dir.exists():

@@ -188,17 +188,23 @@ def read_baseline(path: Path) -> dict:
     return doc
 
 
-def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = None) -> Verdict:
-    """Every failure names its figure: 'tau scylla|gsm8k|b1|k4: 2.310 < baseline 2.410'."""
-    v = Verdict()
+def check_same_sweep(config: dict, baseline: dict) -> None:
+    """Refuses a baseline made with another sweep configuration: it measured another experiment.
+    The bench asks before its sweep too, so a mismatch costs seconds, not the sweep."""
     # The dtype is the machine's choice (bf16 where it has bf16 instructions); it decides the
-    # numerics, compared below, not which experiment this is.
+    # numerics, compared in `compare`, not which experiment this is.
     same_sweep = {k: x for k, x in config.items() if k != "dtype"}
     base_sweep = {k: x for k, x in baseline.get("config", {}).items() if k != "dtype"}
     if base_sweep != same_sweep:
         diff = sorted(k for k in set(same_sweep) | set(base_sweep) if same_sweep.get(k) != base_sweep.get(k))
         raise ScyllaError(f"the baseline was made with a different sweep ({', '.join(diff)} differ); "
                           "refresh it with --update-baseline")
+
+
+def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = None) -> Verdict:
+    """Every failure names its figure: 'tau scylla|gsm8k|b1|k4: 2.310 < baseline 2.410'."""
+    v = Verdict()
+    check_same_sweep(config, baseline)
     other_prompts = sorted(d for d, c in baseline.get("dataset_checksum", {}).items()
                            if figs.get("dataset_checksum", {}).get(d) not in (None, c))
     if other_prompts:

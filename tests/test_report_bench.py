@@ -186,6 +186,21 @@ def test_other_sweep_config_is_refused(cells, baseline):
         regression.compare(regression.figures(cells), baseline, {"sweep": "other"})
 
 
+def test_the_job_refuses_another_sweeps_baseline_before_its_sweep(tmp_path, capsys):
+    """An unpaired run against the paired baseline fails in seconds, naming what differs."""
+    from reports.bench import main, parse_args, sweep_config
+
+    base = tmp_path / "baseline.json"
+    common = ["--methods", "scylla", "--draft", "scylla=oracle", "--datasets", "gsm8k", "--batch-sizes", "1",
+              "--top-k", "4", "--prompts", "1", "--no-profile", "--skip-micro", "--threads", "1"]
+    paired = sweep_config(parse_args(common), ["scylla=oracle"])
+    base.write_text(json.dumps(regression.make_baseline({"tau": {}, "ratio": {}, "failed": {}}, paired, 0.25, None)))
+    out = tmp_path / "out"
+    assert main([*common, "--no-paired-ar", "--baseline", str(base), "--out", str(out)]) == 1
+    assert "different sweep (paired_ar differ)" in capsys.readouterr().err
+    assert not (out / "sweep").exists()
+
+
 def test_missing_baseline_says_how_to_make_one(tmp_path):
     with pytest.raises(ScyllaError, match="--update-baseline"):
         regression.read_baseline(tmp_path / "none.json")
