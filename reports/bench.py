@@ -72,7 +72,8 @@ SWEEP_OPTIONS: dict[str, dict] = {
     # A ratio over AR decoded minutes earlier moved by -0.31..+0.19 on a busy 2-core host
     # (README, --paired-ar), beyond the check's 25%; over AR on the cell's own batches it holds.
     "paired_ar": dict(action=argparse.BooleanOptionalAction,
-                      help="each speculative cell's spec/AR divides by AR decoded alongside its own batches (" + _PRESET + ": on)"),
+                      help="each speculative cell's spec/AR divides by AR decoded alongside its own batches "
+                           "(default: on, in every preset)"),
 }
 # A planted regression: the tree a buggy commit might build instead of the requested one.
 PLANTS = {"shrink-tree": {"depths": "2", "total_tokens": "6"}}
