@@ -1,6 +1,7 @@
 """A KV cache whose batch rows keep their own lengths, with a tentative region for trees.
 
-Layout per layer: keys/values [batch, kv_heads, capacity, head_dim]. Physical slots
+Layout per layer: keys/values [batch, kv_heads, capacity, head_dim] (values may have a head_dim
+of their own: DeepSeek's latent attention). Physical slots
 [0, committed_end) hold each row's committed tokens from slot 0 up to `lengths[row]`;
 slots between a row's length and `committed_end` are holes, masked out. Tokens scored
 but not yet accepted (a draft tree) sit after `committed_end` in the tentative region.
@@ -41,8 +42,8 @@ class RowKVCache:
         (static: the whole buffer)."""
         if self.static:
             if self.keys[layer] is None:
-                shape = (self.batch_size, key.shape[1], self.capacity, key.shape[-1])
-                self.keys[layer], self.values[layer] = key.new_zeros(shape), value.new_zeros(shape)
+                self.keys[layer], self.values[layer] = (t.new_zeros(self.batch_size, t.shape[1], self.capacity, t.shape[-1])
+                                                        for t in (key, value))
             self.keys[layer].index_copy_(2, self._slots, key)
             self.values[layer].index_copy_(2, self._slots, value)
             return self.keys[layer], self.values[layer]
@@ -50,9 +51,9 @@ class RowKVCache:
         start = self.committed_end + self.tentative
         end = start + q
         if self.keys[layer] is None:
-            shape = (self.batch_size, key.shape[1], max(self.capacity, end + 1), key.shape[-1])
-            self.keys[layer] = key.new_zeros(shape)
-            self.values[layer] = value.new_zeros(shape)
+            size = max(self.capacity, end + 1)
+            self.keys[layer], self.values[layer] = (t.new_zeros(self.batch_size, t.shape[1], size, t.shape[-1])
+                                                    for t in (key, value))
         elif end + 1 > self.keys[layer].shape[2]:
             self._grow(layer, max(end + 1, 2 * self.keys[layer].shape[2]))
         self.keys[layer][:, :, start:end] = key

@@ -185,7 +185,9 @@ class Target:
             num_layers=cfg.num_hidden_layers,
             fingerprint=_fingerprint(model),
         )
-        return cls(model, tokenizer, info, compile)
+        target = cls(model, tokenizer, info, compile)
+        check_tree_scoring(target)
+        return target
 
     @torch.no_grad()
     def decode_step_seconds(self, reps: int = 5) -> float:
@@ -296,6 +298,53 @@ class Target:
         return TargetOutput(logits=logits, hidden=hidden, layer_inputs=layer_inputs)
 
 
+# How far a node's logits scored inside a tree may lie from the same text scored plainly, in
+# root-mean-square over the vocabulary, relative to the logits' own spread: a few dozen units in
+# the last place of the model's dtype, and never tighter than 1e-4 (the embedded target: 4e-6 in
+# fp32, 0.08 in bf16). What it refuses, measured on the embedded target: a tree mask ignored
+# (0.37-0.39), positions ignored (0.20-0.21); and in fp32 an ALiBi model biased by cache slot
+# instead of position (MPT, 3e-3).
+TREE_SCORING_ULPS = 32
+
+
+@torch.no_grad()
+def check_tree_scoring(target: "Target") -> None:
+    """Refuse, with a clear error, an architecture the adapter cannot drive exactly: score a root
+    and two sibling children after a short prompt, and compare each node with a plain causal
+    forward over the prompt, the root and that node alone. A model that builds its own mask or
+    positions (ALiBi from a 2-D padding mask) would let the second child see the first, or place
+    it a slot too far, and speculative decoding would then change its output."""
+    vocab = target.info.vocab_size
+    prompt = [(31 * i + 7) % vocab for i in range(6)]
+    root, first, second = 101 % vocab, 202 % vocab, 303 % vocab
+    name = type(target.model).__name__
+    device = target.device
+    try:
+        cache = target.new_cache(1, 16)
+        target.prefill(cache, [prompt])
+        tokens = torch.tensor([[root, first, second]], device=device)  # [1, 3]
+        depths = torch.tensor([[0, 1, 1]], device=device)  # [1, 3]
+        mask = torch.tensor([[[1, 0, 0], [1, 1, 0], [1, 0, 1]]], dtype=torch.bool, device=device)  # [1, 3, 3]
+        tree = target.forward(cache, tokens, depths, mask, step=False).logits[0]  # [3, V]
+        plain = [target.features(torch.tensor([prompt + [root, child]], device=device)).logits[0]
+                 for child in (first, second)]  # 2 x [8, V]
+    except ScyllaError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the model's own code raises on the adapter's inputs
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ScyllaError(f"{name} cannot score a draft tree through the adapter ({type(err).__name__}: {first_line}); "
+                          "this architecture is not supported") from None
+    want = torch.stack([plain[0][-2], plain[0][-1], plain[1][-1]])  # [3, V] root, first child, second child
+    spread = (want - want.mean(-1, keepdim=True)).pow(2).mean(-1).sqrt().clamp_min(1e-12)  # [3]
+    error = float(((tree - want).pow(2).mean(-1).sqrt() / spread).max())
+    allowed = max(1e-4, TREE_SCORING_ULPS * torch.finfo(target.dtype).eps)
+    if not error <= allowed:
+        raise ScyllaError(f"{name} scores a draft tree differently from the same text scored plainly (relative error "
+                          f"{error:.1e}, allowed {allowed:.1e} in {str(target.dtype).removeprefix('torch.')}): it does "
+                          "not take the tree's mask or positions as the adapter passes them, so speculative decoding "
+                          "would change its output; this architecture is not supported")
+
+
 def _decoder_of(model):
     """The decoder stack under the LM head. `get_decoder` returns the model itself where a
     class's base_model_prefix does not name its stack (Llama-4's text model sits at .model)."""
@@ -322,5 +371,5 @@ def default_layer_choice(num_layers: int) -> tuple[int, int, int]:
     return (2, num_layers // 2, num_layers - 3)
 
 
-__all__ = ["Target", "TargetInfo", "TargetOutput", "TargetCache", "auto_dtype", "resolve_dtype", "default_layer_choice",
+__all__ = ["Target", "TargetInfo", "check_tree_scoring", "TargetOutput", "TargetCache", "auto_dtype", "resolve_dtype", "default_layer_choice",
            "DTYPES", "Path"]

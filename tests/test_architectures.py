@@ -1,7 +1,8 @@
 """The target adapter over other architectures than the embedded Llama: tiny random Qwen2
 (attention biases), Gemma / Gemma-2 (scaled embeddings, (1 + w) norms, logit soft-capping),
 Gemma-3 (sliding and full layers alternating, a rope base per layer type), Mistral (every
-layer windowed) and Llama-4 (chunked and full layers) configs, real modeling code from transformers. Speculative output must equal
+layer windowed), Llama-4 (chunked and full layers) and DeepSeek-V3 (latent attention: values
+narrower than keys) configs, real modeling code from transformers. Speculative output must equal
 transformers' own greedy generate, at batch 2 with prompts of different lengths.
 
 The windows (8 tokens) are far shorter than prompt plus answer, and a test checks that
@@ -62,7 +63,16 @@ def _llama4(window=WINDOW):
         no_rope_layers=[1, 0, 1], layer_types=["chunked_attention", "full_attention", "chunked_attention"]))
 
 
-ARCHITECTURES = {"qwen2": _qwen2, "gemma": _gemma, "gemma2": _gemma2, "gemma3": _gemma3, "mistral": _mistral,
+def _deepseek_v3():
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    return DeepseekV3ForCausalLM(DeepseekV3Config(
+        **{**SMALL, "num_key_value_heads": 4}, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+        n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16,
+        v_head_dim=8, first_k_dense_replace=1))
+
+
+ARCHITECTURES = {"deepseek_v3": _deepseek_v3, "qwen2": _qwen2, "gemma": _gemma, "gemma2": _gemma2, "gemma3": _gemma3, "mistral": _mistral,
                  "llama4": _llama4}
 WINDOWED = {"gemma2", "gemma3", "mistral", "llama4"}
 # Random init gives near-uniform logits; a wider embedding spread keeps greedy choices clear of
@@ -192,3 +202,48 @@ def test_static_cache_equals_transformers_generate(tiny_target):
     finally:
         tiny_target.static_cache = False
     assert spec.token_ids == want and ar.token_ids == want
+
+
+def _save_tiny(folder, model, default_model_dir):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
+    return str(folder)
+
+
+def test_an_architecture_that_fails_on_a_tree_is_refused_at_load(tmp_path, default_model_dir):
+    """Bloom builds ALiBi from a 2-D padding mask and raises on the adapter's 4-D tree mask:
+    `scylla generate` says so in one line and exits 1, no traceback."""
+    import subprocess
+    import sys
+
+    from transformers import BloomConfig, BloomForCausalLM
+
+    torch.manual_seed(0)
+    folder = _save_tiny(tmp_path, BloomForCausalLM(BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=49152)),
+                        default_model_dir)
+    run = subprocess.run([sys.executable, "-m", "harness.cli", "generate", "--target", folder, "--prompt", "hi",
+                          "--method", "ar", "--dtype", "float32", "--max-new-tokens", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "BloomForCausalLM cannot score a draft tree" in run.stderr and "not supported" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_an_architecture_that_scores_a_tree_wrongly_is_refused_at_load(tmp_path, default_model_dir):
+    """MPT biases attention by cache slot (ALiBi over key indices), not by position: inside a tree
+    a node's sibling occupies a slot, so the node's logits move (3e-3 of their spread in fp32).
+    Speculative decoding would then change the model's output; the load refuses it instead."""
+    from transformers import MptConfig, MptForCausalLM
+
+    from workloads.errors import ScyllaError
+
+    torch.manual_seed(0)
+    folder = _save_tiny(tmp_path, MptForCausalLM(MptConfig(d_model=64, n_layers=2, n_heads=4, max_seq_len=512,
+                                                           vocab_size=49152)), default_model_dir)
+    with pytest.raises(ScyllaError, match="MptForCausalLM scores a draft tree differently"):
+        Target.load(folder, dtype="float32")
