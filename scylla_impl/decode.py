@@ -106,6 +106,7 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     vocab = target.info.vocab_size
     if any(t < 0 or t >= vocab for p in prompts for t in p):
         raise ScyllaError(f"prompt token ids must lie in 0..{vocab - 1} (the target's vocabulary)")
+    _check_context(target, max(len(p) for p in prompts), config, draft is not None)
     device, b = target.device, len(prompts)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     layers = tuple(draft.feature_layers) if draft is not None else ()
@@ -165,6 +166,19 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     )
     texts = [target.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows.outputs]
     return GenerationResult(rows.outputs, texts, stats, config, rows.rivals)
+
+
+def _check_context(target: TargetModel, longest_prompt: int, config: DecodeConfig, speculative: bool) -> None:
+    """Refuse a decode that would run past the positions the target is built for: a model with
+    learned positions (GPT-2, OPT) has no embedding there and fails mid-run, and a rotary one
+    would be measured on text it was never trained to read. The last step scores its tree
+    `depth` positions past the last token fed."""
+    context = target.info.context
+    need = longest_prompt + config.max_new_tokens + (config.depth if speculative else 0)
+    if context is not None and need > context:
+        tree = f" + a depth-{config.depth} tree" if speculative else ""
+        raise ScyllaError(f"a prompt of {longest_prompt} tokens + {config.max_new_tokens} new tokens{tree} needs {need} "
+                          f"positions; {target.info.name} takes {context}: shorten the prompt or lower max_new_tokens")
 
 
 # A token's rivals: the other tokens whose logit lies within this many units in the last place

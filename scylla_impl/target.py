@@ -107,6 +107,7 @@ class TargetInfo:
     vocab_size: int
     num_layers: int
     fingerprint: str  # identifies the weights, whatever dtype they were loaded in
+    context: int | None = None  # positions the model is built for (its config's); None: none stated
 
 
 @dataclass
@@ -184,6 +185,7 @@ class Target:
             vocab_size=model.get_output_embeddings().weight.shape[0],
             num_layers=cfg.num_hidden_layers,
             fingerprint=_fingerprint(model),
+            context=_context_length(cfg),
         )
         target = cls(model, tokenizer, info, compile)
         check_tree_scoring(target)
@@ -343,6 +345,20 @@ def check_tree_scoring(target: "Target") -> None:
                           f"{error:.1e}, allowed {allowed:.1e} in {str(target.dtype).removeprefix('torch.')}): it does "
                           "not take the tree's mask or positions as the adapter passes them, so speculative decoding "
                           "would change its output; this architecture is not supported")
+
+
+# Where configs state the longest sequence a model takes (GPT-2's n_positions is also read
+# as max_position_embeddings through its attribute map).
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def _context_length(config) -> int | None:
+    text = config.get_text_config()
+    for name in CONTEXT_FIELDS:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _decoder_of(model):

@@ -118,3 +118,18 @@ def test_unsupported_architectures_are_refused_at_load(model_type, tmp_path, def
     folder = _save(model_type, fields, tmp_path, default_model_dir)
     with pytest.raises(ScyllaError, match=message):
         Target.load(folder, dtype="float32")
+
+
+def test_a_prompt_past_the_models_positions_is_one_clear_error(tmp_path, default_model_dir):
+    """GPT-2 has an embedding per position (512 here) and none past them: a longer decode would
+    fail mid-run inside the model. `scylla generate` refuses it first, in one line, exit 1."""
+    import subprocess
+    import sys
+
+    folder = _save("gpt2", GPT, tmp_path, default_model_dir)
+    run = subprocess.run([sys.executable, "-m", "harness.cli", "generate", "--target", folder, "--dtype", "float32",
+                          "--prompt", " ".join(["word"] * 600), "--draft", "random:eagle2", "--max-new-tokens", "8"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert "new tokens + a depth-5 tree needs" in run.stderr and "takes 512" in run.stderr
+    assert "Traceback" not in run.stderr

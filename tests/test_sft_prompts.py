@@ -164,3 +164,23 @@ def test_the_recipe_mixes_domains_unless_answers_are_sharegpts_own():
     config = recipe("scylla", layers=3, dtype="float32")
     config.sft_mix["code"] = 5.0  # a config's mix is its own
     assert SFT_MIX["code"] == 1.0
+
+
+def test_a_target_that_answers_nothing_is_one_clear_error(small_answers, tmp_path, default_model_dir):
+    """A tiny random GPT-2 answers every chat prompt with newlines only: after two batches of
+    empty answers the run says so, instead of asking every SFT prompt there is."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from scylla_impl.target import Target
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, vocab_size=49152))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(20)
+    model.save_pretrained(tmp_path / "gpt2")
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp_path / "gpt2")
+    target = Target.load(str(tmp_path / "gpt2"), dtype="float32")
+    with pytest.raises(ScyllaError, match=r"answered none of the last 8 SFT prompts .*\(--sft-answers sharegpt\)"):
+        answers.target_answers(target, 600)
+    assert len(small_answers) == answers.EMPTY_BATCHES * answers.BATCH

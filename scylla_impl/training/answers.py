@@ -21,6 +21,10 @@ MAX_PROMPT_TOKENS = 320
 ANSWER_TOKENS = 192
 BATCH = 32  # wide batches amortise the weight reads: 458 tok/s at 32 rows against 33 at one (bf16, 2 cores)
 MARGIN = 1.1  # tokens generated beyond the budget, so packing never runs out and repeats data
+# Batches in a row whose every answer is empty (whitespace or special tokens only) before the
+# target is judged unable to answer chat prompts: a base model, or a degenerate one, would
+# otherwise be asked every SFT prompt there is (tens of thousands) before the prompts ran out.
+EMPTY_BATCHES = 2
 
 
 def answers_path(target, dtype: str, system_prompt: str | None) -> Path:
@@ -68,6 +72,7 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
     prompts = sft_prompts(seed, decontaminate=decontaminate, data_dir=data_dir, mix=mix)
     config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
     out = None
+    empty_batches = 0
     bar = ProgressBar("train", "target answers", want, unit="tokens", rate_unit="tok", mode=progress, every_s=0)
     try:
         while have < want:
@@ -112,6 +117,12 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
                 cached[pid] = {"id": pid, "messages": messages, "tokens": tokens}
                 out.write(json.dumps(cached[pid]) + "\n")
             made = sum(cached[pid]["tokens"] for pid, _, _ in pending)
+            empty_batches = 0 if made else empty_batches + 1
+            if empty_batches == EMPTY_BATCHES:
+                raise ScyllaError(f"{target.info.name} answered none of the last {EMPTY_BATCHES * len(pending)} SFT "
+                                  "prompts with any text (only whitespace or special tokens): it does not answer chat "
+                                  "prompts, so its answers cannot teach a draft; train on ShareGPT's answers instead "
+                                  "(--sft-answers sharegpt)")
             have += made
             bar.update(made)  # once per batch: its answers all arrive together
             out.flush()
