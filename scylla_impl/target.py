@@ -150,7 +150,8 @@ class Target:
         self.decoder = _decoder_of(model)
         self.lm_head = model.get_output_embeddings()
         self.embed = model.get_input_embeddings()
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        # A multimodal model (Gemma-3 4B and up) keeps the language model's settings in its text config.
+        self.softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self.layer_rules = layer_rules(model.config, self.decoder)  # sliding windows, chunks
         self.windowed = any(rule.kind != FULL for rule in self.layer_rules.values())
         eos = model.generation_config.eos_token_id if model.generation_config else None
@@ -177,7 +178,7 @@ class Target:
             raise ScyllaError(f"cannot load target '{name}': {first}") from None
         model.to(device)
         display = DEFAULT_NAME if name == "default" else name
-        cfg = model.config
+        cfg = model.config.get_text_config()
         info = TargetInfo(
             name=display,
             path=path,

@@ -37,6 +37,11 @@ MATCHING = {
     "falcon": dict(DENSE, num_key_value_heads=None, new_decoder_architecture=True, num_kv_heads=2),
     "gemma2": dict(DENSE, head_dim=16, sliding_window=8),
     "gemma3_text": dict(DENSE, head_dim=16),
+    # Gemma-3 4B and up: a multimodal model that AutoModelForCausalLM loads whole, its language
+    # model's settings in a text config.
+    "gemma3": dict(text_config=dict(DENSE, head_dim=16, vocab_size=49152), mm_tokens_per_image=4,
+                   vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)),
     "glm": dict(DENSE, head_dim=16, pad_token_id=0),
     "glm4": dict(DENSE, head_dim=16, pad_token_id=0),
     "gpt2": GPT,
@@ -89,7 +94,8 @@ def _save(model_type: str, fields: dict, folder, default_model_dir) -> str:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=49152, **{k: v for k, v in fields.items() if v is not None})
+    vocab = {} if "text_config" in fields else {"vocab_size": 49152}
+    config = AutoConfig.for_model(model_type, **vocab, **{k: v for k, v in fields.items() if v is not None})
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # a wider embedding spread keeps greedy choices clear of float ties
         model.get_input_embeddings().weight.mul_(20)
