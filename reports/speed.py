@@ -94,7 +94,7 @@ def _split(stats) -> tuple[float, dict[str, float], float]:
 @torch.no_grad()
 def measure(target: Target, *, reps: int = 7, steps: int = 32) -> SpeedReport:
     timer = Timer(target.device)
-    nbytes = ModelStats.of(target.model).weight_bytes  # a tied embedding counted once
+    nbytes = ModelStats.of(target).weight_bytes  # a tied embedding counted once
     _say(f"weight read: a read stream over {nbytes / 1e6:.0f} MB")
     n = bandwidth.elements_for(nbytes, bandwidth.DEFAULT_CONFIG.block)
     read = bandwidth.measure_stream(bandwidth.KERNELS["read"], "torch", n, target.device, timer,

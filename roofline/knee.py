@@ -291,20 +291,23 @@ class ModelStats:
     element_bytes: int
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> ModelStats:
-        cfg = model.config
+    def of(cls, target) -> ModelStats:
+        """What a decode step of `target` (scylla_impl.target.Target) reads: its decoder stack and
+        LM head. A multimodal model's vision tower is never read by a step, so it is left out."""
+        cfg = target.model.config.get_text_config()
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        unique = {p.data_ptr(): p for p in model.parameters()}.values()  # tied weights once
-        linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+        parts = (target.decoder, target.lm_head)
+        unique = {p.data_ptr(): p for part in parts for p in part.parameters()}.values()  # tied weights once
+        linear = sum(m.weight.numel() for part in parts for m in part.modules() if isinstance(m, torch.nn.Linear))
         return cls(
             linear_params=linear,
             weight_bytes=sum(p.numel() * p.element_size() for p in unique),
             num_layers=cfg.num_hidden_layers,
             q_dim=heads * head_dim,
             kv_dim=kv_heads * head_dim,
-            element_bytes=next(model.parameters()).element_size(),
+            element_bytes=next(target.lm_head.parameters()).element_size(),
         )
 
 

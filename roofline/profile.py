@@ -354,7 +354,7 @@ def _knee(run: _Run, options: ProfileOptions, progress: ProgressBar) -> None:
     if len(points) < 3:
         run.unmeasured.append(Unmeasured("knee", f"only {len(points)} verify points measured; a fit needs 3"))
         return
-    stats = knee_mod.ModelStats.of(target.model)
+    stats = knee_mod.ModelStats.of(target)
     rows, summary_rows = [], []
     for p in points:
         flops, nbytes = knee_mod.verify_cost(stats, p.batch_size, p.tree_tokens, p.prefix_tokens)

@@ -139,3 +139,18 @@ def test_a_prompt_past_the_models_positions_is_one_clear_error(tmp_path, default
     assert run.returncode == 1, run.stderr
     assert "new tokens + a depth-5 tree needs" in run.stderr and "takes 512" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_multimodal_targets_step_reads_its_language_model_only(tmp_path, default_model_dir):
+    """The roofline prices a step by the bytes it reads: Gemma-3's vision tower and projector are
+    loaded with the model but never read while decoding text."""
+    from roofline.knee import ModelStats
+
+    target = Target.load(_save("gemma3", MATCHING["gemma3"], tmp_path, default_model_dir), dtype="float32")
+    model = target.model
+    unique = {p.data_ptr(): p for p in model.parameters()}.values()
+    vision = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    assert vision
+    stats = ModelStats.of(target)
+    assert stats.weight_bytes == sum(p.numel() * 4 for p in unique) - sum(p.numel() * 4 for p in vision)
+    assert stats.num_layers == 2 and stats.q_dim == 4 * 16 and stats.kv_dim == 2 * 16

@@ -74,7 +74,7 @@ def test_measure_knee_deadline_skips_what_would_overrun(target):
 
 
 def test_verify_cost_arithmetic(target):
-    stats = knee_mod.ModelStats.of(target.model)
+    stats = knee_mod.ModelStats.of(target)
     cfg = target.model.config
     assert stats.num_layers == cfg.num_hidden_layers
     assert stats.element_bytes == 4
