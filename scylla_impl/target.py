@@ -302,12 +302,14 @@ class Target:
 
 
 # How far a node's logits scored inside a tree may lie from the same text scored plainly, in
-# root-mean-square over the vocabulary, relative to the logits' own spread: a few dozen units in
-# the last place of the model's dtype, and never tighter than 1e-4 (the embedded target: 4e-6 in
-# fp32, 0.08 in bf16). What it refuses, measured on the embedded target: a tree mask ignored
-# (0.37-0.39), positions ignored (0.20-0.21); and in fp32 an ALiBi model biased by cache slot
-# instead of position (MPT, 3e-3).
-TREE_SCORING_ULPS = 32
+# root-mean-square over the vocabulary, relative to the logits' own spread. In fp32 the two agree
+# to rounding (the embedded target: 4e-6), so 1e-4 also refuses an ALiBi model biased by cache slot
+# instead of position (MPT, 3e-3). In bf16 and fp16 kernels that differ round differently (the
+# embedded target: 0.08 in bf16), and a deeper model adds more, so a model is refused there only
+# beyond a few dozen units in the last place and no closer to AR than the same tree with its mask
+# broken on purpose is: an architecture that ignored the tree mask scores the two alike.
+EXACT_RELATIVE_ERROR = 1e-4
+REDUCED_PRECISION_ULPS = 32
 
 
 @torch.no_grad()
@@ -322,13 +324,18 @@ def check_tree_scoring(target: "Target") -> None:
     root, first, second = 101 % vocab, 202 % vocab, 303 % vocab
     name = type(target.model).__name__
     device = target.device
-    try:
+
+    def tree_logits(second_sees_first: bool) -> torch.Tensor:
         cache = target.new_cache(1, 16)
         target.prefill(cache, [prompt])
         tokens = torch.tensor([[root, first, second]], device=device)  # [1, 3]
-        depths = torch.tensor([[0, 1, 1]], device=device)  # [1, 3]
-        mask = torch.tensor([[[1, 0, 0], [1, 1, 0], [1, 0, 1]]], dtype=torch.bool, device=device)  # [1, 3, 3]
-        tree = target.forward(cache, tokens, depths, mask, step=False).logits[0]  # [3, V]
+        depths = torch.tensor([[0, 1, 1]], device=device)  # [1, 3]: two siblings under the root
+        mask = torch.tensor([[[1, 0, 0], [1, 1, 0], [1, int(second_sees_first), 1]]], dtype=torch.bool,
+                            device=device)  # [1, 3, 3]
+        return target.forward(cache, tokens, depths, mask, step=False).logits[0]  # [3, V]
+
+    try:
+        tree = tree_logits(second_sees_first=False)
         plain = [target.features(torch.tensor([prompt + [root, child]], device=device)).logits[0]
                  for child in (first, second)]  # 2 x [8, V]
     except ScyllaError:
@@ -339,8 +346,15 @@ def check_tree_scoring(target: "Target") -> None:
                           "this architecture is not supported") from None
     want = torch.stack([plain[0][-2], plain[0][-1], plain[1][-1]])  # [3, V] root, first child, second child
     spread = (want - want.mean(-1, keepdim=True)).pow(2).mean(-1).sqrt().clamp_min(1e-12)  # [3]
-    error = float(((tree - want).pow(2).mean(-1).sqrt() / spread).max())
-    allowed = max(1e-4, TREE_SCORING_ULPS * torch.finfo(target.dtype).eps)
+
+    def relative_error(logits: torch.Tensor) -> torch.Tensor:  # [3, V] -> [3]
+        return (logits - want).pow(2).mean(-1).sqrt() / spread
+
+    error = float(relative_error(tree).max())
+    exact = target.dtype == torch.float32
+    allowed = EXACT_RELATIVE_ERROR if exact else REDUCED_PRECISION_ULPS * torch.finfo(target.dtype).eps
+    if not exact and error > allowed:  # beyond the noise only if as far from plain as a broken mask is
+        allowed = max(allowed, 0.5 * float(relative_error(tree_logits(second_sees_first=True))[2]))
     if not error <= allowed:
         raise ScyllaError(f"{name} scores a draft tree differently from the same text scored plainly (relative error "
                           f"{error:.1e}, allowed {allowed:.1e} in {str(target.dtype).removeprefix('torch.')}): it does "

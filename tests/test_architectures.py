@@ -247,3 +247,23 @@ def test_an_architecture_that_scores_a_tree_wrongly_is_refused_at_load(tmp_path,
                                                            vocab_size=49152)), default_model_dir)
     with pytest.raises(ScyllaError, match="MptForCausalLM scores a draft tree differently"):
         Target.load(folder, dtype="float32")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_model_that_ignores_the_tree_mask_is_refused_at_load(dtype, monkeypatch, default_model_dir):
+    """The embedded target, handed the mask a model that builds its own causal mask would use
+    (every earlier slot visible, a draft node's sibling included), is refused at load in fp32
+    and in bf16, whose rounding is far smaller than what the sibling changes."""
+    from scylla_impl import target as target_module
+    from workloads.errors import ScyllaError
+
+    real = target_module.layer_masks
+
+    def by_slot(rules, visible, q_pos, k_pos, dtype):
+        q, kv = visible.shape[-2:]
+        slot_causal = torch.arange(kv)[None, :] <= (kv - q + torch.arange(q))[:, None]  # [q, kv]
+        return real(rules, slot_causal.expand_as(visible), q_pos, k_pos, dtype)
+
+    monkeypatch.setattr(target_module, "layer_masks", by_slot)
+    with pytest.raises(ScyllaError, match="scores a draft tree differently"):
+        Target.load(str(default_model_dir), dtype=dtype)
