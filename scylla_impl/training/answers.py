@@ -72,7 +72,7 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
     prompts = sft_prompts(seed, decontaminate=decontaminate, data_dir=data_dir, mix=mix)
     config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
     out = None
-    empty_batches = 0
+    empty_batches = empty_prompts = 0  # in a row
     bar = ProgressBar("train", "target answers", want, unit="tokens", rate_unit="tok", mode=progress, every_s=0)
     try:
         while have < want:
@@ -117,9 +117,9 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
                 cached[pid] = {"id": pid, "messages": messages, "tokens": tokens}
                 out.write(json.dumps(cached[pid]) + "\n")
             made = sum(cached[pid]["tokens"] for pid, _, _ in pending)
-            empty_batches = 0 if made else empty_batches + 1
+            empty_batches, empty_prompts = (0, 0) if made else (empty_batches + 1, empty_prompts + len(pending))
             if empty_batches == EMPTY_BATCHES:
-                raise ScyllaError(f"{target.info.name} answered none of the last {EMPTY_BATCHES * len(pending)} SFT "
+                raise ScyllaError(f"{target.info.name} answered none of the last {empty_prompts} SFT "
                                   "prompts with any text (only whitespace or special tokens): it does not answer chat "
                                   "prompts, so its answers cannot teach a draft; train on ShareGPT's answers instead "
                                   "(--sft-answers sharegpt)")
