@@ -368,12 +368,18 @@ CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_
 
 
 def _context_length(config) -> int | None:
+    """The longest sequence the config says the model takes: its stated length, or longer where
+    its rotary embedding is scaled (YaRN and kin, often switched on without the stated length
+    changing: Qwen2.5's 32k becomes 128k with factor 4)."""
     text = config.get_text_config()
-    for name in CONTEXT_FIELDS:
-        value = getattr(text, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    stated = next((v for v in (getattr(text, name, None) for name in CONTEXT_FIELDS) if isinstance(v, int) and v > 0),
+                  None)
+    rope = getattr(text, "rope_parameters", None) or {}
+    # One dict, or one per attention layer type (Gemma-3).
+    kinds = [rope] if "rope_type" in rope or "factor" in rope else [v for v in rope.values() if isinstance(v, dict)]
+    scaled = [int(factor * (kind.get("original_max_position_embeddings") or stated or 0)) for kind in kinds
+              if kind.get("rope_type", "default") != "default" and isinstance(factor := kind.get("factor"), int | float)]
+    return max([n for n in (stated, *scaled) if n], default=None)
 
 
 def _decoder_of(model):

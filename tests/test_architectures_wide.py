@@ -154,3 +154,18 @@ def test_a_multimodal_targets_step_reads_its_language_model_only(tmp_path, defau
     stats = ModelStats.of(target)
     assert stats.weight_bytes == sum(p.numel() * 4 for p in unique) - sum(p.numel() * 4 for p in vision)
     assert stats.num_layers == 2 and stats.q_dim == 4 * 16 and stats.kv_dim == 2 * 16
+
+
+def test_a_scaled_rotary_embedding_lengthens_the_context(tmp_path, default_model_dir):
+    """Qwen2 stating 512 positions with YaRN x4 switched on takes 2048: a 600-token prompt is
+    decoded, speculatively, as transformers decodes it."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}
+    target = Target.load(_save("qwen2", dict(DENSE, rope_scaling=yarn), tmp_path, default_model_dir), dtype="float32")
+    assert target.info.context == 2048
+    target.eos_ids = frozenset()
+    prompt = target.tokenizer(" ".join(["word"] * 600))["input_ids"]
+    assert len(prompt) > 512
+    want = target.model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                 pad_token_id=0)[0, len(prompt):].tolist()
+    tree = DecodeConfig(top_k=4, depth=3, total_tokens=8, max_new_tokens=8)
+    assert generate(target, [prompt], load_draft("random:eagle2", target), tree).token_ids == [want]
