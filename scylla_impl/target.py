@@ -367,11 +367,10 @@ def check_tree_scoring(target: "Target") -> None:
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 
 
-def _context_length(config) -> int | None:
-    """The longest sequence the config says the model takes: its stated length, or longer where
-    its rotary embedding is scaled (YaRN and kin, often switched on without the stated length
-    changing: Qwen2.5's 32k becomes 128k with factor 4)."""
-    text = config.get_text_config()
+def _context_length(text) -> int | None:
+    """The longest sequence the text config says the model takes: its stated length, or longer
+    where its rotary embedding is scaled (YaRN and kin, often switched on without the stated
+    length changing: Qwen2.5's 32k becomes 128k with factor 4)."""
     stated = next((v for v in (getattr(text, name, None) for name in CONTEXT_FIELDS) if isinstance(v, int) and v > 0),
                   None)
     rope = getattr(text, "rope_parameters", None) or {}

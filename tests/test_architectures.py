@@ -204,51 +204,6 @@ def test_static_cache_equals_transformers_generate(tiny_target):
     assert spec.token_ids == want and ar.token_ids == want
 
 
-def _save_tiny(folder, model, default_model_dir):
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(20)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
-    return str(folder)
-
-
-def test_an_architecture_that_fails_on_a_tree_is_refused_at_load(tmp_path, default_model_dir):
-    """Bloom builds ALiBi from a 2-D padding mask and raises on the adapter's 4-D tree mask:
-    `scylla generate` says so in one line and exits 1, no traceback."""
-    import subprocess
-    import sys
-
-    from transformers import BloomConfig, BloomForCausalLM
-
-    torch.manual_seed(0)
-    folder = _save_tiny(tmp_path, BloomForCausalLM(BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=49152)),
-                        default_model_dir)
-    run = subprocess.run([sys.executable, "-m", "harness.cli", "generate", "--target", folder, "--prompt", "hi",
-                          "--method", "ar", "--dtype", "float32", "--max-new-tokens", "2"],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1, run.stderr
-    assert "BloomForCausalLM cannot score a draft tree" in run.stderr and "not supported" in run.stderr
-    assert "Traceback" not in run.stderr
-
-
-def test_an_architecture_that_scores_a_tree_wrongly_is_refused_at_load(tmp_path, default_model_dir):
-    """MPT biases attention by cache slot (ALiBi over key indices), not by position: inside a tree
-    a node's sibling occupies a slot, so the node's logits move (3e-3 of their spread in fp32).
-    Speculative decoding would then change the model's output; the load refuses it instead."""
-    from transformers import MptConfig, MptForCausalLM
-
-    from workloads.errors import ScyllaError
-
-    torch.manual_seed(0)
-    folder = _save_tiny(tmp_path, MptForCausalLM(MptConfig(d_model=64, n_layers=2, n_heads=4, max_seq_len=512,
-                                                           vocab_size=49152)), default_model_dir)
-    with pytest.raises(ScyllaError, match="MptForCausalLM scores a draft tree differently"):
-        Target.load(folder, dtype="float32")
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_model_that_ignores_the_tree_mask_is_refused_at_load(dtype, monkeypatch, default_model_dir):
     """The embedded target, handed the mask a model that builds its own causal mask would use

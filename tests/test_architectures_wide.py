@@ -75,7 +75,10 @@ MATCHING = {
     "xglm": dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=128, max_position_embeddings=512),
 }
 REFUSED = {
+    # ALiBi built from a 2-D padding mask: the model raises on the adapter's 4-D tree mask.
     "bloom": (dict(hidden_size=64, n_layer=2, n_head=4), "BloomForCausalLM cannot score a draft tree"),
+    # ALiBi over cache slots, not positions: a node's sibling occupies a slot, so the node's
+    # logits move (3e-3 of their spread in fp32) and speculation would change the output.
     "mpt": (dict(d_model=64, n_layers=2, n_heads=4, max_seq_len=512), "MptForCausalLM scores a draft tree differently"),
     "mamba": (dict(hidden_size=64, num_hidden_layers=2, state_size=8), "'linear_attention' layers"),
     "jamba": (dict(DENSE, num_experts=2, num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1,
@@ -126,16 +129,29 @@ def test_unsupported_architectures_are_refused_at_load(model_type, tmp_path, def
         Target.load(folder, dtype="float32")
 
 
-def test_a_prompt_past_the_models_positions_is_one_clear_error(tmp_path, default_model_dir):
-    """GPT-2 has an embedding per position (512 here) and none past them: a longer decode would
-    fail mid-run inside the model. `scylla generate` refuses it first, in one line, exit 1."""
+def _cli(*args: str):
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_an_architecture_that_fails_on_a_tree_is_one_clear_error(tmp_path, default_model_dir):
+    """Bloom raises inside its own code on a tree: `scylla generate` says so in one line, exit 1."""
+    folder = _save("bloom", REFUSED["bloom"][0], tmp_path, default_model_dir)
+    run = _cli("generate", "--target", folder, "--prompt", "hi", "--method", "ar", "--dtype", "float32",
+               "--max-new-tokens", "2")
+    assert run.returncode == 1, run.stderr
+    assert "BloomForCausalLM cannot score a draft tree" in run.stderr and "not supported" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a_prompt_past_the_models_positions_is_one_clear_error(tmp_path, default_model_dir):
+    """GPT-2 has an embedding per position (512 here) and none past them: a longer decode would
+    fail mid-run inside the model. `scylla generate` refuses it first, in one line, exit 1."""
     folder = _save("gpt2", GPT, tmp_path, default_model_dir)
-    run = subprocess.run([sys.executable, "-m", "harness.cli", "generate", "--target", folder, "--dtype", "float32",
-                          "--prompt", " ".join(["word"] * 600), "--draft", "random:eagle2", "--max-new-tokens", "8"],
-                         capture_output=True, text=True, timeout=300)
+    run = _cli("generate", "--target", folder, "--dtype", "float32", "--prompt", " ".join(["word"] * 600),
+               "--draft", "random:eagle2", "--max-new-tokens", "8")
     assert run.returncode == 1, run.stderr
     assert "new tokens + a depth-5 tree needs" in run.stderr and "takes 512" in run.stderr
     assert "Traceback" not in run.stderr
