@@ -7,13 +7,16 @@ Two kinds of figure, keyed by (method, dataset, batch size, top_k setting):
   architecture, torch build, ATen's CPU kernel level, dtype) tau must not drop at all: that
   checks the engine. Drafts retrained on another machine differ in the last bits, and so do
   other kernels; then each figure may drop by TAU_TOLERANCE, and tau pooled over the datasets
-  (per method, batch size and top_k) by TAU_POOLED_TOLERANCE. Measured on this 2-core EPYC
-  (fp32, the bench's sweep at batch 1, top_k 4, 4 prompts of each dataset): EAGLE-2 retrained
-  from scratch under AVX2 kernels (answers, features and training) against the AVX-512 one
-  moved single figures by -6.2% to +6.8% and the pooled tau by +0.3%; the same weights under
-  either kernel level gave identical tau. The bench's planted shrunk tree (depth 2, 6 tokens)
-  drops pooled tau by 5.8% (EAGLE-2) and 8.0% (EAGLE-3), single figures by 0-17.5%: the
-  pooled figure is what catches it when the drafts were retrained.
+  (per method, batch size and top_k) by TAU_POOLED_TOLERANCE. Those bounds are about three
+  standard deviations of what retraining alone moves (9% a figure, so 9%/sqrt(6) pooled). The three default drafts retrained on a 2-core
+  AMX Xeon, against the baseline's from an AVX512-BF16 EPYC (bf16, the bench's sweep, the 36
+  figures whose tree is the same): single figures moved by -14% to +24% (mean +4%, standard
+  deviation 9%: a figure is tau over about 40 verify steps of 4 prompts), tau pooled over the
+  six datasets by 0% to +7% at top_k 4. (EAGLE-2 retrained under AVX2 kernels on the EPYC, fp32:
+  -6.2% to +6.8%, pooled +0.3%.) The same weights under either kernel level gave identical tau.
+  The bench's planted shrunk tree (depth 2, 6 tokens) drops pooled tau
+  by 5.8% (EAGLE-2) and 8.0% (EAGLE-3), single figures by 0-17.5%: with retrained drafts the
+  tree figure, next, is what catches it.
 - the tree itself: draft nodes per verify step. It follows from the tree's top_k, depth and
   size alone (9 for the bench's 10-token tree, on every machine and with any drafts), so it
   is compared exactly everywhere: a commit that builds another tree than the one asked for
@@ -49,8 +52,8 @@ from workloads.errors import ScyllaError
 BASELINE_VERSION = 1
 TAU_EPSILON = 1e-6
 # Relative tau drop allowed when the draft weights or the kernels differ from the baseline's.
-TAU_TOLERANCE = 0.10
-TAU_POOLED_TOLERANCE = 0.03
+TAU_TOLERANCE = 0.25
+TAU_POOLED_TOLERANCE = 0.10
 DEFAULT_RATIO_TOLERANCE = 0.25
 # CPU features that change which kernels torch runs, hence the bits of a forward pass.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16",
@@ -248,9 +251,10 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
         v.notes.append(f"tau: {exact} figures compared exactly (same draft weights and kernels), {loose} within "
                        f"{TAU_TOLERANCE:.0%}, and pooled over datasets within {TAU_POOLED_TOLERANCE:.0%} "
                        "(drafts retrained here, or other kernels)")
+        moved_groups = {_group(m.split(" (")[0]) for m in moved}
         for key, base in sorted(baseline.get("tau_pooled", {}).items()):
             now = figs.get("tau_pooled", {}).get(key)
-            if now is not None and now < base * (1 - TAU_POOLED_TOLERANCE):
+            if now is not None and key not in moved_groups and now < base * (1 - TAU_POOLED_TOLERANCE):
                 v.failures.append(f"tau {key} pooled over datasets at T=0: {now:.3f} < baseline {base:.3f} by "
                                   f"{(1 - now / base) * 100:.1f}% (tolerance {TAU_POOLED_TOLERANCE:.0%})")
     if moved:
@@ -281,6 +285,12 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     if new:
         v.notes.append(f"{len(new)} figures not in the baseline (ignored until --update-baseline): {', '.join(new[:5])}")
     return v
+
+
+def _group(key: str) -> str:
+    """A per-dataset figure's key -> its pooled group's: method|dataset|b|k -> method|b|k."""
+    parts = key.split("|")
+    return "|".join(parts[:1] + parts[2:])
 
 
 def _weights(row) -> str | None:

@@ -94,20 +94,21 @@ def test_any_tau_drop_fails(cells, baseline):
 
 
 def test_retrained_drafts_pass_within_the_measured_spread(cells, baseline):
-    """A fresh machine retrains the drafts: bit-different weights, tau moved by a few percent."""
-    noisy = spread(retrained(cells), 0.07)  # measured per figure: -6.2% to +6.8%
+    """A fresh machine retrains the drafts: bit-different weights, tau moved by up to 14% down
+    (measured per figure on an AMX Xeon against the EPYC's drafts: -14% to +24%)."""
+    noisy = spread(retrained(cells), 0.14)
     v = regression.compare(regression.figures(noisy), baseline, CONFIG)
     assert v.ok, v.failures
-    assert any("within 10%" in n and "0 figures compared exactly" in n for n in v.notes), v.notes
+    assert any("within 25%" in n and "0 figures compared exactly" in n for n in v.notes), v.notes
 
 
 def test_retrained_drafts_still_catch_a_shrunk_tree_and_a_real_drop(cells, baseline):
     v = regression.compare(regression.figures(shrink_tree(retrained(cells), 0.5)), baseline, CONFIG)
-    assert any(f.startswith("tau eagle2|mt_bench|b1|k10 at T=0") and "tolerance 10%" in f for f in v.failures)
-    # As measured on the trained drafts: every figure down 0-8%, none beyond 10%, pooled 6%.
+    assert any(f.startswith("tau eagle2|mt_bench|b1|k10 at T=0") and "tolerance 25%" in f for f in v.failures)
+    # Every figure down 8-16%, none beyond 25%: pooled 12%, past the pooled figure's 10%.
     mild = retrained(cells)
     spec = mild.index[mild["method"] != "ar"]
-    mild.loc[spec, "tau"] *= np.resize([0.92, 0.96, 1.0], len(spec))
+    mild.loc[spec, "tau"] *= np.resize([0.84, 0.88, 0.92], len(spec))
     v = regression.compare(regression.figures(mild), baseline, CONFIG)
     assert v.failures and all("pooled over datasets" in f for f in v.failures), v.failures
     dropped = retrained(cells)
@@ -244,14 +245,16 @@ def test_draft_resolution_never_silently_random(monkeypatch):
 
 
 def test_auto_tree_change_is_noted_not_failed(cells, baseline):
-    """`auto` follows the measured knee; another tree is not a code regression of tau."""
-    moved = cells.copy()
-    rows = (moved["top_k_setting"] == "auto") & (moved["batch_size"] == 4)
-    moved.loc[rows, "top_k"] = 2
-    moved.loc[rows, "tau"] -= 0.5
-    v = regression.compare(regression.figures(moved), baseline, CONFIG)
-    assert v.ok, v.failures
-    assert any("auto chose another tree" in n for n in v.notes)
+    """`auto` follows the measured knee; another tree is not a code regression of tau, neither
+    figure by figure nor pooled over the datasets (with retrained drafts)."""
+    for weights in (cells, retrained(cells)):
+        moved = weights.copy()
+        rows = (moved["top_k_setting"] == "auto") & (moved["batch_size"] == 4)
+        moved.loc[rows, "top_k"] = 2
+        moved.loc[rows, "tau"] -= 0.5
+        v = regression.compare(regression.figures(moved), baseline, CONFIG)
+        assert v.ok, v.failures
+        assert any("auto chose another tree" in n for n in v.notes)
 
 
 def test_presets_fill_what_is_not_given():
