@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reports.bench import MICRO_BASELINE
-from reports.micro_check import MICRO_SLOWDOWN, compare_micro, read_micro
+from reports.micro_check import MICRO_SLOWDOWN, compare_micro, machine_kind, read_micro
 from workloads.errors import ScyllaError
 
 
@@ -69,3 +69,10 @@ def test_an_unreadable_file_is_one_clear_error(tmp_path: Path):
     bad.write_text(json.dumps({"benchmarks": []}))
     with pytest.raises(ScyllaError, match="cannot read micro-benchmark results"):
         read_micro(bad)
+
+
+def test_the_committed_baseline_records_the_precision_of_its_sweep(base):
+    """Both baselines come from one `--update-baseline` run: the micro-benchmarks ran in the
+    sweep's dtype, so a run in another precision is not held to their times."""
+    sweep = json.loads((MICRO_BASELINE.parent / "bench_baseline.json").read_text())
+    assert machine_kind(base)["dtype"] == sweep["config"]["dtype"]
