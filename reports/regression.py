@@ -8,15 +8,15 @@ Two kinds of figure, keyed by (method, dataset, batch size, top_k setting):
   checks the engine. Drafts retrained on another machine differ in the last bits, and so do
   other kernels; then each figure may drop by TAU_TOLERANCE, and tau pooled over the datasets
   (per method, batch size and top_k) by TAU_POOLED_TOLERANCE. Those bounds are about three
-  standard deviations of what retraining alone moves (9% a figure, so 9%/sqrt(6) pooled). The three default drafts retrained on a 2-core
-  AMX Xeon, against the baseline's from an AVX512-BF16 EPYC (bf16, the bench's sweep, the 36
-  figures whose tree is the same): single figures moved by -14% to +24% (mean +4%, standard
-  deviation 9%: a figure is tau over about 40 verify steps of 4 prompts), tau pooled over the
-  six datasets by 0% to +7% at top_k 4. (EAGLE-2 retrained under AVX2 kernels on the EPYC, fp32:
-  -6.2% to +6.8%, pooled +0.3%.) The same weights under either kernel level gave identical tau.
-  The bench's planted shrunk tree (depth 2, 6 tokens) drops pooled tau
-  by 5.8% (EAGLE-2) and 8.0% (EAGLE-3), single figures by 0-17.5%: with retrained drafts the
-  tree figure, next, is what catches it.
+  standard deviations of what retraining alone moves (9% a figure, so 9%/sqrt(6) pooled). The
+  three default drafts retrained on a 2-core AMX Xeon, against the baseline's from an
+  AVX512-BF16 EPYC (bf16, the bench's sweep, the 36 figures whose tree is the same): single
+  figures moved by -14% to +24% (mean +4%, standard deviation 9%: a figure is tau over about 40
+  verify steps of 4 prompts), tau pooled over the six datasets by 0% to +7% at top_k 4.
+  (EAGLE-2 retrained under AVX2 kernels on the EPYC, fp32: -6.2% to +6.8%, pooled +0.3%.) The
+  same weights under either kernel level gave identical tau. The bench's planted shrunk tree
+  (depth 2, 6 tokens) drops pooled tau by 5.8% (EAGLE-2) and 8.0% (EAGLE-3), single figures by
+  0-17.5%: with retrained drafts the tree figure, next, is what catches it.
 - the tree itself: draft nodes per verify step. It follows from the tree's top_k, depth and
   size alone (9 for the bench's 10-token tree, on every machine and with any drafts), so it
   is compared exactly everywhere: a commit that builds another tree than the one asked for
@@ -223,11 +223,12 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     if there.get("isa") is not None and there.get("isa") != here["isa"]:
         v.notes.append(f"baseline machine: {', '.join(there['isa']) or 'no listed ISA'}, {there.get('cores')} cores; "
                        f"this one: {', '.join(here['isa']) or 'no listed ISA'}, {here['cores']} cores")
-    moved, exact, loose = [], 0, 0
+    moved: dict[str, str] = {}  # figure -> how its auto tree changed
+    exact = loose = 0
     for key, base in sorted(baseline.get("tau", {}).items()):
         now = figs["tau"].get(key)
         if now is not None and (change := _auto_tree_change(key, figs, baseline)):
-            moved.append(f"{key} ({change})")
+            moved[key] = change
             continue
         if now is None:
             why = figs["failed"].get(key)
@@ -251,15 +252,16 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
         v.notes.append(f"tau: {exact} figures compared exactly (same draft weights and kernels), {loose} within "
                        f"{TAU_TOLERANCE:.0%}, and pooled over datasets within {TAU_POOLED_TOLERANCE:.0%} "
                        "(drafts retrained here, or other kernels)")
-        moved_groups = {_group(m.split(" (")[0]) for m in moved}
+        moved_groups = {_group(key) for key in moved}
         for key, base in sorted(baseline.get("tau_pooled", {}).items()):
             now = figs.get("tau_pooled", {}).get(key)
             if now is not None and key not in moved_groups and now < base * (1 - TAU_POOLED_TOLERANCE):
                 v.failures.append(f"tau {key} pooled over datasets at T=0: {now:.3f} < baseline {base:.3f} by "
                                   f"{(1 - now / base) * 100:.1f}% (tolerance {TAU_POOLED_TOLERANCE:.0%})")
     if moved:
+        shown = [f"{key} ({change})" for key, change in list(moved.items())[:4]]
         v.notes.append(f"top_k auto chose another tree than in the baseline (its measured costs moved), so "
-                       f"tau is not compared for: {', '.join(moved[:4])}" + (f" and {len(moved) - 4} more" if len(moved) > 4 else ""))
+                       f"tau is not compared for: {', '.join(shown)}" + (f" and {len(moved) - 4} more" if len(moved) > 4 else ""))
     # spec/AR depends on the precision as much as on the engine (a bf16 AR step is slow on a CPU
     # whose few-row fp32 kernel streams the weights at memory speed, so bf16 ratios run higher):
     # across precisions the ratios are not the same figure.

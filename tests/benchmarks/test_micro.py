@@ -46,9 +46,10 @@ def setup():
     return target, draft, cache, root, root_logprobs, root_out, tree
 
 
-def _record(benchmark, target) -> None:
-    """What the time depends on besides the code (reports/micro_check.py compares like with like)."""
-    benchmark.extra_info.update(dtype=str(target.dtype).removeprefix("torch."), threads=torch.get_num_threads())
+@pytest.fixture(autouse=True)
+def _record(benchmark, setup) -> None:
+    """What each time depends on besides the code (reports/micro_check.py compares like with like)."""
+    benchmark.extra_info.update(dtype=str(setup[0].dtype).removeprefix("torch."), threads=torch.get_num_threads())
 
 
 def _verify_and_rollback(target, cache, tree):
@@ -65,8 +66,7 @@ def _verify_and_rollback(target, cache, tree):
 def test_tree_build(benchmark, setup):
     from scylla_impl.tree import build_tree
 
-    target, draft, _, root, logprobs, out, _ = setup
-    _record(benchmark, target)
+    _, draft, _, root, logprobs, out, _ = setup
 
     def run():
         with torch.no_grad():
@@ -78,7 +78,7 @@ def test_tree_build(benchmark, setup):
 
 def test_verify_step(benchmark, setup):
     target, _, cache, _, _, _, tree = setup
-    _record(benchmark, target)
+
     verdict = benchmark(_verify_and_rollback, target, cache, tree)
     assert int(verdict.path_len[0]) >= 1
 
@@ -89,7 +89,6 @@ def test_decode_step(benchmark, setup):
     from scylla_impl.verify import verify
 
     target, draft, cache, root, logprobs, out, _ = setup
-    _record(benchmark, target)
 
     def run():
         with torch.no_grad():
@@ -108,5 +107,4 @@ def test_ar_step(benchmark, setup):
 
     target, _, cache, root, _, _, _ = setup
     tree = Tree.root_only(root)
-    _record(benchmark, target)
     benchmark(_verify_and_rollback, target, cache, tree)
