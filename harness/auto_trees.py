@@ -9,6 +9,10 @@ For each draft the sweep runs with top_k auto, once per results folder:
    overheads measured now, on this device (roofline/tree_costs.py);
 3. choices: roofline.tree_policy at each of the sweep's batch sizes, AR included.
 Everything lands in OUT/auto_trees.json; a resume plans from it, so it runs the same cells.
+
+`scylla generate --top-k auto` prices the same way with no sweep and no profile
+(`generate_tree`): the held-out prompts of all six datasets (those `nox -s bench` replays,
+so a draft it priced is not replayed again), and the verify curve timed now.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Any
 from harness.runner import CellWorker, WorkerSettings
 from harness.spec import SweepSpec
 from roofline import tree_costs
-from roofline.latency_curve import verify_curve
+from roofline.knee import PREFIX_TOKENS, measure_knee
+from roofline.latency_curve import LatencyCurve, verify_curve
 from roofline.policy import load_profile
+from roofline.timing import Timer
 from roofline.tree_policy import StepCosts, TreeChoice, ranked
 from scylla_impl import calibration
 from scylla_impl.calibration import AcceptanceTable, replay
@@ -93,7 +99,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
         if knee_dtype and knee_dtype != dtype:
             raise ScyllaError(f"the profile {spec.profile} timed the target in {knee_dtype}, this sweep runs it in "
                               f"{dtype}: profile again with --dtype {dtype}, or sweep with --dtype {knee_dtype}")
-        prompts = held_out_prompts(spec, target.tokenizer)
+        prompts = _held_out_or_refuse(spec, target.tokenizer)
         drafts = {}
         for name in _auto_drafts(spec):
             draft = worker.draft(name)
@@ -112,35 +118,85 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
 
 
 def _price(spec: SweepSpec, table: AcceptanceTable, curve, costs: tree_costs.DraftCosts) -> dict[str, Any]:
-    step = StepCosts(curve.seconds, costs.level.seconds, _nearest(costs.overhead_ar_s), _nearest(costs.overhead_spec_s))
-    trees = [(k, d, n, table.mean_accepted(k, d, n)) for k, d, n in table.trees()]
     per_batch = {}
     for b in sorted(spec.batch_sizes):
-        options = ranked(b, trees, step)
+        options = _ranked(b, table, curve, costs)
         per_batch[str(b)] = {"choice": options[0].to_json(), "ranked": [o.to_json() for o in options[:KEEP_RANKED]],
                              "ar": next(o for o in options if not o.speculative).to_json()}
     return {"acceptance": table.to_json(), "costs": costs.to_json(), "batch_sizes": per_batch}
+
+
+def _ranked(b: int, table: AcceptanceTable, curve: LatencyCurve, costs: tree_costs.DraftCosts) -> list[TreeChoice]:
+    step = StepCosts(curve.seconds, costs.level.seconds, _nearest(costs.overhead_ar_s), _nearest(costs.overhead_spec_s))
+    return ranked(b, [(k, d, n, table.mean_accepted(k, d, n)) for k, d, n in table.trees()], step)
 
 
 def _nearest(values: dict[int, float]) -> Callable[[int], float]:
     return lambda b: values[min(values, key=lambda m: abs(m - b))]
 
 
-def held_out_prompts(spec: SweepSpec, tokenizer) -> list[list[int]]:
-    """Token ids of the last prompts of each dataset, none among the first `spec.prompts` the sweep runs."""
+def held_out_prompts(datasets, skip: int, tokenizer, data_dir=None, system_prompt: str | None = None,
+                     longest: int | None = None) -> list[list[int]]:
+    """Token ids of the last prompts of each dataset, none among its first `skip`, and none
+    longer than `longest` tokens (a target's context less what a replay adds to it)."""
     from workloads.chat import prompt_token_ids
     from workloads.datasets import load_dataset
 
-    per = -(-HELD_OUT_PROMPTS // len(spec.datasets))
+    per = -(-HELD_OUT_PROMPTS // len(datasets))
     ids = []
-    for name in spec.datasets:
-        everything = load_dataset(name, data_dir=spec.data_dir)
-        spare = everything[spec.prompts:]
-        ids += [prompt_token_ids(tokenizer, p, system_prompt=spec.system_prompt) for p in spare[-per:]]
+    for name in datasets:
+        spare = load_dataset(name, data_dir=data_dir)[skip:]
+        ids += [prompt_token_ids(tokenizer, p, system_prompt=system_prompt) for p in spare[-per:]]
+    return [p for p in ids if longest is None or len(p) <= longest]
+
+
+def _held_out_or_refuse(spec: SweepSpec, tokenizer) -> list[list[int]]:
+    ids = held_out_prompts(spec.datasets, spec.prompts, tokenizer, spec.data_dir, spec.system_prompt)
     if not ids:
         raise ScyllaError(f"top_k auto needs held-out prompts to measure the draft's acceptance, but the sweep "
                           f"measures every prompt of {', '.join(spec.datasets)}: lower --prompts")
     return ids
+
+
+def generate_tree(target, draft, name: str, batch_size: int,
+                  echo: Callable[[str], None] = print) -> tuple[TreeChoice, TreeChoice]:
+    """`scylla generate --top-k auto`: (the speculative tree with the most predicted tokens/s for
+    `draft` at `batch_size` on this device, AR's prediction beside it). The best tree is returned
+    even where AR is predicted faster: the caller asked for speculative decoding, and is told.
+
+    The acceptance comes from the checkpoint folder `name` (replayed on first use, as a sweep
+    does); the verify curve, draft levels and step overheads are timed now, in seconds."""
+    from workloads.datasets import DATASET_NAMES
+
+    context = target.info.context
+    # Room in the target's context for a replayed prompt: its new tokens and a tree past them.
+    longest = None if context is None else context - REPLAY_NEW_TOKENS - calibration.MAX_DEPTH - 8
+    prompts = held_out_prompts(DATASET_NAMES, 0, target.tokenizer, longest=longest)
+    if not prompts:
+        raise ScyllaError(f"top_k auto: no held-out prompt fits {target.info.name}'s context of {context} tokens "
+                          f"with {REPLAY_NEW_TOKENS} new ones; give --top-k, --depth and --total-tokens")
+    dtype = str(target.dtype).removeprefix("torch.")
+    table = _acceptance(target, draft, name, dtype, prompts, echo)
+    echo("auto tree: timing the target's verify forward, the draft's levels and the step overheads here")
+    prefix = PREFIX_TOKENS if context is None else min(PREFIX_TOKENS, context // 4)
+    curve = measured_verify_curve(target, batch_size, prefix, None if context is None else context - prefix - 8)
+    costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix, widths=tree_costs.LEVEL_WIDTHS)
+    options = _ranked(batch_size, table, curve, costs)
+    ar = next(o for o in options if not o.speculative)
+    return next((o for o in options if o.speculative), ar), ar
+
+
+VERIFY_TOKENS = (1, 2, 4, 8, 16, 32, 64, calibration.MAX_TREE_TOKENS)
+VERIFY_MAX_IN_FLIGHT = 512  # past this the curve goes on along its last (compute-bound) slope
+
+
+def measured_verify_curve(target, batch_size: int, prefix_tokens: int, most_tokens: int | None) -> LatencyCurve:
+    """V(b, n) at `batch_size`, timed now (the profile's knee, one batch size, three rounds)."""
+    tokens = [n for n in VERIFY_TOKENS if (n == 1 or batch_size * n <= VERIFY_MAX_IN_FLIGHT)
+              and (most_tokens is None or n <= most_tokens)]
+    points, _ = measure_knee(target, [(batch_size, n) for n in tokens], prefix_tokens=prefix_tokens,
+                             timer=Timer(target.device, clock="wall"), warmup=1, reps=3)
+    return LatencyCurve.from_points((p.batch_size, p.tree_tokens, s) for p in points for s in p.timing.samples_s)
 
 
 def _acceptance(target, draft, name: str, dtype: str, prompts: list[list[int]], echo) -> AcceptanceTable:

@@ -33,6 +33,9 @@ import torch
 from roofline.timing import Timer, Timing
 
 # A long, ordinary user request: the prefix must be real text through the real chat template.
+# Tokens of the cached chat prefix every step timing runs over: the profile's knee, a
+# draft's level costs, `generate --top-k auto`.
+PREFIX_TOKENS = 200
 PREFIX_TEXT = (
     "I am preparing a short workshop for new engineers about how large language models "
     "generate text. Please explain, step by step and in plain language, what happens "

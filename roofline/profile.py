@@ -80,7 +80,7 @@ class Plan:
     knee_warmup: int
     knee_reps: int
     knee_budget_s: float | None = None  # wall-clock cap on the knee grid (cheap points first)
-    prefix_tokens: int = 200
+    prefix_tokens: int = knee_mod.PREFIX_TOKENS
 
 
 _POW2_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from roofline.knee import chat_prefix
+from roofline.knee import PREFIX_TOKENS, chat_prefix
 from roofline.latency_curve import LatencyCurve
 from roofline.timing import Timer
 from scylla_impl.decode import DecodeConfig, generate
@@ -44,7 +44,7 @@ class DraftCosts:
 
 
 @torch.no_grad()
-def measure(target, draft, batch_sizes: Sequence[int], *, prefix_tokens: int = 200, widths=LEVEL_WIDTHS,
+def measure(target, draft, batch_sizes: Sequence[int], *, prefix_tokens: int = PREFIX_TOKENS, widths=LEVEL_WIDTHS,
             reps: int = 5, on_batch: Callable[[int], None] | None = None) -> DraftCosts:
     timer = Timer(target.device)
     prefix = chat_prefix(target.tokenizer, prefix_tokens)

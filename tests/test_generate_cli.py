@@ -52,6 +52,9 @@ def test_generate_ar_tau_is_one(default_model_dir):
     (["--no-such-flag"], ["No such option", "--help"]),
     (["--top-k", "2", "--depth", "2", "--total-tokens", "40"], ["larger than the tree's pool"]),
     (["--prompt", "   "], ["empty prompt"]),
+    (["--top-k", "wide"], ["'wide' is neither 'auto' nor a whole number"]),
+    (["--depth", "3"], ["--depth and --total-tokens shape a fixed tree", "--top-k 10 --depth 5 --total-tokens 60"]),
+    (["--top-k", "auto", "--total-tokens", "9"], ["give --top-k as a number too"]),
     # bytes from a latin-1 terminal, kept by Python as a lone surrogate
     (["--prompt", "caf\udce9"], ["user message is not UTF-8"]),
     (["--system-prompt", "\udce9t\udce9"], ["system message is not UTF-8"]),
@@ -96,3 +99,59 @@ def test_generate_on_a_tokenizer_without_a_chat_template(tmp_path, default_model
                   "--top-k", "1", "--depth", "3", "--total-tokens", "4", "--max-new-tokens", "4", "--json")
     assert done.returncode == 0, done.stderr
     assert 1 <= len(json.loads(done.stdout)["outputs"][0]["token_ids"]) <= 4
+
+
+def test_the_fixed_tree_is_decode_configs():
+    from harness.commands.generate import EAGLE2_TREE
+    from scylla_impl.decode import DecodeConfig
+
+    assert (DecodeConfig().top_k, DecodeConfig().depth, DecodeConfig().total_tokens) == EAGLE2_TREE
+
+
+def test_auto_without_a_checkpoint_folder_says_it_decodes_the_default_tree(default_model_dir):
+    done = scylla("generate", "--prompt", "hi", "--draft", "random:eagle2", "--max-new-tokens", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "random:eagle2 does not keep" in done.stderr and "(k=10 d=5 n=60)" in done.stderr
+    assert json.loads(done.stdout)["tree"] is None
+
+
+def test_auto_prices_the_tree_once_then_reads_the_checkpoints_acceptance(tmp_path, default_model_dir, monkeypatch):
+    """The default --top-k auto on a checkpoint draft: the first run replays its acceptance into the
+    folder's calibration.json, every run times this device and decodes with the tree it priced best.
+    In process, so the replay can be shortened (the real one is 24 prompts of 64 tokens)."""
+    from click.testing import CliRunner
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from harness import auto_trees
+    from harness.cli import cli
+    from scylla_impl import calibration
+    from scylla_impl.drafts import new_draft
+    from scylla_impl.target import Target
+
+    monkeypatch.setattr(auto_trees, "HELD_OUT_PROMPTS", 6)
+    monkeypatch.setattr(auto_trees, "REPLAY_NEW_TOKENS", 8)
+    monkeypatch.setattr(calibration, "TOP_KS", (1, 3))
+    monkeypatch.setattr(calibration, "MAX_DEPTH", 3)
+    tiny = tmp_path / "tiny-llama"
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=49152)).save_pretrained(tiny)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tiny)
+    new_draft("eagle2", Target.load(str(tiny), dtype="float32")).save(tmp_path / "draft")
+    args = ["generate", "--target", str(tiny), "--dtype", "float32", "--draft", str(tmp_path / "draft"),
+            "--prompt", "Name a color.", "--prompt", "Count to three.", "--max-new-tokens", "6", "--json"]
+    runs = [CliRunner().invoke(cli, args) for _ in range(2)]
+    for done in runs:
+        assert done.exit_code == 0, done.output
+        assert "auto tree: timing" in done.stderr
+        tree = json.loads(done.stdout)["tree"]
+        choice, ar = tree["choice"], tree["ar"]
+        assert choice["batch_size"] == ar["batch_size"] == 2
+        assert choice["total_tokens"] > 1 and ar["total_tokens"] == 1
+        assert choice["top_k"] in (1, 3) and choice["depth"] <= 3
+        assert choice["tokens_per_s"] > 0 and ar["tokens_per_s"] > 0
+        said = next(line for line in done.stderr.splitlines() if line.startswith("auto tree: k="))
+        assert said.startswith(f"auto tree: k={choice['top_k']} d={choice['depth']} n={choice['total_tokens']},")
+    assert "replaying draft" in runs[0].stderr and "replaying draft" not in runs[1].stderr
+    stored = json.loads((tmp_path / "draft" / "calibration.json").read_text())
+    (table,) = stored.values()
+    assert 0 < table["positions"] <= 6 * 8  # every position of the replayed tokens with a full tree after it

@@ -4,10 +4,24 @@ import json
 
 import click
 
+from harness.spec import AUTO
 from scylla_impl import compiled, devices, dtypes
 from scylla_impl.methods import TRAINED
 
 DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in TRAINED)
+# EAGLE-2's default tree (top_k, depth, total_tokens), DecodeConfig's: what a number --top-k
+# grows unless --depth and --total-tokens say otherwise. This module stays free of torch, so
+# `scylla generate --help` answers at once.
+EAGLE2_TREE = (10, 5, 60)
+
+
+def _top_k(ctx, param, value: str) -> str | int:
+    if value == AUTO:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number", ctx, param) from None
 
 
 @click.command()
@@ -16,9 +30,13 @@ DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in 
 @click.option("--method", type=click.Choice(["ar", "spec"]), default="spec", show_default=True)
 @click.option("--draft", default=None, help=DRAFT_HELP + " (default: the trained Scylla draft)")
 @click.option("--layers", type=int, default=None, help="decoder layers of a random scylla draft")
-@click.option("--top-k", type=int, default=10, show_default=True)
-@click.option("--depth", type=int, default=5, show_default=True)
-@click.option("--total-tokens", type=int, default=60, show_default=True)
+@click.option("--top-k", default=AUTO, show_default=True, callback=_top_k,
+              help="children per tree node, or 'auto': the tree with the most predicted tokens/s for a trained "
+                   "draft on this device, from its measured acceptance (replayed once, kept in its checkpoint "
+                   "folder) and costs timed now")
+@click.option("--depth", type=int, default=None, help=f"tree depth, with a number --top-k [{EAGLE2_TREE[1]}]")
+@click.option("--total-tokens", type=int, default=None,
+              help=f"tokens verified per step, root included, with a number --top-k [{EAGLE2_TREE[2]}]")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
@@ -45,18 +63,27 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
     quiet_libraries()
     if any(not p.strip() for p in prompts):
         raise ScyllaError("empty prompt: give each --prompt some text")
-    config = DecodeConfig(top_k=top_k, depth=depth, total_tokens=total_tokens, temperature=temperature,
-                          top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    auto = top_k == AUTO
+    if auto and (depth is not None or total_tokens is not None):
+        raise ScyllaError("--depth and --total-tokens shape a fixed tree: give --top-k as a number too (EAGLE-2's "
+                          "default tree is --top-k {} --depth {} --total-tokens {})".format(*EAGLE2_TREE))
+    fixed_k, fixed_depth, fixed_tokens = EAGLE2_TREE
+    config = DecodeConfig(top_k=fixed_k if auto else top_k, depth=fixed_depth if depth is None else depth,
+                          total_tokens=fixed_tokens if total_tokens is None else total_tokens,
+                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
     config.validate(speculative=method == "spec")
     torch.manual_seed(seed)
     tgt = Target.load(target, dtype=dtype, device=device, compile=compile_steps)
-    drafter = None
-    if method == "spec":
-        drafter = load_draft(draft or _default_draft(tgt), tgt, layers=layers, seed=seed)
     # The sweep's own formatting: the tokenizer's chat template, or the plain fallback for a
     # tokenizer that has none (base models, GGUF conversions).
     texts = [render_chat(tgt.tokenizer, [{"role": "user", "content": p}], system_prompt) for p in prompts]
     ids = [list(tgt.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    drafter, tree = None, None
+    if method == "spec":
+        name = draft or _default_draft(tgt)
+        drafter = load_draft(name, tgt, layers=layers, seed=seed)
+        if auto:
+            config, tree = _auto_tree(tgt, drafter, name, len(prompts), config)
     result = run(tgt, ids, drafter, config)
     if as_json:
         click.echo(json.dumps({
@@ -64,12 +91,34 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
             "steps": result.stats.steps,
             "tau": result.stats.tau,
             "tokens_per_s": result.tokens_per_s,
+            "tree": tree,
         }))
         return
     for text in result.texts:
         click.echo(text)
         click.echo("-" * 40)
     click.echo(f"steps {result.stats.steps}  tau {result.stats.tau:.2f}  tokens/s {result.tokens_per_s:.1f}", err=True)
+
+
+def _auto_tree(target, draft, name: str, batch_size: int, config):
+    """(config with the tree `top_k auto` picks, the choice as JSON): priced with the draft's
+    measured acceptance where it is a checkpoint folder, else EAGLE-2's default tree, said so."""
+    import dataclasses
+    from pathlib import Path
+
+    from harness.auto_trees import generate_tree
+
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    if not (Path(name) / "config.json").is_file():
+        say(f"top_k auto prices trees with a trained draft's measured acceptance, which {name} does not keep: "
+            "decoding with EAGLE-2's default tree (k={} d={} n={}); give --top-k to choose another".format(*EAGLE2_TREE))
+        return config, None
+    best, ar = generate_tree(target, draft, name, batch_size, echo=say)
+    verdict = "" if best.tokens_per_s > ar.tokens_per_s else ", slower than AR: no tree pays here"
+    say(f"auto tree: {best.label()}, {best.accepted:.2f} draft tokens accepted a step, predicted "
+        f"{best.tokens_per_s:.1f} tokens/s against AR's {ar.tokens_per_s:.1f}{verdict}")
+    config = dataclasses.replace(config, top_k=best.top_k, depth=best.depth, total_tokens=best.total_tokens)
+    return config, {"choice": best.to_json(), "ar": ar.to_json()}
 
 
 def _default_draft(target) -> str:
