@@ -5,6 +5,7 @@ For each draft the sweep runs with top_k auto, once per results folder:
    of each of the sweep's datasets, never among the first `prompts` the sweep measures.
    A checkpoint folder keeps the table in its calibration.json, keyed by the draft's
    weights, the target, dtype and prompts, so the next sweep with the same draft skips it;
+   prompt lookup's tables live under SCYLLA_HOME/calibration (`calibration_file`);
 2. costs: the profile's verify latency curve, and the draft's level cost and the step
    overheads measured now, on this device (roofline/tree_costs.py);
 3. choices: roofline.tree_policy at each of the sweep's batch sizes, AR included.
@@ -33,6 +34,8 @@ from roofline.timing import Timer
 from roofline.tree_policy import StepCosts, TreeChoice, ranked
 from scylla_impl import calibration
 from scylla_impl.calibration import AcceptanceTable, replay
+from scylla_impl.methods import TRAINING_FREE
+from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 
@@ -199,6 +202,18 @@ def measured_verify_curve(target, batch_size: int, prefix_tokens: int, most_toke
     return LatencyCurve.from_points((p.batch_size, p.tree_tokens, s) for p in points for s in p.timing.samples_s)
 
 
+def calibration_file(name: str) -> Path | None:
+    """Where draft `name`'s replayed acceptance is kept: its checkpoint folder's calibration.json;
+    for a training-free draft (prompt lookup, a function of the target alone) one file under
+    SCYLLA_HOME; None for a draft that is neither (random weights, the oracle)."""
+    folder = Path(name)
+    if (folder / "config.json").is_file():
+        return folder / CALIBRATION
+    if name in TRAINING_FREE:
+        return scylla_home() / "calibration" / f"{name}.json"
+    return None
+
+
 def _acceptance(target, draft, name: str, dtype: str, prompts: list[list[int]], echo) -> AcceptanceTable:
     """The draft's acceptance table: from its checkpoint folder's calibration.json, or replayed now."""
     digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
@@ -207,8 +222,7 @@ def _acceptance(target, draft, name: str, dtype: str, prompts: list[list[int]], 
     precision = dtype if draft.info.dtype in (None, dtype) else f"{dtype}-draft-{draft.info.dtype}"
     key = "/".join(map(str, (draft.info.weights_hash, target.info.fingerprint, precision, digest, REPLAY_NEW_TOKENS,
                              ",".join(map(str, top_ks)), depth)))
-    folder = Path(name)
-    cache = folder / CALIBRATION if (folder / "config.json").is_file() else None
+    cache = calibration_file(name)
     stored = {}
     if cache is not None and cache.is_file():
         try:
@@ -223,6 +237,7 @@ def _acceptance(target, draft, name: str, dtype: str, prompts: list[list[int]], 
     if cache is not None:
         stored[key] = table.to_json()
         try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(json.dumps(stored).encode(), cache)
         except (OSError, ScyllaError) as err:  # a read-only checkpoint still runs; it just replays next time
             echo(f"  (could not keep the table in {cache}: {err})")

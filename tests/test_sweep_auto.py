@@ -102,3 +102,17 @@ def test_auto_refuses_a_profile_of_another_dtype_or_without_a_curve(tmp_path, de
     with pytest.raises(ScyllaError, match="no verify latency curve"):
         run_sweep(spec_for(tmp_path / "old"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_replayed_acceptance_is_kept_where_the_draft_can_be_found_again(tmp_path, monkeypatch):
+    """A checkpoint keeps its tables in its folder, prompt lookup (a function of the target alone)
+    under SCYLLA_HOME; random weights and the oracle keep none."""
+    monkeypatch.setenv("SCYLLA_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "draft"
+    folder.mkdir()
+    assert auto_trees.calibration_file(str(folder)) is None  # not a checkpoint yet
+    (folder / "config.json").write_text("{}")
+    assert auto_trees.calibration_file(str(folder)) == folder / "calibration.json"
+    assert auto_trees.calibration_file("lookup") == tmp_path / "home" / "calibration" / "lookup.json"
+    assert auto_trees.calibration_file("random:eagle2") is None
+    assert auto_trees.calibration_file("oracle") is None

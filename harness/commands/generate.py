@@ -31,9 +31,9 @@ def _top_k(ctx, param, value: str) -> str | int:
 @click.option("--draft", default=None, help=DRAFT_HELP + " (default: the trained Scylla draft)")
 @click.option("--layers", type=int, default=None, help="decoder layers of a random scylla draft")
 @click.option("--top-k", default=AUTO, show_default=True, callback=_top_k,
-              help="children per tree node, or 'auto': the tree with the most predicted tokens/s for a trained "
-                   "draft on this device, from its measured acceptance (replayed once, kept in its checkpoint "
-                   "folder) and costs timed now")
+              help="children per tree node, or 'auto': the tree with the most predicted tokens/s for this draft "
+                   "on this device, from its measured acceptance (replayed once and kept: a checkpoint folder's, "
+                   "prompt lookup's) and costs timed now")
 @click.option("--depth", type=int, default=None, help=f"tree depth, with a number --top-k [{EAGLE2_TREE[1]}]")
 @click.option("--total-tokens", type=int, default=None,
               help=f"tokens verified per step, root included, with a number --top-k [{EAGLE2_TREE[2]}]")
@@ -102,15 +102,15 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
 
 def _auto_tree(target, draft, name: str, batch_size: int, config):
     """(config with the tree `top_k auto` picks, the choice as JSON): priced with the draft's
-    measured acceptance where it is a checkpoint folder, else EAGLE-2's default tree, said so."""
+    measured acceptance where it can be kept (a checkpoint folder, prompt lookup), else
+    EAGLE-2's default tree, said so."""
     import dataclasses
-    from pathlib import Path
 
-    from harness.auto_trees import generate_tree
+    from harness.auto_trees import calibration_file, generate_tree
 
     say = lambda line: click.echo(line, err=True)  # noqa: E731
-    if not (Path(name) / "config.json").is_file():
-        say(f"top_k auto prices trees with a trained draft's measured acceptance, which {name} does not keep: "
+    if calibration_file(name) is None:
+        say(f"top_k auto prices trees with a draft's measured acceptance, which {name} does not keep: "
             "decoding with EAGLE-2's default tree (k={} d={} n={}); give --top-k to choose another".format(*EAGLE2_TREE))
         return config, None
     best, ar = generate_tree(target, draft, name, batch_size, echo=say)
