@@ -22,6 +22,7 @@ from roofline.policy import total_tokens_for
 from roofline.tree_policy import TreeChoice
 from scylla_impl.tree import pool_size
 from workloads.errors import ScyllaError
+from workloads.long_prompts import REFUSE
 
 PLANNED = "planned"
 PRUNED = "pruned"
@@ -53,6 +54,7 @@ class Cell:
     seed: int
     system_prompt: str | None
     compile: bool = False
+    long_prompts: str = REFUSE
     # planning outcome
     status: str = PLANNED
     reason: str | None = None
@@ -82,7 +84,7 @@ class Cell:
 IDENTITY = (
     "target", "method", "draft", "dataset", "batch_size", "top_k", "top_k_setting", "depth",
     "total_tokens", "temperature", "top_p", "max_new_tokens", "prompts", "turns", "seed",
-    "system_prompt", "dtype", "device", "compile",
+    "system_prompt", "dtype", "device", "compile", "long_prompts",
 )
 
 
@@ -93,6 +95,8 @@ def cell_id(params: dict) -> str:
     ident["top_p"] = float(ident["top_p"])
     if not ident["compile"]:  # added with --compile: eager cells keep the ids they always had
         del ident["compile"]
+    if ident["long_prompts"] in (None, REFUSE):  # likewise for --long-prompts
+        del ident["long_prompts"]
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -124,7 +128,7 @@ def plan(spec: SweepSpec, policy: TreePolicy | None = None) -> list[Cell]:
     shared = dict(
         target=spec.target, dtype=spec.dtype, device=spec.device, max_new_tokens=spec.max_new_tokens,
         prompts=spec.prompts, turns=spec.turns, top_p=spec.top_p, seed=spec.seed,
-        system_prompt=spec.system_prompt, compile=spec.compile,
+        system_prompt=spec.system_prompt, compile=spec.compile, long_prompts=spec.long_prompts,
     )
     cells: dict[str, Cell] = {}
 

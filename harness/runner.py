@@ -60,6 +60,7 @@ from roofline.nvml_sampler import NvmlSampler
 from scylla_impl import devices
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
+from workloads.long_prompts import TRUNCATE, middle_cut, prompt_room
 
 MAX_ERROR_CHARS = 2000
 
@@ -305,9 +306,22 @@ class CellWorker:
         tokenizer = target.tokenizer
         from workloads.chat import prompt_token_ids
 
+        context = target.info.context
+        room = prompt_room(context, cell.max_new_tokens) if cell.long_prompts == TRUNCATE and context else None
+        cut: set[tuple[int, int]] = set()  # (prompt, turn) pairs truncated, counted once
+
         def ids_for(i: int, turn: int, answers: list[list[str]]) -> list[int]:
-            return prompt_token_ids(tokenizer, prompts[i], system_prompt=self.settings.system_prompt,
-                                    turn=turn, previous_answers=tuple(answers[i][:turn]))
+            ids = prompt_token_ids(tokenizer, prompts[i], system_prompt=self.settings.system_prompt,
+                                   turn=turn, previous_answers=tuple(answers[i][:turn]))
+            if room is None:
+                if context and len(ids) + cell.max_new_tokens + (cell.depth or 0) > context:
+                    raise ScyllaError(f"prompt {prompts[i].id} outgrows the context ({len(ids)} tokens + "
+                                      f"{cell.max_new_tokens} new + the tree > {context}): --long-prompts truncate "
+                                      "cuts such prompts in the middle")
+                return ids
+            if len(ids) > room:
+                cut.add((i, turn))
+            return middle_cut(ids, room)
 
         answers: list[list[str]] = [[] for _ in prompts]
         # With --paired-ar, each batch is also decoded without the draft, right before or after
@@ -357,6 +371,7 @@ class CellWorker:
             row["paired_ar_tokens_per_s"] = metrics.summarize(paired_stats, None)["tokens_per_s"]
         row.update(sampler.medians())
         row["n_requests"] = len(got.outputs)
+        row["prompts_truncated"] = len(cut) if room is not None else None
         row.update(_peak_memory(self.device))
         row["status"] = STATUS_OK
         outputs = pa.Table.from_pylist(got.outputs, schema=OUTPUT_SCHEMA)

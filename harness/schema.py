@@ -10,8 +10,8 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 7  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input;
-# 7: paired_ar_tokens_per_s, draft_dtype
+SCHEMA_VERSION = 8  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input;
+# 7: paired_ar_tokens_per_s, draft_dtype; 8: prompts_truncated
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -45,6 +45,7 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("n_prompts", pa.int64()),
     pa.field("turns", pa.string()),
     pa.field("n_requests", pa.int64()),
+    pa.field("prompts_truncated", pa.int64()),  # --long-prompts truncate: (prompt, turn)s cut to fit; null: refuse
     pa.field("chat_template_hash", pa.string()),
     pa.field("system_prompt", pa.string()),
     # decode settings

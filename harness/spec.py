@@ -22,6 +22,7 @@ from harness.executors import EXECUTORS
 from scylla_impl import compiled, devices, dtypes
 from scylla_impl.methods import NAMES, TRAINED, TRAINING_FREE
 from workloads.errors import ScyllaError, os_error
+from workloads.long_prompts import LONG_PROMPTS, REFUSE
 
 AUTO = "auto"
 # total_tokens "tied": each fixed top_k gets the size the roofline policy ties to it (EAGLE-2's
@@ -63,6 +64,7 @@ class SweepSpec:
     warmup: int = 8
     step_table: bool = False
     paired_ar: bool = False
+    long_prompts: str = REFUSE
     executor: str = "local"
     ray_address: str | None = None
     workers: int | None = None
@@ -331,6 +333,10 @@ KEYS: dict[str, Key] = {
             "which goes first, and its speedup divides by that AR's tokens/s (paired_ar_tokens_per_s): the "
             "ratio then holds while the machine's speed drifts between cells; the AR decodes add about as much "
             "time as the speculative ones", flag=True),
+        Key("long_prompts", _choice(LONG_PROMPTS), "a prompt longer than the target's context leaves room for: "
+            "'refuse' fails its cell, saying so; 'truncate' keeps its first and last halves of that room (the "
+            "context less max_new_tokens and 64 positions for a tree), the same cut for every cell "
+            "(workloads/long_prompts.py); each cell counts its cut prompts (prompts_truncated)", "|".join(LONG_PROMPTS)),
         Key("executor", lambda k, v, b: _choice(tuple(EXECUTORS))(k, v, b), "where cells run: local (this process, one after another) or "
             "ray (one worker per GPU, or per --threads CPUs, of a Ray cluster)", "|".join(EXECUTORS)),
         Key("ray_address", _ray_address, "executor ray: the cluster to join (HOST:6379, or "

@@ -163,6 +163,7 @@ def _metadata(res: Results, profs: list[Profile]) -> str:
     out.append("<h3>Datasets</h3>" + render_table(ds, [
         Col("dataset", "dataset", dataset_label), Col("source", "source", wrap=True),
         Col("checksum", "checksum", wrap=True), Col("prompts", "prompts"), Col("cells", "cells", fint, True),
+        Col("truncated", "prompts truncated"),
     ], "datasets"))
     pv = tables.package_versions(res.cells)
     if len(pv):

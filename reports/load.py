@@ -52,6 +52,7 @@ EXPECTED_COLUMNS: dict[str, str] = {
     "temperature": "float64",
     "max_new_tokens": "Int64",
     "n_prompts": "Int64",
+    "prompts_truncated": "Int64",
     "dtype": "string",
     "device": "string",
     "device_name": "string",

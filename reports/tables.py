@@ -492,10 +492,17 @@ def metadata_rows(cells: pd.DataFrame, dirs: list) -> list[tuple[str, str]]:
     ]
 
 
+def _truncated(counts: pd.Series) -> str:
+    """A dataset's prompts cut to fit the context (--long-prompts truncate): the most any cell cut."""
+    known = counts.dropna()
+    return "-" if known.empty else f"{int(known.max())} (cut in the middle)" if known.max() > 0 else "0"
+
+
 def dataset_sources(cells: pd.DataFrame) -> pd.DataFrame:
     g = cells.groupby("dataset", dropna=False).agg(
         source=("dataset_source", _distinct), checksum=("dataset_checksum", _distinct),
         prompts=("n_prompts", _distinct), cells=("cell_id", "size"),
+        truncated=("prompts_truncated", _truncated),
     ).reset_index()
     order = {d: i for i, d in enumerate(ordered(g["dataset"], DATASET_ORDER))}
     return g.sort_values("dataset", key=lambda s: s.map(order)).reset_index(drop=True)

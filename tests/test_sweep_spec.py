@@ -207,6 +207,11 @@ def test_cell_ids_are_stable_and_sensitive():
     params = dict(target="default", method="ar", dataset="gsm8k", batch_size=1, temperature=0, top_p=1)
     assert cell_id(params) == cell_id({**params, "temperature": 0.0})
     assert len(cell_id(params)) == 16
+    # Settings added later keep the ids made before them at their defaults, and change them otherwise.
+    assert cell_id(params) == cell_id({**params, "compile": False, "long_prompts": "refuse"})
+    assert cell_id(params) != cell_id({**params, "long_prompts": "truncate"})
+    assert [x.cell_id for x in a] == [x.cell_id for x in plan(spec_for(long_prompts="refuse"))]
+    assert not {x.cell_id for x in a} & {x.cell_id for x in plan(spec_for(long_prompts="truncate"))}
 
 
 def test_dry_run_lists_cells_and_pruned(tmp_path):
