@@ -167,8 +167,9 @@ def generate_tree(target, draft, name: str, batch_size: int,
     `draft` at `batch_size` on this device, AR's prediction beside it). The best tree is returned
     even where AR is predicted faster: the caller asked for speculative decoding, and is told.
 
-    The acceptance comes from the checkpoint folder `name` (replayed on first use, as a sweep
-    does); the verify curve, draft levels and step overheads are timed now, in seconds."""
+    The acceptance is kept where `calibration_file(name)` says (replayed on first use, as a
+    sweep does, with no system prompt, as the bench's); the verify curve, draft levels and step
+    overheads are timed now, in seconds."""
     from workloads.datasets import DATASET_NAMES
 
     context = target.info.context

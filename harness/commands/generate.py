@@ -64,7 +64,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
     if any(not p.strip() for p in prompts):
         raise ScyllaError("empty prompt: give each --prompt some text")
     auto = top_k == AUTO
-    if auto and (depth is not None or total_tokens is not None):
+    if auto and method == "spec" and (depth is not None or total_tokens is not None):
         raise ScyllaError("--depth and --total-tokens shape a fixed tree: give --top-k as a number too (EAGLE-2's "
                           "default tree is --top-k {} --depth {} --total-tokens {})".format(*EAGLE2_TREE))
     fixed_k, fixed_depth, fixed_tokens = EAGLE2_TREE
