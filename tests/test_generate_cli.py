@@ -32,6 +32,21 @@ def test_generate_json_speculative(default_model_dir):
     assert out["steps"] >= 1 and out["tau"] >= 1.0 and out["tokens_per_s"] > 0
 
 
+def test_vs_ar_measures_the_speedup_and_checks_the_outputs_are_ars(default_model_dir):
+    base = ("generate", "--prompt", "Name three primary colors.", "--draft", "random:eagle2", "--top-k", "4",
+            "--depth", "3", "--total-tokens", "8", "--max-new-tokens", "12", "--vs-ar")
+    greedy = scylla(*base, "--json")
+    assert greedy.returncode == 0, greedy.stderr
+    out = json.loads(greedy.stdout)
+    vs = out["vs_ar"]
+    assert vs["same_as_ar"] is True and vs["ar_tokens_per_s"] > 0
+    assert vs["speedup"] == pytest.approx(out["tokens_per_s"] / vs["ar_tokens_per_s"])
+    sampled = scylla(*base, "--temperature", "0.8")  # its outputs differ from AR's by design: no claim
+    assert sampled.returncode == 0, sampled.stderr
+    last = sampled.stderr.strip().splitlines()[-1]
+    assert "AR tokens/s" in last and "x" in last.split("speedup")[1] and "AR'S" not in last.upper()
+
+
 def test_generate_ar_tau_is_one(default_model_dir):
     done = scylla("generate", "--prompt", "Say hello.", "--method", "ar", "--max-new-tokens", "6", "--json")
     assert done.returncode == 0, done.stderr

@@ -46,9 +46,11 @@ def _top_k(ctx, param, value: str) -> str | int:
 @click.option("--compile", "compile_steps", is_flag=True, help=compiled.HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--system-prompt", default=None, help="system message for the chat template")
+@click.option("--vs-ar", is_flag=True, help="also decode the prompts without the draft, right after: the measured "
+              "speedup, and at temperature 0 whether the outputs are AR's (near-ties aside)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens, temperature, top_p,
-             max_new_tokens, dtype, device, compile_steps, seed, system_prompt, as_json) -> None:
+             max_new_tokens, dtype, device, compile_steps, seed, system_prompt, vs_ar, as_json) -> None:
     """Generate replies to --prompt with the target, speculatively or not."""
     import torch
 
@@ -85,6 +87,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
         if auto:
             config, tree = _auto_tree(tgt, drafter, name, len(prompts), config)
     result = run(tgt, ids, drafter, config)
+    against = _against_ar(tgt, ids, result, config, run) if vs_ar and drafter is not None else None
     if as_json:
         click.echo(json.dumps({
             "outputs": [{"text": t, "token_ids": i} for t, i in zip(result.texts, result.token_ids)],
@@ -92,12 +95,32 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
             "tau": result.stats.tau,
             "tokens_per_s": result.tokens_per_s,
             "tree": tree,
+            "vs_ar": against,
         }))
         return
     for text in result.texts:
         click.echo(text)
         click.echo("-" * 40)
-    click.echo(f"steps {result.stats.steps}  tau {result.stats.tau:.2f}  tokens/s {result.tokens_per_s:.1f}", err=True)
+    line = f"steps {result.stats.steps}  tau {result.stats.tau:.2f}  tokens/s {result.tokens_per_s:.1f}"
+    if against is not None:
+        same = {True: "  outputs = AR's", False: "  OUTPUTS DIFFER FROM AR'S", None: ""}[against["same_as_ar"]]
+        line += f"  AR tokens/s {against['ar_tokens_per_s']:.1f}  speedup {against['speedup']:.2f}x{same}"
+    click.echo(line, err=True)
+
+
+def _against_ar(target, ids, result, config, run) -> dict:
+    """The same prompts decoded without the draft just after: tokens/s, and at T=0 the lossless
+    check the sweep makes (a parting at a near-tie, a rival within rounding, does not count)."""
+    from harness.metrics import compare_outputs
+    from harness.storage import Reference
+
+    ar = run(target, ids, None, config)
+    same = None
+    if config.temperature == 0:
+        check = compare_outputs(dict(enumerate(result.token_ids)),
+                                {i: Reference(t, r) for i, (t, r) in enumerate(zip(ar.token_ids, ar.rivals))})
+        same = check.lossless
+    return {"ar_tokens_per_s": ar.tokens_per_s, "speedup": result.tokens_per_s / ar.tokens_per_s, "same_as_ar": same}
 
 
 def _auto_tree(target, draft, name: str, batch_size: int, config):
