@@ -161,7 +161,7 @@ def _held_out_or_refuse(spec: SweepSpec, tokenizer) -> list[list[int]]:
     return ids
 
 
-def generate_tree(target, draft, name: str, batch_size: int,
+def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int = PREFIX_TOKENS,
                   echo: Callable[[str], None] = print) -> tuple[TreeChoice, TreeChoice]:
     """`scylla generate --top-k auto`: (the speculative tree with the most predicted tokens/s for
     `draft` at `batch_size` on this device, AR's prediction beside it). The best tree is returned
@@ -169,7 +169,8 @@ def generate_tree(target, draft, name: str, batch_size: int,
 
     The acceptance is kept where `calibration_file(name)` says (replayed on first use, as a
     sweep does, with no system prompt, as the bench's); the verify curve, draft levels and step
-    overheads are timed now, in seconds."""
+    overheads are timed now, in seconds, over a cache of `cached_tokens` (the decode's own
+    length: attention over a long article costs more than over a question)."""
     from workloads.datasets import DATASET_NAMES
 
     context = target.info.context
@@ -182,7 +183,7 @@ def generate_tree(target, draft, name: str, batch_size: int,
     dtype = str(target.dtype).removeprefix("torch.")
     table = _acceptance(target, draft, name, dtype, prompts, echo)
     echo("auto tree: timing the target's verify forward, the draft's levels and the step overheads here")
-    prefix = PREFIX_TOKENS if context is None else min(PREFIX_TOKENS, context // 4)
+    prefix = cached_tokens if context is None else max(1, min(cached_tokens, context - calibration.MAX_TREE_TOKENS - 8))
     curve = measured_verify_curve(target, batch_size, prefix, None if context is None else context - prefix - 8)
     costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix, widths=tree_costs.LEVEL_WIDTHS)
     options = _ranked(batch_size, table, curve, costs)

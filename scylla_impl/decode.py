@@ -106,7 +106,7 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     vocab = target.info.vocab_size
     if any(t < 0 or t >= vocab for p in prompts for t in p):
         raise ScyllaError(f"prompt token ids must lie in 0..{vocab - 1} (the target's vocabulary)")
-    _check_context(target, max(len(p) for p in prompts), config, draft is not None)
+    check_context(target, max(len(p) for p in prompts), config, draft is not None)
     device, b = target.device, len(prompts)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     layers = tuple(draft.feature_layers) if draft is not None else ()
@@ -168,7 +168,7 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     return GenerationResult(rows.outputs, texts, stats, config, rows.rivals)
 
 
-def _check_context(target: TargetModel, longest_prompt: int, config: DecodeConfig, speculative: bool) -> None:
+def check_context(target: TargetModel, longest_prompt: int, config: DecodeConfig, speculative: bool) -> None:
     """Refuse a decode that would run past the positions the target is built for: a model with
     learned positions (GPT-2, OPT) has no embedding there and fails mid-run, and a rotary one
     would be measured on text it was never trained to read. The last step scores its tree

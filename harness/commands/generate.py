@@ -85,7 +85,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
         name = draft or _default_draft(tgt)
         drafter = load_draft(name, tgt, layers=layers, seed=seed)
         if auto:
-            config, tree = _auto_tree(tgt, drafter, name, len(prompts), config)
+            config, tree = _auto_tree(tgt, drafter, name, ids, config)
     result = run(tgt, ids, drafter, config)
     against = _against_ar(tgt, ids, result, config, run) if vs_ar and drafter is not None else None
     if as_json:
@@ -123,20 +123,25 @@ def _against_ar(target, ids, result, config, run) -> dict:
     return {"ar_tokens_per_s": ar.tokens_per_s, "speedup": result.tokens_per_s / ar.tokens_per_s, "same_as_ar": same}
 
 
-def _auto_tree(target, draft, name: str, batch_size: int, config):
+def _auto_tree(target, draft, name: str, ids: list[list[int]], config):
     """(config with the tree `top_k auto` picks, the choice as JSON): priced with the draft's
     measured acceptance where it can be kept (a checkpoint folder, prompt lookup), else
     EAGLE-2's default tree, said so."""
     import dataclasses
 
     from harness.auto_trees import calibration_file, generate_tree
+    from scylla_impl.decode import check_context
 
     say = lambda line: click.echo(line, err=True)  # noqa: E731
+    # A prompt the context cannot hold is refused now, not after a minute of pricing trees.
+    check_context(target, max(map(len, ids)), dataclasses.replace(config, depth=1), speculative=True)
     if calibration_file(name) is None:
         say(f"top_k auto prices trees with a draft's measured acceptance, which {name} does not keep: "
             "decoding with EAGLE-2's default tree (k={} d={} n={}); give --top-k to choose another".format(*EAGLE2_TREE))
         return config, None
-    best, ar = generate_tree(target, draft, name, batch_size, echo=say)
+    # Costs timed where this decode runs: its longest prompt, halfway through its new tokens.
+    cached = max(map(len, ids)) + config.max_new_tokens // 2
+    best, ar = generate_tree(target, draft, name, len(ids), cached, echo=say)
     verdict = "" if best.tokens_per_s > ar.tokens_per_s else ", slower than AR: no tree pays here"
     say(f"auto tree: {best.label()}, {best.accepted:.2f} draft tokens accepted a step, predicted "
         f"{best.tokens_per_s:.1f} tokens/s against AR's {ar.tokens_per_s:.1f}{verdict}")
