@@ -6,9 +6,10 @@ import click
 
 from harness.spec import AUTO
 from scylla_impl import compiled, devices, dtypes
-from scylla_impl.methods import TRAINED
+from scylla_impl.methods import TRAINED, TRAINING_FREE
 
-DRAFT_HELP = "checkpoint folder, oracle, or " + "|".join(f"random:{m}" for m in TRAINED)
+DRAFT_HELP = ("checkpoint folder, " + ", ".join(f"{m} (training-free)" for m in TRAINING_FREE)
+              + ", oracle (the target itself, for tests), or " + "|".join(f"random:{m}" for m in TRAINED))
 # EAGLE-2's default tree (top_k, depth, total_tokens), DecodeConfig's: what a number --top-k
 # grows unless --depth and --total-tokens say otherwise. This module stays free of torch, so
 # `scylla generate --help` answers at once.
