@@ -170,3 +170,21 @@ def test_auto_prices_the_tree_once_then_reads_the_checkpoints_acceptance(tmp_pat
     stored = json.loads((tmp_path / "draft" / "calibration.json").read_text())
     (table,) = stored.values()
     assert 0 < table["positions"] <= 6 * 8  # every position of the replayed tokens with a full tree after it
+
+
+def test_auto_refuses_a_prompt_past_the_context_before_pricing(tmp_path, default_model_dir):
+    """The replay that prices trees takes a minute on first use: a prompt the target cannot hold
+    is refused before it, in one line."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from scylla_impl.drafts import new_draft
+    from scylla_impl.target import Target
+
+    tiny = tmp_path / "gpt2-300"
+    GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=300, vocab_size=49152)).save_pretrained(tiny)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tiny)
+    new_draft("eagle2", Target.load(str(tiny), dtype="float32")).save(tmp_path / "draft")
+    done = scylla("generate", "--target", str(tiny), "--dtype", "float32", "--draft", str(tmp_path / "draft"),
+                  "--prompt", " ".join(["word"] * 400), "--max-new-tokens", "4")
+    assert_one_line_error(done, "new tokens needs", "takes 300")
+    assert not (tmp_path / "draft" / "calibration.json").exists()

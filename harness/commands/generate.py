@@ -134,12 +134,13 @@ def _auto_tree(target, draft, name: str, ids: list[list[int]], config):
     from scylla_impl.decode import check_context
 
     say = lambda line: click.echo(line, err=True)  # noqa: E731
-    # A prompt the context cannot hold is refused now, not after a minute of pricing trees.
-    check_context(target, max(map(len, ids)), dataclasses.replace(config, depth=1), speculative=True)
     if calibration_file(name) is None:
         say(f"top_k auto prices trees with a draft's measured acceptance, which {name} does not keep: "
             "decoding with EAGLE-2's default tree (k={} d={} n={}); give --top-k to choose another".format(*EAGLE2_TREE))
         return config, None
+    # A prompt the context cannot hold even without a tree is refused now, not after pricing trees
+    # (a minute on first use); the decode checks the chosen tree's depth too.
+    check_context(target, max(map(len, ids)), config, speculative=False)
     # Costs timed where this decode runs: its longest prompt, halfway through its new tokens.
     cached = max(map(len, ids)) + config.max_new_tokens // 2
     best, ar = generate_tree(target, draft, name, len(ids), cached, echo=say)
