@@ -304,6 +304,7 @@ class CellWorker:
                    chat_template_hash=self.template_hash())
 
         tokenizer = target.tokenizer
+        from scylla_impl.decode import check_context
         from workloads.chat import prompt_token_ids
 
         context = target.info.context
@@ -314,10 +315,11 @@ class CellWorker:
             ids = prompt_token_ids(tokenizer, prompts[i], system_prompt=self.settings.system_prompt,
                                    turn=turn, previous_answers=tuple(answers[i][:turn]))
             if room is None:
-                if context and len(ids) + cell.max_new_tokens + (cell.depth or 0) > context:
-                    raise ScyllaError(f"prompt {prompts[i].id} outgrows the context ({len(ids)} tokens + "
-                                      f"{cell.max_new_tokens} new + the tree > {context}): --long-prompts truncate "
-                                      "cuts such prompts in the middle")
+                try:  # the decoder's own rule, checked here to name the prompt and the option
+                    check_context(target, len(ids), self._config(cell, cell.max_new_tokens, cell.seed), draft is not None)
+                except ScyllaError as err:
+                    raise ScyllaError(f"prompt {prompts[i].id} outgrows the context: {err}; --long-prompts truncate "
+                                      "cuts such prompts in the middle") from None
                 return ids
             if len(ids) > room:
                 cut.add((i, turn))

@@ -112,7 +112,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
 def _against_ar(target, ids, result, config, run) -> dict:
     """The same prompts decoded without the draft just after: tokens/s, and at T=0 the lossless
     check the sweep makes (a parting at a near-tie, a rival within rounding, does not count)."""
-    from harness.metrics import compare_outputs
+    from harness.metrics import compare_outputs, speedup
     from harness.storage import Reference
 
     ar = run(target, ids, None, config)
@@ -121,7 +121,8 @@ def _against_ar(target, ids, result, config, run) -> dict:
         check = compare_outputs(dict(enumerate(result.token_ids)),
                                 {i: Reference(t, r) for i, (t, r) in enumerate(zip(ar.token_ids, ar.rivals))})
         same = check.lossless
-    return {"ar_tokens_per_s": ar.tokens_per_s, "speedup": result.tokens_per_s / ar.tokens_per_s, "same_as_ar": same}
+    return {"ar_tokens_per_s": ar.tokens_per_s, "speedup": speedup(result.tokens_per_s, ar.tokens_per_s),
+            "same_as_ar": same}
 
 
 def _auto_tree(target, draft, name: str, ids: list[list[int]], config):
@@ -140,9 +141,10 @@ def _auto_tree(target, draft, name: str, ids: list[list[int]], config):
         return config, None
     # A prompt the context cannot hold even without a tree is refused now, not after pricing trees
     # (a minute on first use); the decode checks the chosen tree's depth too.
-    check_context(target, max(map(len, ids)), config, speculative=False)
+    longest = max(map(len, ids))
+    check_context(target, longest, config, speculative=False)
     # Costs timed where this decode runs: its longest prompt, halfway through its new tokens.
-    cached = max(map(len, ids)) + config.max_new_tokens // 2
+    cached = longest + config.max_new_tokens // 2
     best, ar = generate_tree(target, draft, name, len(ids), cached, echo=say)
     verdict = "" if best.tokens_per_s > ar.tokens_per_s else ", slower than AR: no tree pays here"
     say(f"auto tree: {best.label()}, {best.accepted:.2f} draft tokens accepted a step, predicted "
