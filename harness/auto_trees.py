@@ -1,23 +1,29 @@
-"""`top_k auto` in a sweep: price every tree for each draft, then plan the best one per batch size.
+"""`top_k auto` in a sweep: price every tree for each draft and dataset, then plan the best one per batch size.
 
 For each draft the sweep runs with top_k auto, once per results folder:
 1. acceptance, replayed (scylla_impl/calibration.py) on held-out prompts: the last prompts
-   of each of the sweep's datasets, never among the first `prompts` the sweep measures.
-   A checkpoint folder keeps the table in its calibration.json, keyed by the draft's
-   weights, the target, dtype and prompts, so the next sweep with the same draft skips it;
-   prompt lookup's tables live under SCYLLA_HOME/calibration (`calibration_file`);
-2. costs: the profile's verify latency curve, and the draft's level cost and the step
-   overheads measured now, on this device (roofline/tree_costs.py);
+   of each of the sweep's datasets, never among the first `prompts` the sweep measures,
+   one table per dataset (a chat question and a code completion reward different trees).
+   A checkpoint folder keeps the tables in its calibration.json, keyed by the draft's
+   weights, the target, dtype and each dataset's prompts, so the next sweep with the same
+   draft skips them; prompt lookup's tables live under SCYLLA_HOME/calibration
+   (`calibration_file`);
+2. costs at each dataset's context (its held-out prompts' mean length and half the new
+   tokens): the profile's verify latency curve where that is near the profile's cached
+   prefix, else the curve timed now at that length (attention over a news article makes
+   every verified token dearer, and the best tree smaller); the draft's level cost and the
+   step overheads measured now, at the same length (roofline/tree_costs.py);
 3. choices: roofline.tree_policy at each of the sweep's batch sizes, AR included.
 Everything lands in OUT/auto_trees.json; a resume plans from it, so it runs the same cells.
 
 `scylla generate --top-k auto` prices the same way with no sweep and no profile
-(`generate_tree`): the held-out prompts of all six datasets (those `nox -s bench` replays,
-so a draft it priced is not replayed again), and the verify curve timed now.
+(`generate_tree`): the held-out prompts of all six datasets pooled (those `nox -s bench`
+replays, so a draft it priced is not replayed again), and the verify curve timed now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -33,33 +39,48 @@ from roofline.policy import load_profile
 from roofline.timing import Timer
 from roofline.tree_policy import StepCosts, TreeChoice, ranked
 from scylla_impl import calibration
-from scylla_impl.calibration import AcceptanceTable, replay
+from scylla_impl.calibration import AcceptanceTable, replay_groups
 from scylla_impl.methods import TRAINING_FREE
 from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
+from workloads.long_prompts import middle_cut
 
 RECORD = "auto_trees.json"
 CALIBRATION = "calibration.json"
 HELD_OUT_PROMPTS = 24  # over all the sweep's datasets
+# Tables replayed before they averaged per decoding step (calibration.py) are not read.
+TABLE_FORMAT = "per-step"
+MIN_REPLAY_PROMPT = 16  # fewer prompt tokens than this is no longer the dataset's request
 REPLAY_NEW_TOKENS = 64
 KEEP_RANKED = 12  # runners-up kept per batch size in the record, for the report
+# A dataset whose context (cached tokens) is more than this many times the profile's prefix
+# gets its verify curve timed at its own length. Measured (Scylla-1, bf16, 2-core Xeon): at
+# 2000 cached tokens the best tree shrank from 11 to 5 tokens and the 200-token choice fell
+# from 1.38x to 0.99x of AR; between 100 and 200 tokens re-timing moved the choice only as
+# much as timing noise does.
+RETIME_PAST = 2.0
 
 
 class AutoTrees:
-    """(batch_size, draft spec) -> the tree `top_k auto` runs, from a record (see the module docstring)."""
+    """(batch_size, draft spec, dataset) -> the tree `top_k auto` runs, from a record (see the module docstring)."""
 
     def __init__(self, record: dict[str, Any]):
         self.record = record
-        self._choices = {(d, int(b)): TreeChoice(**entry["choice"])
-                         for d, per in record["drafts"].items() for b, entry in per["batch_sizes"].items()}
+        self._choices = {}
+        for d, per in record["drafts"].items():
+            # Records written before trees were priced per dataset hold one choice for all of them.
+            by_dataset = per.get("datasets", {None: per})
+            for dataset, priced in by_dataset.items():
+                for b, entry in priced["batch_sizes"].items():
+                    self._choices[(d, int(b), dataset)] = TreeChoice(**entry["choice"])
 
-    def __call__(self, batch_size: int, draft: str) -> TreeChoice:
-        try:
-            return self._choices[(draft, batch_size)]
-        except KeyError:
-            raise ScyllaError(f"top_k auto: no tree was priced for draft {draft!r} at batch size {batch_size}; "
-                              f"{RECORD} in the results folder was made for another sweep") from None
+    def __call__(self, batch_size: int, draft: str, dataset: str) -> TreeChoice:
+        for key in ((draft, batch_size, dataset), (draft, batch_size, None)):
+            if key in self._choices:
+                return self._choices[key]
+        raise ScyllaError(f"top_k auto: no tree was priced for draft {draft!r} on {dataset} at batch size "
+                          f"{batch_size}; {RECORD} in the results folder was made for another sweep")
 
     def write(self, out: Path) -> None:
         atomic_write_bytes(json.dumps(self.record, indent=1).encode(), out / RECORD)
@@ -102,22 +123,51 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
         if knee_dtype and knee_dtype != dtype:
             raise ScyllaError(f"the profile {spec.profile} timed the target in {knee_dtype}, this sweep runs it in "
                               f"{dtype}: profile again with --dtype {dtype}, or sweep with --dtype {knee_dtype}")
-        prompts = _held_out_or_refuse(spec, target.tokenizer)
+        prompts = _held_out_or_refuse(spec, target)
+        profiled = int(profile.doc["knee"].get("prefix_tokens") or PREFIX_TOKENS)
+        contexts = {name: _context(ids, spec.max_new_tokens, target.info.context, profiled)
+                    for name, ids in prompts.items()}
+        curves = {profiled: curve}
+        for cached in sorted(set(contexts.values()) - {profiled}):
+            echo(f"auto trees: {', '.join(n for n, c in contexts.items() if c == cached)} runs over about {cached} "
+                 f"cached tokens, past {RETIME_PAST:g}x the profile's {profiled}: timing the verify curve there")
+            curves[cached] = measured_verify_curve(target, spec.batch_sizes, cached, _most_tokens(target, cached))
         drafts = {}
         for name in _auto_drafts(spec):
             draft = worker.draft(name)
-            table = _acceptance(target, draft, name, dtype, prompts, echo)
+            tables = _acceptance(target, draft, name, dtype, prompts, echo)
             echo(f"auto trees: timing draft {name} levels and step overheads at batch sizes "
                  f"{', '.join(map(str, sorted(spec.batch_sizes)))}")
-            costs = tree_costs.measure(target, draft, spec.batch_sizes, widths=tree_costs.LEVEL_WIDTHS)
-            drafts[name] = _price(spec, table, curve, costs)
-            best = ", ".join(f"b={b}: {TreeChoice(**e['choice']).label()}" for b, e in drafts[name]["batch_sizes"].items())
+            costs = {cached: tree_costs.measure(target, draft, spec.batch_sizes, prefix_tokens=cached,
+                                                widths=tree_costs.LEVEL_WIDTHS) for cached in curves}
+            drafts[name] = {"costs": {str(c): costs[c].to_json() for c in costs},
+                            "datasets": {ds: _price(spec, tables[ds], curves[contexts[ds]], costs[contexts[ds]])
+                                         for ds in prompts}}
+            best = "; ".join(f"{ds} " + ", ".join(f"b={b}: {TreeChoice(**e['choice']).label()}"
+                                                  for b, e in priced["batch_sizes"].items())
+                             for ds, priced in drafts[name]["datasets"].items())
             echo(f"auto trees for {name}: {best}")
     finally:
         worker.close()
     return AutoTrees({"key": _key(spec), "profile_id": profile.profile_id, "verify_curve": curve.to_json(),
+                      "contexts": {"cached_tokens": contexts, "profile_prefix_tokens": profiled,
+                                   "timed_verify_curves": {str(c): v.to_json() for c, v in curves.items()
+                                                           if c != profiled}},
                       "drafts": drafts, "definition": "tokens/s = b(1+a) / (V(b,N) + L(b,1+a) + (D-1) L(b,k) + o_spec(b)); "
-                      "AR: b / (V(b,1) + o_ar(b)); see roofline/tree_policy.py"})
+                      "AR: b / (V(b,1) + o_ar(b)); V, L and o at the dataset's context; see roofline/tree_policy.py"})
+
+
+def _context(prompts: list[list[int]], max_new_tokens: int, context: int | None, profiled: int) -> int:
+    """Cached tokens a dataset's trees are priced at: the profile's prefix where the dataset's
+    (mean prompt, half its new tokens) is within RETIME_PAST of it, else that length."""
+    cached = round(sum(map(len, prompts)) / len(prompts)) + max_new_tokens // 2
+    if context is not None:
+        cached = min(cached, context - calibration.MAX_TREE_TOKENS - 8)
+    return profiled if cached <= RETIME_PAST * profiled else cached
+
+
+def _most_tokens(target, cached: int) -> int | None:
+    return None if target.info.context is None else target.info.context - cached - 8
 
 
 def _price(spec: SweepSpec, table: AcceptanceTable, curve, costs: tree_costs.DraftCosts) -> dict[str, Any]:
@@ -126,7 +176,7 @@ def _price(spec: SweepSpec, table: AcceptanceTable, curve, costs: tree_costs.Dra
         options = _ranked(b, table, curve, costs)
         per_batch[str(b)] = {"choice": options[0].to_json(), "ranked": [o.to_json() for o in options[:KEEP_RANKED]],
                              "ar": next(o for o in options if not o.speculative).to_json()}
-    return {"acceptance": table.to_json(), "costs": costs.to_json(), "batch_sizes": per_batch}
+    return {"acceptance": table.to_json(), "batch_sizes": per_batch}
 
 
 def _ranked(b: int, table: AcceptanceTable, curve: LatencyCurve, costs: tree_costs.DraftCosts) -> list[TreeChoice]:
@@ -139,26 +189,42 @@ def _nearest(values: dict[int, float]) -> Callable[[int], float]:
 
 
 def held_out_prompts(datasets, skip: int, tokenizer, data_dir=None, system_prompt: str | None = None,
-                     longest: int | None = None) -> list[list[int]]:
-    """Token ids of the last prompts of each dataset, none among its first `skip`, and none
-    longer than `longest` tokens (a target's context less what a replay adds to it)."""
+                     room: int | None = None) -> dict[str, list[list[int]]]:
+    """Per dataset, token ids of its last prompts, none among its first `skip`; a prompt longer
+    than `room` tokens (a target's context less what a replay adds) is cut in its middle, as a
+    `--long-prompts truncate` sweep cuts it."""
     from workloads.chat import prompt_token_ids
     from workloads.datasets import load_dataset
 
     per = -(-HELD_OUT_PROMPTS // len(datasets))
-    ids = []
+    held = {}
     for name in datasets:
         spare = load_dataset(name, data_dir=data_dir)[skip:]
-        ids += [prompt_token_ids(tokenizer, p, system_prompt=system_prompt) for p in spare[-per:]]
-    return [p for p in ids if longest is None or len(p) <= longest]
+        ids = [prompt_token_ids(tokenizer, p, system_prompt=system_prompt) for p in spare[-per:]]
+        if ids:
+            held[name] = [p if room is None else middle_cut(p, room) for p in ids]
+    return held
 
 
-def _held_out_or_refuse(spec: SweepSpec, tokenizer) -> list[list[int]]:
-    ids = held_out_prompts(spec.datasets, spec.prompts, tokenizer, spec.data_dir, spec.system_prompt)
-    if not ids:
+def _replay_room(target) -> int | None:
+    """Prompt tokens a replay can take: the context less its new tokens and the deepest tree."""
+    context = target.info.context
+    if context is None:
+        return None
+    room = context - REPLAY_NEW_TOKENS - calibration.MAX_DEPTH - 8
+    if room < MIN_REPLAY_PROMPT:
+        raise ScyllaError(f"top_k auto: {target.info.name}'s context of {context} tokens leaves {max(room, 0)} for a "
+                          f"prompt after the replay's {REPLAY_NEW_TOKENS} new ones; give a number --top-k")
+    return room
+
+
+def _held_out_or_refuse(spec: SweepSpec, target) -> dict[str, list[list[int]]]:
+    held = held_out_prompts(spec.datasets, spec.prompts, target.tokenizer, spec.data_dir, spec.system_prompt,
+                            _replay_room(target))
+    if missing := [d for d in spec.datasets if d not in held]:
         raise ScyllaError(f"top_k auto needs held-out prompts to measure the draft's acceptance, but the sweep "
-                          f"measures every prompt of {', '.join(spec.datasets)}: lower --prompts")
-    return ids
+                          f"measures every prompt of {', '.join(missing)}: lower --prompts")
+    return held
 
 
 def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int = PREFIX_TOKENS,
@@ -174,17 +240,12 @@ def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int 
     from workloads.datasets import DATASET_NAMES
 
     context = target.info.context
-    # Room in the target's context for a replayed prompt: its new tokens and a tree past them.
-    longest = None if context is None else context - REPLAY_NEW_TOKENS - calibration.MAX_DEPTH - 8
-    prompts = held_out_prompts(DATASET_NAMES, 0, target.tokenizer, longest=longest)
-    if not prompts:
-        raise ScyllaError(f"top_k auto: no held-out prompt fits {target.info.name}'s context of {context} tokens "
-                          f"with {REPLAY_NEW_TOKENS} new ones; give --top-k, --depth and --total-tokens")
+    prompts = held_out_prompts(DATASET_NAMES, 0, target.tokenizer, room=_replay_room(target))
     dtype = str(target.dtype).removeprefix("torch.")
-    table = _acceptance(target, draft, name, dtype, prompts, echo)
+    table = AcceptanceTable.pooled(list(_acceptance(target, draft, name, dtype, prompts, echo).values()))
     echo("auto tree: timing the target's verify forward, the draft's levels and the step overheads here")
     prefix = cached_tokens if context is None else max(1, min(cached_tokens, context - calibration.MAX_TREE_TOKENS - 8))
-    curve = measured_verify_curve(target, batch_size, prefix, None if context is None else context - prefix - 8)
+    curve = measured_verify_curve(target, [batch_size], prefix, _most_tokens(target, prefix))
     costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix, widths=tree_costs.LEVEL_WIDTHS)
     options = _ranked(batch_size, table, curve, costs)
     ar = next(o for o in options if not o.speculative)
@@ -195,12 +256,13 @@ VERIFY_TOKENS = (1, 2, 4, 8, 16, 32, 64, calibration.MAX_TREE_TOKENS)
 VERIFY_MAX_IN_FLIGHT = 512  # past this the curve goes on along its last (compute-bound) slope
 
 
-def measured_verify_curve(target, batch_size: int, prefix_tokens: int, most_tokens: int | None) -> LatencyCurve:
-    """V(b, n) at `batch_size`, timed now (the profile's knee, one batch size, three rounds)."""
-    tokens = [n for n in VERIFY_TOKENS if (n == 1 or batch_size * n <= VERIFY_MAX_IN_FLIGHT)
-              and (most_tokens is None or n <= most_tokens)]
-    points, _ = measure_knee(target, [(batch_size, n) for n in tokens], prefix_tokens=prefix_tokens,
-                             timer=Timer(target.device, clock="wall"), warmup=1, reps=3)
+def measured_verify_curve(target, batch_sizes, prefix_tokens: int, most_tokens: int | None) -> LatencyCurve:
+    """V(b, n) at each of `batch_sizes`, timed now over `prefix_tokens` cached ones (the
+    profile's knee measurement, three rounds)."""
+    grid = [(b, n) for b in sorted(set(batch_sizes)) for n in VERIFY_TOKENS
+            if (n == 1 or b * n <= VERIFY_MAX_IN_FLIGHT) and (most_tokens is None or n <= most_tokens)]
+    points, _ = measure_knee(target, grid, prefix_tokens=prefix_tokens, timer=Timer(target.device, clock="wall"),
+                             warmup=1, reps=3)
     return LatencyCurve.from_points((p.batch_size, p.tree_tokens, s) for p in points for s in p.timing.samples_s)
 
 
@@ -216,31 +278,45 @@ def calibration_file(name: str) -> Path | None:
     return None
 
 
-def _acceptance(target, draft, name: str, dtype: str, prompts: list[list[int]], echo) -> AcceptanceTable:
-    """The draft's acceptance table: from its checkpoint folder's calibration.json, or replayed now."""
-    digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
+def _acceptance(target, draft, name: str, dtype: str, prompts: dict[str, list[list[int]]],
+                echo) -> dict[str, AcceptanceTable]:
+    """The draft's acceptance table per group of prompts (a dataset's): from its checkpoint
+    folder's calibration.json where kept, the rest replayed now, together."""
     top_ks, depth = calibration.TOP_KS, calibration.MAX_DEPTH
     # A draft decoding in another precision than the target's (drafts/base.py decode_dtype) says so.
     precision = dtype if draft.info.dtype in (None, dtype) else f"{dtype}-draft-{draft.info.dtype}"
-    key = "/".join(map(str, (draft.info.weights_hash, target.info.fingerprint, precision, digest, REPLAY_NEW_TOKENS,
-                             ",".join(map(str, top_ks)), depth)))
+
+    def key(ids: list[list[int]]) -> str:
+        digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+        return "/".join(map(str, (draft.info.weights_hash, target.info.fingerprint, precision, digest,
+                                  REPLAY_NEW_TOKENS, ",".join(map(str, top_ks)), depth, TABLE_FORMAT)))
+
     cache = calibration_file(name)
     stored = {}
     if cache is not None and cache.is_file():
         try:
             stored = json.loads(cache.read_text())
-            if key in stored:
-                return AcceptanceTable.from_json(stored[key])
-        except (OSError, json.JSONDecodeError, ScyllaError):
+        except (OSError, json.JSONDecodeError):
             stored = {}  # a damaged cache is measured again, and rewritten
-    echo(f"auto trees: replaying draft {name} on {len(prompts)} held-out prompts ({REPLAY_NEW_TOKENS} tokens each)")
-    table = replay(target, draft, prompts, new_tokens=REPLAY_NEW_TOKENS, top_ks=top_ks, max_depth=depth,
-                   on_batch=lambda done, total: echo(f"  replayed {done}/{total} prompts"))
+    if not isinstance(stored, dict):
+        stored = {}
+    tables = {}
+    for group, ids in prompts.items():
+        with contextlib.suppress(KeyError, ScyllaError):  # a table of an older format is replayed again
+            tables[group] = AcceptanceTable.from_json(stored[key(ids)])
+    todo = {group: ids for group, ids in prompts.items() if group not in tables}
+    if not todo:
+        return tables
+    count = sum(map(len, todo.values()))
+    echo(f"auto trees: replaying draft {name} on {count} held-out prompts of {', '.join(todo)} "
+         f"({REPLAY_NEW_TOKENS} tokens each)")
+    tables.update(replay_groups(target, draft, todo, new_tokens=REPLAY_NEW_TOKENS, top_ks=top_ks, max_depth=depth,
+                                on_batch=lambda done, total: echo(f"  replayed {done}/{total} prompts")))
     if cache is not None:
-        stored[key] = table.to_json()
+        stored.update({key(ids): tables[group].to_json() for group, ids in todo.items()})
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(json.dumps(stored).encode(), cache)
         except (OSError, ScyllaError) as err:  # a read-only checkpoint still runs; it just replays next time
-            echo(f"  (could not keep the table in {cache}: {err})")
-    return table
+            echo(f"  (could not keep the tables in {cache}: {err})")
+    return {group: tables[group] for group in prompts}

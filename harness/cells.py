@@ -27,8 +27,8 @@ from workloads.long_prompts import REFUSE
 PLANNED = "planned"
 PRUNED = "pruned"
 
-# (batch_size, draft) -> the tree top_k auto runs (harness/auto_trees.py); total_tokens 1 is no tree.
-TreePolicy = Callable[[int, str], TreeChoice]
+# (batch_size, draft, dataset) -> the tree top_k auto runs (harness/auto_trees.py); total_tokens 1 is no tree.
+TreePolicy = Callable[[int, str, str], TreeChoice]
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,8 @@ def prune_reason(spec: SweepSpec, method: str, batch_size: int, top_k: int | Non
 def plan(spec: SweepSpec, policy: TreePolicy | None = None) -> list[Cell]:
     """All cells of the spec in run order, pruned ones included (status PRUNED, with reason).
 
-    top_k auto takes (top_k, depth, total_tokens) from `policy` (one cell per batch size and
-    draft, whatever the spec's depths); a choice of total_tokens 1 runs the draft's cell as AR."""
+    top_k auto takes (top_k, depth, total_tokens) from `policy` (one cell per batch size, draft
+    and dataset, whatever the spec's depths); a choice of total_tokens 1 runs the draft's cell as AR."""
     if AUTO in spec.top_k and policy is None:
         raise ScyllaError("top_k 'auto' needs the trees priced for this sweep (harness.auto_trees.sweep_policy)")
     shared = dict(
@@ -153,7 +153,7 @@ def plan(spec: SweepSpec, policy: TreePolicy | None = None) -> list[Cell]:
                     for draft in spec.draft[method]:
                         for setting in spec.top_k:
                             if setting == AUTO:
-                                choice = policy(batch, draft)
+                                choice = policy(batch, draft, dataset)
                                 trees = [(choice.top_k, choice.depth, choice.total_tokens)]
                             else:
                                 k = int(setting)

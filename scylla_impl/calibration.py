@@ -16,15 +16,20 @@ that continuation. Replay, per batch of held-out prompts:
    number of path nodes within depth D that rank below N-1.
 
 That count equals what speculative decoding accepts from the same state (the tests check
-it step by step against `decode.generate`). Unlike a sweep, one replay prices every tree
-of every top_k at once, at every position rather than only where decoding happened to
-land. Sampled decoding (T > 0) accepts more than this greedy count from flat targets and
-less from peaked ones; the table is the greedy one.
+it step by step against `decode.generate`). One replay prices every tree of every top_k at
+once. What it averages is what a decode averages: per step, not per position. A step that
+accepts a tokens moves the decode a + 1 positions on, so it lands on few positions of a span
+the draft predicts well (a copied passage) and on every position of a span it misses; the
+mean over all positions overstates tau (prompt lookup's by up to 1 token a step on code).
+So for each tree the replay follows that tree's own decode through the continuation, from
+the first position on, and averages over the positions it lands on: exactly the decode's
+accepted tokens per step. Sampled decoding (T > 0) accepts more than this greedy count from
+flat targets and less from peaked ones; the table is the greedy one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,18 +51,21 @@ def tokens_cap(top_k: int, depth: int) -> int:
 
 @dataclass
 class AcceptanceTable:
-    """E[accepted draft tokens per step | top_k, depth, total_tokens] at temperature 0."""
+    """E[accepted draft tokens per decoding step | top_k, depth, total_tokens] at temperature 0."""
 
     top_ks: tuple[int, ...]
     max_depth: int
     positions: int = 0  # replayed (prompt, position) pairs
-    # (top_k, depth) -> accepted tokens summed over positions, one entry per total_tokens 2..cap
+    # (top_k, depth) -> one entry per total_tokens 2..cap: accepted tokens summed over the steps
+    # that tree's decode takes, and the number of those steps
     sums: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    steps: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for k in self.top_ks:
             for d in range(1, self.max_depth + 1):
                 self.sums.setdefault((k, d), np.zeros(tokens_cap(k, d) - 1))
+                self.steps.setdefault((k, d), np.zeros(tokens_cap(k, d) - 1))
 
     def mean_accepted(self, top_k: int, depth: int, total_tokens: int) -> float:
         if self.positions == 0:
@@ -65,7 +73,7 @@ class AcceptanceTable:
         sums = self.sums.get((top_k, depth))
         if sums is None or not 2 <= total_tokens <= sums.size + 1:
             raise KeyError(f"no replayed acceptance for top_k {top_k}, depth {depth}, total_tokens {total_tokens}")
-        return float(sums[total_tokens - 2] / self.positions)
+        return float(sums[total_tokens - 2] / self.steps[(top_k, depth)][total_tokens - 2])
 
     def trees(self):
         """Every priced (top_k, depth, total_tokens)."""
@@ -73,12 +81,27 @@ class AcceptanceTable:
             for n in range(2, sums.size + 2):
                 yield k, d, n
 
+    @classmethod
+    def pooled(cls, tables: Sequence[AcceptanceTable]) -> AcceptanceTable:
+        """One table over the steps of all of `tables` (replays of the same draft on other prompts)."""
+        first = tables[0]
+        total = cls(first.top_ks, first.max_depth, sum(t.positions for t in tables))
+        for t in tables:
+            if (t.top_ks, t.max_depth) != (first.top_ks, first.max_depth):
+                raise ScyllaError("acceptance tables of different trees cannot be pooled")
+            for key in t.sums:
+                total.sums[key] += t.sums[key]
+                total.steps[key] += t.steps[key]
+        return total
+
     def to_json(self) -> dict:
         return {"top_ks": list(self.top_ks), "max_depth": self.max_depth, "positions": self.positions,
-                "mean_accepted": {f"{k},{d}": (s / max(self.positions, 1)).round(6).tolist()
+                "mean_accepted": {f"{k},{d}": (s / np.maximum(self.steps[(k, d)], 1)).round(6).tolist()
                                   for (k, d), s in self.sums.items()},
-                "definition": "mean accepted draft tokens per verify step at temperature 0 (the bonus token "
-                              "not counted); list index i is total_tokens i + 2 (root included)"}
+                "steps": {f"{k},{d}": s.astype(int).tolist() for (k, d), s in self.steps.items()},
+                "definition": "mean accepted draft tokens per decoding step at temperature 0 (the bonus token "
+                              "not counted), over the steps each tree's own decode takes through the replayed "
+                              "continuations; list index i is total_tokens i + 2 (root included)"}
 
     @classmethod
     def from_json(cls, doc: dict) -> AcceptanceTable:
@@ -86,7 +109,8 @@ class AcceptanceTable:
             table = cls(tuple(int(k) for k in doc["top_ks"]), int(doc["max_depth"]), int(doc["positions"]))
             for key, means in doc["mean_accepted"].items():
                 k, d = (int(x) for x in key.split(","))
-                table.sums[(k, d)] = np.asarray(means, dtype=float) * table.positions
+                table.steps[(k, d)] = np.asarray(doc["steps"][key], dtype=float)
+                table.sums[(k, d)] = np.asarray(means, dtype=float) * table.steps[(k, d)]
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ScyllaError(f"not an acceptance table ({type(err).__name__}: {err})") from None
         return table
@@ -138,24 +162,39 @@ def replay(target, draft, prompts: Sequence[list[int]], *, new_tokens: int = 64,
 
     on_position(prompt index, root index in its continuation, {(k, D): accepted [cap-1]}) sees
     each replayed position (tests compare it with decoding)."""
+    return replay_groups(target, draft, {None: prompts}, new_tokens=new_tokens, batch_size=batch_size,
+                         top_ks=top_ks, max_depth=max_depth, on_batch=on_batch, on_position=on_position)[None]
+
+
+def replay_groups(target, draft, groups: Mapping[Hashable, Sequence[list[int]]], *, new_tokens: int = 64,
+                  batch_size: int = 8, top_ks: Sequence[int] = TOP_KS, max_depth: int = MAX_DEPTH,
+                  on_batch: Callable[[int, int], None] | None = None,
+                  on_position: Callable[[int, int, dict[tuple[int, int], torch.Tensor]], None] | None = None
+                  ) -> dict[Hashable, AcceptanceTable]:
+    """One acceptance table per group of prompts (a dataset's), from one replay batched across
+    groups; `AcceptanceTable.pooled` of them is the table of all the prompts. Prompt indices
+    given to `on_position` run over the groups in order."""
     top_ks = tuple(k for k in top_ks if k <= draft.draft_vocab)
     if not top_ks:
         raise ScyllaError(f"no top_k fits the draft's vocabulary of {draft.draft_vocab} tokens")
     if new_tokens <= max_depth:
         raise ScyllaError(f"replay needs more new tokens ({new_tokens}) than the deepest tree ({max_depth})")
-    table = AcceptanceTable(top_ks, max_depth)
+    tables = {name: AcceptanceTable(top_ks, max_depth) for name in groups}
+    prompts = [list(p) for ps in groups.values() for p in ps]
+    owners = [tables[name] for name, ps in groups.items() for _ in ps]  # each prompt's table
     layers = tuple(draft.feature_layers)
     for start in range(0, len(prompts), batch_size):
-        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        chunk = prompts[start:start + batch_size]
         ref = generate(target, chunk, None, DecodeConfig(max_new_tokens=new_tokens)).token_ids
-        _replay_batch(target, draft, chunk, ref, layers, table, max_depth, start, on_position)
+        _replay_batch(target, draft, chunk, ref, layers, owners[start:start + batch_size], max_depth, start,
+                      on_position)
         if on_batch is not None:
             on_batch(min(start + batch_size, len(prompts)), len(prompts))
-    return table
+    return tables
 
 
 @torch.no_grad()
-def _replay_batch(target, draft, prompts, continuations, layers, table, max_depth, first, on_position) -> None:
+def _replay_batch(target, draft, prompts, continuations, layers, tables, max_depth, first, on_position) -> None:
     device, b = target.device, len(prompts)
     seqs = [p + c for p, c in zip(prompts, continuations)]
     cache = target.new_cache(b, max(map(len, seqs)) + 8)
@@ -178,19 +217,29 @@ def _replay_batch(target, draft, prompts, continuations, layers, table, max_dept
     width = longest + max(len(c) for c in continuations) + max_depth
     padded = torch.tensor([s + [-1] * (width - len(s)) for s in seqs], device=device)  # -1 never matches a token
     rows = torch.arange(b, device=device)
+    # Per tree, the continuation index its decode steps from next: every decode starts at c_0.
+    landing = {(k, d): torch.zeros((b, tokens_cap(k, d) - 1), dtype=torch.long, device=device)
+               for k in tables[0].top_ks for d in range(1, max_depth + 1)}
     for i in range(steps):
         valid = torch.tensor([i + max_depth < len(c) for c in continuations], device=device)
         root_at = torch.tensor(lengths, device=device) + i  # sequence index of root c_i
         reference = padded[rows[:, None], root_at[:, None] + 1 + torch.arange(max_depth, device=device)]
         found = {}
-        for k in table.top_ks:
+        for k in tables[0].top_ks:
             pool = grow_pool(draft, root_logprobs, root_out, k, max_depth)
             path = path_in_pool(pool, reference)
             for d in range(1, max_depth + 1):
                 accepted = accepted_by_tree(pool, path, d)  # [b, cap-1]
-                table.sums[(k, d)] += accepted[valid].sum(0).cpu().numpy()
+                landed = (landing[(k, d)] == i) & valid[:, None]  # [b, cap-1]: that tree's decode steps from c_i
+                landing[(k, d)] = torch.where(landed, i + accepted + 1, landing[(k, d)])
+                summed = (accepted * landed).cpu().numpy()
+                stepped = landed.cpu().numpy()
+                for r in range(b):
+                    tables[r].sums[(k, d)] += summed[r]
+                    tables[r].steps[(k, d)] += stepped[r]
                 found[(k, d)] = accepted
-        table.positions += int(valid.sum())
+        for r in valid.nonzero().flatten().tolist():
+            tables[r].positions += 1
         if on_position is not None:
             for r in range(b):
                 if valid[r]:

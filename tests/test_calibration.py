@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scylla_impl.calibration import AcceptanceTable, replay, tokens_cap
+from scylla_impl.calibration import AcceptanceTable, replay, replay_groups, tokens_cap
 from scylla_impl.decode import DecodeConfig, generate
 from scylla_impl.drafts import load_draft
 from workloads.errors import ScyllaError
@@ -28,7 +28,7 @@ def test_replay_accepts_what_decoding_accepts(target_fp32, prompts, spec, tree):
     table = replay(target_fp32, draft, prompts, new_tokens=NEW_TOKENS, batch_size=2, top_ks=(k,), max_depth=d + 1,
                    on_position=lambda p, i, got: seen.__setitem__((p, i), int(got[(k, d)][n - 2])))
     assert table.positions == len(seen) > 0
-    compared = 0
+    decoded = []  # accepted per decoding step, at the roots the replay priced
     for p, prompt in enumerate(prompts):
         stats = generate(target_fp32, [prompt], draft, DecodeConfig(top_k=k, depth=d, total_tokens=n,
                                                                     max_new_tokens=NEW_TOKENS)).stats
@@ -36,11 +36,11 @@ def test_replay_accepts_what_decoding_accepts(target_fp32, prompts, spec, tree):
         for accepted in stats.accepted[:, 0].tolist():
             if (p, root) in seen:
                 assert seen[(p, root)] == accepted, (spec, p, root)
-                compared += 1
+                decoded.append(accepted)
             root += accepted + 1
-    assert compared >= 8
-    mean = sum(seen.values()) / len(seen)
-    assert table.mean_accepted(k, d, n) == pytest.approx(mean)
+    assert len(decoded) >= 8
+    # The table's mean is the decode's, per step: not the mean over every replayed position.
+    assert table.mean_accepted(k, d, n) == pytest.approx(sum(decoded) / len(decoded))
 
 
 class Spy:
@@ -77,11 +77,16 @@ def test_replay_feeds_the_pairs_decoding_feeds(target_fp32, prompts):
         torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-4)
 
 
-def test_acceptance_table_round_trips_and_refuses_what_it_never_priced():
-    table = AcceptanceTable((1, 4), 3, positions=2)
+def test_acceptance_table_round_trips_pools_and_refuses_what_it_never_priced():
+    table = AcceptanceTable((1, 4), 3, positions=3)
     table.sums[(4, 3)][:] = 1.0
+    table.steps[(4, 3)][:] = 2.0
     back = AcceptanceTable.from_json(table.to_json())
-    assert back.mean_accepted(4, 3, 10) == 0.5 and back.positions == 2
+    assert back.mean_accepted(4, 3, 10) == 0.5 and back.positions == 3
+    other = AcceptanceTable((1, 4), 3, positions=5)
+    other.sums[(4, 3)][:], other.steps[(4, 3)][:] = 5.0, 3.0
+    pooled = AcceptanceTable.pooled([back, other])  # per step over both: (1 + 5) / (2 + 3)
+    assert pooled.mean_accepted(4, 3, 10) == pytest.approx(1.2) and pooled.positions == 8
     assert sorted(set((k, d) for k, d, _ in back.trees())) == [(k, d) for k in (1, 4) for d in (1, 2, 3)]
     assert tokens_cap(1, 3) == 4 and tokens_cap(10, 8) == 128
     with pytest.raises(KeyError):
@@ -100,14 +105,28 @@ def test_a_long_prompt_with_a_short_continuation_replays_as_it_would_alone(targe
     continuations = [long_prompt[-9:], short_prompt[-6:] + long_prompt[-30:]]  # lookup finds these
     draft, depth = load_draft("lookup", target_fp32), 3
 
-    def table_of(rows):
-        table = AcceptanceTable((2,), depth)
+    def tables_of(rows):
+        tables = [AcceptanceTable((2,), depth) for _ in rows]
         _replay_batch(target_fp32, draft, [[long_prompt, short_prompt][r] for r in rows],
-                      [continuations[r] for r in rows], (), table, depth, 0, None)
-        return table
+                      [continuations[r] for r in rows], (), tables, depth, 0, None)
+        return tables
 
-    together, alone = table_of([0, 1]), [table_of([0]), table_of([1])]
-    assert together.positions == sum(len(c) - depth for c in continuations) == sum(t.positions for t in alone)
-    for key, sums in together.sums.items():
-        np.testing.assert_allclose(sums, alone[0].sums[key] + alone[1].sums[key])
-    assert together.sums[(2, depth)].max() > 0  # the copied spans were found
+    together, alone = tables_of([0, 1]), [tables_of([0])[0], tables_of([1])[0]]
+    assert [t.positions for t in together] == [len(c) - depth for c in continuations] == [t.positions for t in alone]
+    for row in (0, 1):
+        for key, sums in together[row].sums.items():
+            np.testing.assert_allclose(sums, alone[row].sums[key])
+            np.testing.assert_allclose(together[row].steps[key], alone[row].steps[key])
+    assert together[1].sums[(2, depth)].max() > 0  # the copied spans were found
+
+
+def test_a_replay_by_groups_pools_to_the_replay_of_all_its_prompts(target_fp32, mt_bench_prompts):
+    draft, prompts = load_draft("lookup", target_fp32), mt_bench_prompts[:3]
+    settings = dict(new_tokens=16, batch_size=2, top_ks=(1, 3), max_depth=4)
+    whole = replay(target_fp32, draft, prompts, **settings)
+    groups = replay_groups(target_fp32, draft, {"a": prompts[:1], "b": prompts[1:]}, **settings)
+    assert [groups[g].positions for g in "ab"] == [whole.positions - groups["b"].positions, groups["b"].positions]
+    pooled = AcceptanceTable.pooled(list(groups.values()))
+    for key in whole.sums:
+        np.testing.assert_allclose(pooled.sums[key], whole.sums[key])
+        np.testing.assert_allclose(pooled.steps[key], whole.steps[key])

@@ -19,18 +19,20 @@ from workloads.errors import ScyllaError
 def small_replay(monkeypatch):
     monkeypatch.setattr(auto_trees, "HELD_OUT_PROMPTS", 2)
     monkeypatch.setattr(auto_trees, "REPLAY_NEW_TOKENS", 12)
+    monkeypatch.setattr(auto_trees, "VERIFY_TOKENS", (1, 2, 4, 8))
     monkeypatch.setattr(calibration, "TOP_KS", (1, 3))
     monkeypatch.setattr(calibration, "MAX_DEPTH", 3)
     monkeypatch.setattr(tree_costs, "LEVEL_WIDTHS", (1, 3))
 
 
-def profile(folder, seconds, dtype="float32"):
-    """A profile folder whose verify curve is `seconds(b, n)` on a grid up to 16 tokens per row."""
+def profile(folder, seconds, dtype="float32", prefix_tokens=200):
+    """A profile folder whose verify curve is `seconds(b, n)` on a grid up to 16 tokens per row,
+    timed over `prefix_tokens` cached ones."""
     points = [{"batch_size": b, "tokens": n, "seconds": seconds(b, n)} for b in (1, 2) for n in (1, 2, 4, 8, 16)]
     folder.mkdir()
     (folder / "profile.json").write_text(json.dumps({
         "profile_id": f"test-{folder.name}", "device": {"name": "cpu"}, "knee_tokens": 4,
-        "knee": {"target": {"dtype": dtype}, "points": points}}))
+        "knee": {"target": {"dtype": dtype}, "prefix_tokens": prefix_tokens, "points": points}}))
     return folder
 
 
@@ -50,25 +52,45 @@ def spec_for(prof, **over):
 
 
 def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default_model_dir):
-    spec = spec_for(profile(tmp_path / "flat", lambda b, n: 5.0))  # a huge target: drafting is cheap beside it
+    # A huge target (5 s a verify): drafting is cheap beside it. The profile timed it over 40
+    # cached tokens: a short Natural Questions prompt is priced there, a GSM8K problem
+    # (about 110 tokens, past 2x) over its own length, with the verify curve timed now.
+    spec = spec_for(profile(tmp_path / "flat", lambda b, n: 5.0, prefix_tokens=40),
+                    datasets="natural_questions,gsm8k")
     notes = Notes()
     run_sweep(spec, tmp_path / "out", progress=notes)
     record = json.loads((tmp_path / "out" / "auto_trees.json").read_text())
-    choice = record["drafts"]["oracle"]["batch_sizes"]["1"]["choice"]
+    priced = record["drafts"]["oracle"]["datasets"]
+    choice = priced["natural_questions"]["batch_sizes"]["1"]["choice"]
     assert choice["total_tokens"] > 1 and choice["accepted"] > 0
-    assert record["drafts"]["oracle"]["acceptance"]["positions"] > 0
+    assert all(priced[d]["acceptance"]["positions"] > 0 for d in ("natural_questions", "gsm8k"))
     assert any("replaying draft oracle" in line for line in notes.lines)
+    cached = record["contexts"]["cached_tokens"]
+    assert cached["natural_questions"] == 40 and cached["gsm8k"] > 80
+    assert any(f"gsm8k runs over about {cached['gsm8k']} cached tokens" in line for line in notes.lines)
+    timed = record["contexts"]["timed_verify_curves"][str(cached["gsm8k"])]
+    assert 0 < max(p["seconds"] for p in timed) < 5.0  # this machine's milliseconds, not the profile's 5 s
+    assert priced["gsm8k"]["batch_sizes"]["1"]["ar"]["tokens_per_s"] > 10 * choice["tokens_per_s"]
     rows = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
-    auto = [r for r in rows if r["top_k_setting"] == "auto"]
-    assert len(auto) == 1 and auto[0]["status"] == "ok"
-    assert (auto[0]["top_k"], auto[0]["depth"], auto[0]["total_tokens"]) == (
-        choice["top_k"], choice["depth"], choice["total_tokens"])
-    assert auto[0]["lossless"] is True
+    auto = {r["dataset"]: r for r in rows if r["top_k_setting"] == "auto"}
+    assert sorted(auto) == ["gsm8k", "natural_questions"] and all(r["status"] == "ok" for r in auto.values())
+    for dataset, row in auto.items():
+        chosen = priced[dataset]["batch_sizes"]["1"]["choice"]
+        assert (row["top_k"], row["depth"], row["total_tokens"]) == (
+            chosen["top_k"], chosen["depth"], chosen["total_tokens"])
+        assert row["lossless"] is True
 
     again = Notes()
     report = run_sweep(spec, tmp_path / "out", resume=True, progress=again)
-    assert report.ran == 0 and report.skipped == 2 and not again.lines  # planned from the record, nothing re-measured
-    other = spec_for(tmp_path / "flat", batch_sizes="1,2", prompts="4")
+    assert report.ran == 0 and report.skipped == 4 and not again.lines  # planned from the record, nothing re-measured
+
+    # A record written before trees were priced per dataset still plans its sweep's cells.
+    for per in record["drafts"].values():
+        per.update(per.pop("datasets")["natural_questions"])
+    tree = auto_trees.AutoTrees(record)(1, "oracle", "gsm8k")
+    assert (tree.top_k, tree.depth, tree.total_tokens) == (choice["top_k"], choice["depth"], choice["total_tokens"])
+    other = spec_for(tmp_path / "flat", batch_sizes="1,2", prompts="4",
+                     datasets="natural_questions,gsm8k")
     with pytest.raises(ScyllaError, match="made for another sweep"):
         run_sweep(other, tmp_path / "out", resume=True)
 

@@ -179,18 +179,19 @@ def test_auto_top_k_resolved_by_policy():
 
     calls = []
 
-    def policy(batch, draft):
-        calls.append((batch, draft))
-        if batch == 1:
-            return TreeChoice(batch, 8, 3, 48, 1.5, 0.1, 25.0)
-        return TreeChoice(batch, 0, 0, 1, 0.0, 0.1, 40.0)  # no tree pays: the cell runs as AR
+    def policy(batch, draft, dataset):
+        calls.append((batch, draft, dataset))
+        if batch == 4:
+            return TreeChoice(batch, 0, 0, 1, 0.0, 0.1, 40.0)  # no tree pays: the cell runs as AR
+        return TreeChoice(batch, 8, 3, 48, 1.5, 0.1, 25.0) if dataset == "gsm8k" else TreeChoice(batch, 2, 1, 3, 0.5, 0.1, 25.0)
 
-    cells = plan(spec_for(top_k=(4, "auto"), depths=(3, 5), profile="/p"), policy=policy)
+    cells = plan(spec_for(top_k=(4, "auto"), depths=(3, 5), datasets=("gsm8k", "cnn_dm"), profile="/p"), policy=policy)
     auto = [c for c in cells if c.top_k_setting == "auto"]
-    # one auto cell per batch size, whatever the spec's depths: the policy chooses the depth
-    assert [(c.batch_size, c.top_k, c.depth, c.total_tokens) for c in auto] == [(1, 8, 3, 48), (4, 0, 0, 1)]
+    # one auto cell per batch size and dataset, whatever the spec's depths: the policy chooses the tree
+    assert [(c.dataset, c.batch_size, c.top_k, c.depth, c.total_tokens) for c in auto] == [
+        ("gsm8k", 1, 8, 3, 48), ("gsm8k", 4, 0, 0, 1), ("cnn_dm", 1, 2, 1, 3), ("cnn_dm", 4, 0, 0, 1)]
     assert all(c.status == PLANNED for c in auto) and "AR (no tree pays)" in auto[1].label()
-    assert sorted(set(calls)) == [(1, "random:scylla"), (4, "random:scylla")]
+    assert sorted(set(calls)) == [(b, "random:scylla", d) for b in (1, 4) for d in ("cnn_dm", "gsm8k")]
     fixed = [c for c in cells if c.top_k_setting == "4"]
     assert len({c.cell_id for c in fixed + auto}) == len(fixed) + len(auto)
     with pytest.raises(ScyllaError, match="needs the trees priced"):
