@@ -162,7 +162,7 @@ def _context(prompts: list[list[int]], max_new_tokens: int, context: int | None,
     (mean prompt, half its new tokens) is within RETIME_PAST of it, else that length."""
     cached = round(sum(map(len, prompts)) / len(prompts)) + max_new_tokens // 2
     if context is not None:
-        cached = min(cached, context - calibration.MAX_TREE_TOKENS - 8)
+        cached = max(1, min(cached, context - calibration.MAX_TREE_TOKENS - 8))
     return profiled if cached <= RETIME_PAST * profiled else cached
 
 

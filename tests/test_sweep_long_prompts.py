@@ -56,3 +56,34 @@ def test_truncate_cuts_the_same_prompts_for_ar_and_the_tree(short_context, tmp_p
     assert rows["ar", "cnn_dm"]["prompts_truncated"] == rows["lookup", "cnn_dm"]["prompts_truncated"] == 2
     assert rows["ar", "gsm8k"]["prompts_truncated"] == 0
     assert rows["lookup", "cnn_dm"]["lossless"] is True  # the same cut prompts as its AR partner
+
+
+def test_auto_trees_replay_held_out_articles_cut_to_the_context(short_context, tmp_path, monkeypatch):
+    """top_k auto replays the last CNN/DM prompts, which do not fit 300 positions either: they are
+    cut as the measured ones are, and the sweep runs."""
+    import json
+
+    from harness import auto_trees
+    from harness.runner import run_sweep
+    from harness.spec import build_spec
+    from scylla_impl import calibration
+
+    monkeypatch.setattr(auto_trees, "HELD_OUT_PROMPTS", 4)
+    monkeypatch.setattr(auto_trees, "REPLAY_NEW_TOKENS", 12)
+    monkeypatch.setattr(calibration, "TOP_KS", (1, 3))
+    monkeypatch.setattr(calibration, "MAX_DEPTH", 3)
+    monkeypatch.setattr(auto_trees, "calibration_file", lambda name: tmp_path / "lookup.json")
+    (tmp_path / "prof").mkdir()
+    (tmp_path / "prof" / "profile.json").write_text(json.dumps({
+        "profile_id": "test", "device": {"name": "cpu"}, "knee_tokens": 4, "knee": {
+            "target": {"dtype": "float32"}, "prefix_tokens": 200,
+            "points": [{"batch_size": 1, "tokens": n, "seconds": 0.01 * (1 + n / 64)} for n in (1, 4, 16)]}}))
+    spec = build_spec(None, {"target": str(short_context), "methods": "ar,lookup", "datasets": "cnn_dm,gsm8k",
+                             "prompts": "2", "max_new_tokens": "8", "top_k": "auto", "warmup": "0",
+                             "dtype": "float32", "threads": "1", "long_prompts": "truncate",
+                             "profile": str(tmp_path / "prof")})
+    run_sweep(spec, tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "auto_trees.json").read_text())
+    assert record["drafts"]["lookup"]["datasets"]["cnn_dm"]["acceptance"]["positions"] > 0
+    rows = [r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist() if r["method"] == "lookup"]
+    assert {r["dataset"]: r["status"] for r in rows} == {"cnn_dm": "ok", "gsm8k": "ok"}
