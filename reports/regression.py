@@ -69,17 +69,19 @@ def _keys(cells: pd.DataFrame, per_dataset: bool) -> pd.Series:
 
     The tree's depth and size are left out on purpose: the regression being caught may be
     exactly a commit that changes the tree. Only a sweep that ran one method at several
-    drafts or tree shapes gets them in its keys, to keep those figures apart.
+    drafts or tree shapes gets them in its keys, to keep those figures apart. The tree
+    `top_k auto` chose is an outcome, not a shape the sweep asked for (it differs by dataset),
+    so it never splits a figure.
     """
     base = cells["method"].astype(str)
     if per_dataset:
         base = base + "|" + cells["dataset"].astype(str)
     base = base + "|b" + cells["batch_size"].map(lambda b: str(int(b)) if b == b else "?") + "|k" + cells["top_k_setting"]
-    shape = (
+    tree = (
         "|d" + cells["depth"].map(lambda d: str(int(d)) if d == d else "-")
         + "|n" + cells["total_tokens"].map(lambda n: str(int(n)) if n == n else "-")
-        + "|" + cells["draft"].fillna("-").map(lambda d: Path(str(d)).name)
-    )
+    ).where(cells["top_k_setting"] != "auto", "")
+    shape = tree + "|" + cells["draft"].fillna("-").map(lambda d: Path(str(d)).name)
     ambiguous = shape.groupby(base).transform("nunique") > 1
     return base.where(~ambiguous, base + shape)
 

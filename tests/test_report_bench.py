@@ -255,6 +255,14 @@ def test_auto_tree_change_is_noted_not_failed(cells, baseline):
         v = regression.compare(regression.figures(moved), baseline, CONFIG)
         assert v.ok, v.failures
         assert any("auto chose another tree" in n for n in v.notes)
+    # Priced per dataset, auto runs another tree on each: still one spec/AR figure per method and batch.
+    per_dataset = cells.copy()
+    rows = per_dataset["top_k_setting"] == "auto"
+    per_dataset.loc[rows, "depth"] = per_dataset.loc[rows, "dataset"].map(
+        {d: 1 + i for i, d in enumerate(sorted(per_dataset["dataset"].unique()))})
+    figs = regression.figures(per_dataset)
+    assert set(figs["ratio"]) == set(baseline["ratio"])
+    assert regression.compare(figs, baseline, CONFIG).ok
 
 
 def test_presets_fill_what_is_not_given():
