@@ -3,6 +3,7 @@ replayed acceptance and the profile's latency curve, the sweep runs the choice, 
 runs as AR, and a resume plans the same cells from the record."""
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -107,7 +108,10 @@ def test_auto_runs_ar_when_no_tree_pays(tmp_path, default_model_dir):
     assert auto["emitted_tokens"] == ar["emitted_tokens"]
     assert auto["paired_ar_tokens_per_s"] is None and auto["ar_tokens_per_s"] == ar["tokens_per_s"]
 
-    # Paired, the AR it runs is also decoded alongside, and its ratio divides by that.
+    # Paired, the AR it runs is also decoded alongside, and its ratio divides by that. The trees
+    # priced for the same sweep are planned from its record, not priced again.
+    (tmp_path / "paired").mkdir()
+    shutil.copy(tmp_path / "out" / "auto_trees.json", tmp_path / "paired")
     run_sweep(spec_for(tmp_path / "steep", paired_ar="true"), tmp_path / "paired")
     auto = next(r for r in pq.read_table(tmp_path / "paired" / "results.parquet").to_pylist()
                 if r["top_k_setting"] == "auto")
