@@ -125,9 +125,9 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                               f"{dtype}: profile again with --dtype {dtype}, or sweep with --dtype {knee_dtype}")
         prompts = _held_out_or_refuse(spec, target)
         profiled = int(profile.doc["knee"].get("prefix_tokens") or PREFIX_TOKENS)
-        contexts = {name: _context(ids, spec.max_new_tokens, target.info.context, profiled)
-                    for name, ids in prompts.items()}
-        curves = {profiled: curve}
+        contexts = {name: _context(target, ids, spec.max_new_tokens, profiled) for name, ids in prompts.items()}
+        # Only the lengths some dataset is priced at: a sweep of CNN/DM alone never reads the profile's.
+        curves = {profiled: curve} if profiled in contexts.values() else {}
         for cached in sorted(set(contexts.values()) - {profiled}):
             echo(f"auto trees: {', '.join(n for n, c in contexts.items() if c == cached)} runs over about {cached} "
                  f"cached tokens, past {RETIME_PAST:g}x the profile's {profiled}: timing the verify curve there")
@@ -157,13 +157,17 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                       "AR: b / (V(b,1) + o_ar(b)); V, L and o at the dataset's context; see roofline/tree_policy.py"})
 
 
-def _context(prompts: list[list[int]], max_new_tokens: int, context: int | None, profiled: int) -> int:
+def _context(target, prompts: list[list[int]], max_new_tokens: int, profiled: int) -> int:
     """Cached tokens a dataset's trees are priced at: the profile's prefix where the dataset's
     (mean prompt, half its new tokens) is within RETIME_PAST of it, else that length."""
-    cached = round(sum(map(len, prompts)) / len(prompts)) + max_new_tokens // 2
-    if context is not None:
-        cached = max(1, min(cached, context - calibration.MAX_TREE_TOKENS - 8))
+    cached = _fit_prefix(target, round(sum(map(len, prompts)) / len(prompts)) + max_new_tokens // 2)
     return profiled if cached <= RETIME_PAST * profiled else cached
+
+
+def _fit_prefix(target, cached: int) -> int:
+    """`cached` tokens, or fewer where the target's context must also hold the largest priced tree."""
+    context = target.info.context
+    return cached if context is None else max(1, min(cached, context - calibration.MAX_TREE_TOKENS - 8))
 
 
 def _most_tokens(target, cached: int) -> int | None:
@@ -239,12 +243,11 @@ def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int 
     length: attention over a long article costs more than over a question)."""
     from workloads.datasets import DATASET_NAMES
 
-    context = target.info.context
     prompts = held_out_prompts(DATASET_NAMES, 0, target.tokenizer, room=_replay_room(target))
     dtype = str(target.dtype).removeprefix("torch.")
     table = AcceptanceTable.pooled(list(_acceptance(target, draft, name, dtype, prompts, echo).values()))
     echo("auto tree: timing the target's verify forward, the draft's levels and the step overheads here")
-    prefix = cached_tokens if context is None else max(1, min(cached_tokens, context - calibration.MAX_TREE_TOKENS - 8))
+    prefix = _fit_prefix(target, cached_tokens)
     curve = measured_verify_curve(target, [batch_size], prefix, _most_tokens(target, prefix))
     costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix, widths=tree_costs.LEVEL_WIDTHS)
     options = _ranked(batch_size, table, curve, costs)
@@ -302,7 +305,7 @@ def _acceptance(target, draft, name: str, dtype: str, prompts: dict[str, list[li
         stored = {}
     tables = {}
     for group, ids in prompts.items():
-        with contextlib.suppress(KeyError, ScyllaError):  # a table of an older format is replayed again
+        with contextlib.suppress(KeyError, ScyllaError):  # not kept yet, or damaged: replayed again
             tables[group] = AcceptanceTable.from_json(stored[key(ids)])
     todo = {group: ids for group, ids in prompts.items() if group not in tables}
     if not todo:
