@@ -87,9 +87,19 @@ class AutoTrees:
 
 
 def _key(spec: SweepSpec) -> dict[str, Any]:
+    # max_new_tokens sets each dataset's context (_context), so the costs trees were priced at.
     return {"profile": str(spec.profile), "batch_sizes": sorted(spec.batch_sizes), "drafts": _auto_drafts(spec),
             "target": spec.target, "dtype": spec.dtype, "device": spec.device, "datasets": list(spec.datasets),
-            "prompts": spec.prompts}
+            "prompts": spec.prompts, "max_new_tokens": spec.max_new_tokens}
+
+
+def _made_for(recorded: dict[str, Any], spec: SweepSpec) -> bool:
+    """Whether a record's key is this sweep's. Records from before max_new_tokens was part of it
+    match on the rest, so sweeps started then still resume."""
+    key = _key(spec)
+    if "max_new_tokens" not in recorded:
+        key.pop("max_new_tokens")
+    return recorded == key
 
 
 def _auto_drafts(spec: SweepSpec) -> list[str]:
@@ -111,10 +121,10 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
             record = json.loads((Path(out) / RECORD).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ScyllaError(f"{Path(out) / RECORD}: unreadable ({err}); delete it to price the trees again") from None
-        if record.get("key") == _key(spec):
+        if _made_for(record.get("key") or {}, spec):
             return AutoTrees(record)
-        raise ScyllaError(f"{Path(out) / RECORD} was made for another sweep (profile, batch sizes, drafts or "
-                          "datasets differ); write to another --out")
+        raise ScyllaError(f"{Path(out) / RECORD} was made for another sweep (profile, batch sizes, drafts, datasets, "
+                          "prompts or max new tokens differ); write to another --out")
     worker = CellWorker(WorkerSettings.from_spec(spec))
     try:
         target = worker.target()

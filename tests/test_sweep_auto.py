@@ -94,6 +94,15 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
                      datasets="natural_questions,gsm8k")
     with pytest.raises(ScyllaError, match="made for another sweep"):
         run_sweep(other, tmp_path / "out", resume=True)
+    # More new tokens lengthen every context the trees were priced at.
+    longer = spec_for(tmp_path / "flat", max_new_tokens="64", datasets="natural_questions,gsm8k")
+    with pytest.raises(ScyllaError, match="max new tokens differ"):
+        run_sweep(longer, tmp_path / "out", resume=True)
+    # A record keyed before max_new_tokens was part of the key still plans its sweep.
+    old = json.loads((tmp_path / "out" / "auto_trees.json").read_text())
+    del old["key"]["max_new_tokens"]
+    (tmp_path / "out" / "auto_trees.json").write_text(json.dumps(old))
+    assert run_sweep(spec, tmp_path / "out", resume=True, progress=Notes()).ran == 0
 
 
 def test_auto_runs_ar_when_no_tree_pays(tmp_path, default_model_dir):
