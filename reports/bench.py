@@ -233,7 +233,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="nox -s bench --", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench-results")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="regression",
-                    help="regression (default, minutes) or full (the 60-token tree, about half an hour on 2 CPU cores)")
+                    help="regression (default, minutes) or full (the 60-token tree, about 11 minutes on 2 CPU cores once the drafts exist)")
     ap.add_argument("--full", dest="preset", action="store_const", const="full", help="same as --preset full")
     ap.add_argument("--update-baseline", action="store_true", help="rewrite the committed baselines from this run")
     ap.add_argument("--baseline", type=Path, default=None, help="default: the preset's reports/bench_baseline*.json")
