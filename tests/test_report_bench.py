@@ -207,10 +207,17 @@ def test_missing_baseline_says_how_to_make_one(tmp_path):
         regression.read_baseline(tmp_path / "none.json")
 
 
-def test_committed_baseline_is_readable():
-    base = regression.read_baseline(Path(regression.__file__).parent / "bench_baseline.json")
+@pytest.mark.parametrize("preset", ["regression", "full"])
+def test_committed_baseline_is_the_presets_sweep(preset):
+    """Each preset's committed baseline reads, and records the sweep the preset runs (a stale one
+    would make every `nox -s bench` refuse before its sweep)."""
+    from reports.bench import parse_args, sweep_config
+
+    args = parse_args(["--preset", preset])
+    base = regression.read_baseline(args.baseline)
     assert base["tau"] and base["ratio"]
     assert 0 < base["ratio_tolerance"] < 1
+    regression.check_same_sweep(sweep_config(args, ["eagle2=eagle2", "eagle3=eagle3", "scylla=scylla-3"]), base)
 
 
 @pytest.mark.slow
