@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from scylla_impl.contracts import DraftModel, TargetModel
+from scylla_impl.ngrams import Ngrams
 from scylla_impl.phase_timer import PhaseTimer
-from scylla_impl.tree import Tree, build_tree, check_shape
+from scylla_impl.tree import Tree, build_tree, check_shape, graft_chain
 from scylla_impl.verify import next_token, verify
 from workloads.errors import ScyllaError
 
@@ -34,10 +35,23 @@ class DecodeConfig:
     top_p: float = 1.0
     max_new_tokens: int = 128
     seed: int = 0
+    # Up to this many tokens of the prompt-lookup proposal (ngrams.py) grafted under each draft
+    # tree's root (tree.graft_chain): a trained draft guesses new text, the chain copies what
+    # the prompt and the output already hold, and the verify keeps the longer. 0: none.
+    lookup_tokens: int = 0
+
+    @property
+    def tree_depth(self) -> int:
+        """The deepest a tree node sits below its root: the draft's levels or the chain."""
+        return max(self.depth, self.lookup_tokens)
 
     def validate(self, speculative: bool) -> None:
         if speculative:
             check_shape(self.top_k, self.depth, self.total_tokens)
+        if self.lookup_tokens < 0:
+            raise ScyllaError(f"lookup_tokens must be >= 0, got {self.lookup_tokens}")
+        if self.lookup_tokens and not speculative:
+            raise ScyllaError("lookup_tokens grafts a prompt-lookup chain under a draft's tree: it needs a draft")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ScyllaError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -110,8 +124,8 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     device, b = target.device, len(prompts)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     layers = tuple(draft.feature_layers) if draft is not None else ()
-    tree_tokens = config.total_tokens if draft is not None else 1
-    capacity = max(len(p) for p in prompts) + config.max_new_tokens + tree_tokens + config.depth + 8
+    tree_tokens = config.total_tokens + config.lookup_tokens if draft is not None else 1
+    capacity = max(len(p) for p in prompts) + config.max_new_tokens + tree_tokens + config.tree_depth + 8
     cache = target.new_cache(b, capacity)
     eos = target.eos_ids
 
@@ -121,6 +135,7 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     out = target.prefill(cache, prompts, layers)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     roots = next_token(out.logits[:, 0], config.temperature, config.top_p, gen)  # logits at each row's last token
+    ngrams = Ngrams(max_tokens=config.lookup_tokens) if config.lookup_tokens else None
     if draft is not None:
         draft.start(prompts, capacity)
         features = out.layer_inputs if layers else out.hidden
@@ -129,6 +144,9 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
         pair_tokens = torch.tensor([p[1:] + [int(roots[r])] + [0] * (longest - len(p))
                                     for r, p in enumerate(prompts)], device=device)
         front = Frontier(roots, *draft.extend(pair_tokens, features, lengths))
+        if ngrams is not None:
+            ngrams.start(prompts)
+            ngrams.extend(pair_tokens, lengths)
     else:
         front = Frontier(roots)
     sync()
@@ -138,14 +156,14 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
                 list(range(b)))
     if draft is None and config.temperature == 0:
         rows.rivals = [[tied] for tied in rivals(out.logits[:, 0], roots, target.dtype)]
-    front = Frontier(*_leave(target, draft, cache, rows, front.roots, front.root_logprobs, front.root_out))
+    front = Frontier(*_leave(target, draft, ngrams, cache, rows, front.roots, front.root_logprobs, front.root_out))
     counts: list[StepCounts] = []
     step_s: list[float] = []
     timer = PhaseTimer(device, PHASES)
     t_loop = time.perf_counter()
     while not all(rows.done):
         step_start = time.perf_counter()
-        front, counted = step(target, draft, cache, front, rows, config, layers, gen, timer)
+        front, counted = step(target, draft, ngrams, cache, front, rows, config, layers, gen, timer)
         timer.end_step()
         counts.append(counted)
         step_s.append(time.perf_counter() - step_start)
@@ -174,9 +192,9 @@ def check_context(target: TargetModel, longest_prompt: int, config: DecodeConfig
     would be measured on text it was never trained to read. The last step scores its tree
     `depth` positions past the last token fed."""
     context = target.info.context
-    need = longest_prompt + config.max_new_tokens + (config.depth if speculative else 0)
+    need = longest_prompt + config.max_new_tokens + (config.tree_depth if speculative else 0)
     if context is not None and need > context:
-        tree = f" + a depth-{config.depth} tree" if speculative else ""
+        tree = f" + a depth-{config.tree_depth} tree" if speculative else ""
         raise ScyllaError(f"a prompt of {longest_prompt} tokens + {config.max_new_tokens} new tokens{tree} needs {need} "
                           f"positions; {target.info.name} takes {context}: shorten the prompt or lower max_new_tokens")
 
@@ -240,17 +258,21 @@ class StepCounts:
     active: list[bool]  # row still decoding at this step
 
 
-def step(target: TargetModel, draft: DraftModel | None, cache, front: Frontier, rows: Rows, config: DecodeConfig,
-         layers: tuple[int, ...], gen: torch.Generator, timer: PhaseTimer) -> tuple[Frontier, StepCounts]:
+def step(target: TargetModel, draft: DraftModel | None, ngrams: Ngrams | None, cache, front: Frontier, rows: Rows,
+         config: DecodeConfig, layers: tuple[int, ...], gen: torch.Generator,
+         timer: PhaseTimer) -> tuple[Frontier, StepCounts]:
     """One verify step for every row: draft a tree from its root, score the whole tree with one
     target forward, accept the longest path the target agrees with plus its bonus token, commit
     that path to the cache, and feed it to the draft for the next tree. Without a draft the tree
     is the root alone: an AR step."""
-    # Draft: the tree's levels, each one draft forward (build_tree marks "draft" and "tree" inside).
+    # Draft: the tree's levels, each one draft forward (build_tree marks "draft" and "tree" inside),
+    # and the prompt-lookup chain grafted under its root.
     if draft is not None:
         timer("tree")
         tree = build_tree(draft, front.root_logprobs, front.root_out, front.roots, config.top_k, config.depth,
                           config.total_tokens, timer)
+        if ngrams is not None:
+            tree = graft_chain(tree, ngrams.proposals, config.lookup_tokens)
     else:
         tree = Tree.root_only(front.roots)
     # Verify: every row's tree in one forward over the cached prefix.
@@ -272,20 +294,22 @@ def step(target: TargetModel, draft: DraftModel | None, cache, front: Frontier, 
         for r, tied in zip(rows.live, rivals(scored.logits[:, 0], verdict.bonus, target.dtype)):
             rows.rivals[r].append(tied)
     if draft is None:
-        return Frontier(*_leave(target, draft, cache, rows, verdict.bonus)), counted
+        return Frontier(*_leave(target, draft, ngrams, cache, rows, verdict.bonus)), counted
     feats = scored.layer_inputs if layers else scored.hidden  # [b, n, h or 3h]
     path_feats = feats.gather(1, verdict.path[:, :, None].expand(-1, -1, feats.shape[-1]))  # [b, depth+1, .]
-    roots, new_tokens, path_feats, kept = _leave(target, draft, cache, rows, verdict.bonus, new_tokens, path_feats,
-                                                 verdict.path_len)
+    roots, new_tokens, path_feats, kept = _leave(target, draft, ngrams, cache, rows, verdict.bonus, new_tokens,
+                                                 path_feats, verdict.path_len)
     if not rows.live:
         return Frontier(roots), counted
     # The draft reads the accepted path (pair t: token t+1 with the target's feature at t).
     timer("draft")
     root_logprobs, root_out = draft.extend(new_tokens, path_feats, kept)
+    if ngrams is not None:
+        ngrams.extend(new_tokens, kept)
     return Frontier(roots, root_logprobs, root_out), counted
 
 
-def _leave(target: TargetModel, draft: DraftModel | None, cache, rows: Rows,
+def _leave(target: TargetModel, draft: DraftModel | None, ngrams: Ngrams | None, cache, rows: Rows,
            *per_row: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Rows that have finished leave the batch: their target and draft cache rows go, so no
     later forward spends matmul or attention work on them, and the others attend only up to
@@ -297,6 +321,8 @@ def _leave(target: TargetModel, draft: DraftModel | None, cache, rows: Rows,
     target.keep_rows(cache, index)
     if draft is not None:
         draft.keep_rows(index)
+    if ngrams is not None:
+        ngrams.keep_rows(index)
     rows.live = [rows.live[i] for i in staying]
     return tuple(None if t is None else t.index_select(0, index.to(t.device)) for t in per_row)
 

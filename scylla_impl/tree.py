@@ -167,3 +167,41 @@ def _select(pool: Pool, roots, depth, n_keep) -> Tree:
     if (node_parent < 0).any():
         raise AssertionError("draft tree lost a parent: selection is not ancestor-closed")
     return Tree(tree_tokens, tree_parents, tree_depths, ancestor_mask(tree_parents, depth))
+
+
+def graft_chain(tree: Tree, chains: list[list[int]], length: int) -> Tree:
+    """`tree` with each row's chain (up to `length` target ids, a prompt-lookup proposal) hung
+    under its root as a trie: where the chain runs along existing nodes it reuses them, and only
+    the rest is added, so siblings stay distinct (what lossless sampling needs, verify.py) and
+    a path accepted through either the draft's nodes or the chain's is the longest of both.
+    Rows add different numbers of nodes; a row short of the most any row adds takes the
+    difference as leaves under its root, each a token none of the root's children holds.
+    Returns `tree` itself when no row adds a node."""
+    tokens, parents, depths = tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist()
+    added = []
+    for r, chain in enumerate(chains):
+        child = {(p, t): i for i, (p, t) in enumerate(zip(parents[r], tokens[r])) if p >= 0}
+        node, new = 0, 0
+        for token in chain[:length]:
+            if (node, token) not in child:
+                child[node, token] = len(tokens[r])
+                tokens[r].append(token)
+                parents[r].append(node)
+                depths[r].append(depths[r][node] + 1)
+                new += 1
+            node = child[node, token]
+        added.append((new, child))
+    most = max(new for new, _ in added)
+    if most == 0:
+        return tree
+    for r, (new, child) in enumerate(added):
+        taken = {t for (p, t) in child if p == 0}
+        spare = (t for t in range(len(taken) + most) if t not in taken)
+        for token in [next(spare) for _ in range(most - new)]:
+            tokens[r].append(token)
+            parents[r].append(0)
+            depths[r].append(1)
+    device = tree.tokens.device
+    parents_t = torch.tensor(parents, device=device)  # [b, n + most]
+    depths_t = torch.tensor(depths, device=device)
+    return Tree(torch.tensor(tokens, device=device), parents_t, depths_t, ancestor_mask(parents_t, int(depths_t.max())))

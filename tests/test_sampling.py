@@ -8,15 +8,16 @@ from scipy.stats import chisquare
 import scylla_impl.verify as verify_mod
 from scylla_impl.decode import DecodeConfig
 from scylla_impl.drafts import OracleDraft, load_draft
-from scylla_impl.tree import build_tree
+from scylla_impl.tree import build_tree, graft_chain
 from scylla_impl.verify import target_probs, verify_sampling
 
 TEMPERATURE = 1.0
 SAMPLES = 2000
 
 
-def _scored_tree(target, prompt, draft, top_k=4, depth=3, total=12):
-    """Build a tree with `draft` at the end of a real prompt and score it with the target."""
+def _scored_tree(target, prompt, draft, top_k=4, depth=3, total=12, chain=()):
+    """Build a tree with `draft` at the end of a real prompt, graft `chain` under its root, and
+    score it with the target."""
     cache = target.new_cache(1)
     out = target.prefill(cache, [prompt], draft.feature_layers)
     root = out.logits[0, -1].argmax()[None]
@@ -24,7 +25,7 @@ def _scored_tree(target, prompt, draft, top_k=4, depth=3, total=12):
     feats = out.layer_inputs if draft.feature_layers else out.hidden
     pairs = torch.tensor([prompt[1:] + [int(root)]])
     lp, dh = draft.extend(pairs, feats, torch.tensor([len(prompt)]))
-    tree = build_tree(draft, lp, dh, root, top_k, depth, total)
+    tree = graft_chain(build_tree(draft, lp, dh, root, top_k, depth, total), [list(chain)], len(chain))
     scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask)
     return tree, scored.logits
 
@@ -104,6 +105,24 @@ def test_bad_draft_does_not_change_the_distribution(target_fp32, prompt, oracle_
     for row in (0, 1):
         firsts, _ = _emitted(tree, logits, SAMPLES, row)
         assert _pvalue(firsts, target_probs(logits[row, 0], TEMPERATURE)) > 1e-3
+
+
+def test_a_grafted_chain_does_not_change_the_distribution(target_fp32, prompt):
+    """A random draft's tree with the target's own greedy continuation grafted under its root:
+    the chain is often accepted, and the first token, and the second after the chain's first
+    node, still follow the target's distributions."""
+    from scylla_impl.decode import generate
+
+    greedy = generate(target_fp32, [prompt], None, DecodeConfig(max_new_tokens=4)).token_ids[0]
+    draft = load_draft("random:eagle2", target_fp32, seed=3)
+    tree, logits = _scored_tree(target_fp32, prompt, draft, chain=greedy[1:4])
+    node = tree.size - 3  # the chain's first node (none of it was in the random tree)
+    assert tree.tokens[0, node:].tolist() == greedy[1:4] and tree.parents[0, node] == 0
+    firsts, seconds = _emitted(tree, logits, SAMPLES)
+    assert _pvalue(firsts, target_probs(logits[0, 0], TEMPERATURE)) > 1e-3
+    given = [tok for n, tok in seconds if n == node]
+    assert len(given) > 200
+    assert _pvalue(given, target_probs(logits[0, node], TEMPERATURE)) > 1e-3
 
 
 def test_broken_rule_is_caught(oracle_tree, monkeypatch):

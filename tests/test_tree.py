@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scylla_impl.tree import Tree, build_tree, pool_size, retrieve_paths
+from scylla_impl.tree import Tree, ancestor_mask, build_tree, graft_chain, pool_size, retrieve_paths
 from scylla_impl.verify import top_token, verify_greedy
 
 V = 12
@@ -136,3 +136,30 @@ def test_top_token_is_argmax_on_ties_and_nan(dtype):
         logits[1, 2, torch.randint(0, vocab, (4,), generator=gen)] = logits.max()
         logits[2, 0, vocab // 2] = float("nan")
         assert torch.equal(top_token(logits), logits.argmax(-1))
+
+
+def test_a_lookup_chain_is_grafted_as_a_trie_and_verified_with_the_tree():
+    tree, _ = _tree()  # root 11 -> 1 (-> 3, 4), 2 (-> 5 -> 9)
+    two = Tree(*(torch.cat([getattr(tree, f)] * 2) for f in ("tokens", "parents", "depths", "mask")))
+    # Row 0's chain runs along 2 -> 5, then leaves the tree: only 8, 10 are new, under node 5.
+    # Row 1's chain is the existing path 1 -> 3, then 6: one new node, and one spare leaf under
+    # the root (a token no child of the root holds) so both rows score the same number.
+    grafted = graft_chain(two, [[2, 5, 8, 10], [1, 3, 6]], length=4)
+    assert grafted.tokens.tolist() == [[ROOT, 1, 2, 3, 4, 5, 9, 8, 10], [ROOT, 1, 2, 3, 4, 5, 9, 6, 0]]
+    assert grafted.parents.tolist() == [[-1, 0, 0, 1, 1, 2, 5, 5, 7], [-1, 0, 0, 1, 1, 2, 5, 3, 0]]
+    assert grafted.depths.tolist() == [[0, 1, 1, 2, 2, 2, 3, 3, 4], [0, 1, 1, 2, 2, 2, 3, 3, 1]]
+    assert torch.equal(grafted.mask, ancestor_mask(grafted.parents, 4))
+    for row in range(2):  # siblings stay distinct: what lossless sampling needs
+        pairs = list(zip(grafted.parents[row].tolist(), grafted.tokens[row].tolist()))
+        assert len(set(pairs)) == len(pairs)
+    # The target follows row 0's chain past the draft's nodes: the whole chain is accepted.
+    logits = torch.zeros(2, 9, V)
+    for node, tok in {0: 2, 2: 5, 5: 8, 7: 10, 8: 4}.items():
+        logits[0, node, tok] = 5.0
+    logits[1, :, 10] = 1.0
+    verdict = verify_greedy(grafted, logits)
+    assert verdict.path[0].tolist() == [0, 2, 5, 7, 8] and verdict.bonus.tolist() == [4, 10]
+    assert verdict.accepted.tolist() == [4, 0]
+    # Chains the tree already holds, or none at all, leave it as it was.
+    assert graft_chain(two, [[1, 3], []], length=4) is two
+    assert graft_chain(two, [[2, 5, 9, 7], [1]], length=3) is two

@@ -1,9 +1,8 @@
 """Prompt lookup: the training-free draft (Saxena, 2023; transformers' `prompt_lookup_num_tokens`).
 
-The last n tokens of a row (n = max_ngram down to 1) are looked up in everything the row holds
-so far, prompt and output; the tokens that followed their most recent earlier occurrence are
-the draft. It needs no weights and reads no target features, so every report can show what a
-user gets with no draft training at all.
+Its proposal is the n-gram match of scylla_impl/ngrams.py: the tokens that followed the most
+recent earlier occurrence of the row's last few tokens. It needs no weights and reads no target
+features, so every report can show what a user gets with no draft training at all.
 
 It drives the same tree builder as the trained drafts: log-probs are 0 on the proposed token
 and -inf elsewhere, so the proposal is the tree's best chain (with top_k 1, the whole tree).
@@ -14,19 +13,7 @@ knows which of its frontier nodes to extend.
 import torch
 
 from scylla_impl.drafts.base import DraftInfo
-
-MAX_NGRAM = 3
-
-
-def lookup(history: list[int], max_ngram: int, length: int) -> list[int]:
-    """Up to `length` tokens that followed the most recent earlier match of the longest suffix
-    n-gram (n <= max_ngram) of `history`; [] when nothing matches."""
-    for n in range(min(max_ngram, len(history) - 1), 0, -1):
-        suffix = history[-n:]
-        for start in range(len(history) - n - 1, -1, -1):  # most recent occurrence first
-            if history[start:start + n] == suffix:
-                return history[start + n:start + n + length]
-    return []
+from scylla_impl.ngrams import MAX_NGRAM, Ngrams
 
 
 class PromptLookupDraft:
@@ -35,17 +22,14 @@ class PromptLookupDraft:
     def __init__(self, target, max_ngram: int = MAX_NGRAM, max_tokens: int = 16):
         self.draft_vocab = target.info.vocab_size
         self.device = target.device
-        self.max_ngram, self.max_tokens = max_ngram, max_tokens
+        self.ngrams = Ngrams(max_ngram, max_tokens)
         self.info = DraftInfo("lookup", 0, "lookup")
-        self.history: list[list[int]] = []
-        self.proposals: list[list[int]] = []
 
     def to_target(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids
 
     def start(self, prompts: list[list[int]], capacity: int = 256) -> None:
-        # Pairs bring tokens 1.. of each prompt, then each step's new tokens: seed with token 0.
-        self.history = [list(p[:1]) for p in prompts]
+        self.ngrams.start(prompts)
 
     def _one_hot(self, chosen: list[list[int | None]]) -> torch.Tensor:
         """[b, k, V] log-probs: 0 at each node's proposed token, -inf elsewhere (and everywhere
@@ -59,11 +43,9 @@ class PromptLookupDraft:
         return logprobs
 
     def extend(self, tokens, features, counts):
-        for r, (row, n) in enumerate(zip(tokens.tolist(), counts.tolist())):
-            self.history[r] += row[:n]
-        self.proposals = [lookup(h, self.max_ngram, self.max_tokens) for h in self.history]
-        first = [[p[0] if p else None] for p in self.proposals]
-        on_chain = torch.tensor([[1.0 if p else 0.0] for p in self.proposals], device=self.device)
+        proposals = self.ngrams.extend(tokens, counts)
+        first = [[p[0] if p else None] for p in proposals]
+        on_chain = torch.tensor([[1.0 if p else 0.0] for p in proposals], device=self.device)
         return self._one_hot(first)[:, 0], on_chain  # [b, V], [b, 1]
 
     def expand(self, tokens, hidden, depths, new_mask):
@@ -71,7 +53,7 @@ class PromptLookupDraft:
         level = int(depths[0, 0]) + 1  # depth of the frontier nodes
         on_chain = (hidden[..., 0] > 0).tolist()
         chosen, out = [], torch.zeros(hidden.shape, device=self.device)
-        for r, (row, proposal) in enumerate(zip(tokens.tolist(), self.proposals)):
+        for r, (row, proposal) in enumerate(zip(tokens.tolist(), self.ngrams.proposals)):
             picks = []
             for j, token in enumerate(row):
                 follows = on_chain[r][j] and level < len(proposal) and token == proposal[level - 1]
@@ -84,5 +66,4 @@ class PromptLookupDraft:
         """Nothing tentative is kept: the history grows only in `extend`, by committed tokens."""
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        self.history = [self.history[r] for r in rows.tolist()]
-        self.proposals = [self.proposals[r] for r in rows.tolist()] if self.proposals else []
+        self.ngrams.keep_rows(rows)
