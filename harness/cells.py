@@ -55,6 +55,7 @@ class Cell:
     system_prompt: str | None
     compile: bool = False
     long_prompts: str = REFUSE
+    lookup_tokens: int = 0  # the prompt-lookup chain grafted under each tree (DecodeConfig.lookup_tokens)
     # planning outcome
     status: str = PLANNED
     reason: str | None = None
@@ -75,16 +76,17 @@ class Cell:
         if self.total_tokens == 1:
             return f"{self.method} {self.dataset} b={self.batch_size} k=auto->AR (no tree pays) T={self.temperature:g}"
         k = f"{self.top_k_setting}->{self.top_k}" if self.top_k_setting == AUTO else str(self.top_k)
+        chain = f"+lookup {self.lookup_tokens} " if self.lookup_tokens else ""
         return (
             f"{self.method} {self.dataset} b={self.batch_size} k={k} d={self.depth} "
-            f"n={self.total_tokens} T={self.temperature:g}"
+            f"n={self.total_tokens} {chain}T={self.temperature:g}"
         )
 
 
 IDENTITY = (
     "target", "method", "draft", "dataset", "batch_size", "top_k", "top_k_setting", "depth",
     "total_tokens", "temperature", "top_p", "max_new_tokens", "prompts", "turns", "seed",
-    "system_prompt", "dtype", "device", "compile", "long_prompts",
+    "system_prompt", "dtype", "device", "compile", "long_prompts", "lookup_tokens",
 )
 
 
@@ -97,6 +99,8 @@ def cell_id(params: dict) -> str:
         del ident["compile"]
     if ident["long_prompts"] in (None, REFUSE):  # likewise for --long-prompts
         del ident["long_prompts"]
+    if not ident["lookup_tokens"]:  # and for --lookup-tokens
+        del ident["lookup_tokens"]
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -165,6 +169,7 @@ def plan(spec: SweepSpec, policy: TreePolicy | None = None) -> list[Cell]:
                                           else prune_reason(spec, method, batch, k, depth, n))
                                 add(method=method, draft=draft, top_k=k, top_k_setting=str(setting),
                                     depth=depth, total_tokens=n,
+                                    lookup_tokens=spec.lookup_tokens.get(method, 0) if n > 1 else 0,
                                     status=PRUNED if reason else PLANNED, reason=reason,
                                     ar_partner=ar.cell_id, **base)
     return list(cells.values())

@@ -239,7 +239,8 @@ class CellWorker:
         kw: dict[str, Any] = dict(temperature=cell.temperature, top_p=cell.top_p,
                                   max_new_tokens=max_new_tokens, seed=seed)
         if not cell.is_ar and cell.total_tokens > 1:
-            kw.update(top_k=cell.top_k, depth=cell.depth, total_tokens=cell.total_tokens)
+            kw.update(top_k=cell.top_k, depth=cell.depth, total_tokens=cell.total_tokens,
+                      lookup_tokens=cell.lookup_tokens)
         return DecodeConfig(**kw)
 
     def _sync(self) -> None:
@@ -416,7 +417,7 @@ def base_row(cell: Cell) -> dict[str, Any]:
         cell_id=cell.cell_id, status=STATUS_PRUNED if cell.status == PRUNED else None, error=cell.reason,
         target=cell.target, method=cell.method, draft=cell.draft, dataset=cell.dataset, batch_size=cell.batch_size,
         top_k=cell.top_k, top_k_setting=cell.top_k_setting, depth=cell.depth, total_tokens=cell.total_tokens,
-        temperature=cell.temperature, top_p=cell.top_p, max_new_tokens=cell.max_new_tokens, n_prompts=cell.prompts,
+        lookup_tokens=None if cell.is_ar else cell.lookup_tokens, temperature=cell.temperature, top_p=cell.top_p, max_new_tokens=cell.max_new_tokens, n_prompts=cell.prompts,
         turns=cell.turns, seed=cell.seed, system_prompt=cell.system_prompt, dtype=cell.dtype, device=cell.device,
         ar_cell_id=cell.ar_partner,
     )

@@ -10,8 +10,8 @@ list<int32>, timestamp[us, UTC]; no unsigned, dictionary or nested-struct column
 import pyarrow as pa
 
 # Bump on any change of a column's name, type or meaning; readers check it.
-SCHEMA_VERSION = 8  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input;
-# 7: paired_ar_tokens_per_s, draft_dtype; 8: prompts_truncated
+SCHEMA_VERSION = 9  # 2: draft_hash; 3: matmul; 4: lossless_near_ties, AR runner-ups; 5: compiled; 6: draft_input;
+# 7: paired_ar_tokens_per_s, draft_dtype; 8: prompts_truncated; 9: lookup_tokens
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -53,7 +53,8 @@ RESULT_FIELDS: list[pa.Field] = [
     pa.field("top_k", pa.int64()),
     pa.field("top_k_setting", pa.string()),
     pa.field("depth", pa.int64()),
-    pa.field("total_tokens", pa.int64()),
+    pa.field("total_tokens", pa.int64()),  # the draft's tree; a grafted lookup chain adds up to lookup_tokens
+    pa.field("lookup_tokens", pa.int64()),  # --lookup-tokens: prompt-lookup chain grafted under each tree; 0: none
     pa.field("temperature", pa.float64()),
     pa.field("top_p", pa.float64()),
     pa.field("max_new_tokens", pa.int64()),

@@ -65,6 +65,8 @@ class SweepSpec:
     step_table: bool = False
     paired_ar: bool = False
     long_prompts: str = REFUSE
+    # method -> tokens of the prompt-lookup chain grafted under its trees (DecodeConfig.lookup_tokens)
+    lookup_tokens: Mapping[str, int] = field(default_factory=dict)
     executor: str = "local"
     ray_address: str | None = None
     workers: int | None = None
@@ -81,6 +83,7 @@ class SweepSpec:
         """Plain YAML-able dict (round-trips through `from_mapping`)."""
         d = dataclasses.asdict(self)
         d["draft"] = {m: list(v) for m, v in self.draft.items()}
+        d["lookup_tokens"] = dict(self.lookup_tokens)
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
@@ -272,6 +275,26 @@ def _drafts(key: str, v: Any, base: Path | None) -> dict[str, tuple[str, ...]]:
     return {m: tuple(v) for m, v in out.items()}
 
 
+def _lookup_tokens(key: str, v: Any, base: Path | None) -> dict[str, int]:
+    """YAML: {method: tokens}; CLI: ["method=tokens", ...]."""
+    if isinstance(v, Mapping):
+        pairs = [(str(m), n) for m, n in v.items()]
+    else:
+        pairs = []
+        for item in _items(key, v) if not isinstance(v, str) else [v]:
+            m, eq, n = _str(key, item).partition("=")
+            if not eq:
+                raise ScyllaError(f"{key}: {item!r} is not METHOD=TOKENS (e.g. eagle2=4)")
+            pairs.append((m.strip(), n.strip()))
+    out = {}
+    for m, n in pairs:
+        m = m.lower()
+        if not _METHOD_RE.match(m) or m == "ar":
+            raise ScyllaError(f"{key}: {m!r} is not the name of a method with a draft")
+        out[m] = _int(f"{key} {m}", n, minimum=1)
+    return out
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -337,6 +360,11 @@ KEYS: dict[str, Key] = {
             "'refuse' fails its cell, saying so; 'truncate' keeps its first and last halves of that room (the "
             "context less max_new_tokens and 64 positions for a tree), the same cut for every cell "
             "(workloads/long_prompts.py); each cell counts its cut prompts (prompts_truncated)", "|".join(LONG_PROMPTS)),
+        Key("lookup_tokens", _lookup_tokens, "per method, METHOD=TOKENS: graft up to TOKENS tokens of the "
+            "prompt-lookup proposal (the text that followed the last n-gram's earlier occurrence in the prompt or "
+            "output) under the root of each of its draft trees, so one verify keeps the longer of the draft's "
+            "guess and the copy; the extra nodes count in drafted_nodes. Give a second method name the same "
+            "--draft to compare with and without in one sweep; repeatable", "METHOD=TOKENS", multiple=True),
         Key("executor", lambda k, v, b: _choice(tuple(EXECUTORS))(k, v, b), "where cells run: local (this process, one after another) or "
             "ray (one worker per GPU, or per --threads CPUs, of a Ray cluster)", "|".join(EXECUTORS)),
         Key("ray_address", _ray_address, "executor ray: the cluster to join (HOST:6379, or "
@@ -448,6 +476,12 @@ def validate(spec: SweepSpec) -> None:
     for m in spec.draft:
         if m not in methods:
             raise ScyllaError(f"draft given for method {m!r}, which is not in methods ({', '.join(methods)}){_close(m, methods)}")
+    for m in spec.lookup_tokens:
+        if m not in methods:
+            raise ScyllaError(f"lookup_tokens given for method {m!r}, which is not in methods "
+                              f"({', '.join(methods)}){_close(m, methods)}")
+        if set(spec.draft.get(m, ())) & set(TRAINING_FREE_DRAFTS.values()):
+            raise ScyllaError(f"lookup_tokens for {m}: its draft is prompt lookup, whose tree is the chain already")
     if AUTO in spec.top_k and spec.profile is None:
         raise ScyllaError("top_k 'auto' needs a device profile: run `scylla profile --quick --out PROFILE_DIR` and pass --profile PROFILE_DIR")
     if spec.profile is not None and not Path(spec.profile).is_dir():

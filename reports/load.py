@@ -49,6 +49,7 @@ EXPECTED_COLUMNS: dict[str, str] = {
     "top_k_setting": "string",
     "depth": "Int64",
     "total_tokens": "Int64",
+    "lookup_tokens": "Int64",
     "temperature": "float64",
     "max_new_tokens": "Int64",
     "n_prompts": "Int64",

@@ -37,7 +37,8 @@ class DecodeConfig:
     seed: int = 0
     # Up to this many tokens of the prompt-lookup proposal (ngrams.py) grafted under each draft
     # tree's root (tree.graft_chain): a trained draft guesses new text, the chain copies what
-    # the prompt and the output already hold, and the verify keeps the longer. 0: none.
+    # the prompt and the output already hold, and the verify keeps the longer. 0: none. AR
+    # decoding (no draft) has no tree and ignores it, as it ignores the tree's shape.
     lookup_tokens: int = 0
 
     @property
@@ -50,8 +51,6 @@ class DecodeConfig:
             check_shape(self.top_k, self.depth, self.total_tokens)
         if self.lookup_tokens < 0:
             raise ScyllaError(f"lookup_tokens must be >= 0, got {self.lookup_tokens}")
-        if self.lookup_tokens and not speculative:
-            raise ScyllaError("lookup_tokens grafts a prompt-lookup chain under a draft's tree: it needs a draft")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ScyllaError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -135,7 +134,7 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     out = target.prefill(cache, prompts, layers)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     roots = next_token(out.logits[:, 0], config.temperature, config.top_p, gen)  # logits at each row's last token
-    ngrams = Ngrams(max_tokens=config.lookup_tokens) if config.lookup_tokens else None
+    ngrams = Ngrams(max_tokens=config.lookup_tokens) if config.lookup_tokens and draft is not None else None
     if draft is not None:
         draft.start(prompts, capacity)
         features = out.layer_inputs if layers else out.hidden

@@ -34,7 +34,7 @@ def test_generate_json_speculative(default_model_dir):
 
 def test_vs_ar_measures_the_speedup_and_checks_the_outputs_are_ars(default_model_dir):
     base = ("generate", "--prompt", "Name three primary colors.", "--draft", "random:eagle2", "--top-k", "4",
-            "--depth", "3", "--total-tokens", "8", "--max-new-tokens", "12", "--vs-ar")
+            "--depth", "3", "--total-tokens", "8", "--lookup-tokens", "4", "--max-new-tokens", "12", "--vs-ar")
     greedy = scylla(*base, "--json")
     assert greedy.returncode == 0, greedy.stderr
     out = json.loads(greedy.stdout)
@@ -68,6 +68,7 @@ def test_generate_ar_tau_is_one(default_model_dir):
     (["--top-k", "2", "--depth", "2", "--total-tokens", "40"], ["larger than the tree's pool"]),
     (["--prompt", "   "], ["empty prompt"]),
     (["--top-k", "wide"], ["'wide' is neither 'auto' nor a whole number"]),
+    (["--lookup-tokens", "-1"], ["-1 is not in the range x>=0"]),
     (["--depth", "3"], ["--depth and --total-tokens shape a fixed tree", "--top-k 10 --depth 5 --total-tokens 60"]),
     (["--top-k", "auto", "--total-tokens", "9"], ["give --top-k as a number too"]),
     # bytes from a latin-1 terminal, kept by Python as a lone surrogate

@@ -38,6 +38,10 @@ def _top_k(ctx, param, value: str) -> str | int:
 @click.option("--depth", type=int, default=None, help=f"tree depth, with a number --top-k [{EAGLE2_TREE[1]}]")
 @click.option("--total-tokens", type=int, default=None,
               help=f"tokens verified per step, root included, with a number --top-k [{EAGLE2_TREE[2]}]")
+@click.option("--lookup-tokens", type=click.IntRange(min=0), default=0, show_default=True,
+              help="graft up to this many tokens of the prompt-lookup proposal (the text that followed the last "
+                   "n-gram's earlier occurrence in the prompt or output) under each draft tree's root: the verify "
+                   "keeps the longer of the draft's guess and the copy; top_k auto prices the tree without it")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
@@ -50,7 +54,7 @@ def _top_k(ctx, param, value: str) -> str | int:
 @click.option("--vs-ar", is_flag=True, help="also decode the prompts without the draft, right after: the measured "
               "speedup, and at temperature 0 whether the outputs are AR's (near-ties aside)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens, temperature, top_p,
+def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens, lookup_tokens, temperature, top_p,
              max_new_tokens, dtype, device, compile_steps, seed, system_prompt, vs_ar, as_json) -> None:
     """Generate replies to --prompt with the target, speculatively or not."""
     import torch
@@ -73,7 +77,8 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
     fixed_k, fixed_depth, fixed_tokens = EAGLE2_TREE
     config = DecodeConfig(top_k=fixed_k if auto else top_k, depth=fixed_depth if depth is None else depth,
                           total_tokens=fixed_tokens if total_tokens is None else total_tokens,
-                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                          lookup_tokens=lookup_tokens)
     config.validate(speculative=method == "spec")
     torch.manual_seed(seed)
     tgt = Target.load(target, dtype=dtype, device=device, compile=compile_steps)
