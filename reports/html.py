@@ -435,7 +435,8 @@ def _cell_cols(short: bool = False) -> list[Col]:
     cols = [
         Col("method", "method", method_label), Col("dataset", "dataset", dataset_label),
         Col("batch_size", "b", fint, True), Col("top_k", "top_k", fint, True), Col("top_k_setting", "setting", ftext),
-        Col("depth", "depth", fint, True), Col("total_tokens", "N", fint, True), Col("temperature", "T", fnum(1), True),
+        Col("depth", "depth", fint, True), Col("total_tokens", "N", fint, True),
+        Col("lookup_tokens", "+lookup", fint, True), Col("temperature", "T", fnum(1), True),
         Col("tau", "tau", fnum(2), True), Col("tokens_per_s", "tokens/s", fnum(1), True),
         Col("speedup_vs_ar", "speedup", fnum(2), True),
     ]

@@ -5,6 +5,7 @@ the one implementation) and a `DraftModel` (the trained drafts in drafts/, Oracl
 PromptLookupDraft). One step, as decode.generate runs it:
 
     tree   = build_tree(draft, root_logprobs, root_out, roots, ...)   # draft.expand per level, then rollback
+    tree   = graft_chain(tree, ngrams.proposals, m)                     # with lookup_tokens m: the copy too
     scored = target.forward_tree(cache, tree.tokens, tree.depths, tree.mask, layers)
     verdict = verify(tree, scored.logits, ...)                          # accepted path per row
     target.commit(cache, verdict.path, kept)                            # the path stays, the rest goes
