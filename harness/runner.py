@@ -417,7 +417,8 @@ def base_row(cell: Cell) -> dict[str, Any]:
         cell_id=cell.cell_id, status=STATUS_PRUNED if cell.status == PRUNED else None, error=cell.reason,
         target=cell.target, method=cell.method, draft=cell.draft, dataset=cell.dataset, batch_size=cell.batch_size,
         top_k=cell.top_k, top_k_setting=cell.top_k_setting, depth=cell.depth, total_tokens=cell.total_tokens,
-        lookup_tokens=None if cell.is_ar else cell.lookup_tokens, temperature=cell.temperature, top_p=cell.top_p, max_new_tokens=cell.max_new_tokens, n_prompts=cell.prompts,
+        lookup_tokens=None if cell.is_ar else cell.lookup_tokens, temperature=cell.temperature, top_p=cell.top_p,
+        max_new_tokens=cell.max_new_tokens, n_prompts=cell.prompts,
         turns=cell.turns, seed=cell.seed, system_prompt=cell.system_prompt, dtype=cell.dtype, device=cell.device,
         ar_cell_id=cell.ar_partner,
     )

@@ -11,7 +11,7 @@ from workloads.errors import ScyllaError
 
 FLAGS = {"methods": "ar,scylla,scylla_copy", "draft": ("scylla=random:scylla", "scylla_copy=random:scylla"),
          "datasets": "humaneval", "batch_sizes": "1", "top_k": "2", "depths": "2", "total_tokens": "4",
-         "prompts": "1", "max_new_tokens": "24", "warmup": "0", "dtype": "float32", "threads": "1"}
+         "prompts": "1", "max_new_tokens": "16", "warmup": "0", "dtype": "float32", "threads": "1"}
 
 
 def test_only_the_named_method_grafts_and_other_cells_keep_their_ids():
