@@ -152,8 +152,9 @@ def _auto_tree(target, draft, name: str, ids: list[list[int]], config):
     cached = longest + config.max_new_tokens // 2
     best, ar = generate_tree(target, draft, name, len(ids), cached, echo=say)
     verdict = "" if best.tokens_per_s > ar.tokens_per_s else ", slower than AR: no tree pays here"
+    chain = f" (priced without the {config.lookup_tokens}-token lookup chain grafted under it)" if config.lookup_tokens else ""
     say(f"auto tree: {best.label()}, {best.accepted:.2f} draft tokens accepted a step, predicted "
-        f"{best.tokens_per_s:.1f} tokens/s against AR's {ar.tokens_per_s:.1f}{verdict}")
+        f"{best.tokens_per_s:.1f} tokens/s against AR's {ar.tokens_per_s:.1f}{verdict}{chain}")
     config = dataclasses.replace(config, top_k=best.top_k, depth=best.depth, total_tokens=best.total_tokens)
     return config, {"choice": best.to_json(), "ar": ar.to_json()}
 
