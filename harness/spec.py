@@ -247,51 +247,48 @@ def _draft_value(method: str, value: str, base: Path | None) -> str:
     return str(p.resolve())
 
 
-def _drafts(key: str, v: Any, base: Path | None) -> dict[str, tuple[str, ...]]:
-    """YAML: {method: spec | [spec, ...]}; CLI: ["method=spec[,spec]", ...]."""
-    pairs: list[tuple[str, str]] = []
+def _method_pairs(key: str, v: Any, form: str) -> list[tuple[str, Any, str]]:
+    """(method, its raw value, the label an error about the value names) from YAML
+    {method: value} or CLI ["method=value", ...]; method names lower-cased and checked."""
     if isinstance(v, Mapping):
-        for m, specs in v.items():
-            for s in _items(f"{key}.{m}", specs):
-                pairs.append((str(m), _str(f"{key}.{m}", s)))
+        raw = [(str(m), value, f"{key}.{m}") for m, value in v.items()]
     else:
+        raw = []
         for item in _items(key, v) if not isinstance(v, str) else [v]:
             item = _str(key, item)
-            if "=" not in item:
-                raise ScyllaError(f"{key}: {item!r} is not METHOD=DRAFT (e.g. scylla=random:scylla)")
-            m, _, specs = item.partition("=")
-            for s in _items(f"{key} {m}", specs):
-                pairs.append((m.strip(), s))
-    out: dict[str, list[str]] = {}
-    for m, s in pairs:
+            m, eq, value = item.partition("=")
+            if not eq:
+                raise ScyllaError(f"{key}: {item!r} is not {form}")
+            raw.append((m.strip(), value, f"{key} {m}"))
+    pairs = []
+    for m, value, label in raw:
         m = m.lower()
         if not _METHOD_RE.match(m):
             raise ScyllaError(f"{key}: {m!r} is not a method name")
+        pairs.append((m, value, label))
+    return pairs
+
+
+def _drafts(key: str, v: Any, base: Path | None) -> dict[str, tuple[str, ...]]:
+    """YAML: {method: spec | [spec, ...]}; CLI: ["method=spec[,spec]", ...]."""
+    out: dict[str, list[str]] = {}
+    for m, specs, label in _method_pairs(key, v, "METHOD=DRAFT (e.g. scylla=random:scylla)"):
         if m == "ar":
             raise ScyllaError(f"{key}: the ar baseline takes no draft")
-        resolved = _draft_value(m, s, base)
-        if resolved not in out.setdefault(m, []):
-            out[m].append(resolved)
+        for s in _items(label, specs):
+            resolved = _draft_value(m, _str(label, s), base)
+            if resolved not in out.setdefault(m, []):
+                out[m].append(resolved)
     return {m: tuple(v) for m, v in out.items()}
 
 
 def _lookup_tokens(key: str, v: Any, base: Path | None) -> dict[str, int]:
     """YAML: {method: tokens}; CLI: ["method=tokens", ...]."""
-    if isinstance(v, Mapping):
-        pairs = [(str(m), n) for m, n in v.items()]
-    else:
-        pairs = []
-        for item in _items(key, v) if not isinstance(v, str) else [v]:
-            m, eq, n = _str(key, item).partition("=")
-            if not eq:
-                raise ScyllaError(f"{key}: {item!r} is not METHOD=TOKENS (e.g. eagle2=4)")
-            pairs.append((m.strip(), n.strip()))
     out = {}
-    for m, n in pairs:
-        m = m.lower()
-        if not _METHOD_RE.match(m) or m == "ar":
-            raise ScyllaError(f"{key}: {m!r} is not the name of a method with a draft")
-        out[m] = _int(f"{key} {m}", n, minimum=1)
+    for m, tokens, _ in _method_pairs(key, v, "METHOD=TOKENS (e.g. eagle2=4)"):
+        if m == "ar":
+            raise ScyllaError(f"{key}: 'ar' is not the name of a method with a draft")
+        out[m] = _int(f"{key} {m}", tokens.strip() if isinstance(tokens, str) else tokens, minimum=1)
     return out
 
 
