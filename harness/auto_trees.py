@@ -7,7 +7,9 @@ For each draft the sweep runs with top_k auto, once per results folder:
    A checkpoint folder keeps the tables in its calibration.json, keyed by the draft's
    weights, the target, dtype and each dataset's prompts, so the next sweep with the same
    draft skips them; prompt lookup's tables live under SCYLLA_HOME/calibration
-   (`calibration_file`);
+   (`calibration_file`). A method given a lookup chain (`--lookup-tokens METHOD=M`) is priced
+   as its own unit, the draft with the chain: its replay counts the chain's copies too, and
+   its tables are kept under their own key;
 2. costs at each dataset's context (its held-out prompts' mean length and half the new
    tokens): the profile's verify latency curve where that is near the profile's cached
    prefix, else the curve timed now at that length (attention over a news article makes
@@ -63,32 +65,40 @@ RETIME_PAST = 2.0
 
 
 class AutoTrees:
-    """(batch_size, draft spec, dataset) -> the tree `top_k auto` runs, from a record (see the module docstring)."""
+    """(batch_size, draft spec, dataset, lookup chain) -> the tree `top_k auto` runs, from a record
+    (see the module docstring)."""
 
     def __init__(self, record: dict[str, Any]):
         self.record = record
         self._choices = {}
-        for d, per in record["drafts"].items():
+        for unit, per in record["drafts"].items():
             # Records written before trees were priced per dataset hold one choice for all of them.
             by_dataset = per.get("datasets", {None: per})
             for dataset, priced in by_dataset.items():
                 for b, entry in priced["batch_sizes"].items():
-                    self._choices[(d, int(b), dataset)] = TreeChoice(**entry["choice"])
+                    self._choices[(unit, int(b), dataset)] = TreeChoice(**entry["choice"])
 
-    def __call__(self, batch_size: int, draft: str, dataset: str) -> TreeChoice:
-        for key in ((draft, batch_size, dataset), (draft, batch_size, None)):
+    def __call__(self, batch_size: int, draft: str, dataset: str, lookup_tokens: int = 0) -> TreeChoice:
+        unit = _unit(draft, lookup_tokens)
+        for key in ((unit, batch_size, dataset), (unit, batch_size, None)):
             if key in self._choices:
                 return self._choices[key]
-        raise ScyllaError(f"top_k auto: no tree was priced for draft {draft!r} on {dataset} at batch size "
+        raise ScyllaError(f"top_k auto: no tree was priced for draft {unit!r} on {dataset} at batch size "
                           f"{batch_size}; {RECORD} in the results folder was made for another sweep")
 
     def write(self, out: Path) -> None:
         atomic_write_bytes(json.dumps(self.record, indent=1).encode(), out / RECORD)
 
 
+def _unit(draft: str, lookup_tokens: int) -> str:
+    """What a record prices: a draft, or a draft with a lookup chain grafted under its trees."""
+    return f"{draft} +lookup {lookup_tokens}" if lookup_tokens else draft
+
+
 def _key(spec: SweepSpec) -> dict[str, Any]:
     # max_new_tokens sets each dataset's context (_context), so the costs trees were priced at.
-    return {"profile": str(spec.profile), "batch_sizes": sorted(spec.batch_sizes), "drafts": _auto_drafts(spec),
+    return {"profile": str(spec.profile), "batch_sizes": sorted(spec.batch_sizes),
+            "drafts": sorted(_unit(d, m) for d, m in _auto_units(spec)),
             "target": spec.target, "dtype": spec.dtype, "device": spec.device, "datasets": list(spec.datasets),
             "prompts": spec.prompts, "max_new_tokens": spec.max_new_tokens}
 
@@ -102,8 +112,10 @@ def _made_for(recorded: dict[str, Any], spec: SweepSpec) -> bool:
     return recorded == key
 
 
-def _auto_drafts(spec: SweepSpec) -> list[str]:
-    return sorted({d for m in spec.all_methods if m != "ar" for d in spec.draft.get(m, ())})
+def _auto_units(spec: SweepSpec) -> list[tuple[str, int]]:
+    """(draft, lookup chain) pairs the sweep's methods run, each once, by draft."""
+    return sorted({(d, spec.lookup_tokens.get(m, 0)) for m in spec.all_methods if m != "ar"
+                   for d in spec.draft.get(m, ())})
 
 
 def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], None] = print) -> AutoTrees:
@@ -143,28 +155,31 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                  f"cached tokens, past {RETIME_PAST:g}x the profile's {profiled}: timing the verify curve there")
             curves[cached] = measured_verify_curve(target, spec.batch_sizes, cached, _most_tokens(target, cached))
         drafts = {}
-        for name in _auto_drafts(spec):
+        for name in sorted({d for d, _ in _auto_units(spec)}):
             draft = worker.draft(name)
-            tables = _acceptance(target, draft, name, dtype, prompts, echo)
             echo(f"auto trees: timing draft {name} levels and step overheads at batch sizes "
                  f"{', '.join(map(str, sorted(spec.batch_sizes)))}")
             costs = {cached: tree_costs.measure(target, draft, spec.batch_sizes, prefix_tokens=cached,
                                                 widths=tree_costs.LEVEL_WIDTHS) for cached in curves}
-            drafts[name] = {"costs": {str(c): costs[c].to_json() for c in costs},
-                            "datasets": {ds: _price(spec, tables[ds], curves[contexts[ds]], costs[contexts[ds]])
-                                         for ds in prompts}}
-            best = "; ".join(f"{ds} " + ", ".join(f"b={b}: {TreeChoice(**e['choice']).label()}"
-                                                  for b, e in priced["batch_sizes"].items())
-                             for ds, priced in drafts[name]["datasets"].items())
-            echo(f"auto trees for {name}: {best}")
+            for chain in sorted(m for d, m in _auto_units(spec) if d == name):
+                unit = _unit(name, chain)
+                tables = _acceptance(target, draft, name, dtype, prompts, echo, chain)
+                drafts[unit] = {"lookup_tokens": chain, "costs": {str(c): costs[c].to_json() for c in costs},
+                                "datasets": {ds: _price(spec, tables[ds], curves[contexts[ds]], costs[contexts[ds]])
+                                             for ds in prompts}}
+                best = "; ".join(f"{ds} " + ", ".join(f"b={b}: {TreeChoice(**e['choice']).label()}"
+                                                      for b, e in priced["batch_sizes"].items())
+                                 for ds, priced in drafts[unit]["datasets"].items())
+                echo(f"auto trees for {unit}: {best}")
     finally:
         worker.close()
     return AutoTrees({"key": _key(spec), "profile_id": profile.profile_id, "verify_curve": curve.to_json(),
                       "contexts": {"cached_tokens": contexts, "profile_prefix_tokens": profiled,
                                    "timed_verify_curves": {str(c): v.to_json() for c, v in curves.items()
                                                            if c != profiled}},
-                      "drafts": drafts, "definition": "tokens/s = b(1+a) / (V(b,N) + L(b,1+a) + (D-1) L(b,k) + o_spec(b)); "
-                      "AR: b / (V(b,1) + o_ar(b)); V, L and o at the dataset's context; see roofline/tree_policy.py"})
+                      "drafts": drafts, "definition": "tokens/s = b(1+a) / (V(b,N+M) + L(b,1+a) + (D-1) L(b,k) + o_spec(b)); "
+                      "AR: b / (V(b,1) + o_ar(b)); M the lookup chain's tokens (0 with none); V, L and o at the "
+                      "dataset's context; see roofline/tree_policy.py"})
 
 
 def _context(target, prompts: list[list[int]], max_new_tokens: int, profiled: int) -> int:
@@ -195,7 +210,7 @@ def _price(spec: SweepSpec, table: AcceptanceTable, curve, costs: tree_costs.Dra
 
 def _ranked(b: int, table: AcceptanceTable, curve: LatencyCurve, costs: tree_costs.DraftCosts) -> list[TreeChoice]:
     step = StepCosts(curve.seconds, costs.level.seconds, _nearest(costs.overhead_ar_s), _nearest(costs.overhead_spec_s))
-    return ranked(b, [(k, d, n, table.mean_accepted(k, d, n)) for k, d, n in table.trees()], step)
+    return ranked(b, [(k, d, n, table.mean_accepted(k, d, n)) for k, d, n in table.trees()], step, table.lookup_tokens)
 
 
 def _nearest(values: dict[int, float]) -> Callable[[int], float]:
@@ -242,10 +257,11 @@ def _held_out_or_refuse(spec: SweepSpec, target) -> dict[str, list[list[int]]]:
 
 
 def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int = PREFIX_TOKENS,
-                  echo: Callable[[str], None] = print) -> tuple[TreeChoice, TreeChoice]:
+                  echo: Callable[[str], None] = print, lookup_tokens: int = 0) -> tuple[TreeChoice, TreeChoice]:
     """`scylla generate --top-k auto`: (the speculative tree with the most predicted tokens/s for
-    `draft` at `batch_size` on this device, AR's prediction beside it). The best tree is returned
-    even where AR is predicted faster: the caller asked for speculative decoding, and is told.
+    `draft`, with a `lookup_tokens` chain grafted under it, at `batch_size` on this device, AR's
+    prediction beside it). The best tree is returned even where AR is predicted faster: the
+    caller asked for speculative decoding, and is told.
 
     The acceptance is kept where `calibration_file(name)` says (replayed on first use, as a
     sweep does, with no system prompt, as the bench's); the verify curve, draft levels and step
@@ -255,7 +271,7 @@ def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int 
 
     prompts = held_out_prompts(DATASET_NAMES, 0, target.tokenizer, room=_replay_room(target))
     dtype = str(target.dtype).removeprefix("torch.")
-    table = AcceptanceTable.pooled(list(_acceptance(target, draft, name, dtype, prompts, echo).values()))
+    table = AcceptanceTable.pooled(list(_acceptance(target, draft, name, dtype, prompts, echo, lookup_tokens).values()))
     echo("auto tree: timing the target's verify forward, the draft's levels and the step overheads here")
     prefix = _fit_prefix(target, cached_tokens)
     curve = measured_verify_curve(target, [batch_size], prefix, _most_tokens(target, prefix))
@@ -292,17 +308,20 @@ def calibration_file(name: str) -> Path | None:
 
 
 def _acceptance(target, draft, name: str, dtype: str, prompts: dict[str, list[list[int]]],
-                echo) -> dict[str, AcceptanceTable]:
-    """The draft's acceptance table per group of prompts (a dataset's): from its checkpoint
-    folder's calibration.json where kept, the rest replayed now, together."""
+                echo, lookup_tokens: int = 0) -> dict[str, AcceptanceTable]:
+    """The draft's acceptance table per group of prompts (a dataset's), with a `lookup_tokens`
+    chain grafted under its trees: from its checkpoint folder's calibration.json where kept, the
+    rest replayed now, together."""
     top_ks, depth = calibration.TOP_KS, calibration.MAX_DEPTH
     # A draft decoding in another precision than the target's (drafts/base.py decode_dtype) says so.
     precision = dtype if draft.info.dtype in (None, dtype) else f"{dtype}-draft-{draft.info.dtype}"
 
     def key(ids: list[list[int]]) -> str:
         digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+        # Tables without a chain keep the key they had before chains were priced.
+        chain = (f"lookup-{lookup_tokens}",) if lookup_tokens else ()
         return "/".join(map(str, (draft.info.weights_hash, target.info.fingerprint, precision, digest,
-                                  REPLAY_NEW_TOKENS, ",".join(map(str, top_ks)), depth, TABLE_FORMAT)))
+                                  REPLAY_NEW_TOKENS, ",".join(map(str, top_ks)), depth, TABLE_FORMAT, *chain)))
 
     cache = calibration_file(name)
     stored = {}
@@ -321,10 +340,11 @@ def _acceptance(target, draft, name: str, dtype: str, prompts: dict[str, list[li
     if not todo:
         return tables
     count = sum(map(len, todo.values()))
-    echo(f"auto trees: replaying draft {name} on {count} held-out prompts of {', '.join(todo)} "
+    chain = f" with a {lookup_tokens}-token lookup chain" if lookup_tokens else ""
+    echo(f"auto trees: replaying draft {name}{chain} on {count} held-out prompts of {', '.join(todo)} "
          f"({REPLAY_NEW_TOKENS} tokens each)")
     tables.update(replay_groups(target, draft, todo, new_tokens=REPLAY_NEW_TOKENS, top_ks=top_ks, max_depth=depth,
-                                on_batch=lambda done, total: echo(f"  replayed {done}/{total} prompts")))
+                                lookup_tokens=lookup_tokens, on_batch=lambda done, total: echo(f"  replayed {done}/{total} prompts")))
     if cache is not None:
         stored.update({key(ids): tables[group].to_json() for group, ids in todo.items()})
         try:

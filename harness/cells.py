@@ -27,8 +27,9 @@ from workloads.long_prompts import REFUSE
 PLANNED = "planned"
 PRUNED = "pruned"
 
-# (batch_size, draft, dataset) -> the tree top_k auto runs (harness/auto_trees.py); total_tokens 1 is no tree.
-TreePolicy = Callable[[int, str, str], TreeChoice]
+# (batch_size, draft, dataset, lookup chain) -> the tree top_k auto runs (harness/auto_trees.py);
+# total_tokens 1 is no tree.
+TreePolicy = Callable[[int, str, str, int], TreeChoice]
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def plan(spec: SweepSpec, policy: TreePolicy | None = None) -> list[Cell]:
                     for draft in spec.draft[method]:
                         for setting in spec.top_k:
                             if setting == AUTO:
-                                choice = policy(batch, draft, dataset)
+                                choice = policy(batch, draft, dataset, spec.lookup_tokens.get(method, 0))
                                 trees = [(choice.top_k, choice.depth, choice.total_tokens)]
                             else:
                                 k = int(setting)

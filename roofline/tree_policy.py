@@ -13,6 +13,10 @@ and plain autoregressive decoding b / (V(b, 1) + o_ar(b)), where, all measured:
   frontier nodes, and one `extend` over the 1 + a tokens the step accepted;
 - o_spec, o_ar: the rest of a step (tree bookkeeping, acceptance, cache commit).
 
+With an M-token prompt-lookup chain grafted under each tree, a is the replay's count for the
+tree and chain together, and the verify is priced at V(b, N + M): the chain's nodes that run
+along the tree's own are not added twice, so that is the most it costs.
+
 The policy is the argmax, "no speculation" included (returned as total_tokens 1) when no
 tree beats AR. Nothing about top_k's dependence on b is put in: the paper's k*(b) falls
 out of how V bends as tokens in flight grow.
@@ -35,13 +39,17 @@ class TreeChoice:
     accepted: float  # E[accepted draft tokens per step]
     step_s: float  # predicted seconds per step
     tokens_per_s: float  # predicted, all rows together
+    lookup_tokens: int = 0  # the prompt-lookup chain priced under the tree (0 with no speculation)
 
     @property
     def speculative(self) -> bool:
         return self.total_tokens > 1
 
     def label(self) -> str:
-        return f"k={self.top_k} d={self.depth} n={self.total_tokens}" if self.speculative else "AR (no tree pays)"
+        if not self.speculative:
+            return "AR (no tree pays)"
+        chain = f" +lookup {self.lookup_tokens}" if self.lookup_tokens else ""
+        return f"k={self.top_k} d={self.depth} n={self.total_tokens}{chain}"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -61,18 +69,19 @@ def autoregressive(batch_size: int, costs: StepCosts) -> TreeChoice:
 
 
 def price(batch_size: int, top_k: int, depth: int, total_tokens: int, accepted: float,
-          costs: StepCosts) -> TreeChoice:
-    """Predicted step time and tokens/s of one tree at one batch size."""
+          costs: StepCosts, lookup_tokens: int = 0) -> TreeChoice:
+    """Predicted step time and tokens/s of one tree (and the chain grafted under it) at one batch size."""
     b = batch_size
-    step = (costs.verify_s(b, total_tokens) + costs.draft_level_s(b, 1 + accepted)
+    step = (costs.verify_s(b, total_tokens + lookup_tokens) + costs.draft_level_s(b, 1 + accepted)
             + (depth - 1) * costs.draft_level_s(b, top_k) + costs.overhead_spec_s(b))
-    return TreeChoice(b, top_k, depth, total_tokens, accepted, step, b * (1 + accepted) / step)
+    return TreeChoice(b, top_k, depth, total_tokens, accepted, step, b * (1 + accepted) / step, lookup_tokens)
 
 
-def ranked(batch_size: int, trees: Iterable[tuple[int, int, int, float]], costs: StepCosts) -> list[TreeChoice]:
+def ranked(batch_size: int, trees: Iterable[tuple[int, int, int, float]], costs: StepCosts,
+           lookup_tokens: int = 0) -> list[TreeChoice]:
     """Every tree (k, D, N, E[accepted]) and AR, best first; ties go to the smaller tree."""
     options = [autoregressive(batch_size, costs)]
-    options += [price(batch_size, k, d, n, a, costs) for k, d, n, a in trees]
+    options += [price(batch_size, k, d, n, a, costs, lookup_tokens) for k, d, n, a in trees]
     return sorted(options, key=lambda c: (-c.tokens_per_s, c.total_tokens, c.depth, c.top_k))
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.ngrams import MAX_NGRAM, lookup
 from scylla_impl.tree import Pool, grow_pool, keep_order, pool_size
 from workloads.errors import ScyllaError
 
@@ -56,6 +57,7 @@ class AcceptanceTable:
     top_ks: tuple[int, ...]
     max_depth: int
     positions: int = 0  # replayed (prompt, position) pairs
+    lookup_tokens: int = 0  # the prompt-lookup chain grafted under every tree (0: none)
     # (top_k, depth) -> one entry per total_tokens 2..cap: accepted tokens summed over the steps
     # that tree's decode takes, and the number of those steps
     sums: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
@@ -85,9 +87,9 @@ class AcceptanceTable:
     def pooled(cls, tables: Sequence[AcceptanceTable]) -> AcceptanceTable:
         """One table over the steps of all of `tables` (replays of the same draft on other prompts)."""
         first = tables[0]
-        total = cls(first.top_ks, first.max_depth, sum(t.positions for t in tables))
+        total = cls(first.top_ks, first.max_depth, sum(t.positions for t in tables), first.lookup_tokens)
         for t in tables:
-            if (t.top_ks, t.max_depth) != (first.top_ks, first.max_depth):
+            if (t.top_ks, t.max_depth, t.lookup_tokens) != (first.top_ks, first.max_depth, first.lookup_tokens):
                 raise ScyllaError("acceptance tables of different trees cannot be pooled")
             for key in t.sums:
                 total.sums[key] += t.sums[key]
@@ -96,17 +98,20 @@ class AcceptanceTable:
 
     def to_json(self) -> dict:
         return {"top_ks": list(self.top_ks), "max_depth": self.max_depth, "positions": self.positions,
+                "lookup_tokens": self.lookup_tokens,
                 "mean_accepted": {f"{k},{d}": (s / np.maximum(self.steps[(k, d)], 1)).round(6).tolist()
                                   for (k, d), s in self.sums.items()},
                 "steps": {f"{k},{d}": s.astype(int).tolist() for (k, d), s in self.steps.items()},
                 "definition": "mean accepted draft tokens per decoding step at temperature 0 (the bonus token "
                               "not counted), over the steps each tree's own decode takes through the replayed "
-                              "continuations; list index i is total_tokens i + 2 (root included)"}
+                              "continuations; list index i is total_tokens i + 2 (root included); with "
+                              "lookup_tokens M > 0, each tree has an M-token prompt-lookup chain grafted under it"}
 
     @classmethod
     def from_json(cls, doc: dict) -> AcceptanceTable:
         try:
-            table = cls(tuple(int(k) for k in doc["top_ks"]), int(doc["max_depth"]), int(doc["positions"]))
+            table = cls(tuple(int(k) for k in doc["top_ks"]), int(doc["max_depth"]), int(doc["positions"]),
+                        int(doc.get("lookup_tokens", 0)))
             for key, means in doc["mean_accepted"].items():
                 k, d = (int(x) for x in key.split(","))
                 table.steps[(k, d)] = np.asarray(doc["steps"][key], dtype=float)
@@ -153,8 +158,19 @@ def accepted_by_tree(pool: Pool, path: torch.Tensor, depth: int) -> torch.Tensor
     return (path_rank[:, :, None] < keep[None, None, :]).sum(1)  # [b, cap-1]
 
 
+def _chain_matches(seqs: list[list[int]], roots: list[int], length: int, device) -> torch.Tensor:
+    """[b, 1] how many tokens of each row's lookup chain at its root (seqs[r][roots[r]]) the
+    reference continues with: the chain's own accepted path; 0 with no chain."""
+    matched = []
+    for seq, root in zip(seqs, roots):
+        proposal = lookup(seq[:root + 1], MAX_NGRAM, length) if length else []
+        follows = seq[root + 1:root + 1 + len(proposal)]
+        matched.append(next((j for j, (a, b) in enumerate(zip(proposal, follows)) if a != b), len(follows)))
+    return torch.tensor(matched, device=device)[:, None]
+
+
 def replay(target, draft, prompts: Sequence[list[int]], *, new_tokens: int = 64, batch_size: int = 8,
-           top_ks: Sequence[int] = TOP_KS, max_depth: int = MAX_DEPTH,
+           top_ks: Sequence[int] = TOP_KS, max_depth: int = MAX_DEPTH, lookup_tokens: int = 0,
            on_batch: Callable[[int, int], None] | None = None,
            on_position: Callable[[int, int, dict[tuple[int, int], torch.Tensor]], None] | None = None
            ) -> AcceptanceTable:
@@ -163,12 +179,13 @@ def replay(target, draft, prompts: Sequence[list[int]], *, new_tokens: int = 64,
     on_position(prompt index, root index in its continuation, {(k, D): accepted [cap-1]}) sees
     each replayed position (tests compare it with decoding)."""
     return replay_groups(target, draft, {None: prompts}, new_tokens=new_tokens, batch_size=batch_size,
-                         top_ks=top_ks, max_depth=max_depth, on_batch=on_batch, on_position=on_position)[None]
+                         top_ks=top_ks, max_depth=max_depth, lookup_tokens=lookup_tokens, on_batch=on_batch,
+                         on_position=on_position)[None]
 
 
 def replay_groups(target, draft, groups: Mapping[Hashable, Sequence[list[int]]], *, new_tokens: int = 64,
                   batch_size: int = 8, top_ks: Sequence[int] = TOP_KS, max_depth: int = MAX_DEPTH,
-                  on_batch: Callable[[int, int], None] | None = None,
+                  lookup_tokens: int = 0, on_batch: Callable[[int, int], None] | None = None,
                   on_position: Callable[[int, int, dict[tuple[int, int], torch.Tensor]], None] | None = None
                   ) -> dict[Hashable, AcceptanceTable]:
     """One acceptance table per group of prompts (a dataset's), from one replay batched across
@@ -179,7 +196,9 @@ def replay_groups(target, draft, groups: Mapping[Hashable, Sequence[list[int]]],
         raise ScyllaError(f"no top_k fits the draft's vocabulary of {draft.draft_vocab} tokens")
     if new_tokens <= max_depth:
         raise ScyllaError(f"replay needs more new tokens ({new_tokens}) than the deepest tree ({max_depth})")
-    tables = {name: AcceptanceTable(top_ks, max_depth) for name in groups}
+    if lookup_tokens < 0:
+        raise ScyllaError(f"lookup_tokens must be >= 0, got {lookup_tokens}")
+    tables = {name: AcceptanceTable(top_ks, max_depth, lookup_tokens=lookup_tokens) for name in groups}
     prompts = [list(p) for ps in groups.values() for p in ps]
     owners = [tables[name] for name, ps in groups.items() for _ in ps]  # each prompt's table
     layers = tuple(draft.feature_layers)
@@ -187,14 +206,15 @@ def replay_groups(target, draft, groups: Mapping[Hashable, Sequence[list[int]]],
         chunk = prompts[start:start + batch_size]
         ref = generate(target, chunk, None, DecodeConfig(max_new_tokens=new_tokens)).token_ids
         _replay_batch(target, draft, chunk, ref, layers, owners[start:start + batch_size], max_depth, start,
-                      on_position)
+                      on_position, lookup_tokens)
         if on_batch is not None:
             on_batch(min(start + batch_size, len(prompts)), len(prompts))
     return tables
 
 
 @torch.no_grad()
-def _replay_batch(target, draft, prompts, continuations, layers, tables, max_depth, first, on_position) -> None:
+def _replay_batch(target, draft, prompts, continuations, layers, tables, max_depth, first, on_position,
+                  lookup_tokens: int = 0) -> None:
     device, b = target.device, len(prompts)
     seqs = [p + c for p, c in zip(prompts, continuations)]
     cache = target.new_cache(b, max(map(len, seqs)) + 8)
@@ -224,12 +244,13 @@ def _replay_batch(target, draft, prompts, continuations, layers, tables, max_dep
         valid = torch.tensor([i + max_depth < len(c) for c in continuations], device=device)
         root_at = torch.tensor(lengths, device=device) + i  # sequence index of root c_i
         reference = padded[rows[:, None], root_at[:, None] + 1 + torch.arange(max_depth, device=device)]
+        chained = _chain_matches(seqs, root_at.tolist(), lookup_tokens, device)  # [b, 1]
         found = {}
         for k in tables[0].top_ks:
             pool = grow_pool(draft, root_logprobs, root_out, k, max_depth)
             path = path_in_pool(pool, reference)
             for d in range(1, max_depth + 1):
-                accepted = accepted_by_tree(pool, path, d)  # [b, cap-1]
+                accepted = torch.maximum(accepted_by_tree(pool, path, d), chained)  # [b, cap-1]
                 landed = (landing[(k, d)] == i) & valid[:, None]  # [b, cap-1]: that tree's decode steps from c_i
                 landing[(k, d)] = torch.where(landed, i + accepted + 1, landing[(k, d)])
                 summed = (accepted * landed).cpu().numpy()

@@ -19,19 +19,22 @@ def prompts(mt_bench_prompts):
     return mt_bench_prompts[:2]
 
 
-@pytest.mark.parametrize("spec,tree", [("lookup", (3, 4, 12)), ("random:eagle2", (4, 3, 10)),
-                                       ("oracle", (2, 5, 8)), ("random:eagle3", (1, 6, 7))])
-def test_replay_accepts_what_decoding_accepts(target_fp32, prompts, spec, tree):
+@pytest.mark.parametrize("spec,tree,chain", [("lookup", (3, 4, 12), 0), ("random:eagle2", (4, 3, 10), 0),
+                                             ("oracle", (2, 5, 8), 0), ("random:eagle3", (1, 6, 7), 0),
+                                             ("random:eagle2", (2, 2, 4), 5)])
+def test_replay_accepts_what_decoding_accepts(target_fp32, prompts, spec, tree, chain):
     k, d, n = tree
     draft = load_draft(spec, target_fp32)
     seen = {}
     table = replay(target_fp32, draft, prompts, new_tokens=NEW_TOKENS, batch_size=2, top_ks=(k,), max_depth=d + 1,
+                   lookup_tokens=chain,
                    on_position=lambda p, i, got: seen.__setitem__((p, i), int(got[(k, d)][n - 2])))
-    assert table.positions == len(seen) > 0
+    assert table.positions == len(seen) > 0 and table.lookup_tokens == chain
     decoded = []  # accepted per decoding step, at the roots the replay priced
     for p, prompt in enumerate(prompts):
         stats = generate(target_fp32, [prompt], draft, DecodeConfig(top_k=k, depth=d, total_tokens=n,
-                                                                    max_new_tokens=NEW_TOKENS)).stats
+                                                                    max_new_tokens=NEW_TOKENS,
+                                                                    lookup_tokens=chain)).stats
         root = 0  # index in the continuation of the step's root token
         for accepted in stats.accepted[:, 0].tolist():
             if (p, root) in seen:
@@ -41,6 +44,8 @@ def test_replay_accepts_what_decoding_accepts(target_fp32, prompts, spec, tree):
     assert len(decoded) >= 8
     # The table's mean is the decode's, per step: not the mean over every replayed position.
     assert table.mean_accepted(k, d, n) == pytest.approx(sum(decoded) / len(decoded))
+    if chain:  # a random draft's tree accepts next to nothing: the copies are the chain's
+        assert max(decoded) > d
 
 
 class Spy:

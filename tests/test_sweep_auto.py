@@ -105,6 +105,32 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
     assert run_sweep(spec, tmp_path / "out", resume=True, progress=Notes()).ran == 0
 
 
+def test_auto_prices_a_lookup_chain_with_the_tree_it_is_grafted_under(tmp_path, default_model_dir):
+    # One random draft under two names, the second with a 4-token chain: each is priced with its
+    # own replay (the chain's copies counted), and each cell runs its own choice.
+    flat = profile(tmp_path / "flat", lambda b, n: 5.0)
+    spec = spec_for(flat, methods="ar,scylla,scylla_copy", draft=("scylla=random:scylla", "scylla_copy=random:scylla"),
+                    lookup_tokens=("scylla_copy=4",), datasets="humaneval")
+    notes = Notes()
+    run_sweep(spec, tmp_path / "out", progress=notes)
+    record = json.loads((tmp_path / "out" / "auto_trees.json").read_text())
+    assert sorted(record["drafts"]) == ["random:scylla", "random:scylla +lookup 4"]
+    assert any("replaying draft random:scylla with a 4-token lookup chain" in line for line in notes.lines)
+    plain, chained = (record["drafts"][u]["datasets"]["humaneval"] for u in ("random:scylla", "random:scylla +lookup 4"))
+    assert chained["acceptance"]["lookup_tokens"] == 4 and plain["acceptance"]["lookup_tokens"] == 0
+    means = lambda priced: [a for row in priced["acceptance"]["mean_accepted"].values() for a in row]  # noqa: E731
+    assert max(means(chained)) > max(means(plain))  # code repeats itself: the chain copies it
+    rows = {r["method"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
+    for method, priced in (("scylla", plain), ("scylla_copy", chained)):
+        chosen = priced["batch_sizes"]["1"]["choice"]
+        assert chosen["lookup_tokens"] == (4 if method == "scylla_copy" else 0)
+        row = rows[method]
+        assert (row["top_k"], row["depth"], row["total_tokens"], row["lookup_tokens"]) == (
+            chosen["top_k"], chosen["depth"], chosen["total_tokens"], chosen["lookup_tokens"])
+        assert row["status"] == "ok" and row["lossless"] is True
+    assert run_sweep(spec, tmp_path / "out", resume=True, progress=Notes()).ran == 0
+
+
 def test_auto_runs_ar_when_no_tree_pays(tmp_path, default_model_dir):
     # Compute-bound from the first token: every verified token costs a full step.
     spec = spec_for(profile(tmp_path / "steep", lambda b, n: 0.02 * b * n))

@@ -179,8 +179,8 @@ def test_auto_top_k_resolved_by_policy():
 
     calls = []
 
-    def policy(batch, draft, dataset):
-        calls.append((batch, draft, dataset))
+    def policy(batch, draft, dataset, lookup_tokens):
+        calls.append((batch, draft, dataset, lookup_tokens))
         if batch == 4:
             return TreeChoice(batch, 0, 0, 1, 0.0, 0.1, 40.0)  # no tree pays: the cell runs as AR
         return TreeChoice(batch, 8, 3, 48, 1.5, 0.1, 25.0) if dataset == "gsm8k" else TreeChoice(batch, 2, 1, 3, 0.5, 0.1, 25.0)
@@ -191,7 +191,7 @@ def test_auto_top_k_resolved_by_policy():
     assert [(c.dataset, c.batch_size, c.top_k, c.depth, c.total_tokens) for c in auto] == [
         ("gsm8k", 1, 8, 3, 48), ("gsm8k", 4, 0, 0, 1), ("cnn_dm", 1, 2, 1, 3), ("cnn_dm", 4, 0, 0, 1)]
     assert all(c.status == PLANNED for c in auto) and "AR (no tree pays)" in auto[1].label()
-    assert sorted(set(calls)) == [(b, "random:scylla", d) for b in (1, 4) for d in ("cnn_dm", "gsm8k")]
+    assert sorted(set(calls)) == [(b, "random:scylla", d, 0) for b in (1, 4) for d in ("cnn_dm", "gsm8k")]
     fixed = [c for c in cells if c.top_k_setting == "4"]
     assert len({c.cell_id for c in fixed + auto}) == len(fixed) + len(auto)
     with pytest.raises(ScyllaError, match="needs the trees priced"):

@@ -49,6 +49,19 @@ def test_draft_levels_and_overheads_are_paid_per_step():
     assert step == pytest.approx(0.01 + 0.004 + 5 * 0.004 + 0.001)  # verify + extend + (D-1) levels + overhead
 
 
+def test_a_grafted_chain_is_verified_with_the_tree():
+    # The chain's M tokens ride in the same verify: past the knee they cost what M more nodes cost.
+    curve = costs(roofline_curve(0.01, 8, 0.01))
+    plain, chained = price(1, 2, 3, 7, 2.0, curve), price(1, 2, 3, 7, 2.5, curve, lookup_tokens=4)
+    assert plain.step_s == pytest.approx(0.01) and chained.step_s == pytest.approx(0.01 + 3 * 0.01)
+    assert chained.lookup_tokens == 4 and chained.label() == "k=2 d=3 n=7 +lookup 4"
+    # Ranked with the chain, the tree that leaves room for it under the knee wins.
+    trees = [(2, 3, 7, 2.5), (1, 3, 4, 2.2)]
+    assert choose(1, trees, curve).total_tokens == 7
+    best = ranked(1, trees, curve, lookup_tokens=4)[0]
+    assert (best.total_tokens, best.lookup_tokens) == (4, 4)
+
+
 def test_falls_back_to_ar_when_no_tree_pays():
     # Compute-bound from the first token: a tree of N costs N steps and returns at most N tokens.
     trees = list(geometric_trees())

@@ -41,7 +41,7 @@ def _top_k(ctx, param, value: str) -> str | int:
 @click.option("--lookup-tokens", type=click.IntRange(min=0), default=0, show_default=True,
               help="graft up to this many tokens of the prompt-lookup proposal (the text that followed the last "
                    "n-gram's earlier occurrence in the prompt or output) under each draft tree's root: the verify "
-                   "keeps the longer of the draft's guess and the copy; top_k auto prices the tree without it")
+                   "keeps the longer of the draft's guess and the copy; top_k auto prices the tree with it")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
@@ -150,11 +150,10 @@ def _auto_tree(target, draft, name: str, ids: list[list[int]], config):
     check_context(target, longest, config, speculative=False)
     # Costs timed where this decode runs: its longest prompt, halfway through its new tokens.
     cached = longest + config.max_new_tokens // 2
-    best, ar = generate_tree(target, draft, name, len(ids), cached, echo=say)
+    best, ar = generate_tree(target, draft, name, len(ids), cached, echo=say, lookup_tokens=config.lookup_tokens)
     verdict = "" if best.tokens_per_s > ar.tokens_per_s else ", slower than AR: no tree pays here"
-    chain = f" (priced without the {config.lookup_tokens}-token lookup chain grafted under it)" if config.lookup_tokens else ""
     say(f"auto tree: {best.label()}, {best.accepted:.2f} draft tokens accepted a step, predicted "
-        f"{best.tokens_per_s:.1f} tokens/s against AR's {ar.tokens_per_s:.1f}{verdict}{chain}")
+        f"{best.tokens_per_s:.1f} tokens/s against AR's {ar.tokens_per_s:.1f}{verdict}")
     config = dataclasses.replace(config, top_k=best.top_k, depth=best.depth, total_tokens=best.total_tokens)
     return config, {"choice": best.to_json(), "ar": ar.to_json()}
 
