@@ -47,7 +47,11 @@ from workloads.errors import ScyllaError
 REPO = Path(__file__).resolve().parent.parent
 MICRO_BASELINE = Path(__file__).resolve().parent / "bench_micro_baseline.json"
 DATASETS = "mt_bench,humaneval,gsm8k,alpaca,cnn_dm,natural_questions"
-METHODS = TRAINED
+# A trained method's draft again under a second name, with a prompt-lookup chain of that many
+# tokens grafted under its trees (`scylla sweep --lookup-tokens`): the report then shows what
+# the chain adds to the same draft, dataset by dataset.
+CHAINED = {"scylla_lookup": ("scylla", 4)}
+METHODS = TRAINED + tuple(CHAINED)
 # What each mode sweeps (AR and each method, temperature 0), and the committed baseline it
 # compares with. `regression`, the default, answers "did the engine or the drafts regress" in
 # minutes: every dataset and both batch sizes, on the tree the tie rule gives top_k 4
@@ -112,25 +116,37 @@ def resolve_drafts(given: list[str], methods=METHODS, untrained: bool = False,
     then the engine's trained default drafts (scylla_impl/trained.py), which are trained
     on first use and kept in SCYLLA_HOME: the first run of the job on a fresh machine
     includes that training, on `device`. `--untrained` asks for random-init drafts instead (a quick
-    plumbing run); the job then says so loudly, and never does it on its own.
+    plumbing run); the job then says so loudly, and never does it on its own. A chained method
+    (CHAINED) not given a draft of its own runs its base method's.
     """
     specs = list(given)
     env = os.environ.get("SCYLLA_BENCH_DRAFTS", "")
     if not specs and env:
         specs = [s.strip() for s in env.split(",") if s.strip()]
-    specs = [s for s in specs if s.split("=", 1)[0] in methods]
-    missing = [m for m in methods if m not in {s.split("=", 1)[0] for s in specs}]
-    if not missing:
-        return specs, not any(s.split("=", 1)[1].startswith(("random:", "oracle")) for s in specs)
+    named = {s.split("=", 1)[0] for s in specs}
+    base = {m: CHAINED[m][0] if m in CHAINED and m not in named else m for m in methods}
+    wanted = list(dict.fromkeys(base.values()))
+    specs = [s for s in specs if s.split("=", 1)[0] in wanted]
+    missing = [m for m in wanted if m not in {s.split("=", 1)[0] for s in specs}]
     if untrained:
-        return specs + [f"{m}=random:{m}" for m in missing], False
+        specs += [f"{m}=random:{m}" for m in missing]
+    elif missing:
+        specs += _default_drafts(missing, device)
+    by_method = dict(s.split("=", 1) for s in specs)
+    resolved = [f"{m}={by_method[base[m]]}" for m in methods]
+    return resolved, not any(s.split("=", 1)[1].startswith(("random:", "oracle")) for s in resolved)
+
+
+def _default_drafts(methods: list[str], device: str) -> list[str]:
+    """METHOD=DIR of the engine's trained default draft of each method, trained here if missing."""
     from harness.quiet import quiet_libraries
     from scylla_impl.target import Target
     from scylla_impl.trained import DEFAULT_DRAFTS, ensure_trained_draft, trained_draft
 
     quiet_libraries()
     target = Target.load("default", dtype="float32", device=device)
-    for m in missing:
+    specs = []
+    for m in methods:
         if m not in DEFAULT_DRAFTS:
             raise ScyllaError(f"no default draft for method {m!r}: pass --draft {m}=DIR")
         if trained_draft(target, m) is None:
@@ -140,7 +156,7 @@ def resolve_drafts(given: list[str], methods=METHODS, untrained: bool = False,
         if time.perf_counter() - t0 > 5:
             _say(f"{m} draft ready after {time.perf_counter() - t0:.0f} s")
     del target
-    return specs, True
+    return specs
 
 
 def sweep_config(args, drafts: list[str]) -> dict:
@@ -152,6 +168,7 @@ def sweep_config(args, drafts: list[str]) -> dict:
         "drafts": sorted(d.split("=", 1)[0] + "=" + Path(d.split("=", 1)[1]).name if "random:" not in d else d
                          for d in drafts),
         "temperatures": "0",
+        "lookup_tokens": ",".join(f"{m}={CHAINED[m][1]}" for m in args.methods if m in CHAINED),
         **{name: getattr(args, name) for name in SWEEP_OPTIONS},
     }
 
@@ -170,6 +187,8 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
             cmd += [_flag(name), str(run[name])]
     for d in run["drafts"]:
         cmd += ["--draft", d]
+    for chain in filter(None, run["lookup_tokens"].split(",")):
+        cmd += ["--lookup-tokens", chain]
     if profile is not None:
         cmd += ["--profile", str(profile)]
     return cmd
@@ -233,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="nox -s bench --", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "bench-results")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="regression",
-                    help="regression (default, minutes) or full (the 60-token tree, about 11 minutes on 2 CPU cores once the drafts exist)")
+                    help="regression (default, minutes) or full (the 60-token tree, about 13 minutes on 2 CPU cores once the drafts exist)")
     ap.add_argument("--full", dest="preset", action="store_const", const="full", help="same as --preset full")
     ap.add_argument("--update-baseline", action="store_true", help="rewrite the committed baselines from this run")
     ap.add_argument("--baseline", type=Path, default=None, help="default: the preset's reports/bench_baseline*.json")

@@ -217,7 +217,8 @@ def test_committed_baseline_is_the_presets_sweep(preset):
     base = regression.read_baseline(args.baseline)
     assert base["tau"] and base["ratio"]
     assert 0 < base["ratio_tolerance"] < 1
-    regression.check_same_sweep(sweep_config(args, ["eagle2=eagle2", "eagle3=eagle3", "scylla=scylla-3"]), base)
+    drafts = ["eagle2=eagle2", "eagle3=eagle3", "scylla=scylla-3", "scylla_lookup=scylla-3"]
+    regression.check_same_sweep(sweep_config(args, drafts), base)
 
 
 @pytest.mark.slow
@@ -249,6 +250,14 @@ def test_draft_resolution_never_silently_random(monkeypatch):
     monkeypatch.setenv("SCYLLA_BENCH_DRAFTS", "eagle2=/d/eagle2,scylla=/d/scylla,eagle3=/d/eagle3")
     specs, trained = resolve_drafts([], ("eagle2", "scylla"))
     assert specs == ["eagle2=/d/eagle2", "scylla=/d/scylla"] and trained
+    # A chained method runs its base method's draft, whether or not the base is swept too ...
+    specs, _ = resolve_drafts([], ("eagle2", "scylla_lookup"))
+    assert specs == ["eagle2=/d/eagle2", "scylla_lookup=/d/scylla"]
+    specs, trained = resolve_drafts([], ("scylla", "scylla_lookup"), untrained=True)
+    assert specs == ["scylla=/d/scylla", "scylla_lookup=/d/scylla"] and trained
+    # ... unless it is given one of its own.
+    specs, _ = resolve_drafts(["scylla=/d/scylla", "scylla_lookup=/e/scylla"], ("scylla", "scylla_lookup"))
+    assert specs == ["scylla=/d/scylla", "scylla_lookup=/e/scylla"]
 
 
 def test_auto_tree_change_is_noted_not_failed(cells, baseline):
@@ -300,7 +309,7 @@ def test_the_sweep_runs_what_the_baseline_records(tmp_path):
     from reports.bench import parse_args, sweep_command, sweep_config
 
     args = parse_args(["--datasets", "gsm8k,alpaca", "--prompts", "2", "--top-k", "2", "--dtype", "float32"])
-    drafts = ["eagle2=random:eagle2", "eagle3=random:eagle3", "scylla=random:scylla"]
+    drafts = ["eagle2=random:eagle2", "eagle3=random:eagle3", "scylla=random:scylla", "scylla_lookup=random:scylla"]
     cfg = sweep_config(args, drafts)
     cmd = sweep_command(cfg, drafts, tmp_path / "sweep", None, None, threads=1)
     assert cmd[3] == "sweep"
@@ -310,6 +319,7 @@ def test_the_sweep_runs_what_the_baseline_records(tmp_path):
     assert spec.datasets == ("gsm8k", "alpaca") and spec.prompts == 2 and spec.top_k == (2,)
     assert spec.dtype == cfg["dtype"] == "float32" and spec.max_new_tokens == cfg["max_new_tokens"]
     assert spec.paired_ar and cfg["paired_ar"] is True
+    assert dict(spec.lookup_tokens) == {"scylla_lookup": 4} and cfg["lookup_tokens"] == "scylla_lookup=4"
     unpaired = parse_args(["--no-paired-ar"])
     assert unpaired.paired_ar is False
     assert "--paired-ar" not in sweep_command(sweep_config(unpaired, drafts), drafts, tmp_path / "s", None, None, 1)

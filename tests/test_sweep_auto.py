@@ -110,7 +110,7 @@ def test_auto_prices_a_lookup_chain_with_the_tree_it_is_grafted_under(tmp_path, 
     # own replay (the chain's copies counted), and each cell runs its own choice.
     flat = profile(tmp_path / "flat", lambda b, n: 5.0)
     spec = spec_for(flat, methods="ar,scylla,scylla_copy", draft=("scylla=random:scylla", "scylla_copy=random:scylla"),
-                    lookup_tokens=("scylla_copy=4",), datasets="humaneval")
+                    lookup_tokens=("scylla_copy=4",), datasets="humaneval", max_new_tokens="16")
     notes = Notes()
     run_sweep(spec, tmp_path / "out", progress=notes)
     record = json.loads((tmp_path / "out" / "auto_trees.json").read_text())
@@ -128,6 +128,12 @@ def test_auto_prices_a_lookup_chain_with_the_tree_it_is_grafted_under(tmp_path, 
         assert (row["top_k"], row["depth"], row["total_tokens"], row["lookup_tokens"]) == (
             chosen["top_k"], chosen["depth"], chosen["total_tokens"], chosen["lookup_tokens"])
         assert row["status"] == "ok" and row["lossless"] is True
+    # A random draft's n - 1 nodes a step; the chain adds up to 4 where the code repeats itself.
+    plain_row, chained_row = rows["scylla"], rows["scylla_copy"]
+    assert plain_row["drafted_nodes"] == (plain_row["total_tokens"] - 1) * plain_row["verify_steps"]
+    nodes, steps = chained_row["total_tokens"] - 1, chained_row["verify_steps"]
+    assert nodes * steps < chained_row["drafted_nodes"] <= (nodes + 4) * steps
+    assert chained_row["tau"] > plain_row["tau"]
     assert run_sweep(spec, tmp_path / "out", resume=True, progress=Notes()).ran == 0
 
 

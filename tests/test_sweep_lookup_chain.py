@@ -1,11 +1,10 @@
 """`--lookup-tokens METHOD=M` in a sweep: a method's trees get the prompt-lookup chain grafted
-under their root; the same draft under a second method name runs without it beside them."""
+under their root; the same draft under a second method name runs without it beside them.
+A sweep running both, with the trees priced for each, is in test_sweep_auto.py."""
 
-import pyarrow.parquet as pq
 import pytest
 
 from harness.cells import plan
-from harness.runner import run_sweep
 from harness.spec import build_spec
 from workloads.errors import ScyllaError
 
@@ -38,17 +37,3 @@ def test_bad_lookup_tokens_are_refused(given, error):
 def test_a_chain_on_prompt_lookup_is_refused():
     with pytest.raises(ScyllaError, match="its draft is prompt lookup"):
         build_spec(None, {**FLAGS, "methods": "ar,lookup", "draft": (), "lookup_tokens": ("lookup=4",)})
-
-
-def test_the_chained_cell_runs_losslessly_and_drafts_the_chain(tmp_path, default_model_dir):
-    spec = build_spec(None, {**FLAGS, "lookup_tokens": ("scylla_copy=4",)})
-    run_sweep(spec, tmp_path / "out")
-    rows = {r["method"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
-    assert {m: r["lookup_tokens"] for m, r in rows.items()} == {"ar": None, "scylla": 0, "scylla_copy": 4}
-    assert all(r["status"] == "ok" for r in rows.values())
-    assert rows["scylla"]["lossless"] is True and rows["scylla_copy"]["lossless"] is True
-    # A random draft's 3 nodes a step; the chain adds up to 4 where the code repeats itself.
-    steps = rows["scylla_copy"]["verify_steps"]
-    assert rows["scylla"]["drafted_nodes"] == 3 * rows["scylla"]["verify_steps"]
-    assert 3 * steps < rows["scylla_copy"]["drafted_nodes"] <= 7 * steps
-    assert rows["scylla_copy"]["tau"] > rows["scylla"]["tau"]
