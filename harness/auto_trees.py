@@ -155,13 +155,14 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                  f"cached tokens, past {RETIME_PAST:g}x the profile's {profiled}: timing the verify curve there")
             curves[cached] = measured_verify_curve(target, spec.batch_sizes, cached, _most_tokens(target, cached))
         drafts = {}
-        for name in sorted({d for d, _ in _auto_units(spec)}):
+        units = _auto_units(spec)
+        for name in sorted({d for d, _ in units}):
             draft = worker.draft(name)
             echo(f"auto trees: timing draft {name} levels and step overheads at batch sizes "
                  f"{', '.join(map(str, sorted(spec.batch_sizes)))}")
             costs = {cached: tree_costs.measure(target, draft, spec.batch_sizes, prefix_tokens=cached,
                                                 widths=tree_costs.LEVEL_WIDTHS) for cached in curves}
-            for chain in sorted(m for d, m in _auto_units(spec) if d == name):
+            for chain in sorted(m for d, m in units if d == name):
                 unit = _unit(name, chain)
                 tables = _acceptance(target, draft, name, dtype, prompts, echo, chain)
                 drafts[unit] = {"lookup_tokens": chain, "costs": {str(c): costs[c].to_json() for c in costs},

@@ -160,10 +160,10 @@ def accepted_by_tree(pool: Pool, path: torch.Tensor, depth: int) -> torch.Tensor
 
 def _chain_matches(seqs: list[list[int]], roots: list[int], length: int, device) -> torch.Tensor:
     """[b, 1] how many tokens of each row's lookup chain at its root (seqs[r][roots[r]]) the
-    reference continues with: the chain's own accepted path; 0 with no chain."""
+    reference continues with: the chain's own accepted path."""
     matched = []
     for seq, root in zip(seqs, roots):
-        proposal = lookup(seq[:root + 1], MAX_NGRAM, length) if length else []
+        proposal = lookup(seq[:root + 1], MAX_NGRAM, length)
         follows = seq[root + 1:root + 1 + len(proposal)]
         matched.append(next((j for j, (a, b) in enumerate(zip(proposal, follows)) if a != b), len(follows)))
     return torch.tensor(matched, device=device)[:, None]
@@ -244,13 +244,15 @@ def _replay_batch(target, draft, prompts, continuations, layers, tables, max_dep
         valid = torch.tensor([i + max_depth < len(c) for c in continuations], device=device)
         root_at = torch.tensor(lengths, device=device) + i  # sequence index of root c_i
         reference = padded[rows[:, None], root_at[:, None] + 1 + torch.arange(max_depth, device=device)]
-        chained = _chain_matches(seqs, root_at.tolist(), lookup_tokens, device)  # [b, 1]
+        chained = _chain_matches(seqs, root_at.tolist(), lookup_tokens, device) if lookup_tokens else None  # [b, 1]
         found = {}
         for k in tables[0].top_ks:
             pool = grow_pool(draft, root_logprobs, root_out, k, max_depth)
             path = path_in_pool(pool, reference)
             for d in range(1, max_depth + 1):
-                accepted = torch.maximum(accepted_by_tree(pool, path, d), chained)  # [b, cap-1]
+                accepted = accepted_by_tree(pool, path, d)  # [b, cap-1]
+                if chained is not None:  # the verified trie holds both paths: the longer is accepted
+                    accepted = torch.maximum(accepted, chained)
                 landed = (landing[(k, d)] == i) & valid[:, None]  # [b, cap-1]: that tree's decode steps from c_i
                 landing[(k, d)] = torch.where(landed, i + accepted + 1, landing[(k, d)])
                 summed = (accepted * landed).cpu().numpy()
