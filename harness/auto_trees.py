@@ -51,8 +51,8 @@ from workloads.long_prompts import middle_cut
 RECORD = "auto_trees.json"
 CALIBRATION = "calibration.json"
 HELD_OUT_PROMPTS = 24  # over all the sweep's datasets
-# Tables replayed before they averaged per decoding step (calibration.py) are not read.
-TABLE_FORMAT = "per-step"
+# Tables replayed before they kept each prompt's steps (calibration.ReplayedRow) are not read.
+TABLE_FORMAT = "per-row"
 MIN_REPLAY_PROMPT = 16  # fewer prompt tokens than this is no longer the dataset's request
 REPLAY_NEW_TOKENS = 64
 KEEP_RANKED = 12  # runners-up kept per batch size in the record, for the report
@@ -178,9 +178,11 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                       "contexts": {"cached_tokens": contexts, "profile_prefix_tokens": profiled,
                                    "timed_verify_curves": {str(c): v.to_json() for c, v in curves.items()
                                                            if c != profiled}},
-                      "drafts": drafts, "definition": "tokens/s = b(1+a) / (V(b,N+M) + L(b,1+a) + (D-1) L(b,k) + o_spec(b)); "
-                      "AR: b / (V(b,1) + o_ar(b)); M the lookup chain's tokens (0 with none); V, L and o at the "
-                      "dataset's context; see roofline/tree_policy.py"})
+                      "drafts": drafts, "definition": "step(l) = V(l,N+M) + L(l,1+a) + (D-1) L(l,k) + o_spec(l) with l rows still "
+                      "decoding (AR: V(l,1) + o_ar(l)); tokens/s = b E[tokens a row decodes] / E[sum of step(l) "
+                      "until the batch's slowest row is done], rows drawn from the replayed prompts' step counts "
+                      "at max_new_tokens; occupancy = tokens/s / (b (1+a) / step(b)); M the lookup chain's tokens "
+                      "(0 with none); V, L and o at the dataset's context; see roofline/tree_policy.py"})
 
 
 def _context(target, prompts: list[list[int]], max_new_tokens: int, profiled: int) -> int:
@@ -203,15 +205,17 @@ def _most_tokens(target, cached: int) -> int | None:
 def _price(spec: SweepSpec, table: AcceptanceTable, curve, costs: tree_costs.DraftCosts) -> dict[str, Any]:
     per_batch = {}
     for b in sorted(spec.batch_sizes):
-        options = _ranked(b, table, curve, costs)
+        options = _ranked(b, table, curve, costs, spec.max_new_tokens)
         per_batch[str(b)] = {"choice": options[0].to_json(), "ranked": [o.to_json() for o in options[:KEEP_RANKED]],
                              "ar": next(o for o in options if not o.speculative).to_json()}
     return {"acceptance": table.to_json(), "batch_sizes": per_batch}
 
 
-def _ranked(b: int, table: AcceptanceTable, curve: LatencyCurve, costs: tree_costs.DraftCosts) -> list[TreeChoice]:
+def _ranked(b: int, table: AcceptanceTable, curve: LatencyCurve, costs: tree_costs.DraftCosts,
+            max_new_tokens: int) -> list[TreeChoice]:
     step = StepCosts(curve.seconds, costs.level.seconds, _nearest(costs.overhead_ar_s), _nearest(costs.overhead_spec_s))
-    return ranked(b, [(k, d, n, table.mean_accepted(k, d, n)) for k, d, n in table.trees()], step, table.lookup_tokens)
+    row_tokens, trees = table.decodes(max_new_tokens)
+    return ranked(b, trees, step, row_tokens, table.lookup_tokens)
 
 
 def _nearest(values: dict[int, float]) -> Callable[[int], float]:
@@ -257,11 +261,11 @@ def _held_out_or_refuse(spec: SweepSpec, target) -> dict[str, list[list[int]]]:
     return held
 
 
-def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int = PREFIX_TOKENS,
+def generate_tree(target, draft, name: str, batch_size: int, max_new_tokens: int, cached_tokens: int = PREFIX_TOKENS,
                   echo: Callable[[str], None] = print, lookup_tokens: int = 0) -> tuple[TreeChoice, TreeChoice]:
     """`scylla generate --top-k auto`: (the speculative tree with the most predicted tokens/s for
-    `draft`, with a `lookup_tokens` chain grafted under it, at `batch_size` on this device, AR's
-    prediction beside it). The best tree is returned even where AR is predicted faster: the
+    `draft`, with a `lookup_tokens` chain grafted under it, at `batch_size` rows of
+    `max_new_tokens` on this device, AR's prediction beside it). The best tree is returned even where AR is predicted faster: the
     caller asked for speculative decoding, and is told.
 
     The acceptance is kept where `calibration_file(name)` says (replayed on first use, as a
@@ -277,7 +281,7 @@ def generate_tree(target, draft, name: str, batch_size: int, cached_tokens: int 
     prefix = _fit_prefix(target, cached_tokens)
     curve = measured_verify_curve(target, [batch_size], prefix, _most_tokens(target, prefix))
     costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix, widths=tree_costs.LEVEL_WIDTHS)
-    options = _ranked(batch_size, table, curve, costs)
+    options = _ranked(batch_size, table, curve, costs, max_new_tokens)
     ar = next(o for o in options if not o.speculative)
     return next((o for o in options if o.speculative), ar), ar
 

@@ -25,10 +25,18 @@ So for each tree the replay follows that tree's own decode through the continuat
 the first position on, and averages over the positions it lands on: exactly the decode's
 accepted tokens per step. Sampled decoding (T > 0) accepts more than this greedy count from
 flat targets and less from peaked ones; the table is the greedy one.
+
+The table also keeps, per replayed prompt, where each tree's decode stepped from. A decode of
+T new tokens takes, for that prompt, the steps it stepped from before position T - 1; a batch
+runs until its slowest row is done, so its cost depends on how far apart the rows' step counts
+are, not on their mean alone (roofline/tree_policy.py prices that), and a decode shorter than
+the replay averages over its own steps only (copying grows as a generation goes on).
 """
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +59,51 @@ def tokens_cap(top_k: int, depth: int) -> int:
 
 
 @dataclass
+class ReplayedRow:
+    """One replayed prompt: how its reference decode ended, and where each tree's decode stepped from."""
+
+    decoded: int  # tokens the reference decode emitted after c_0 (the prefill's token)
+    stopped: bool  # it stopped at EOS, before the replay's new tokens ran out
+    # (top_k, depth) -> [cap-1, span] bool: True at (N-2, p) where the decode of the tree keeping
+    # N tokens steps from root c_p; span is the roots replayed (max(0, len(continuation) - max_depth))
+    stepped: dict[tuple[int, int], np.ndarray]
+
+    @property
+    def span(self) -> int:
+        return next(iter(self.stepped.values())).shape[1]
+
+    def steps(self, top_k: int, depth: int, max_new_tokens: int) -> tuple[float, np.ndarray]:
+        """(tokens this prompt's decode of max_new_tokens emits after the prefill's first one,
+        [cap-1] verify steps each tree of (top_k, depth) takes to emit them). Past the replayed
+        span the steps grow at the span's rate; a prompt with no replayed root steps once a token."""
+        need = max_new_tokens - 1
+        if self.stopped:
+            need = min(need, self.decoded)
+        seen = min(need, self.span)
+        steps = self.stepped[(top_k, depth)][:, :seen].sum(1, dtype=float)  # [cap-1] roots before c_seen
+        if seen == 0:
+            return float(need), np.full(steps.shape, float(need))
+        return float(need), steps * (need / seen)
+
+    def to_json(self, keys) -> dict:
+        bits = np.concatenate([self.stepped[key] for key in keys])  # [trees, span]
+        packed = zlib.compress(np.packbits(bits).tobytes())
+        return {"decoded": self.decoded, "stopped": self.stopped, "span": self.span,
+                "stepped": base64.b64encode(packed).decode()}
+
+    @classmethod
+    def from_json(cls, doc: dict, shapes: dict[tuple[int, int], int]) -> ReplayedRow:
+        span = int(doc["span"])
+        count = sum(shapes.values()) * span
+        bits = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(doc["stepped"])), np.uint8), count=count)
+        bits = bits.astype(bool).reshape(-1, span)
+        stepped, at = {}, 0
+        for key, trees in shapes.items():
+            stepped[key], at = bits[at:at + trees], at + trees
+        return cls(int(doc["decoded"]), bool(doc["stopped"]), stepped)
+
+
+@dataclass
 class AcceptanceTable:
     """E[accepted draft tokens per decoding step | top_k, depth, total_tokens] at temperature 0."""
 
@@ -62,6 +115,7 @@ class AcceptanceTable:
     # that tree's decode takes, and the number of those steps
     sums: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     steps: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    rows: list[ReplayedRow] = field(default_factory=list)  # per replayed prompt, in replay order
 
     def __post_init__(self) -> None:
         for k in self.top_ks:
@@ -76,6 +130,21 @@ class AcceptanceTable:
         if sums is None or not 2 <= total_tokens <= sums.size + 1:
             raise KeyError(f"no replayed acceptance for top_k {top_k}, depth {depth}, total_tokens {total_tokens}")
         return float(sums[total_tokens - 2] / self.steps[(top_k, depth)][total_tokens - 2])
+
+    def decodes(self, max_new_tokens: int) -> tuple[np.ndarray, list[tuple[int, int, int, np.ndarray]]]:
+        """Decodes of max_new_tokens of the replayed prompts: ([rows] tokens each emits after the
+        prefill's first one, fewer where it stops at EOS; every priced tree as (top_k, depth,
+        total_tokens, [rows] verify steps its decode takes to emit them))."""
+        if not self.rows:
+            raise ScyllaError("the acceptance table has no replayed prompt")
+        if max_new_tokens < 2:
+            raise ScyllaError(f"a decode of {max_new_tokens} new token(s) takes no verify step to price")
+        trees = []
+        for k, d in self.sums:
+            per_row = [row.steps(k, d, max_new_tokens) for row in self.rows]
+            steps = np.stack([s for _, s in per_row])  # [rows, cap-1]
+            trees += [(k, d, n, steps[:, n - 2]) for n in range(2, steps.shape[1] + 2)]
+        return np.array([need for need, _ in per_row]), trees
 
     def trees(self):
         """Every priced (top_k, depth, total_tokens)."""
@@ -94,6 +163,7 @@ class AcceptanceTable:
             for key in t.sums:
                 total.sums[key] += t.sums[key]
                 total.steps[key] += t.steps[key]
+            total.rows += t.rows
         return total
 
     def to_json(self) -> dict:
@@ -102,10 +172,13 @@ class AcceptanceTable:
                 "mean_accepted": {f"{k},{d}": (s / np.maximum(self.steps[(k, d)], 1)).round(6).tolist()
                                   for (k, d), s in self.sums.items()},
                 "steps": {f"{k},{d}": s.astype(int).tolist() for (k, d), s in self.steps.items()},
+                "rows": [row.to_json(list(self.sums)) for row in self.rows],
                 "definition": "mean accepted draft tokens per decoding step at temperature 0 (the bonus token "
                               "not counted), over the steps each tree's own decode takes through the replayed "
                               "continuations; list index i is total_tokens i + 2 (root included); with "
-                              "lookup_tokens M > 0, each tree has an M-token prompt-lookup chain grafted under it"}
+                              "lookup_tokens M > 0, each tree has an M-token prompt-lookup chain grafted under it; "
+                              "rows: per replayed prompt, the bits (trees in mean_accepted's order, then root "
+                              "position) of where each tree's decode stepped from, packed, zlib, base64"}
 
     @classmethod
     def from_json(cls, doc: dict) -> AcceptanceTable:
@@ -116,7 +189,9 @@ class AcceptanceTable:
                 k, d = (int(x) for x in key.split(","))
                 table.steps[(k, d)] = np.asarray(doc["steps"][key], dtype=float)
                 table.sums[(k, d)] = np.asarray(means, dtype=float) * table.steps[(k, d)]
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            shapes = {key: sums.size for key, sums in table.sums.items()}
+            table.rows = [ReplayedRow.from_json(row, shapes) for row in doc["rows"]]
+        except (KeyError, TypeError, ValueError, AttributeError, zlib.error) as err:
             raise ScyllaError(f"not an acceptance table ({type(err).__name__}: {err})") from None
         return table
 
@@ -215,6 +290,21 @@ def replay_groups(target, draft, groups: Mapping[Hashable, Sequence[list[int]]],
 @torch.no_grad()
 def _replay_batch(target, draft, prompts, continuations, layers, tables, max_depth, first, on_position,
                   lookup_tokens: int = 0) -> None:
+    steps = max(max(len(c) for c in continuations) - max_depth, 0)  # root c_i needs c_{i+1..i+D}
+    # Per tree, [b, cap-1, steps]: where each row's decode of that tree steps from (ReplayedRow).
+    stepped = {(k, d): torch.zeros((len(prompts), tokens_cap(k, d) - 1, steps), dtype=torch.bool)
+               for k in tables[0].top_ks for d in range(1, max_depth + 1)}
+    if steps:
+        _follow_decodes(target, draft, prompts, continuations, layers, tables, stepped, max_depth, first,
+                        on_position, lookup_tokens)
+    for r, c in enumerate(continuations):
+        span = max(len(c) - max_depth, 0)
+        tables[r].rows.append(ReplayedRow(len(c) - 1, c[-1] in target.eos_ids,
+                                          {key: bits[r, :, :span].numpy() for key, bits in stepped.items()}))
+
+
+def _follow_decodes(target, draft, prompts, continuations, layers, tables, stepped, max_depth, first, on_position,
+                    lookup_tokens) -> None:
     device, b = target.device, len(prompts)
     seqs = [p + c for p, c in zip(prompts, continuations)]
     cache = target.new_cache(b, max(map(len, seqs)) + 8)
@@ -222,9 +312,7 @@ def _replay_batch(target, draft, prompts, continuations, layers, tables, max_dep
     feats = out.layer_inputs if layers else out.hidden  # [b, L, f] every position of prompt + reference
     del cache
     lengths = [len(p) for p in prompts]
-    steps = max(len(c) for c in continuations) - max_depth  # root c_i needs c_{i+1..i+D}
-    if steps <= 0:
-        return
+    steps = next(iter(stepped.values())).shape[2]
     longest = max(lengths)
     draft.start(prompts, longest + steps + max_depth + 8)
     pair_tokens = torch.tensor([p[1:] + [c[0]] + [0] * (longest - len(p)) for p, c in zip(prompts, continuations)],
@@ -238,8 +326,7 @@ def _replay_batch(target, draft, prompts, continuations, layers, tables, max_dep
     padded = torch.tensor([s + [-1] * (width - len(s)) for s in seqs], device=device)  # -1 never matches a token
     rows = torch.arange(b, device=device)
     # Per tree, the continuation index its decode steps from next: every decode starts at c_0.
-    landing = {(k, d): torch.zeros((b, tokens_cap(k, d) - 1), dtype=torch.long, device=device)
-               for k in tables[0].top_ks for d in range(1, max_depth + 1)}
+    landing = {key: torch.zeros(bits.shape[:2], dtype=torch.long, device=device) for key, bits in stepped.items()}
     for i in range(steps):
         valid = torch.tensor([i + max_depth < len(c) for c in continuations], device=device)
         root_at = torch.tensor(lengths, device=device) + i  # sequence index of root c_i
@@ -255,11 +342,11 @@ def _replay_batch(target, draft, prompts, continuations, layers, tables, max_dep
                     accepted = torch.maximum(accepted, chained)
                 landed = (landing[(k, d)] == i) & valid[:, None]  # [b, cap-1]: that tree's decode steps from c_i
                 landing[(k, d)] = torch.where(landed, i + accepted + 1, landing[(k, d)])
+                stepped[(k, d)][:, :, i] = landed.cpu()
                 summed = (accepted * landed).cpu().numpy()
-                stepped = landed.cpu().numpy()
                 for r in range(b):
                     tables[r].sums[(k, d)] += summed[r]
-                    tables[r].steps[(k, d)] += stepped[r]
+                    tables[r].steps[(k, d)] += stepped[(k, d)][r, :, i].numpy()
                 found[(k, d)] = accepted
         for r in valid.nonzero().flatten().tolist():
             tables[r].positions += 1

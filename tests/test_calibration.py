@@ -2,11 +2,13 @@
 on the embedded default target in float32 with real MT-bench prompts, and feeds the draft
 exactly the (token, feature) pairs decoding feeds it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from scylla_impl.calibration import AcceptanceTable, replay, replay_groups, tokens_cap
+from scylla_impl.calibration import AcceptanceTable, ReplayedRow, replay, replay_groups, tokens_cap
 from scylla_impl.decode import DecodeConfig, generate
 from scylla_impl.drafts import load_draft
 from workloads.errors import ScyllaError
@@ -41,6 +43,16 @@ def test_replay_accepts_what_decoding_accepts(target_fp32, prompts, spec, tree, 
                 assert seen[(p, root)] == accepted, (spec, p, root)
                 decoded.append(accepted)
             root += accepted + 1
+        # The row's steps for a decode of T new tokens are that decode's steps, for any T the
+        # replay spans (and the full decode's own, when its reference stopped at EOS).
+        for new_tokens in (2, 9, NEW_TOKENS - d):
+            tokens, trees = table.decodes(new_tokens)
+            steps = next(s for kk, dd, nn, s in trees if (kk, dd, nn) == (k, d, n))
+            short = generate(target_fp32, [prompt], draft, DecodeConfig(top_k=k, depth=d, total_tokens=n,
+                                                                       max_new_tokens=new_tokens,
+                                                                       lookup_tokens=chain))
+            assert steps[p] == short.stats.active.shape[0], (spec, p, new_tokens)
+            assert tokens[p] == len(short.token_ids[0]) - 1
     assert len(decoded) >= 8
     # The table's mean is the decode's, per step: not the mean over every replayed position.
     assert table.mean_accepted(k, d, n) == pytest.approx(sum(decoded) / len(decoded))
@@ -82,16 +94,38 @@ def test_replay_feeds_the_pairs_decoding_feeds(target_fp32, prompts):
         torch.testing.assert_close(fa, fb, rtol=1e-4, atol=1e-4)
 
 
+def replayed_row(table: AcceptanceTable, span: int, decoded: int, stopped: bool, seed: int) -> ReplayedRow:
+    rng = np.random.default_rng(seed)
+    return ReplayedRow(decoded, stopped, {key: rng.random((s.size, span)) < 0.4 for key, s in table.sums.items()})
+
+
 def test_acceptance_table_round_trips_pools_and_refuses_what_it_never_priced():
     table = AcceptanceTable((1, 4), 3, positions=3)
     table.sums[(4, 3)][:] = 1.0
     table.steps[(4, 3)][:] = 2.0
-    back = AcceptanceTable.from_json(table.to_json())
+    table.rows = [replayed_row(table, 13, 20, False, 0), replayed_row(table, 5, 12, True, 1)]
+    back = AcceptanceTable.from_json(json.loads(json.dumps(table.to_json())))
     assert back.mean_accepted(4, 3, 10) == 0.5 and back.positions == 3
+    for mine, theirs in zip(table.rows, back.rows):
+        assert (mine.decoded, mine.stopped, mine.span) == (theirs.decoded, theirs.stopped, theirs.span)
+        for key, bits in mine.stepped.items():
+            np.testing.assert_array_equal(bits, theirs.stepped[key])
+    # Steps for 9 new tokens: the first row's steps from roots c_0..c_7; the second stopped at
+    # EOS after 12 tokens and spans 5 roots, so its 8 tokens take its first 5 roots' steps, scaled.
+    tokens, trees = back.decodes(9)
+    steps = next(s for k, d, n, s in trees if (k, d, n) == (4, 3, 10))
+    assert tokens.tolist() == [8, 8]
+    assert steps.tolist() == pytest.approx([table.rows[0].stepped[(4, 3)][8, :8].sum(),
+                                            table.rows[1].stepped[(4, 3)][8, :5].sum() * 8 / 5])
+    assert back.decodes(40)[0].tolist() == [39, 12]  # the second row ends at its EOS
+    with pytest.raises(ScyllaError, match="no verify step"):
+        back.decodes(1)
     other = AcceptanceTable((1, 4), 3, positions=5)
     other.sums[(4, 3)][:], other.steps[(4, 3)][:] = 5.0, 3.0
+    other.rows = [replayed_row(other, 13, 20, False, 2)]
     pooled = AcceptanceTable.pooled([back, other])  # per step over both: (1 + 5) / (2 + 3)
     assert pooled.mean_accepted(4, 3, 10) == pytest.approx(1.2) and pooled.positions == 8
+    assert len(pooled.rows) == 3
     assert sorted(set((k, d) for k, d, _ in back.trees())) == [(k, d) for k in (1, 4) for d in (1, 2, 3)]
     assert tokens_cap(1, 3) == 4 and tokens_cap(10, 8) == 128
     with pytest.raises(KeyError):
@@ -122,6 +156,7 @@ def test_a_long_prompt_with_a_short_continuation_replays_as_it_would_alone(targe
         for key, sums in together[row].sums.items():
             np.testing.assert_allclose(sums, alone[row].sums[key])
             np.testing.assert_allclose(together[row].steps[key], alone[row].steps[key])
+            np.testing.assert_array_equal(together[row].rows[0].stepped[key], alone[row].rows[0].stepped[key])
     assert together[1].sums[(2, depth)].max() > 0  # the copied spans were found
 
 
@@ -135,3 +170,5 @@ def test_a_replay_by_groups_pools_to_the_replay_of_all_its_prompts(target_fp32, 
     for key in whole.sums:
         np.testing.assert_allclose(pooled.sums[key], whole.sums[key])
         np.testing.assert_allclose(pooled.steps[key], whole.steps[key])
+        for mine, theirs in zip(pooled.rows, whole.rows, strict=True):
+            np.testing.assert_array_equal(mine.stepped[key], theirs.stepped[key])

@@ -217,6 +217,7 @@ def test_a_series_trains_measures_fits_and_resumes(tmp_path, shared_eval_dir, de
 
 
 
+@pytest.mark.slow  # 52-72 s on the 2-core CI host: the fast suite keeps to its 20 minutes
 def test_the_batch_series_profiles_the_device_and_fits_the_fastest_tree_per_batch(tmp_path, monkeypatch,
                                                                                  shared_eval_dir, default_model_dir):
     from harness import auto_trees

@@ -1,13 +1,23 @@
 """The throughput-optimal tree policy on synthetic cost curves and acceptance tables:
-it picks the known best tree, falls back to AR when nothing pays, and its tree shrinks as
-the batch grows when verification turns compute-bound (Theorem 1.3)."""
+it picks the known best tree, falls back to AR when nothing pays, its tree shrinks as
+the batch grows when verification turns compute-bound (Theorem 1.3), and a batch whose
+rows finish apart is priced at its slowest row."""
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 
 from roofline.latency_curve import LatencyCurve, non_decreasing
-from roofline.tree_policy import StepCosts, choose, price, ranked
+from roofline.tree_policy import StepCosts, batch_seconds, choose, price, ranked
+
+TOKENS = np.array([60.0])  # one replayed row decoding 60 tokens
+
+
+def rows(trees):
+    """(k, D, N, E[accepted]) -> (k, D, N, [steps]) of a row decoding TOKENS at that rate."""
+    return [(k, d, n, TOKENS / (1 + a)) for k, d, n, a in trees]
 
 
 def roofline_curve(t0: float, knee: float, per_token: float):
@@ -33,52 +43,53 @@ def geometric_trees(alpha_of_k=lambda k: 1 - 0.5 / math.sqrt(k), top_ks=(1, 2, 4
 def test_picks_the_known_best_tree():
     # Verification is free up to 8 tokens per row and costly past it; drafting is free.
     trees = [(1, 3, 4, 1.5), (2, 3, 7, 2.0), (4, 4, 9, 2.6), (4, 6, 20, 3.0)]
-    best = choose(1, trees, costs(roofline_curve(0.01, 8, 0.01)))
+    best = choose(1, rows(trees), costs(roofline_curve(0.01, 8, 0.01)), TOKENS)
     assert (best.top_k, best.depth, best.total_tokens) == (2, 3, 7)  # 3 tokens in 10 ms beats 3.6 in 20 ms
     assert best.tokens_per_s == pytest.approx(3.0 / 0.01)
-    by_hand = [price(1, *t, costs(roofline_curve(0.01, 8, 0.01))).tokens_per_s for t in trees]
+    by_hand = [price(1, *t, TOKENS, costs(roofline_curve(0.01, 8, 0.01))).tokens_per_s for t in rows(trees)]
     assert best.tokens_per_s == max(by_hand)
 
 
 def test_draft_levels_and_overheads_are_paid_per_step():
     trees = [(1, 2, 3, 1.0), (1, 6, 7, 1.5)]  # a deeper chain accepts more but drafts 4 more levels
-    cheap = choose(1, trees, costs(lambda b, n: 0.01, level_s=0.0001))
-    dear = choose(1, trees, costs(lambda b, n: 0.01, level_s=0.004))
+    cheap = choose(1, rows(trees), costs(lambda b, n: 0.01, level_s=0.0001), TOKENS)
+    dear = choose(1, rows(trees), costs(lambda b, n: 0.01, level_s=0.004), TOKENS)
     assert cheap.depth == 6 and dear.depth == 2
-    step = price(1, 1, 6, 7, 1.5, costs(lambda b, n: 0.01, level_s=0.004, overhead_s=0.001)).step_s
+    step = price(1, *rows([(1, 6, 7, 1.5)])[0], TOKENS, costs(lambda b, n: 0.01, level_s=0.004, overhead_s=0.001)).step_s
     assert step == pytest.approx(0.01 + 0.004 + 5 * 0.004 + 0.001)  # verify + extend + (D-1) levels + overhead
 
 
 def test_a_grafted_chain_is_verified_with_the_tree():
     # The chain's M tokens ride in the same verify: past the knee they cost what M more nodes cost.
     curve = costs(roofline_curve(0.01, 8, 0.01))
-    plain, chained = price(1, 2, 3, 7, 2.0, curve), price(1, 2, 3, 7, 2.5, curve, lookup_tokens=4)
+    plain = price(1, *rows([(2, 3, 7, 2.0)])[0], TOKENS, curve)
+    chained = price(1, *rows([(2, 3, 7, 2.5)])[0], TOKENS, curve, lookup_tokens=4)
     assert plain.step_s == pytest.approx(0.01) and chained.step_s == pytest.approx(0.01 + 3 * 0.01)
     assert chained.lookup_tokens == 4 and chained.label() == "k=2 d=3 n=7 +lookup 4"
     # Ranked with the chain, the tree that leaves room for it under the knee wins.
-    trees = [(2, 3, 7, 2.5), (1, 3, 4, 2.2)]
-    assert choose(1, trees, curve).total_tokens == 7
-    best = ranked(1, trees, curve, lookup_tokens=4)[0]
+    trees = rows([(2, 3, 7, 2.5), (1, 3, 4, 2.2)])
+    assert choose(1, trees, curve, TOKENS).total_tokens == 7
+    best = ranked(1, trees, curve, TOKENS, lookup_tokens=4)[0]
     assert (best.total_tokens, best.lookup_tokens) == (4, 4)
 
 
 def test_falls_back_to_ar_when_no_tree_pays():
     # Compute-bound from the first token: a tree of N costs N steps and returns at most N tokens.
-    trees = list(geometric_trees())
+    trees = rows(geometric_trees())
     linear = costs(lambda b, n: 0.001 * b * n, level_s=0.0001)
     for b in (1, 8, 64):
-        best = choose(b, trees, linear)
+        best = choose(b, trees, linear, TOKENS)
         assert not best.speculative and best.total_tokens == 1 and best.top_k == 0
         assert best.tokens_per_s == pytest.approx(b / (0.001 * b))
     # ... while the same table on a flat curve speculates.
-    assert choose(1, trees, costs(lambda b, n: 0.02)).speculative
+    assert choose(1, trees, costs(lambda b, n: 0.02), TOKENS).speculative
 
 
 def test_tree_shrinks_as_batch_grows_when_verify_turns_compute_bound():
-    trees = list(geometric_trees())
+    trees = rows(geometric_trees())
     cost = costs(roofline_curve(0.02, 64, 0.0004), level_s=0.0005, overhead_s=0.0002)
     batches = [1, 2, 4, 8, 16, 32, 64, 128]
-    picks = [choose(b, trees, cost) for b in batches]
+    picks = [choose(b, trees, cost, TOKENS) for b in batches]
     sizes = [p.total_tokens for p in picks]
     ks = [p.top_k for p in picks]
     assert sizes == sorted(sizes, reverse=True), sizes
@@ -87,7 +98,38 @@ def test_tree_shrinks_as_batch_grows_when_verify_turns_compute_bound():
     assert not picks[-1].speculative  # 128 rows fill the knee alone: AR
     # each choice really is the best of everything priced at its batch size
     for b, p in zip(batches, picks):
-        assert p.tokens_per_s == max(o.tokens_per_s for o in ranked(b, trees, cost))
+        assert p.tokens_per_s == max(o.tokens_per_s for o in ranked(b, trees, cost, TOKENS))
+
+
+def test_a_batch_lasts_until_its_slowest_row_and_finished_rows_leave_it():
+    # Every way of drawing 3 rows from these 4, each row paying a step at the cost of the rows
+    # still decoding: the expectation by enumeration.
+    needed = np.array([4.0, 10.0, 10.0, 25.0])
+    step = {1: 1.0, 2: 1.5, 3: 1.8}
+    runs = []
+    for drawn in itertools.product(needed, repeat=3):
+        runs.append(sum(step[sum(s > t for s in drawn)] for t in range(int(max(drawn)))))
+    assert batch_seconds(step.__getitem__, needed, 3) == pytest.approx(np.mean(runs))
+    assert batch_seconds(step.__getitem__, needed, 1) == pytest.approx(needed.mean())  # one row: its mean
+    assert batch_seconds(step.__getitem__, np.full(4, 7.0), 3) == pytest.approx(7 * 1.8)  # together: all busy
+
+
+def test_rows_finishing_apart_cost_a_batch_what_their_mean_hides():
+    # A copying prompt done in 10 steps and a chat one in 50: 2 tokens a step on average, as
+    # even rows of 30 steps each. On a memory-bound device a step costs the same for 1 or 4
+    # rows, so at batch 4 the uneven pair runs about as long as its slowest row.
+    tokens = np.array([60.0, 60.0])
+    flat = costs(lambda b, n: 0.01 if n == 1 else 0.015)
+    uneven, even = (1, 3, 4, np.array([10.0, 50.0])), (1, 3, 4, np.array([30.0, 30.0]))
+    assert choose(1, [uneven], flat, tokens).speculative and choose(4, [even], flat, tokens).speculative
+    at4 = choose(4, [uneven], flat, tokens)
+    assert not at4.speculative  # AR wins: 60 steps of 10 ms against 47.5 of 15 ms
+    priced = price(4, *uneven, tokens, flat)
+    assert priced.accepted == pytest.approx(1.0) and priced.step_s == pytest.approx(0.015)
+    slowest = 50 * (1 - 0.5 ** 4) + 10 * 0.5 ** 4  # E[max of 4 rows drawn from the two]
+    assert priced.tokens_per_s == pytest.approx(4 * 60 / (slowest * 0.015))
+    assert priced.occupancy == pytest.approx(30 / slowest)
+    assert price(4, *even, tokens, flat).occupancy == pytest.approx(1.0)
 
 
 def test_latency_curve_reads_between_and_past_its_points():

@@ -150,7 +150,8 @@ def _auto_tree(target, draft, name: str, ids: list[list[int]], config):
     check_context(target, longest, config, speculative=False)
     # Costs timed where this decode runs: its longest prompt, halfway through its new tokens.
     cached = longest + config.max_new_tokens // 2
-    best, ar = generate_tree(target, draft, name, len(ids), cached, echo=say, lookup_tokens=config.lookup_tokens)
+    best, ar = generate_tree(target, draft, name, len(ids), config.max_new_tokens, cached, echo=say,
+                             lookup_tokens=config.lookup_tokens)
     verdict = "" if best.tokens_per_s > ar.tokens_per_s else ", slower than AR: no tree pays here"
     say(f"auto tree: {best.label()}, {best.accepted:.2f} draft tokens accepted a step, predicted "
         f"{best.tokens_per_s:.1f} tokens/s against AR's {ar.tokens_per_s:.1f}{verdict}")
