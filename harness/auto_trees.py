@@ -10,11 +10,11 @@ For each draft the sweep runs with top_k auto, once per results folder:
    (`calibration_file`). A method given a lookup chain (`--lookup-tokens METHOD=M`) is priced
    as its own unit, the draft with the chain: its replay counts the chain's copies too, and
    its tables are kept under their own key;
-2. costs at each dataset's context (its held-out prompts' mean length and half the new
-   tokens): the profile's verify latency curve where that is near the profile's cached
-   prefix, else the curve timed now at that length (attention over a news article makes
-   every verified token dearer, and the best tree smaller); the draft's level cost and the
-   step overheads measured now, at the same length (roofline/tree_costs.py);
+2. costs at each dataset's context per batch size (the longest of b of its held-out prompts,
+   expected, and half the new tokens): the profile's verify latency curve where that is near
+   the profile's cached prefix, else the curve timed now at that length (attention over a news
+   article makes every verified token dearer, and the best tree smaller); the draft's level
+   cost and the step overheads measured now, at the same length (roofline/tree_costs.py);
 3. choices: roofline.tree_policy at each of the sweep's batch sizes, AR included.
 Everything lands in OUT/auto_trees.json; a resume plans from it, so it runs the same cells.
 
@@ -147,12 +147,15 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                               f"{dtype}: profile again with --dtype {dtype}, or sweep with --dtype {knee_dtype}")
         prompts = _held_out_or_refuse(spec, target)
         profiled = int(profile.doc["knee"].get("prefix_tokens") or PREFIX_TOKENS)
-        contexts = {name: _context(target, ids, spec.max_new_tokens, profiled) for name, ids in prompts.items()}
+        contexts = {name: {b: _context(target, ids, spec.max_new_tokens, profiled, b) for b in sorted(spec.batch_sizes)}
+                    for name, ids in prompts.items()}
+        lengths = {c for per in contexts.values() for c in per.values()}
         # Only the lengths some dataset is priced at: a sweep of CNN/DM alone never reads the profile's.
-        curves = {profiled: curve} if profiled in contexts.values() else {}
-        for cached in sorted(set(contexts.values()) - {profiled}):
-            echo(f"auto trees: {', '.join(n for n, c in contexts.items() if c == cached)} runs over about {cached} "
-                 f"cached tokens, past {RETIME_PAST:g}x the profile's {profiled}: timing the verify curve there")
+        curves = {profiled: curve} if profiled in lengths else {}
+        for cached in sorted(lengths - {profiled}):
+            where = ", ".join(f"{n} at batch {b}" for n, per in contexts.items() for b, c in per.items() if c == cached)
+            echo(f"auto trees: {where} runs over about {cached} cached tokens, past {RETIME_PAST:g}x the profile's "
+                 f"{profiled}: timing the verify curve there")
             curves[cached] = measured_verify_curve(target, spec.batch_sizes, cached, _most_tokens(target, cached))
         drafts = {}
         units = _auto_units(spec)
@@ -166,8 +169,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                 unit = _unit(name, chain)
                 tables = _acceptance(target, draft, name, dtype, prompts, echo, chain)
                 drafts[unit] = {"lookup_tokens": chain, "costs": {str(c): costs[c].to_json() for c in costs},
-                                "datasets": {ds: _price(spec, tables[ds], curves[contexts[ds]], costs[contexts[ds]])
-                                             for ds in prompts}}
+                                "datasets": {ds: _price(spec, tables[ds], curves, costs, contexts[ds]) for ds in prompts}}
                 best = "; ".join(f"{ds} " + ", ".join(f"b={b}: {TreeChoice(**e['choice']).label()}"
                                                       for b, e in priced["batch_sizes"].items())
                                  for ds, priced in drafts[unit]["datasets"].items())
@@ -185,11 +187,20 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                       "(0 with none); V, L and o at the dataset's context; see roofline/tree_policy.py"})
 
 
-def _context(target, prompts: list[list[int]], max_new_tokens: int, profiled: int) -> int:
-    """Cached tokens a dataset's trees are priced at: the profile's prefix where the dataset's
-    (mean prompt, half its new tokens) is within RETIME_PAST of it, else that length."""
-    cached = _fit_prefix(target, round(sum(map(len, prompts)) / len(prompts)) + max_new_tokens // 2)
+def _context(target, prompts: list[list[int]], max_new_tokens: int, profiled: int, batch_size: int) -> int:
+    """Cached tokens a dataset's trees are priced at for a batch: the profile's prefix where the
+    batch's (longest prompt, half its new tokens) is within RETIME_PAST of it, else that length.
+    Every row of a batch attends as far as its longest row (the shorter ones are masked, and the
+    masked keys are still read): at batch 4 CNN/DM's verify ran 1.37-1.46x its price at the mean
+    article's length, and its longest article was 1.77x the mean."""
+    cached = _fit_prefix(target, round(expected_longest([len(p) for p in prompts], batch_size)) + max_new_tokens // 2)
     return profiled if cached <= RETIME_PAST * profiled else cached
+
+
+def expected_longest(lengths: list[int], batch_size: int) -> float:
+    """E[the longest of `batch_size` rows drawn at random from `lengths`] (their mean for one row)."""
+    ordered, m = sorted(lengths), len(lengths)
+    return sum(x * ((i / m) ** batch_size - ((i - 1) / m) ** batch_size) for i, x in enumerate(ordered, 1))
 
 
 def _fit_prefix(target, cached: int) -> int:
@@ -202,10 +213,12 @@ def _most_tokens(target, cached: int) -> int | None:
     return None if target.info.context is None else target.info.context - cached - 8
 
 
-def _price(spec: SweepSpec, table: AcceptanceTable, curve, costs: tree_costs.DraftCosts) -> dict[str, Any]:
+def _price(spec: SweepSpec, table: AcceptanceTable, curves: dict[int, LatencyCurve],
+           costs: dict[int, tree_costs.DraftCosts], contexts: dict[int, int]) -> dict[str, Any]:
+    """One dataset's choices per batch size, each priced at that batch's context (cached tokens)."""
     per_batch = {}
     for b in sorted(spec.batch_sizes):
-        options = _ranked(b, table, curve, costs, spec.max_new_tokens)
+        options = _ranked(b, table, curves[contexts[b]], costs[contexts[b]], spec.max_new_tokens)
         per_batch[str(b)] = {"choice": options[0].to_json(), "ranked": [o.to_json() for o in options[:KEEP_RANKED]],
                              "ar": next(o for o in options if not o.speculative).to_json()}
     return {"acceptance": table.to_json(), "batch_sizes": per_batch}
@@ -215,7 +228,7 @@ def _ranked(b: int, table: AcceptanceTable, curve: LatencyCurve, costs: tree_cos
             max_new_tokens: int) -> list[TreeChoice]:
     step = StepCosts(curve.seconds, costs.level.seconds, _nearest(costs.overhead_ar_s), _nearest(costs.overhead_spec_s))
     row_tokens, trees = table.decodes(max_new_tokens)
-    return ranked(b, trees, step, row_tokens, table.lookup_tokens)
+    return ranked(b, trees, step, row_tokens, table.lookup_tokens, keep=KEEP_RANKED)
 
 
 def _nearest(values: dict[int, float]) -> Callable[[int], float]:

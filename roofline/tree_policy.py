@@ -36,7 +36,7 @@ out of how V bends as tokens in flight grow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from math import comb
 
@@ -81,60 +81,119 @@ class StepCosts:
     overhead_spec_s: Callable[[int], float]  # o_spec(b)
 
 
-def batch_seconds(step_s: Callable[[int], float], row_steps: np.ndarray, batch_size: int) -> float:
-    """Expected seconds a batch of `batch_size` rows takes to decode, each row drawn at random from
-    rows needing `row_steps` [m] steps, a step costing step_s(rows still decoding)."""
-    b, m = batch_size, row_steps.size
-    cost = np.array([step_s(rows) for rows in range(1, b + 1)])  # [b]
-    total, done = 0.0, 0.0
-    for i, needed in enumerate(np.sort(row_steps)):
-        if needed > done:  # steps (done, needed]: a row is still decoding with probability (m - i) / m
-            p = (m - i) / m
-            rows = np.array([comb(b, n) * p ** n * (1 - p) ** (b - n) for n in range(1, b + 1)])  # [b] P(n decoding)
-            total += (needed - done) * float(rows @ cost)
-            done = needed
-    return total
+def mean_steps(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """[trees] E[verify steps a row needs], rows drawn at random from m prompts: row r decodes
+    tokens[r] [m] tokens, each step moving g positions with the frequency moves[..., r, g]
+    [trees, m, G] has on that prompt, independently of the last (a renewal process)."""
+    q = moves / moves.sum(-1, keepdims=True)  # [trees, m, G]
+    longest = int(tokens.max())
+    expected = np.zeros(q.shape[:2] + (longest + 1,))  # [..., x]: E[steps to move x or more positions]
+    for x in range(1, longest + 1):
+        reach = min(x - 1, q.shape[-1] - 1)  # a move of x or more finishes: e(<= 0) = 0
+        expected[..., x] = 1 + (q[..., 1:reach + 1] * expected[..., x - 1:x - reach - 1:-1]).sum(-1)
+    rows = np.arange(tokens.size)
+    return expected[:, rows, tokens.astype(int)].mean(1)  # [trees]
+
+
+def step_survival(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """[s] P(a row drawn as in `mean_steps` needs more than s steps), s = 0, 1, ...; moves [m, G]."""
+    q = moves / moves.sum(-1, keepdims=True)  # [m, G]
+    longest = int(tokens.max())
+    below = np.arange(longest)[None, :] < tokens[:, None]  # [m, x]: x positions moved, not yet done
+    mass = np.zeros((tokens.size, longest))
+    mass[:, 0] = 1.0
+    mass *= below
+    survival = []
+    while (left := mass.sum(1).mean()) > 1e-12:
+        survival.append(left)
+        moved = np.zeros_like(mass)
+        for g in range(1, min(q.shape[1], longest)):
+            moved[:, g:] += mass[:, :-g] * q[:, g:g + 1]
+        mass = moved * below
+    return np.array(survival)
+
+
+def batch_seconds(step_costs: np.ndarray, survival: np.ndarray) -> float:
+    """Expected seconds a batch takes to decode when a row needs more than s steps with
+    probability survival[s] [S] and a step with n rows still decoding costs step_costs[n - 1]
+    [b] (finished rows leave the batch)."""
+    b = step_costs.size
+    rows = np.arange(1, b + 1)
+    binom = np.array([comb(b, n) for n in rows], dtype=float)
+    p = survival[:, None]  # [S, 1]
+    decoding = binom * p ** rows * (1 - p) ** (b - rows)  # [S, b]: P(n rows still decoding at step s)
+    return float((decoding @ step_costs).sum())
 
 
 def autoregressive(batch_size: int, costs: StepCosts, row_tokens: np.ndarray) -> TreeChoice:
     """AR at this batch size for rows decoding `row_tokens` [m] tokens each (one a step)."""
-    def step(rows: int) -> float:
-        return costs.verify_s(rows, 1) + costs.overhead_ar_s(rows)
+    one = np.zeros((row_tokens.size, 2))  # every step moves one position
+    one[:, 1] = 1
+    step = _costs(lambda rows: costs.verify_s(rows, 1) + costs.overhead_ar_s(rows), batch_size)
+    return _exact(batch_size, 0, 0, 1, 0.0, step, one, row_tokens, 0)
 
-    return _choice(batch_size, 0, 0, 1, 0.0, step, row_tokens, row_tokens, 0)
+
+def _tree_step(costs: StepCosts, b: int, top_k: int, depth: int, total_tokens: int, accepted: float,
+               lookup_tokens: int) -> np.ndarray:
+    """[b] one step's seconds with 1..b rows decoding."""
+    return _costs(lambda rows: (costs.verify_s(rows, total_tokens + lookup_tokens)
+                                + costs.draft_level_s(rows, 1 + accepted) + (depth - 1) * costs.draft_level_s(rows, top_k)
+                                + costs.overhead_spec_s(rows)), b)
 
 
-def price(batch_size: int, top_k: int, depth: int, total_tokens: int, row_steps: np.ndarray,
+def _costs(step: Callable[[int], float], b: int) -> np.ndarray:
+    return np.array([step(rows) for rows in range(1, b + 1)])
+
+
+def price(batch_size: int, top_k: int, depth: int, total_tokens: int, moves: np.ndarray,
           row_tokens: np.ndarray, costs: StepCosts, lookup_tokens: int = 0) -> TreeChoice:
     """Predicted step time and tokens/s of one tree (and the chain grafted under it) at one batch
-    size, for rows decoding `row_tokens` [m] tokens each in `row_steps` [m] steps of this tree."""
-    accepted = float(row_tokens.sum() / row_steps.sum()) - 1  # per step, the bonus token not counted
-
-    def step(rows: int) -> float:
-        return (costs.verify_s(rows, total_tokens + lookup_tokens) + costs.draft_level_s(rows, 1 + accepted)
-                + (depth - 1) * costs.draft_level_s(rows, top_k) + costs.overhead_spec_s(rows))
-
-    return _choice(batch_size, top_k, depth, total_tokens, accepted, step, row_steps, row_tokens, lookup_tokens)
+    size, for rows decoding `row_tokens` [m] tokens each with the tree's `moves` [m, G] per row."""
+    accepted = float(row_tokens.mean() / mean_steps(row_tokens, moves[None])[0]) - 1
+    step = _tree_step(costs, batch_size, top_k, depth, total_tokens, accepted, lookup_tokens)
+    return _exact(batch_size, top_k, depth, total_tokens, accepted, step, moves, row_tokens, lookup_tokens)
 
 
-def _choice(b: int, top_k: int, depth: int, total_tokens: int, accepted: float, step: Callable[[int], float],
-            row_steps: np.ndarray, row_tokens: np.ndarray, lookup_tokens: int) -> TreeChoice:
-    tokens_per_s = b * float(row_tokens.mean()) / batch_seconds(step, row_steps, b)
-    busy = b * (1 + accepted) / step(b)
-    return TreeChoice(b, top_k, depth, total_tokens, accepted, step(b), tokens_per_s, lookup_tokens,
+def _exact(b: int, top_k: int, depth: int, total_tokens: int, accepted: float, step: np.ndarray,
+           moves: np.ndarray, row_tokens: np.ndarray, lookup_tokens: int) -> TreeChoice:
+    tokens_per_s = b * float(row_tokens.mean()) / batch_seconds(step, step_survival(row_tokens, moves))
+    busy = b * (1 + accepted) / step[-1]  # every row decoding, every step
+    return TreeChoice(b, top_k, depth, total_tokens, accepted, float(step[-1]), tokens_per_s, lookup_tokens,
                       tokens_per_s / busy)
 
 
-def ranked(batch_size: int, trees: Iterable[tuple[int, int, int, np.ndarray]], costs: StepCosts,
-           row_tokens: np.ndarray, lookup_tokens: int = 0) -> list[TreeChoice]:
-    """Every tree (k, D, N, [m] steps per row) and AR, best first, for rows decoding `row_tokens`
-    [m] tokens each; ties go to the smaller tree."""
-    options = [autoregressive(batch_size, costs, row_tokens)]
-    options += [price(batch_size, k, d, n, steps, row_tokens, costs, lookup_tokens) for k, d, n, steps in trees]
+def ranked(batch_size: int, trees: list[tuple[int, int, int, np.ndarray]], costs: StepCosts,
+           row_tokens: np.ndarray, lookup_tokens: int = 0, keep: int = 12) -> list[TreeChoice]:
+    """AR and the `keep` fastest trees (k, D, N, moves [m, G]), best first, for rows decoding
+    `row_tokens` [m] tokens each; ties go to the smaller tree.
+
+    The rows decode for E[steps] x b row-steps in all, none cheaper than the cheapest step per
+    row, so E[tokens] / (E[steps] x min over n of step(n) / n) bounds a tree's rate from above
+    (b (1 + a) / step(b), all rows busy, where batching never makes a row dearer). Trees are
+    priced exactly in the order of that bound until it falls below the `keep`-th best rate."""
+    b = batch_size
+    if not trees:
+        return [autoregressive(b, costs, row_tokens)]
+    widest = max(moves.shape[-1] for *_, moves in trees)
+    steps = mean_steps(row_tokens, np.stack([np.pad(moves, ((0, 0), (0, widest - moves.shape[-1])))
+                                             for *_, moves in trees]))  # [trees]
+    accepted = row_tokens.mean() / steps - 1
+    per_row = np.arange(1, b + 1)
+    bounds = []
+    for (k, d, n, moves), a, s in zip(trees, accepted, steps):
+        step = _tree_step(costs, b, k, d, n, float(a), lookup_tokens)
+        bounds.append((row_tokens.mean() / (s * (step / per_row).min()), (k, d, n, moves, float(a), step)))
+    bounds.sort(key=lambda bound: (-bound[0], bound[1][2], bound[1][1], bound[1][0]))
+    options = [autoregressive(b, costs, row_tokens)]
+    for bound, (k, d, n, moves, a, step) in bounds:
+        best = sorted((o.tokens_per_s for o in options), reverse=True)
+        if len(best) >= keep and best[keep - 1] >= bound:
+            break
+        options.append(_exact(b, k, d, n, a, step, moves, row_tokens, lookup_tokens))
     return sorted(options, key=lambda c: (-c.tokens_per_s, c.total_tokens, c.depth, c.top_k))
 
 
-def choose(batch_size: int, trees: Iterable[tuple[int, int, int, np.ndarray]], costs: StepCosts,
+def choose(batch_size: int, trees: list[tuple[int, int, int, np.ndarray]], costs: StepCosts,
            row_tokens: np.ndarray) -> TreeChoice:
     """The throughput-optimal tree at this batch size, or AR (total_tokens 1) if none pays."""
-    return ranked(batch_size, trees, costs, row_tokens)[0]
+    return ranked(batch_size, trees, costs, row_tokens, keep=1)[0]

@@ -26,11 +26,11 @@ the first position on, and averages over the positions it lands on: exactly the 
 accepted tokens per step. Sampled decoding (T > 0) accepts more than this greedy count from
 flat targets and less from peaked ones; the table is the greedy one.
 
-The table also keeps, per replayed prompt, where each tree's decode stepped from. A decode of
-T new tokens takes, for that prompt, the steps it stepped from before position T - 1; a batch
-runs until its slowest row is done, so its cost depends on how far apart the rows' step counts
-are, not on their mean alone (roofline/tree_policy.py prices that), and a decode shorter than
-the replay averages over its own steps only (copying grows as a generation goes on).
+The table also keeps, per replayed prompt, where each tree's decode stepped from. A batch runs
+until its slowest row is done, so its cost depends on how far apart the rows' step counts are,
+not on their mean alone: what each step moved (1 + accepted) on each prompt, counted over the
+steps a decode of the sweep's own new tokens takes (copying grows as a generation goes on), is
+what roofline/tree_policy.py prices that from.
 """
 
 from __future__ import annotations
@@ -72,18 +72,23 @@ class ReplayedRow:
     def span(self) -> int:
         return next(iter(self.stepped.values())).shape[1]
 
-    def steps(self, top_k: int, depth: int, max_new_tokens: int) -> tuple[float, np.ndarray]:
-        """(tokens this prompt's decode of max_new_tokens emits after the prefill's first one,
-        [cap-1] verify steps each tree of (top_k, depth) takes to emit them). Past the replayed
-        span the steps grow at the span's rate; a prompt with no replayed root steps once a token."""
-        need = max_new_tokens - 1
-        if self.stopped:
-            need = min(need, self.decoded)
-        seen = min(need, self.span)
-        steps = self.stepped[(top_k, depth)][:, :seen].sum(1, dtype=float)  # [cap-1] roots before c_seen
-        if seen == 0:
-            return float(need), np.full(steps.shape, float(need))
-        return float(need), steps * (need / seen)
+    def need(self, max_new_tokens: int) -> int:
+        """Tokens this prompt's decode of max_new_tokens emits after the prefill's first one."""
+        return min(max_new_tokens - 1, self.decoded) if self.stopped else max_new_tokens - 1
+
+    def moves(self, top_k: int, depth: int, need: int, longest: int) -> np.ndarray:
+        """[cap-1, longest + 1] per tree of (top_k, depth), how many of its decode's steps moved
+        1, 2, ... positions (1 + accepted) on this prompt, over the steps it takes from roots
+        before c_need (all replayed ones past the span). A step whose landing lies past the span
+        is not known and not counted; a tree with none counted moves one position a step."""
+        bits = self.stepped[(top_k, depth)]  # [cap-1, span]
+        counts = np.zeros((bits.shape[0], longest + 1))
+        for n, row in enumerate(bits):
+            roots = np.flatnonzero(row)
+            moved = np.diff(roots)[roots[:-1] < need]
+            counts[n] = np.bincount(moved, minlength=longest + 1)[:longest + 1]
+        counts[counts.sum(1) == 0, 1] = 1
+        return counts
 
     def to_json(self, keys) -> dict:
         bits = np.concatenate([self.stepped[key] for key in keys])  # [trees, span]
@@ -134,17 +139,19 @@ class AcceptanceTable:
     def decodes(self, max_new_tokens: int) -> tuple[np.ndarray, list[tuple[int, int, int, np.ndarray]]]:
         """Decodes of max_new_tokens of the replayed prompts: ([rows] tokens each emits after the
         prefill's first one, fewer where it stops at EOS; every priced tree as (top_k, depth,
-        total_tokens, [rows] verify steps its decode takes to emit them))."""
+        total_tokens, [rows, moves] how many of its steps moved 1, 2, ... positions on each
+        prompt, see ReplayedRow.moves))."""
         if not self.rows:
             raise ScyllaError("the acceptance table has no replayed prompt")
         if max_new_tokens < 2:
             raise ScyllaError(f"a decode of {max_new_tokens} new token(s) takes no verify step to price")
+        need = [row.need(max_new_tokens) for row in self.rows]
+        longest = max(self.max_depth, self.lookup_tokens) + 1  # a step moves at most this far
         trees = []
         for k, d in self.sums:
-            per_row = [row.steps(k, d, max_new_tokens) for row in self.rows]
-            steps = np.stack([s for _, s in per_row])  # [rows, cap-1]
-            trees += [(k, d, n, steps[:, n - 2]) for n in range(2, steps.shape[1] + 2)]
-        return np.array([need for need, _ in per_row]), trees
+            moves = np.stack([row.moves(k, d, n, longest) for row, n in zip(self.rows, need)], 1)  # [cap-1, rows, .]
+            trees += [(k, d, n, moves[n - 2]) for n in range(2, moves.shape[0] + 2)]
+        return np.array(need, dtype=float), trees
 
     def trees(self):
         """Every priced (top_k, depth, total_tokens)."""

@@ -66,9 +66,9 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
     assert choice["total_tokens"] > 1 and choice["accepted"] > 0
     assert all(priced[d]["acceptance"]["positions"] > 0 for d in ("natural_questions", "gsm8k"))
     assert any("replaying draft oracle" in line for line in notes.lines)
-    cached = record["contexts"]["cached_tokens"]
+    cached = {ds: per["1"] for ds, per in record["contexts"]["cached_tokens"].items()}
     assert cached["natural_questions"] == 40 and cached["gsm8k"] > 80
-    assert any(f"gsm8k runs over about {cached['gsm8k']} cached tokens" in line for line in notes.lines)
+    assert any(f"gsm8k at batch 1 runs over about {cached['gsm8k']} cached tokens" in line for line in notes.lines)
     timed = record["contexts"]["timed_verify_curves"][str(cached["gsm8k"])]
     assert 0 < max(p["seconds"] for p in timed) < 5.0  # this machine's milliseconds, not the profile's 5 s
     assert priced["gsm8k"]["batch_sizes"]["1"]["ar"]["tokens_per_s"] > 10 * choice["tokens_per_s"]
@@ -183,3 +183,10 @@ def test_replayed_acceptance_is_kept_where_the_draft_can_be_found_again(tmp_path
     assert auto_trees.calibration_file("lookup") == tmp_path / "home" / "calibration" / "lookup.json"
     assert auto_trees.calibration_file("random:eagle2") is None
     assert auto_trees.calibration_file("oracle") is None
+
+
+def test_a_batch_is_priced_at_its_longest_row_expected():
+    # Two rows of [100, 300]: both short a quarter of the time.
+    assert auto_trees.expected_longest([100, 300], 1) == pytest.approx(200)
+    assert auto_trees.expected_longest([100, 300], 2) == pytest.approx(0.25 * 100 + 0.75 * 300)
+    assert auto_trees.expected_longest([730, 1974, 770, 2104], 4) > 1900  # CNN/DM's first four articles
