@@ -217,18 +217,19 @@ def _price(spec: SweepSpec, table: AcceptanceTable, curves: dict[int, LatencyCur
            costs: dict[int, tree_costs.DraftCosts], contexts: dict[int, int]) -> dict[str, Any]:
     """One dataset's choices per batch size, each priced at that batch's context (cached tokens)."""
     per_batch = {}
+    decodes = table.decodes(spec.max_new_tokens)
     for b in sorted(spec.batch_sizes):
-        options = _ranked(b, table, curves[contexts[b]], costs[contexts[b]], spec.max_new_tokens)
+        options = _ranked(b, decodes, table.lookup_tokens, curves[contexts[b]], costs[contexts[b]])
         per_batch[str(b)] = {"choice": options[0].to_json(), "ranked": [o.to_json() for o in options[:KEEP_RANKED]],
                              "ar": next(o for o in options if not o.speculative).to_json()}
     return {"acceptance": table.to_json(), "batch_sizes": per_batch}
 
 
-def _ranked(b: int, table: AcceptanceTable, curve: LatencyCurve, costs: tree_costs.DraftCosts,
-            max_new_tokens: int) -> list[TreeChoice]:
+def _ranked(b: int, decodes, lookup_tokens: int, curve: LatencyCurve, costs: tree_costs.DraftCosts) -> list[TreeChoice]:
+    """Options at batch b for `decodes` (AcceptanceTable.decodes: tokens per row, trees)."""
     step = StepCosts(curve.seconds, costs.level.seconds, _nearest(costs.overhead_ar_s), _nearest(costs.overhead_spec_s))
-    row_tokens, trees = table.decodes(max_new_tokens)
-    return ranked(b, trees, step, row_tokens, table.lookup_tokens, keep=KEEP_RANKED)
+    row_tokens, trees = decodes
+    return ranked(b, trees, step, row_tokens, lookup_tokens, keep=KEEP_RANKED)
 
 
 def _nearest(values: dict[int, float]) -> Callable[[int], float]:
@@ -294,7 +295,7 @@ def generate_tree(target, draft, name: str, batch_size: int, max_new_tokens: int
     prefix = _fit_prefix(target, cached_tokens)
     curve = measured_verify_curve(target, [batch_size], prefix, _most_tokens(target, prefix))
     costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix, widths=tree_costs.LEVEL_WIDTHS)
-    options = _ranked(batch_size, table, curve, costs, max_new_tokens)
+    options = _ranked(batch_size, table.decodes(max_new_tokens), table.lookup_tokens, curve, costs)
     ar = next(o for o in options if not o.speculative)
     return next((o for o in options if o.speculative), ar), ar
 
