@@ -146,6 +146,8 @@ class AcceptanceTable:
         if max_new_tokens < 2:
             raise ScyllaError(f"a decode of {max_new_tokens} new token(s) takes no verify step to price")
         need = [row.need(max_new_tokens) for row in self.rows]
+        if not any(need):
+            raise ScyllaError("every replayed prompt's reference ended at EOS on its first token: no step to price")
         longest = max(self.max_depth, self.lookup_tokens) + 1  # a step moves at most this far
         trees = []
         for k, d in self.sums:
