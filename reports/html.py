@@ -292,6 +292,24 @@ def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame) -> str:
     return "".join(out)
 
 
+def _auto_predictions(res: Results) -> str:
+    pred = tables.auto_prediction_table(res.ok, res.predictions)
+    if pred.empty:
+        return ""
+    ran = pred[pred["tree"] != tables.AR_TREE]
+    ratio = (ran["speedup"] / ran["predicted_speedup"]).groupby(ran["batch_size"]).median()
+    summary = ", ".join(f"batch {b}: {r:.2f}" for b, r in ratio.items()) or "no cell ran a tree"
+    return render_table(pred, [
+        Col("method", "method"), Col("dataset", "dataset"), Col("batch_size", "batch", fint, True),
+        Col("tree", "auto's tree"), Col("predicted_speedup", "spec/AR predicted", fnum(2), True),
+        Col("speedup", "measured", fnum(2), True), Col("predicted_tau", "tau predicted", fnum(2), True),
+        Col("tau", "measured", fnum(2), True), Col("predicted_occupancy", "occupancy predicted", fnum(2), True),
+        Col("occupancy", "measured", fnum(2), True),
+    ], "auto-predictions", "What top_k auto's pricing predicted for each cell it planned (auto_trees.json), beside "
+       "the measurement. Occupancy: the share of a batch's row slots its steps filled; rows that accept more "
+       f"finish first and leave the batch. Median measured / predicted spec/AR over the cells that ran a tree: {summary}.")
+
+
 def _slope_text(fit) -> str:
     if fit is None:
         return "n/a (fewer than two batch sizes with a tree)"
@@ -479,7 +497,8 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
         # Results first (what readers come for), then the device, then how it was measured.
         _section("acceptance", "Acceptance", _acceptance(h, tau, claims, pos) if len(tau) else '<p class="note">No finished cells.</p>'),
         _section("throughput", "Throughput against batch size", _throughput(res, h, tt) if len(ok) else ""),
-        _section("tree-policy", "Tree policy: top_k auto against every fixed tree", _tree_policy(res, h) if len(ok) else ""),
+        _section("tree-policy", "Tree policy: top_k auto against every fixed tree",
+                 _tree_policy(res, h) + _auto_predictions(res) if len(ok) else ""),
         _section("roofline", "Roofline and verify knee", _roofline(profs)),
         _section("scaling", "Scaling laws", _scaling(res, h) if len(ok) else ""),
         _section("published", "Published reference numbers", _published(tau, tables.speedup_table(hc), h) if len(tau) else ""),

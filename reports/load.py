@@ -10,6 +10,7 @@ wrong type, is refused: guessing there would give a report that looks right and 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.auto_trees import RECORD
 from harness.schema import STATUSES
 from harness.storage import ResultStore
 from roofline.profile_doc import ProfileDoc, read_profile_doc
@@ -94,6 +96,9 @@ class Results:
     missing_columns: list[str] = field(default_factory=list)
     # One line each, for stderr: what was read other than results.parquet, and why.
     notes: list[str] = field(default_factory=list)
+    # top_k auto's predictions (each folder's auto_trees.json): one row per (draft, chain,
+    # dataset, batch) with the tree chosen and its predicted tokens/s, AR's beside it
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -318,7 +323,35 @@ def load_results(dirs: list[str | Path]) -> Results:
     cells, missing = _conform(cells)
     if cells.empty:
         raise ScyllaError(f"{', '.join(map(str, paths))}: the results table has no rows")
-    return Results(cells=cells.reset_index(drop=True), dirs=paths, missing_columns=missing, notes=notes)
+    predictions = pd.DataFrame([row for path in paths for row in _auto_predictions(path, notes)])
+    return Results(cells=cells.reset_index(drop=True), dirs=paths, missing_columns=missing, notes=notes,
+                   predictions=predictions)
+
+
+def _auto_predictions(path: Path, notes: list[str]) -> list[dict]:
+    """Rows of DIR/auto_trees.json's choices; none (and a note) where it is absent or unreadable."""
+    file = path / RECORD
+    if not file.is_file():
+        return []
+    try:
+        record = json.loads(file.read_text())
+        rows = []
+        for unit, per in record["drafts"].items():
+            chain = int(per.get("lookup_tokens", 0))
+            draft = unit.removesuffix(f" +lookup {chain}") if chain else unit
+            for dataset, priced in per["datasets"].items():
+                for b, entry in priced["batch_sizes"].items():
+                    choice, ar = entry["choice"], entry["ar"]
+                    rows.append({"results_dir": str(path), "draft": draft, "lookup_tokens": chain, "dataset": dataset,
+                                 "batch_size": int(b), "top_k": int(choice["top_k"]), "depth": int(choice["depth"]),
+                                 "total_tokens": int(choice["total_tokens"]),
+                                 "predicted_tau": 1 + float(choice["accepted"]),
+                                 "predicted_speedup": float(choice["tokens_per_s"]) / float(ar["tokens_per_s"]),
+                                 "predicted_occupancy": float(choice.get("occupancy", 1.0))})
+        return rows
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
+        notes.append(f"{file}: not read ({type(err).__name__}: {err}); the report leaves out auto's predictions")
+        return []
 
 
 def _finite(x) -> float | None:

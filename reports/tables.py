@@ -307,8 +307,11 @@ def tree_grid(ok: pd.DataFrame, h: Headline) -> tuple[str | None, pd.DataFrame]:
 # --------------------------------------------------------------------------- tree policy
 
 
+AR_TREE = "AR (no tree)"
+
+
 def _tree_label(k, d, n) -> str:
-    return "AR (no tree)" if int(n) == 1 else f"k={int(k)} d={int(d)} n={int(n)}"
+    return AR_TREE if int(n) == 1 else f"k={int(k)} d={int(d)} n={int(n)}"
 
 
 def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
@@ -337,6 +340,30 @@ def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
                 "fixed_trees": int(f["fixed_trees"]),
             })
     return pd.DataFrame(rows)
+
+
+def auto_prediction_table(ok: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Each top_k auto cell beside what its pricing predicted (Results.predictions): spec/AR,
+    tau, and occupancy, the share of the batch's row slots its steps filled (verify steps over
+    batch steps x batch size; a last batch with fewer prompts than the batch size counts short)."""
+    auto = ok[ok["top_k_setting"] == "auto"]
+    if auto.empty or predictions.empty:
+        return pd.DataFrame()
+    keys = ["results_dir", "draft", "lookup_tokens", "dataset", "batch_size", "top_k", "depth", "total_tokens"]
+    cells = auto.assign(draft=auto["draft"].fillna(""), lookup_tokens=auto["lookup_tokens"].fillna(0).astype(int))
+    joined = cells.merge(predictions, on=keys, how="inner")  # a cell planned from another record has none
+    if joined.empty:
+        return pd.DataFrame()
+    steps = pd.to_numeric(joined["batch_steps"], errors="coerce") * joined["batch_size"]
+    return pd.DataFrame({
+        "method": joined["method"], "dataset": joined["dataset"], "batch_size": joined["batch_size"],
+        "tree": [_tree_label(k, d, n) + (f" +lookup {m}" if m and n > 1 else "")
+                 for k, d, n, m in zip(joined["top_k"], joined["depth"], joined["total_tokens"], joined["lookup_tokens"])],
+        "predicted_speedup": joined["predicted_speedup"], "speedup": joined["speedup_vs_ar"],
+        "predicted_tau": joined["predicted_tau"], "tau": joined["tau"],
+        "predicted_occupancy": joined["predicted_occupancy"],
+        "occupancy": pd.to_numeric(joined["verify_steps"], errors="coerce") / steps.where(steps > 0),
+    }).sort_values(["batch_size", "method", "dataset"]).reset_index(drop=True)
 
 
 def throughput_surface(ok: pd.DataFrame, method: str, draft: str, temperature: float) -> pd.DataFrame:

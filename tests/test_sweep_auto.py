@@ -11,6 +11,9 @@ import pytest
 from harness import auto_trees
 from harness.runner import Progress, run_sweep
 from harness.spec import build_spec
+from reports import tables
+from reports.html import build_report
+from reports.load import load_results
 from roofline import tree_costs
 from scylla_impl import calibration
 from workloads.errors import ScyllaError
@@ -80,6 +83,22 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
         assert (row["top_k"], row["depth"], row["total_tokens"]) == (
             chosen["top_k"], chosen["depth"], chosen["total_tokens"])
         assert row["lossless"] is True
+    # The report puts each auto cell beside its prediction.
+    res = load_results([tmp_path / "out"])
+    pred = tables.auto_prediction_table(res.ok, res.predictions).set_index("dataset")
+    assert sorted(pred.index) == ["gsm8k", "natural_questions"]
+    assert pred.loc["natural_questions", "predicted_speedup"] == pytest.approx(
+        choice["tokens_per_s"] / priced["natural_questions"]["batch_sizes"]["1"]["ar"]["tokens_per_s"])
+    assert (pred["occupancy"] == 1.0).all() and (pred["predicted_occupancy"] == 1.0).all()  # one row: every slot
+    page = build_report(res, [])
+    assert 'data-table="auto-predictions"' in page and "occupancy predicted" in page
+    # A damaged record costs the report that table, said so, not the report.
+    (tmp_path / "damaged").mkdir()
+    shutil.copy(tmp_path / "out" / "results.parquet", tmp_path / "damaged")
+    (tmp_path / "damaged" / "auto_trees.json").write_text('{"drafts": {"oracle": {"datasets": 3}}}')
+    damaged = load_results([tmp_path / "damaged"])
+    assert damaged.predictions.empty and any("auto's predictions" in n for n in damaged.notes)
+    assert 'data-table="auto-predictions"' not in build_report(damaged, [])
 
     again = Notes()
     report = run_sweep(spec, tmp_path / "out", resume=True, progress=again)
