@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +70,8 @@ class AutoTrees:
 
     def __init__(self, record: dict[str, Any]):
         self.record = record
-        self._choices = {}
-        for unit, per in record["drafts"].items():
-            # Records written before trees were priced per dataset hold one choice for all of them.
-            by_dataset = per.get("datasets", {None: per})
-            for dataset, priced in by_dataset.items():
-                for b, entry in priced["batch_sizes"].items():
-                    self._choices[(unit, int(b), dataset)] = TreeChoice(**entry["choice"])
+        self._choices = {(_unit(draft, chain), b, dataset): choice
+                         for draft, chain, dataset, b, choice, _ in recorded_choices(record)}
 
     def __call__(self, batch_size: int, draft: str, dataset: str, lookup_tokens: int = 0) -> TreeChoice:
         unit = _unit(draft, lookup_tokens)
@@ -93,6 +88,19 @@ class AutoTrees:
 def _unit(draft: str, lookup_tokens: int) -> str:
     """What a record prices: a draft, or a draft with a lookup chain grafted under its trees."""
     return f"{draft} +lookup {lookup_tokens}" if lookup_tokens else draft
+
+
+def recorded_choices(record: dict[str, Any]) -> Iterator[tuple[str, int, str | None, int, TreeChoice, TreeChoice | None]]:
+    """(draft, lookup chain, dataset, batch size, the choice, AR's price or None) of each choice in
+    a record. Records written before trees were priced per dataset hold one choice for all of
+    them (dataset None); records from before chains were priced hold none (chain 0)."""
+    for unit, per in record["drafts"].items():
+        chain = int(per.get("lookup_tokens", 0))
+        draft = unit.removesuffix(_unit("", chain)) if chain else unit
+        for dataset, priced in per.get("datasets", {None: per}).items():
+            for b, entry in priced["batch_sizes"].items():
+                ar = TreeChoice(**entry["ar"]) if "ar" in entry else None
+                yield draft, chain, dataset, int(b), TreeChoice(**entry["choice"]), ar
 
 
 def _key(spec: SweepSpec) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.auto_trees import RECORD
+from harness.auto_trees import RECORD, recorded_choices
 from harness.schema import STATUSES
 from harness.storage import ResultStore
 from roofline.profile_doc import ProfileDoc, read_profile_doc
@@ -334,21 +334,12 @@ def _auto_predictions(path: Path, notes: list[str]) -> list[dict]:
     if not file.is_file():
         return []
     try:
-        record = json.loads(file.read_text())
-        rows = []
-        for unit, per in record["drafts"].items():
-            chain = int(per.get("lookup_tokens", 0))
-            draft = unit.removesuffix(f" +lookup {chain}") if chain else unit
-            for dataset, priced in per["datasets"].items():
-                for b, entry in priced["batch_sizes"].items():
-                    choice, ar = entry["choice"], entry["ar"]
-                    rows.append({"results_dir": str(path), "draft": draft, "lookup_tokens": chain, "dataset": dataset,
-                                 "batch_size": int(b), "top_k": int(choice["top_k"]), "depth": int(choice["depth"]),
-                                 "total_tokens": int(choice["total_tokens"]),
-                                 "predicted_tau": 1 + float(choice["accepted"]),
-                                 "predicted_speedup": float(choice["tokens_per_s"]) / float(ar["tokens_per_s"]),
-                                 "predicted_occupancy": float(choice.get("occupancy", 1.0))})
-        return rows
+        return [{"results_dir": str(path), "draft": draft, "lookup_tokens": chain, "dataset": dataset,
+                 "batch_size": b, "top_k": choice.top_k, "depth": choice.depth, "total_tokens": choice.total_tokens,
+                 "predicted_tau": 1 + choice.accepted, "predicted_speedup": choice.tokens_per_s / ar.tokens_per_s,
+                 "predicted_occupancy": choice.occupancy}
+                for draft, chain, dataset, b, choice, ar in recorded_choices(json.loads(file.read_text()))
+                if dataset is not None and ar is not None]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
         notes.append(f"{file}: not read ({type(err).__name__}: {err}); the report leaves out auto's predictions")
         return []

@@ -301,7 +301,7 @@ def _replay_batch(target, draft, prompts, continuations, layers, tables, max_dep
                   lookup_tokens: int = 0) -> None:
     steps = max(max(len(c) for c in continuations) - max_depth, 0)  # root c_i needs c_{i+1..i+D}
     # Per tree, [b, cap-1, steps]: where each row's decode of that tree steps from (ReplayedRow).
-    stepped = {(k, d): torch.zeros((len(prompts), tokens_cap(k, d) - 1, steps), dtype=torch.bool)
+    stepped = {(k, d): np.zeros((len(prompts), tokens_cap(k, d) - 1, steps), dtype=bool)
                for k in tables[0].top_ks for d in range(1, max_depth + 1)}
     if steps:
         _follow_decodes(target, draft, prompts, continuations, layers, tables, stepped, max_depth, first,
@@ -309,7 +309,7 @@ def _replay_batch(target, draft, prompts, continuations, layers, tables, max_dep
     for r, c in enumerate(continuations):
         span = max(len(c) - max_depth, 0)
         tables[r].rows.append(ReplayedRow(len(c) - 1, c[-1] in target.eos_ids,
-                                          {key: bits[r, :, :span].numpy() for key, bits in stepped.items()}))
+                                          {key: bits[r, :, :span] for key, bits in stepped.items()}))
 
 
 def _follow_decodes(target, draft, prompts, continuations, layers, tables, stepped, max_depth, first, on_position,
@@ -351,11 +351,12 @@ def _follow_decodes(target, draft, prompts, continuations, layers, tables, stepp
                     accepted = torch.maximum(accepted, chained)
                 landed = (landing[(k, d)] == i) & valid[:, None]  # [b, cap-1]: that tree's decode steps from c_i
                 landing[(k, d)] = torch.where(landed, i + accepted + 1, landing[(k, d)])
-                stepped[(k, d)][:, :, i] = landed.cpu()
+                here = stepped[(k, d)][:, :, i]  # [b, cap-1]
+                here[:] = landed.cpu().numpy()
                 summed = (accepted * landed).cpu().numpy()
                 for r in range(b):
                     tables[r].sums[(k, d)] += summed[r]
-                    tables[r].steps[(k, d)] += stepped[(k, d)][r, :, i].numpy()
+                    tables[r].steps[(k, d)] += here[r]
                 found[(k, d)] = accepted
         for r in valid.nonzero().flatten().tolist():
             tables[r].positions += 1
