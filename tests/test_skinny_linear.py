@@ -102,22 +102,42 @@ def test_the_embedded_target_runs_on_it(target_fp32):
 
 # x86-64-v2 compiles the same branches as v3 (none is AVX2-specific); it stays in the slow suite as a
 # plain-x86-64 check, for the fast suite's time.
-@pytest.mark.parametrize("arch", [pytest.param("x86-64-v2", marks=pytest.mark.slow), "x86-64-v3", "x86-64-v4",
-                                  "sapphirerapids", "sapphirerapids -mno-amx-tile -mno-amx-bf16 -mno-amx-int8"])
-def test_kernel_source_compiles_for_other_cpus(arch, tmp_path):
+ARCHES = [pytest.param("x86-64-v2", marks=pytest.mark.slow), "x86-64-v3", "x86-64-v4", "sapphirerapids",
+          "sapphirerapids -mno-amx-tile -mno-amx-bf16 -mno-amx-int8"]
+
+
+@pytest.fixture(scope="module")
+def syntax_checks(request, tmp_path_factory):
+    """arch -> its g++ -fsyntax-only run over the kernels' source, all started at once (each
+    takes 14-17 s of one core here; the cases then wait for their own)."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no g++ on this machine")
+    source = tmp_path_factory.mktemp("kernels") / "kernels.cpp"
+    source.write_text("\n".join(skinny_linear.SOURCES))
+    includes = [f"-I{path}" for path in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
+    wanted = {item.callspec.params["arch"] for item in request.session.items
+              if item.originalname == "test_kernel_source_compiles_for_other_cpus"}
+    checks = {}
+    for arch in wanted:
+        march, *others = arch.split()
+        checks[arch] = subprocess.Popen([compiler, "-std=c++17", "-fsyntax-only", f"-march={march}", *others,
+                                         *skinny_linear.PORTABLE_CFLAGS, *includes, str(source)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    yield checks
+    for check in checks.values():
+        if check.poll() is None:
+            check.kill()
+            check.wait()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_kernel_source_compiles_for_other_cpus(arch, syntax_checks):
     """The kernels are built with -march=native, so this machine's build says nothing of a
     plain x86-64, AVX2 or AVX512-BF16-without-AMX CPU's: there a missing definition would fail
     the whole extension, and decode steps would lose both kernels (fp32 matmuls and exact
     attention). Each instruction set's branches compile here (syntax and types, no code; the
     builds run on this CPU in tests/test_kernel_isa.py)."""
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no g++ on this machine")
-    source = tmp_path / "kernels.cpp"
-    source.write_text("\n".join(skinny_linear.SOURCES))
-    includes = [f"-I{path}" for path in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
-    march, *others = arch.split()
-    done = subprocess.run([compiler, "-std=c++17", "-fsyntax-only", f"-march={march}", *others,
-                           *skinny_linear.PORTABLE_CFLAGS, *includes, str(source)], capture_output=True, text=True)
-    errors = [line for line in done.stderr.splitlines() if "error" in line]
-    assert done.returncode == 0 and not errors, "\n".join(errors[:10]) or done.stderr[-2000:]
+    _, stderr = syntax_checks[arch].communicate()
+    errors = [line for line in stderr.splitlines() if "error" in line]
+    assert syntax_checks[arch].returncode == 0 and not errors, "\n".join(errors[:10]) or stderr[-2000:]
