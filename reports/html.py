@@ -299,15 +299,22 @@ def _auto_predictions(res: Results) -> str:
     ran = pred[pred["tree"] != tables.AR_TREE]
     ratio = (ran["speedup"] / ran["predicted_speedup"]).groupby(ran["batch_size"]).median()
     summary = ", ".join(f"batch {b}: {r:.2f}" for b, r in ratio.items()) or "no cell ran a tree"
+    ranged = ran.dropna(subset=["predicted_speedup_low", "predicted_speedup_high", "speedup"])
+    inside = ranged["speedup"].between(ranged["predicted_speedup_low"], ranged["predicted_speedup_high"])
+    coverage = (f" {int(inside.sum())} of {len(ranged)} measured within their 10-90% range (which covers "
+                "the choice of prompts only; timing noise adds to it)." if len(ranged) else "")
     return render_table(pred, [
         Col("method", "method"), Col("dataset", "dataset"), Col("batch_size", "batch", fint, True),
         Col("tree", "auto's tree"), Col("predicted_speedup", "spec/AR predicted", fnum(2), True),
+        Col("predicted_speedup_low", "10%", fnum(2), True), Col("predicted_speedup_high", "90%", fnum(2), True),
         Col("speedup", "measured", fnum(2), True), Col("predicted_tau", "tau predicted", fnum(2), True),
         Col("tau", "measured", fnum(2), True), Col("predicted_occupancy", "occupancy predicted", fnum(2), True),
         Col("occupancy", "measured", fnum(2), True),
     ], "auto-predictions", "What top_k auto's pricing predicted for each cell it planned (auto_trees.json), beside "
-       "the measurement. Occupancy: the share of a batch's row slots its steps filled; rows that accept more "
-       f"finish first and leave the batch. Median measured / predicted spec/AR over the cells that ran a tree: {summary}.")
+       "the measurement. 10% / 90%: spec/AR that runs of the sweep's prompts, drawn from the held-out ones "
+       "the pricing replayed, measure at those quantiles. Occupancy: the share of a batch's row slots its "
+       "steps filled; rows that accept more finish first and leave the batch. Median measured / predicted "
+       f"spec/AR over the cells that ran a tree: {summary}.{coverage}")
 
 
 def _slope_text(fit) -> str:

@@ -334,12 +334,19 @@ def _auto_predictions(path: Path, notes: list[str]) -> list[dict]:
     if not file.is_file():
         return []
     try:
-        return [{"results_dir": str(path), "draft": draft, "lookup_tokens": chain, "dataset": dataset,
-                 "batch_size": b, "top_k": choice.top_k, "depth": choice.depth, "total_tokens": choice.total_tokens,
-                 "predicted_tau": 1 + choice.accepted, "predicted_speedup": choice.tokens_per_s / ar.tokens_per_s,
-                 "predicted_occupancy": choice.occupancy}
-                for draft, chain, dataset, b, choice, ar in recorded_choices(json.loads(file.read_text()))
-                if dataset is not None and ar is not None]
+        rows = []
+        for r in recorded_choices(json.loads(file.read_text())):
+            if r.dataset is None or r.ar is None:
+                continue
+            low, high = (r.spread.speedup[0], r.spread.speedup[-1]) if r.spread else (math.nan, math.nan)
+            rows.append({"results_dir": str(path), "draft": r.draft, "lookup_tokens": r.lookup_tokens,
+                         "dataset": r.dataset, "batch_size": r.batch_size, "top_k": r.choice.top_k,
+                         "depth": r.choice.depth, "total_tokens": r.choice.total_tokens,
+                         "predicted_tau": 1 + r.choice.accepted,
+                         "predicted_speedup": r.choice.tokens_per_s / r.ar.tokens_per_s,
+                         "predicted_speedup_low": low, "predicted_speedup_high": high,
+                         "predicted_occupancy": r.choice.occupancy})
+        return rows
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
         notes.append(f"{file}: not read ({type(err).__name__}: {err}); the report leaves out auto's predictions")
         return []

@@ -343,8 +343,9 @@ def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
 
 
 def auto_prediction_table(ok: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """Each top_k auto cell beside what its pricing predicted (Results.predictions): spec/AR,
-    tau, and occupancy, the share of the batch's row slots its steps filled (verify steps over
+    """Each top_k auto cell beside what its pricing predicted (Results.predictions): spec/AR
+    (and the 10-90% range a run of the sweep's prompts would measure, prompt sampling only), tau,
+    and occupancy, the share of the batch's row slots its steps filled (verify steps over
     batch steps x batch size; a last batch with fewer prompts than the batch size counts short)."""
     auto = ok[ok["top_k_setting"] == "auto"]
     if auto.empty or predictions.empty:
@@ -359,7 +360,9 @@ def auto_prediction_table(ok: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
         "method": joined["method"], "dataset": joined["dataset"], "batch_size": joined["batch_size"],
         "tree": [_tree_label(k, d, n) + (f" +lookup {m}" if m and n > 1 else "")
                  for k, d, n, m in zip(joined["top_k"], joined["depth"], joined["total_tokens"], joined["lookup_tokens"])],
-        "predicted_speedup": joined["predicted_speedup"], "speedup": joined["speedup_vs_ar"],
+        "predicted_speedup": joined["predicted_speedup"],
+        "predicted_speedup_low": joined["predicted_speedup_low"], "predicted_speedup_high": joined["predicted_speedup_high"],
+        "speedup": joined["speedup_vs_ar"],
         "predicted_tau": joined["predicted_tau"], "tau": joined["tau"],
         "predicted_occupancy": joined["predicted_occupancy"],
         "occupancy": pd.to_numeric(joined["verify_steps"], errors="coerce") / steps.where(steps > 0),

@@ -81,22 +81,27 @@ class StepCosts:
     overhead_spec_s: Callable[[int], float]  # o_spec(b)
 
 
-def mean_steps(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
-    """[trees] E[verify steps a row needs], rows drawn at random from m prompts: row r decodes
-    tokens[r] [m] tokens, each step moving g positions with the frequency moves[..., r, g]
-    [trees, m, G] has on that prompt, independently of the last (a renewal process)."""
+def row_steps(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """[trees, m] E[verify steps] of row r, which decodes tokens[r] [m] tokens, each step moving
+    g positions with the frequency moves[..., r, g] [trees, m, G] has on that prompt,
+    independently of the last (a renewal process)."""
     q = moves / moves.sum(-1, keepdims=True)  # [trees, m, G]
     longest = int(tokens.max())
     expected = np.zeros(q.shape[:2] + (longest + 1,))  # [..., x]: E[steps to move x or more positions]
     for x in range(1, longest + 1):
         reach = min(x - 1, q.shape[-1] - 1)  # a move of x or more finishes: e(<= 0) = 0
         expected[..., x] = 1 + (q[..., 1:reach + 1] * expected[..., x - 1:x - reach - 1:-1]).sum(-1)
-    rows = np.arange(tokens.size)
-    return expected[:, rows, tokens.astype(int)].mean(1)  # [trees]
+    return expected[:, np.arange(tokens.size), tokens.astype(int)]
 
 
-def step_survival(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
-    """[s] P(a row drawn as in `mean_steps` needs more than s steps), s = 0, 1, ...; moves [m, G]."""
+def mean_steps(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """[trees] E[verify steps a row needs], rows drawn at random from the m prompts of `row_steps`."""
+    return row_steps(tokens, moves).mean(1)
+
+
+def row_survival(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """[m, S] P(row r, stepping as in `row_steps` with moves [m, G], needs more than s steps),
+    s = 0, 1, ... until every row is done."""
     q = moves / moves.sum(-1, keepdims=True)  # [m, G]
     longest = int(tokens.max())
     below = np.arange(longest)[None, :] < tokens[:, None]  # [m, x]: x positions moved, not yet done
@@ -104,13 +109,18 @@ def step_survival(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
     mass[:, 0] = 1.0
     mass *= below
     survival = []
-    while (left := mass.sum(1).mean()) > 1e-12:
+    while (left := mass.sum(1)).max() > 1e-12:
         survival.append(left)
         moved = np.zeros_like(mass)
         for g in range(1, min(q.shape[1], longest)):
             moved[:, g:] += mass[:, :-g] * q[:, g:g + 1]
         mass = moved * below
-    return np.array(survival)
+    return np.stack(survival, 1) if survival else np.zeros((tokens.size, 0))
+
+
+def step_survival(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """[s] P(a row drawn at random from the m prompts needs more than s steps)."""
+    return row_survival(tokens, moves).mean(0)
 
 
 def batch_seconds(step_costs: np.ndarray, survival: np.ndarray) -> float:
@@ -152,6 +162,47 @@ def price(batch_size: int, top_k: int, depth: int, total_tokens: int, moves: np.
     accepted = float(row_tokens.mean() / mean_steps(row_tokens, moves[None])[0]) - 1
     step = _tree_step(costs, batch_size, top_k, depth, total_tokens, accepted, lookup_tokens)
     return _exact(batch_size, top_k, depth, total_tokens, accepted, step, moves, row_tokens, lookup_tokens)
+
+
+SPREAD_QUANTILES = (0.1, 0.5, 0.9)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """What runs of `rows` prompts, drawn from those replayed, would measure for one tree: spec/AR
+    and tau at SPREAD_QUANTILES over `draws` such runs. Prompt sampling only; timing noise adds to it."""
+    rows: int
+    draws: int
+    speedup: tuple[float, ...]
+    tau: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "quantiles": list(SPREAD_QUANTILES)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Spread:
+        return cls(int(doc["rows"]), int(doc["draws"]), tuple(doc["speedup"]), tuple(doc["tau"]))
+
+
+def spread(choice: TreeChoice, moves: np.ndarray, row_tokens: np.ndarray, costs: StepCosts, rows: int,
+           draws: int = 200, seed: int = 0) -> Spread:
+    """`choice`'s spec/AR and tau over `draws` runs of `rows` prompts drawn with replacement from
+    the replayed ones (`moves` [m, G], `row_tokens` [m] as in `price`), each run priced as `price`
+    prices it: E[steps] and survival are means over a run's rows, so each row's are found once."""
+    b = choice.batch_size
+    steps = row_steps(row_tokens, moves[None])[0]  # [m]
+    alive = row_survival(row_tokens, moves)  # [m, S]
+    ar_alive = (np.arange(int(row_tokens.max()))[None, :] < row_tokens[:, None]).astype(float)  # [m, T]: one token a step
+    ar_step = _costs(lambda n: costs.verify_s(n, 1) + costs.overhead_ar_s(n), b)
+    speedup, tau = [], []
+    for run in np.random.default_rng(seed).integers(row_tokens.size, size=(draws, rows)):  # [rows] prompt indices
+        accepted = float(row_tokens[run].mean() / steps[run].mean()) - 1
+        step = _tree_step(costs, b, choice.top_k, choice.depth, choice.total_tokens, accepted, choice.lookup_tokens)
+        # the run's tokens are the same both ways: spec/AR is AR's seconds over the tree's
+        speedup.append(batch_seconds(ar_step, ar_alive[run].mean(0)) / batch_seconds(step, alive[run].mean(0)))
+        tau.append(1 + accepted)
+    return Spread(rows, draws, tuple(np.quantile(speedup, SPREAD_QUANTILES).tolist()),
+                  tuple(np.quantile(tau, SPREAD_QUANTILES).tolist()))
 
 
 def _exact(b: int, top_k: int, depth: int, total_tokens: int, accepted: float, step: np.ndarray,

@@ -16,6 +16,7 @@ from reports.html import build_report
 from reports.load import load_results
 from roofline import tree_costs
 from scylla_impl import calibration
+from scylla_impl.drafts import load_draft
 from workloads.errors import ScyllaError
 
 
@@ -90,8 +91,14 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
     assert pred.loc["natural_questions", "predicted_speedup"] == pytest.approx(
         choice["tokens_per_s"] / priced["natural_questions"]["batch_sizes"]["1"]["ar"]["tokens_per_s"])
     assert (pred["occupancy"] == 1.0).all() and (pred["predicted_occupancy"] == 1.0).all()  # one row: every slot
+    # The spread of runs of the sweep's 2 prompts: the oracle accepts alike on every prompt.
+    spread = priced["natural_questions"]["batch_sizes"]["1"]["spread"]
+    assert spread["rows"] == 2 and spread["quantiles"] == [0.1, 0.5, 0.9]
+    low, high = pred.loc["natural_questions", ["predicted_speedup_low", "predicted_speedup_high"]]
+    assert (low, high) == (spread["speedup"][0], spread["speedup"][-1])
+    assert low == pytest.approx(pred.loc["natural_questions", "predicted_speedup"], rel=0.05) == high
     page = build_report(res, [])
-    assert 'data-table="auto-predictions"' in page and "occupancy predicted" in page
+    assert 'data-table="auto-predictions"' in page and "occupancy predicted" in page and "10-90% range" in page
     # A damaged record costs the report that table, said so, not the report.
     (tmp_path / "damaged").mkdir()
     shutil.copy(tmp_path / "out" / "results.parquet", tmp_path / "damaged")
@@ -209,3 +216,21 @@ def test_a_batch_is_priced_at_its_longest_row_expected():
     assert auto_trees.expected_longest([100, 300], 1) == pytest.approx(200)
     assert auto_trees.expected_longest([100, 300], 2) == pytest.approx(0.25 * 100 + 0.75 * 300)
     assert auto_trees.expected_longest([730, 1974, 770, 2104], 4) > 1900  # CNN/DM's first four articles
+
+
+
+def test_kept_tables_of_an_older_format_are_dropped_when_new_ones_are_written(tmp_path, monkeypatch, target_fp32):
+    # Prompt lookup keeps its tables under SCYLLA_HOME. A replay rewrites the file: its own table
+    # added, another of this format kept, those of older formats (never read again) gone.
+    monkeypatch.setenv("SCYLLA_HOME", str(tmp_path / "home"))
+    file = auto_trees.calibration_file("lookup")
+    file.parent.mkdir(parents=True)
+    other = f"w/t/float32/other-prompts/12/1,3/3/{auto_trees.TABLE_FORMAT}"
+    file.write_text(json.dumps({"w/t/float32/d/64/1,3/3/per-step": {}, "w/t/float32/d/64/1,3/3": {}, other: {}}))
+    ids = target_fp32.tokenizer("def add(a, b):\n    return a + b\n\ndef sub(a, b):\n")["input_ids"]
+    tables = auto_trees._acceptance(target_fp32, load_draft("lookup", target_fp32), "lookup", "float32",
+                                    {"humaneval": [ids]}, echo=lambda line: None)
+    kept = json.loads(file.read_text())
+    (new,) = set(kept) - {other}
+    assert other in kept and len(kept) == 2 and new.split("/")[7] == auto_trees.TABLE_FORMAT
+    assert calibration.AcceptanceTable.from_json(kept[new]).positions == tables["humaneval"].positions > 0

@@ -4,6 +4,7 @@ the batch grows when verification turns compute-bound (Theorem 1.3), and a batch
 rows finish apart is priced at its slowest row."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -11,12 +12,15 @@ import pytest
 
 from roofline.latency_curve import LatencyCurve, non_decreasing
 from roofline.tree_policy import (
+    Spread,
     StepCosts,
+    autoregressive,
     batch_seconds,
     choose,
     mean_steps,
     price,
     ranked,
+    spread,
     step_survival,
 )
 
@@ -168,6 +172,33 @@ def test_rows_finishing_apart_cost_a_batch_what_their_mean_hides():
     trees = rows(geometric_trees())
     for b in (1, 4):
         assert ranked(b, trees, flat, TOKENS, keep=1)[0] == ranked(b, trees, flat, TOKENS, keep=40)[0]
+
+
+def test_the_spread_is_what_runs_of_the_sweeps_prompts_would_measure():
+    # Two prompts: one copies (6 positions a step), one chats (1.2). A run of one prompt is one
+    # or the other, so its 10% and 90% are their own prices; a run of many is the pair's mix.
+    tokens = np.array([60.0, 60.0])
+    flat = costs(lambda b, n: 0.01 if n == 1 else 0.015, level_s=0.001)
+    tree = (1, 3, 4)
+    moves = np.array([[0, 0, 0, 0, 0, 0, 1.0], [0, 0.8, 0.2, 0, 0, 0, 0]])
+
+    def speedup(rows, b=1):
+        return (price(b, *tree, moves[rows], tokens[rows], flat).tokens_per_s
+                / autoregressive(b, flat, tokens[rows]).tokens_per_s)
+
+    choice = price(1, *tree, moves, tokens, flat)
+    one = spread(choice, moves, tokens, flat, rows=1)
+    assert one.rows == 1 and one.draws == 200
+    assert one.speedup[0] == pytest.approx(speedup([1])) and one.speedup[-1] == pytest.approx(speedup([0]))
+    chat_tau = 1 + price(1, *tree, moves[[1]], tokens[[1]], flat).accepted  # about 1.2
+    assert one.tau[0] == pytest.approx(chat_tau) and one.tau[-1] == pytest.approx(6.0)
+    many = spread(choice, moves, tokens, flat, rows=400)
+    assert many.speedup[1] == pytest.approx(speedup([0, 1]), rel=0.02)
+    assert many.speedup[-1] - many.speedup[0] < (one.speedup[-1] - one.speedup[0]) / 5
+    # At batch 4 too, where rows finishing apart are priced; and through JSON.
+    at4 = spread(price(4, *tree, moves, tokens, flat), moves, tokens, flat, rows=400)
+    assert at4.speedup[1] == pytest.approx(speedup([0, 1], b=4), rel=0.03)
+    assert Spread.from_json(json.loads(json.dumps(at4.to_json()))) == at4
 
 
 def test_latency_curve_reads_between_and_past_its_points():
