@@ -16,7 +16,8 @@ Steps, each a subprocess of the public CLI so the job exercises exactly what use
    reports/bench_micro_baseline.json where it was made on this kind of machine
    (reports/micro_check.py);
 5. the sweep's figures (tau at T=0, spec/AR throughput ratios) against the preset's
-   reports/bench_baseline*.json (reports/regression.py says how).
+   reports/bench_baseline*.json, and top_k auto's predicted spec/AR against the measured
+   (reports/regression.py says how).
 A regression exits 1 with one line per failing figure. `--update-baseline` rewrites both
 baselines from this run instead of comparing.
 
@@ -38,7 +39,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports import regression
+from reports import regression, tables
+from reports.load import load_results
 from reports.micro_check import compare_micro, read_micro
 from roofline.profile_doc import PROFILE_FILE, read_profile_doc
 from scylla_impl.methods import TRAINED
@@ -329,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + regression.summary_table(cells) + "\n", flush=True)
 
         failures: list[str] = []
+        results = load_results([sweep_dir])
+        priced = regression.pricing(tables.auto_prediction_table(results.ok, results.predictions))
+        for n in priced.notes + (priced.failures if args.update_baseline else []):
+            _say("note: " + n)
+        if not args.update_baseline:
+            failures += priced.failures
         micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads, args.dtype)
         for n in micro.notes:
             _say("note: " + n)

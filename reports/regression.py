@@ -29,6 +29,10 @@ Two kinds of figure, keyed by (method, dataset, batch size, top_k setting):
   drifts between cells moves both sides; a ratio over an AR cell timed minutes earlier
   moved by -0.31..+0.19 on a busy 2-core EPYC. A drop larger than the stated tolerance fails.
 
+- top_k auto's pricing, with no baseline (`pricing`): per batch size, the median over the
+  cells that ran a tree of measured / predicted spec/AR (auto_trees.json's prediction beside
+  the run's own measurement) must be within PRICING_TOLERANCE of 1.
+
 The baseline also records the sweep's configuration; comparing against a baseline made
 with a different configuration is refused (it would compare different experiments).
 """
@@ -46,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from harness.spec import RANDOM_DRAFTS, TRAINING_FREE_DRAFTS
-from reports.tables import METHOD_ORDER
+from reports.tables import AR_TREE, METHOD_ORDER
 from workloads.errors import ScyllaError
 
 BASELINE_VERSION = 1
@@ -55,6 +59,12 @@ TAU_EPSILON = 1e-6
 TAU_TOLERANCE = 0.25
 TAU_POOLED_TOLERANCE = 0.10
 DEFAULT_RATIO_TOLERANCE = 0.25
+# top_k auto's predicted spec/AR against the measured, in the same run (`pricing`). On the
+# regression preset (AMX Xeon, bf16) the median ratio was 0.97 at batch 1 (24 cells) and 1.00 at
+# batch 4 (9), with 8 held-out prompts a dataset; 0.93 and 0.93 with 4; and 0.85 at batch 4
+# when the pricing took every row of a batch to decode until its end.
+PRICING_TOLERANCE = 0.15
+PRICING_MIN_CELLS = 6
 # CPU features that change which kernels torch runs, hence the bits of a forward pass.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16",
              "amx_int8", "asimd", "sve", "sve2", "bf16", "i8mm")
@@ -161,6 +171,32 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+def pricing(predictions: pd.DataFrame) -> Verdict:
+    """top_k auto's pricing against the run's own measurements (tables.auto_prediction_table):
+    per batch size, the median over the cells that ran a tree of measured / predicted spec/AR
+    must be within PRICING_TOLERANCE of 1 (in log terms), with no baseline; fewer than
+    PRICING_MIN_CELLS such cells are noted, not checked."""
+    v = Verdict()
+    if predictions.empty:
+        return v
+    ran = predictions[predictions["tree"] != AR_TREE]
+    for b, cells in ran.groupby("batch_size"):
+        ratio = float((cells["speedup"] / cells["predicted_speedup"]).median())
+        ranged = cells.dropna(subset=["predicted_speedup_low", "predicted_speedup_high"])
+        inside = int(ranged["speedup"].between(ranged["predicted_speedup_low"], ranged["predicted_speedup_high"]).sum())
+        ranges = f"; {inside} of {len(ranged)} within their predicted 10-90% range" if len(ranged) else ""
+        line = (f"top_k auto at batch {b}: measured / predicted spec/AR {ratio:.2f} (median of {len(cells)} cells "
+                f"that ran a tree{ranges})")
+        if len(cells) < PRICING_MIN_CELLS:
+            v.notes.append(f"{line}; not checked, fewer than {PRICING_MIN_CELLS} cells")
+        elif abs(math.log(ratio)) > math.log(1 + PRICING_TOLERANCE):
+            v.failures.append(f"{line}: off by more than {PRICING_TOLERANCE:.0%}, so the step costs or the replayed "
+                              "acceptance no longer describe what decoding does")
+        else:
+            v.notes.append(line)
+    return v
 
 
 def make_baseline(figs: dict, config: dict, tolerance: float, commit: str | None) -> dict:

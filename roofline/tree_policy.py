@@ -29,6 +29,10 @@ With an M-token prompt-lookup chain grafted under each tree, a is the replay's c
 tree and chain together, and the verify is priced at V(l, N + M): the chain's nodes that run
 along the tree's own are not added twice, so that is the most it costs.
 
+How sure a choice is: `spread` prices runs of the sweep's own number of prompts, each drawn
+with replacement from the replayed ones, and gives the 10/50/90% quantiles of their spec/AR
+and tau (which prompts a run measures, not how noisy its timing is).
+
 The policy is the argmax, "no speculation" included (returned as total_tokens 1) when no
 tree beats AR. Nothing about top_k's dependence on b is put in: the paper's k*(b) falls
 out of how V bends as tokens in flight grow.
@@ -139,8 +143,12 @@ def autoregressive(batch_size: int, costs: StepCosts, row_tokens: np.ndarray) ->
     """AR at this batch size for rows decoding `row_tokens` [m] tokens each (one a step)."""
     one = np.zeros((row_tokens.size, 2))  # every step moves one position
     one[:, 1] = 1
-    step = _costs(lambda rows: costs.verify_s(rows, 1) + costs.overhead_ar_s(rows), batch_size)
-    return _exact(batch_size, 0, 0, 1, 0.0, step, one, row_tokens, 0)
+    return _exact(batch_size, 0, 0, 1, 0.0, _ar_step(costs, batch_size), one, row_tokens, 0)
+
+
+def _ar_step(costs: StepCosts, b: int) -> np.ndarray:
+    """[b] one AR step's seconds with 1..b rows decoding."""
+    return _costs(lambda rows: costs.verify_s(rows, 1) + costs.overhead_ar_s(rows), b)
 
 
 def _tree_step(costs: StepCosts, b: int, top_k: int, depth: int, total_tokens: int, accepted: float,
@@ -193,7 +201,7 @@ def spread(choice: TreeChoice, moves: np.ndarray, row_tokens: np.ndarray, costs:
     steps = row_steps(row_tokens, moves[None])[0]  # [m]
     alive = row_survival(row_tokens, moves)  # [m, S]
     ar_alive = (np.arange(int(row_tokens.max()))[None, :] < row_tokens[:, None]).astype(float)  # [m, T]: one token a step
-    ar_step = _costs(lambda n: costs.verify_s(n, 1) + costs.overhead_ar_s(n), b)
+    ar_step = _ar_step(costs, b)
     speedup, tau = [], []
     for run in np.random.default_rng(seed).integers(row_tokens.size, size=(draws, rows)):  # [rows] prompt indices
         accepted = float(row_tokens[run].mean() / steps[run].mean()) - 1

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports import regression
+from reports import regression, tables
 from workloads.errors import ScyllaError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -325,3 +325,30 @@ def test_the_sweep_runs_what_the_baseline_records(tmp_path):
     assert "--paired-ar" not in sweep_command(sweep_config(unpaired, drafts), drafts, tmp_path / "s", None, None, 1)
     planted = sweep_command(cfg, drafts, tmp_path / "sweep", None, "shrink-tree", threads=1)
     assert planted[planted.index("--depths") + 1] == "2" and cfg["depths"] == "5"
+
+
+def predictions(ratios: dict[int, list[float]], ar_cells: int = 2) -> pd.DataFrame:
+    """An auto_prediction_table of cells that ran a tree measuring `ratio` x their predicted
+    spec/AR (predicted 1.2x, 10-90% range 1.0-1.4x), per batch size, beside cells that ran AR."""
+    rows = [{"batch_size": b, "tree": "k=4 d=2 n=6", "predicted_speedup": 1.2, "speedup": 1.2 * r,
+             "predicted_speedup_low": 1.0, "predicted_speedup_high": 1.4} for b, rs in ratios.items() for r in rs]
+    rows += [{"batch_size": 4, "tree": tables.AR_TREE, "predicted_speedup": 1.0, "speedup": 0.5,
+              "predicted_speedup_low": np.nan, "predicted_speedup_high": np.nan}] * ar_cells
+    return pd.DataFrame(rows)
+
+
+def test_auto_pricing_is_checked_against_the_run_itself():
+    fine = regression.pricing(predictions({1: [0.9, 1.0, 1.05, 0.95, 1.1, 1.0], 4: [0.95] * 6}))
+    assert fine.ok and len(fine.notes) == 2
+    assert "batch 1: measured / predicted spec/AR 1.00 (median of 6 cells that ran a tree; 6 of 6" in fine.notes[0]
+    # Predictions 20% high at batch 4 (AR cells are not priced trees): a failure naming the batch.
+    off = regression.pricing(predictions({1: [1.0] * 6, 4: [0.8] * 6}))
+    assert len(off.failures) == 1 and "at batch 4: measured / predicted spec/AR 0.80" in off.failures[0]
+    assert "0 of 6 within their predicted 10-90% range" in off.failures[0]
+    assert not regression.pricing(predictions({1: [1.2] * 6})).ok  # too low a prediction fails too
+    few = regression.pricing(predictions({1: [0.5] * 3}))
+    assert few.ok and "not checked, fewer than 6 cells" in few.notes[0]
+    assert regression.pricing(pd.DataFrame()).ok
+    # A record from before choices kept their spread: no range to count.
+    unranged = predictions({1: [1.0] * 6}).assign(predicted_speedup_low=np.nan, predicted_speedup_high=np.nan)
+    assert "within" not in regression.pricing(unranged).notes[0]
