@@ -42,7 +42,7 @@ from roofline.knee import PREFIX_TOKENS, measure_knee
 from roofline.latency_curve import LatencyCurve, verify_curve
 from roofline.policy import load_profile
 from roofline.timing import Timer
-from roofline.tree_policy import Spread, StepCosts, TreeChoice, ranked, spread
+from roofline.tree_policy import Spread, StepCosts, TreeChoice, chain_label, ranked, spread
 from scylla_impl import calibration
 from scylla_impl.calibration import AcceptanceTable, replay_groups
 from scylla_impl.methods import TRAINING_FREE
@@ -93,7 +93,7 @@ class AutoTrees:
 
 def _unit(draft: str, lookup_tokens: int) -> str:
     """What a record prices: a draft, or a draft with a lookup chain grafted under its trees."""
-    return f"{draft} +lookup {lookup_tokens}" if lookup_tokens else draft
+    return draft + chain_label(lookup_tokens)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def recorded_choices(record: dict[str, Any]) -> Iterator[RecordedChoice]:
     choice for all of them; records from before chains were priced hold none."""
     for unit, per in record["drafts"].items():
         chain = int(per.get("lookup_tokens", 0))
-        draft = unit.removesuffix(_unit("", chain)) if chain else unit
+        draft = unit.removesuffix(chain_label(chain)) if chain else unit
         for dataset, priced in per.get("datasets", {None: per}).items():
             for b, entry in priced["batch_sizes"].items():
                 yield RecordedChoice(draft, chain, dataset, int(b), TreeChoice(**entry["choice"]),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from harness.spec import AUTO, TIED, SweepSpec
 from roofline.policy import total_tokens_for
-from roofline.tree_policy import TreeChoice
+from roofline.tree_policy import NO_TREE, TreeChoice, chain_label
 from scylla_impl.tree import pool_size
 from workloads.errors import ScyllaError
 from workloads.long_prompts import REFUSE
@@ -75,12 +75,11 @@ class Cell:
         if self.is_ar:
             return f"ar {self.dataset} b={self.batch_size} T={self.temperature:g}"
         if self.total_tokens == 1:
-            return f"{self.method} {self.dataset} b={self.batch_size} k=auto->AR (no tree pays) T={self.temperature:g}"
+            return f"{self.method} {self.dataset} b={self.batch_size} k=auto->{NO_TREE} T={self.temperature:g}"
         k = f"{self.top_k_setting}->{self.top_k}" if self.top_k_setting == AUTO else str(self.top_k)
-        chain = f"+lookup {self.lookup_tokens} " if self.lookup_tokens else ""
         return (
             f"{self.method} {self.dataset} b={self.batch_size} k={k} d={self.depth} "
-            f"n={self.total_tokens} {chain}T={self.temperature:g}"
+            f"n={self.total_tokens}{chain_label(self.lookup_tokens)} T={self.temperature:g}"
         )
 
 

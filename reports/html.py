@@ -26,6 +26,7 @@ from reports import figures, profiles, tables
 from reports.load import Profile, Results
 from reports.published import SCYLLA_CITATION
 from reports.tables import dataset_label, method_label
+from roofline.tree_policy import NO_TREE
 from scylla_impl.methods import BASELINES
 
 CSS = """
@@ -296,7 +297,7 @@ def _auto_predictions(res: Results) -> str:
     pred = tables.auto_prediction_table(res.ok, res.predictions)
     if pred.empty:
         return ""
-    ran = pred[pred["tree"] != tables.AR_TREE]
+    ran = pred[pred["tree"] != NO_TREE]
     ratio = (ran["speedup"] / ran["predicted_speedup"]).groupby(ran["batch_size"]).median()
     summary = ", ".join(f"batch {b}: {r:.2f}" for b, r in ratio.items()) or "no cell ran a tree"
     ranged = ran.dropna(subset=["predicted_speedup_low", "predicted_speedup_high", "speedup"])

@@ -50,7 +50,8 @@ import numpy as np
 import pandas as pd
 
 from harness.spec import RANDOM_DRAFTS, TRAINING_FREE_DRAFTS
-from reports.tables import AR_TREE, METHOD_ORDER
+from reports.tables import METHOD_ORDER
+from roofline.tree_policy import NO_TREE
 from workloads.errors import ScyllaError
 
 BASELINE_VERSION = 1
@@ -181,7 +182,7 @@ def pricing(predictions: pd.DataFrame) -> Verdict:
     v = Verdict()
     if predictions.empty:
         return v
-    ran = predictions[predictions["tree"] != AR_TREE]
+    ran = predictions[predictions["tree"] != NO_TREE]
     for b, cells in ran.groupby("batch_size"):
         ratio = float((cells["speedup"] / cells["predicted_speedup"]).median())
         ranged = cells.dropna(subset=["predicted_speedup_low", "predicted_speedup_high"])

@@ -17,6 +17,7 @@ import pandas as pd
 from harness.pooled import fastest_fixed_trees, input_ablation, pooled_tau, tau_series
 from harness.scaling_fit import LogFit, fit_log10
 from reports.published import SCYLLA_CLAIMS, published_baselines
+from roofline.tree_policy import tree_label
 from scylla_impl.methods import CONCAT, LABELS, PROJECTION, REPORT_ORDER, TRAINED
 
 METHOD_ORDER = list(REPORT_ORDER)
@@ -307,13 +308,6 @@ def tree_grid(ok: pd.DataFrame, h: Headline) -> tuple[str | None, pd.DataFrame]:
 # --------------------------------------------------------------------------- tree policy
 
 
-AR_TREE = "AR (no tree)"
-
-
-def _tree_label(k, d, n) -> str:
-    return AR_TREE if int(n) == 1 else f"k={int(k)} d={int(d)} n={int(n)}"
-
-
 def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
     """Per (method, draft, batch): top_k auto's tree and tokens/s beside the fastest fixed tree's.
 
@@ -332,9 +326,9 @@ def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
             rows.append({
                 "method": m, "draft": draft, "batch_size": int(b),
                 "ar_tokens_per_s": float(ar[ar["batch_size"] == b]["tokens_per_s"].mean()),
-                "best_fixed": _tree_label(f["top_k"], f["depth"], f["total_tokens"]),
+                "best_fixed": tree_label(f["top_k"], f["depth"], f["total_tokens"]),
                 "best_fixed_top_k": int(f["top_k"]), "best_fixed_tokens_per_s": float(f["tokens_per_s"]),
-                "auto": _tree_label(a["top_k"], a["depth"], a["total_tokens"]), "auto_top_k": int(a["top_k"]),
+                "auto": tree_label(a["top_k"], a["depth"], a["total_tokens"]), "auto_top_k": int(a["top_k"]),
                 "auto_tokens_per_s": auto_tps,
                 "auto_over_best": auto_tps / f["tokens_per_s"] if f["tokens_per_s"] > 0 else np.nan,
                 "fixed_trees": int(f["fixed_trees"]),
@@ -358,7 +352,7 @@ def auto_prediction_table(ok: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
     steps = pd.to_numeric(joined["batch_steps"], errors="coerce") * joined["batch_size"]
     return pd.DataFrame({
         "method": joined["method"], "dataset": joined["dataset"], "batch_size": joined["batch_size"],
-        "tree": [_tree_label(k, d, n) + (f" +lookup {m}" if m and n > 1 else "")
+        "tree": [tree_label(k, d, n, m)
                  for k, d, n, m in zip(joined["top_k"], joined["depth"], joined["total_tokens"], joined["lookup_tokens"])],
         "predicted_speedup": joined["predicted_speedup"],
         "predicted_speedup_low": joined["predicted_speedup_low"], "predicted_speedup_high": joined["predicted_speedup_high"],

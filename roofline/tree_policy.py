@@ -47,6 +47,19 @@ from math import comb
 import numpy as np
 
 Seconds = Callable[[int, float], float]  # (batch_size, tokens per row) -> seconds
+NO_TREE = "AR (no tree pays)"  # how `top_k auto` names its choice of no speculation
+
+
+def chain_label(lookup_tokens: int) -> str:
+    """How a grafted prompt-lookup chain is named beside its tree (cells, auto's record, the report)."""
+    return f" +lookup {lookup_tokens}" if lookup_tokens else ""
+
+
+def tree_label(top_k, depth, total_tokens, lookup_tokens=0) -> str:
+    """How a tree is named everywhere; the sizes may come as a table's floats."""
+    if int(total_tokens) == 1:
+        return NO_TREE
+    return f"k={int(top_k)} d={int(depth)} n={int(total_tokens)}{chain_label(int(lookup_tokens))}"
 
 
 @dataclass(frozen=True)
@@ -68,10 +81,7 @@ class TreeChoice:
         return self.total_tokens > 1
 
     def label(self) -> str:
-        if not self.speculative:
-            return "AR (no tree pays)"
-        chain = f" +lookup {self.lookup_tokens}" if self.lookup_tokens else ""
-        return f"k={self.top_k} d={self.depth} n={self.total_tokens}{chain}"
+        return tree_label(self.top_k, self.depth, self.total_tokens, self.lookup_tokens)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -202,8 +212,11 @@ def spread(choice: TreeChoice, moves: np.ndarray, row_tokens: np.ndarray, costs:
     alive = row_survival(row_tokens, moves)  # [m, S]
     ar_alive = (np.arange(int(row_tokens.max()))[None, :] < row_tokens[:, None]).astype(float)  # [m, T]: one token a step
     ar_step = _ar_step(costs, b)
+    picks = np.random.default_rng(seed).integers(row_tokens.size, size=(draws, rows))  # [draws, rows] prompt indices
+    # A run of prompts that all end at EOS on their first token measures no step.
+    runs = [run for run in picks if row_tokens[run].sum() > 0] or [np.arange(row_tokens.size)]
     speedup, tau = [], []
-    for run in np.random.default_rng(seed).integers(row_tokens.size, size=(draws, rows)):  # [rows] prompt indices
+    for run in runs:
         accepted = float(row_tokens[run].mean() / steps[run].mean()) - 1
         step = _tree_step(costs, b, choice.top_k, choice.depth, choice.total_tokens, accepted, choice.lookup_tokens)
         # the run's tokens are the same both ways: spec/AR is AR's seconds over the tree's

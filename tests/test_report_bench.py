@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports import regression, tables
+from reports import regression
+from roofline.tree_policy import NO_TREE
 from workloads.errors import ScyllaError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -332,7 +333,7 @@ def predictions(ratios: dict[int, list[float]], ar_cells: int = 2) -> pd.DataFra
     spec/AR (predicted 1.2x, 10-90% range 1.0-1.4x), per batch size, beside cells that ran AR."""
     rows = [{"batch_size": b, "tree": "k=4 d=2 n=6", "predicted_speedup": 1.2, "speedup": 1.2 * r,
              "predicted_speedup_low": 1.0, "predicted_speedup_high": 1.4} for b, rs in ratios.items() for r in rs]
-    rows += [{"batch_size": 4, "tree": tables.AR_TREE, "predicted_speedup": 1.0, "speedup": 0.5,
+    rows += [{"batch_size": 4, "tree": NO_TREE, "predicted_speedup": 1.0, "speedup": 0.5,
               "predicted_speedup_low": np.nan, "predicted_speedup_high": np.nan}] * ar_cells
     return pd.DataFrame(rows)
 

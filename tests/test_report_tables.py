@@ -13,6 +13,7 @@ from reports import tables
 from reports.load import load_profile, load_results
 from reports.profiles import ceilings, fit_knee, knee_points
 from reports.published import published_baselines
+from roofline.tree_policy import NO_TREE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -104,7 +105,7 @@ def test_tree_policy_table_compares_auto_with_every_fixed_tree():
     pol = tables.tree_policy_table(pd.DataFrame(rows), 0.0).set_index("batch_size")
     assert pol.loc[1, "best_fixed"] == "k=4 d=3 n=10" and pol.loc[1, "best_fixed_tokens_per_s"] == pytest.approx(22.5)
     assert pol.loc[1, "auto"] == "k=8 d=2 n=17" and pol.loc[1, "auto_over_best"] == pytest.approx(29 / 30)
-    assert pol.loc[8, "auto"] == "AR (no tree)" and pol.loc[8, "auto_over_best"] == pytest.approx(99 / 90)
+    assert pol.loc[8, "auto"] == NO_TREE and pol.loc[8, "auto_over_best"] == pytest.approx(99 / 90)
     assert pol.loc[1, "fixed_trees"] == 3 and pol.loc[8, "ar_tokens_per_s"] == 100.0
     # k*(b): best fixed top_k 4 at b=1 and 1 at b=8 -> slope log(1/4)/log(8)
     assert fit_loglog([1, 8], [4, 1]).alpha == pytest.approx(np.log(0.25) / np.log(8))

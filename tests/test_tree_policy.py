@@ -199,6 +199,10 @@ def test_the_spread_is_what_runs_of_the_sweeps_prompts_would_measure():
     at4 = spread(price(4, *tree, moves, tokens, flat), moves, tokens, flat, rows=400)
     assert at4.speedup[1] == pytest.approx(speedup([0, 1], b=4), rel=0.03)
     assert Spread.from_json(json.loads(json.dumps(at4.to_json()))) == at4
+    # A prompt whose reference ended at EOS on its first token measures nothing: runs of it alone
+    # are not runs, and the rest are the chat prompt's.
+    ended = spread(choice, moves, np.array([0.0, 60.0]), flat, rows=1)
+    assert ended.speedup[0] == pytest.approx(speedup([1])) == ended.speedup[-1]
 
 
 def test_latency_curve_reads_between_and_past_its_points():
