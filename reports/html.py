@@ -26,7 +26,6 @@ from reports import figures, profiles, tables
 from reports.load import Profile, Results
 from reports.published import SCYLLA_CITATION
 from reports.tables import dataset_label, method_label
-from roofline.tree_policy import NO_TREE
 from scylla_impl.methods import BASELINES
 
 CSS = """
@@ -297,13 +296,11 @@ def _auto_predictions(res: Results) -> str:
     pred = tables.auto_prediction_table(res.ok, res.predictions)
     if pred.empty:
         return ""
-    ran = pred[pred["tree"] != NO_TREE]
-    ratio = (ran["speedup"] / ran["predicted_speedup"]).groupby(ran["batch_size"]).median()
-    summary = ", ".join(f"batch {b}: {r:.2f}" for b, r in ratio.items()) or "no cell ran a tree"
-    ranged = ran.dropna(subset=["predicted_speedup_low", "predicted_speedup_high", "speedup"])
-    inside = ranged["speedup"].between(ranged["predicted_speedup_low"], ranged["predicted_speedup_high"])
-    coverage = (f" {int(inside.sum())} of {len(ranged)} measured within their 10-90% range (which covers "
-                "the choice of prompts only; timing noise adds to it)." if len(ranged) else "")
+    per_batch = tables.auto_prediction_summary(pred)
+    summary = ", ".join(f"batch {s.batch_size}: {s.ratio:.2f}" for s in per_batch.itertuples()) or "no cell ran a tree"
+    ranged = int(per_batch["ranged"].sum())
+    coverage = (f" {int(per_batch['inside'].sum())} of {ranged} measured within their 10-90% range (which covers "
+                "the choice of prompts only; timing noise adds to it)." if ranged else "")
     return render_table(pred, [
         Col("method", "method"), Col("dataset", "dataset"), Col("batch_size", "batch", fint, True),
         Col("tree", "auto's tree"), Col("predicted_speedup", "spec/AR predicted", fnum(2), True),

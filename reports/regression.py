@@ -1,6 +1,6 @@
 """The sweep's regression figures and their comparison with a committed baseline.
 
-Two kinds of figure, keyed by (method, dataset, batch size, top_k setting):
+The figures, keyed by (method, dataset, batch size, top_k setting):
 
 - tau at temperature 0. Greedy decoding is deterministic for given draft weights and given
   kernels, so when both match the baseline's (the same `draft_hash`, the same numerics:
@@ -50,8 +50,7 @@ import numpy as np
 import pandas as pd
 
 from harness.spec import RANDOM_DRAFTS, TRAINING_FREE_DRAFTS
-from reports.tables import METHOD_ORDER
-from roofline.tree_policy import NO_TREE
+from reports.tables import METHOD_ORDER, auto_prediction_summary
 from workloads.errors import ScyllaError
 
 BASELINE_VERSION = 1
@@ -180,19 +179,13 @@ def pricing(predictions: pd.DataFrame) -> Verdict:
     must be within PRICING_TOLERANCE of 1 (in log terms), with no baseline; fewer than
     PRICING_MIN_CELLS such cells are noted, not checked."""
     v = Verdict()
-    if predictions.empty:
-        return v
-    ran = predictions[predictions["tree"] != NO_TREE]
-    for b, cells in ran.groupby("batch_size"):
-        ratio = float((cells["speedup"] / cells["predicted_speedup"]).median())
-        ranged = cells.dropna(subset=["predicted_speedup_low", "predicted_speedup_high"])
-        inside = int(ranged["speedup"].between(ranged["predicted_speedup_low"], ranged["predicted_speedup_high"]).sum())
-        ranges = f"; {inside} of {len(ranged)} within their predicted 10-90% range" if len(ranged) else ""
-        line = (f"top_k auto at batch {b}: measured / predicted spec/AR {ratio:.2f} (median of {len(cells)} cells "
-                f"that ran a tree{ranges})")
-        if len(cells) < PRICING_MIN_CELLS:
+    for s in auto_prediction_summary(predictions).itertuples():
+        ranges = f"; {s.inside} of {s.ranged} within their predicted 10-90% range" if s.ranged else ""
+        line = (f"top_k auto at batch {s.batch_size}: measured / predicted spec/AR {s.ratio:.2f} (median of {s.cells} "
+                f"cells that ran a tree{ranges})")
+        if s.cells < PRICING_MIN_CELLS:
             v.notes.append(f"{line}; not checked, fewer than {PRICING_MIN_CELLS} cells")
-        elif abs(math.log(ratio)) > math.log(1 + PRICING_TOLERANCE):
+        elif abs(math.log(s.ratio)) > math.log(1 + PRICING_TOLERANCE):
             v.failures.append(f"{line}: off by more than {PRICING_TOLERANCE:.0%}, so the step costs or the replayed "
                               "acceptance no longer describe what decoding does")
         else:

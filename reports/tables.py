@@ -17,7 +17,7 @@ import pandas as pd
 from harness.pooled import fastest_fixed_trees, input_ablation, pooled_tau, tau_series
 from harness.scaling_fit import LogFit, fit_log10
 from reports.published import SCYLLA_CLAIMS, published_baselines
-from roofline.tree_policy import tree_label
+from roofline.tree_policy import NO_TREE, tree_label
 from scylla_impl.methods import CONCAT, LABELS, PROJECTION, REPORT_ORDER, TRAINED
 
 METHOD_ORDER = list(REPORT_ORDER)
@@ -361,6 +361,23 @@ def auto_prediction_table(ok: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
         "predicted_occupancy": joined["predicted_occupancy"],
         "occupancy": pd.to_numeric(joined["verify_steps"], errors="coerce") / steps.where(steps > 0),
     }).sort_values(["batch_size", "method", "dataset"]).reset_index(drop=True)
+
+
+def auto_prediction_summary(pred: pd.DataFrame) -> pd.DataFrame:
+    """Per batch size, over the cells of an `auto_prediction_table` that ran a tree: how many
+    (cells), the median measured / predicted spec/AR (ratio), how many have a predicted range
+    (ranged) and how many measured within it (inside)."""
+    columns = ["batch_size", "cells", "ratio", "ranged", "inside"]
+    if pred.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for b, cells in pred[pred["tree"] != NO_TREE].groupby("batch_size"):
+        ranged = cells.dropna(subset=["predicted_speedup_low", "predicted_speedup_high", "speedup"])
+        rows.append({"batch_size": int(b), "cells": len(cells),
+                     "ratio": float((cells["speedup"] / cells["predicted_speedup"]).median()), "ranged": len(ranged),
+                     "inside": int(ranged["speedup"].between(ranged["predicted_speedup_low"],
+                                                             ranged["predicted_speedup_high"]).sum())})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def throughput_surface(ok: pd.DataFrame, method: str, draft: str, temperature: float) -> pd.DataFrame:
