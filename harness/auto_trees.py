@@ -153,14 +153,17 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
         curve = verify_curve(profile.doc, str(profile.path))
     except ValueError as err:
         raise ScyllaError(str(err)) from None
-    if out is not None and (Path(out) / RECORD).is_file():
+    file = None if out is None else Path(out) / RECORD
+    if file is not None and file.is_file():
         try:
-            record = json.loads((Path(out) / RECORD).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ScyllaError(f"{Path(out) / RECORD}: unreadable ({err}); delete it to price the trees again") from None
-        if _made_for(record.get("key") or {}, spec):
-            return AutoTrees(record)
-        raise ScyllaError(f"{Path(out) / RECORD} was made for another sweep (profile, batch sizes, drafts, datasets, "
+            record = json.loads(file.read_text())
+            planned = AutoTrees(record) if _made_for(record.get("key") or {}, spec) else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # a damaged or foreign file
+            raise ScyllaError(f"{file}: unreadable ({type(err).__name__}: {err}); delete it to price the trees "
+                              "again") from None
+        if planned is not None:
+            return planned
+        raise ScyllaError(f"{file} was made for another sweep (profile, batch sizes, drafts, datasets, "
                           "prompts or max new tokens differ); write to another --out")
     worker = CellWorker(WorkerSettings.from_spec(spec))
     try:

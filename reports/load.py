@@ -347,7 +347,7 @@ def _auto_predictions(path: Path, notes: list[str]) -> list[dict]:
                          "predicted_speedup_low": low, "predicted_speedup_high": high,
                          "predicted_occupancy": r.choice.occupancy})
         return rows
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as err:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, ZeroDivisionError) as err:
         notes.append(f"{file}: not read ({type(err).__name__}: {err}); the report leaves out auto's predictions")
         return []
 

@@ -110,6 +110,13 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
     again = Notes()
     report = run_sweep(spec, tmp_path / "out", resume=True, progress=again)
     assert report.ran == 0 and report.skipped == 4 and not again.lines  # planned from the record, nothing re-measured
+    # A resume from a damaged record is one line saying what to do, not a traceback.
+    shutil.copytree(tmp_path / "out", tmp_path / "cut")
+    cut = json.loads((tmp_path / "cut" / "auto_trees.json").read_text())
+    cut["drafts"]["oracle"]["datasets"]["gsm8k"]["batch_sizes"]["1"]["spread"] = {"rows": 2}
+    (tmp_path / "cut" / "auto_trees.json").write_text(json.dumps(cut))
+    with pytest.raises(ScyllaError, match="auto_trees.json: unreadable .*delete it to price the trees again"):
+        run_sweep(spec, tmp_path / "cut", resume=True)
 
     # A record written before trees were priced per dataset still plans its sweep's cells.
     for per in record["drafts"].values():
