@@ -198,8 +198,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                 tables = _acceptance(target, draft, name, dtype, prompts, echo, chain)
                 drafts[unit] = {"lookup_tokens": chain, "costs": {str(c): costs[c].to_json() for c in costs},
                                 "datasets": {ds: _price(spec, tables[ds], curves, costs, contexts[ds]) for ds in prompts}}
-                best = "; ".join(f"{ds} " + ", ".join(f"b={b}: {TreeChoice(**e['choice']).label()}"
-                                                      for b, e in priced["batch_sizes"].items())
+                best = "; ".join(f"{ds} " + ", ".join(f"b={b}: {_said(e)}" for b, e in priced["batch_sizes"].items())
                                  for ds, priced in drafts[unit]["datasets"].items())
                 echo(f"auto trees for {unit}: {best}")
     finally:
@@ -213,6 +212,16 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                       "until the batch's slowest row is done], rows drawn from the replayed prompts' step counts "
                       "at max_new_tokens; occupancy = tokens/s / (b (1+a) / step(b)); M the lookup chain's tokens "
                       "(0 with none); V, L and o at the dataset's context; see roofline/tree_policy.py"})
+
+
+def _said(entry: dict[str, Any]) -> str:
+    """A priced batch size's choice as the sweep says it: the tree, and for a tree its predicted
+    spec/AR with the 10-90% range of runs of the sweep's prompts."""
+    choice = TreeChoice(**entry["choice"])
+    if "spread" not in entry:
+        return choice.label()
+    low, *_, high = entry["spread"]["speedup"]
+    return f"{choice.label()} ({choice.tokens_per_s / entry['ar']['tokens_per_s']:.2f}x, {low:.2f}-{high:.2f})"
 
 
 def _context(target, prompts: list[list[int]], max_new_tokens: int, profiled: int, batch_size: int) -> int:

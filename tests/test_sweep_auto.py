@@ -96,6 +96,9 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
     assert spread["rows"] == 2 and spread["quantiles"] == [0.1, 0.5, 0.9]
     low, high = pred.loc["natural_questions", ["predicted_speedup_low", "predicted_speedup_high"]]
     assert (low, high) == (spread["speedup"][0], spread["speedup"][-1])
+    said = (f"natural_questions b=1: k={choice['top_k']} d={choice['depth']} n={choice['total_tokens']} "
+            f"({pred.loc['natural_questions', 'predicted_speedup']:.2f}x, {low:.2f}-{high:.2f})")
+    assert any(line.startswith("auto trees for oracle: ") and said in line for line in notes.lines), notes.lines
     assert low == pytest.approx(pred.loc["natural_questions", "predicted_speedup"], rel=0.05) == high
     page = build_report(res, [])
     assert 'data-table="auto-predictions"' in page and "occupancy predicted" in page and "10-90% range" in page
