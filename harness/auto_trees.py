@@ -112,7 +112,7 @@ def recorded_choices(record: dict[str, Any]) -> Iterator[RecordedChoice]:
     choice for all of them; records from before chains were priced hold none."""
     for unit, per in record["drafts"].items():
         chain = int(per.get("lookup_tokens", 0))
-        draft = unit.removesuffix(chain_label(chain)) if chain else unit
+        draft = unit.removesuffix(chain_label(chain))
         for dataset, priced in per.get("datasets", {None: per}).items():
             for b, entry in priced["batch_sizes"].items():
                 yield RecordedChoice(draft, chain, dataset, int(b), TreeChoice(**entry["choice"]),

@@ -151,9 +151,14 @@ def batch_seconds(step_costs: np.ndarray, survival: np.ndarray) -> float:
 
 def autoregressive(batch_size: int, costs: StepCosts, row_tokens: np.ndarray) -> TreeChoice:
     """AR at this batch size for rows decoding `row_tokens` [m] tokens each (one a step)."""
-    one = np.zeros((row_tokens.size, 2))  # every step moves one position
+    return _exact(batch_size, 0, 0, 1, 0.0, _ar_step(costs, batch_size), _ar_moves(row_tokens.size), row_tokens, 0)
+
+
+def _ar_moves(rows: int) -> np.ndarray:
+    """[rows, 2] AR's moves: every step moves one position."""
+    one = np.zeros((rows, 2))
     one[:, 1] = 1
-    return _exact(batch_size, 0, 0, 1, 0.0, _ar_step(costs, batch_size), one, row_tokens, 0)
+    return one
 
 
 def _ar_step(costs: StepCosts, b: int) -> np.ndarray:
@@ -210,7 +215,7 @@ def spread(choice: TreeChoice, moves: np.ndarray, row_tokens: np.ndarray, costs:
     b = choice.batch_size
     steps = row_steps(row_tokens, moves[None])[0]  # [m]
     alive = row_survival(row_tokens, moves)  # [m, S]
-    ar_alive = (np.arange(int(row_tokens.max()))[None, :] < row_tokens[:, None]).astype(float)  # [m, T]: one token a step
+    ar_alive = row_survival(row_tokens, _ar_moves(row_tokens.size))  # [m, T]
     ar_step = _ar_step(costs, b)
     picks = np.random.default_rng(seed).integers(row_tokens.size, size=(draws, rows))  # [draws, rows] prompt indices
     # A run of prompts that all end at EOS on their first token measures no step.
