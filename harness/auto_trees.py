@@ -1,8 +1,8 @@
 """`top_k auto` in a sweep: price every tree for each draft and dataset, then plan the best one per batch size.
 
 For each draft the sweep runs with top_k auto, once per results folder:
-1. acceptance, replayed (scylla_impl/calibration.py) on held-out prompts: the last prompts
-   of each of the sweep's datasets, never among the first `prompts` the sweep measures,
+1. acceptance, replayed (scylla_impl/calibration.py) on held-out prompts spread over each of
+   the sweep's datasets (`spread_indices`), never among the first `prompts` the sweep measures,
    one table per dataset (a chat question and a code completion reward different trees).
    A checkpoint folder keeps the tables in its calibration.json, keyed by the draft's
    weights, the target, dtype and each dataset's prompts, so the next sweep with the same
@@ -191,8 +191,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
             draft = worker.draft(name)
             echo(f"auto trees: timing draft {name} levels and step overheads at batch sizes "
                  f"{', '.join(map(str, sorted(spec.batch_sizes)))}")
-            costs = {cached: tree_costs.measure(target, draft, spec.batch_sizes, prefix_tokens=cached,
-                                                widths=tree_costs.LEVEL_WIDTHS) for cached in curves}
+            costs = {cached: tree_costs.measure(target, draft, spec.batch_sizes, prefix_tokens=cached) for cached in curves}
             for chain in sorted(m for d, m in units if d == name):
                 unit = _unit(name, chain)
                 tables = _acceptance(target, draft, name, dtype, prompts, echo, chain)
@@ -207,7 +206,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                       "contexts": {"cached_tokens": contexts, "profile_prefix_tokens": profiled,
                                    "timed_verify_curves": {str(c): v.to_json() for c, v in curves.items()
                                                            if c != profiled}},
-                      "drafts": drafts, "definition": "step(l) = V(l,N+M) + L(l,1+a) + (D-1) L(l,k) + o_spec(l) with l rows still "
+                      "drafts": drafts, "definition": "step(l) = V(l,N+M) + P(l,max(D,M)+1) + (D-1) L(l,k) + o_spec(l,D) with l rows still "
                       "decoding (AR: V(l,1) + o_ar(l)); tokens/s = b E[tokens a row decodes] / E[sum of step(l) "
                       "until the batch's slowest row is done], rows drawn from the replayed prompts' step counts "
                       "at max_new_tokens; occupancy = tokens/s / (b (1+a) / step(b)); M the lookup chain's tokens "
@@ -270,30 +269,41 @@ def _price(spec: SweepSpec, table: AcceptanceTable, curves: dict[int, LatencyCur
 
 
 def _step_costs(curve: LatencyCurve, costs: tree_costs.DraftCosts) -> StepCosts:
-    return StepCosts(curve.seconds, costs.level.seconds, _nearest(costs.overhead_ar_s), _nearest(costs.overhead_spec_s))
-
-
-def _nearest(values: dict[int, float]) -> Callable[[int], float]:
-    return lambda b: values[min(values, key=lambda m: abs(m - b))]
+    return StepCosts(curve.seconds, costs.level.seconds, costs.path.seconds, costs.ar_overhead, costs.spec_overhead)
 
 
 def held_out_prompts(datasets, skip: int, tokenizer, data_dir=None, system_prompt: str | None = None,
                      room: int | None = None) -> dict[str, list[list[int]]]:
-    """Per dataset, token ids of its last prompts, none among its first `skip`; a prompt longer
-    than `room` tokens (a target's context less what a replay adds) is cut in its middle, as a
-    `--long-prompts truncate` sweep cuts it."""
+    """Per dataset, token ids of prompts spread over it, none among its first `skip`; a prompt
+    longer than `room` tokens (a target's context less what a replay adds) is cut in its middle,
+    as a `--long-prompts truncate` sweep cuts it."""
     from workloads.chat import prompt_token_ids
     from workloads.datasets import load_dataset
 
     per = -(-HELD_OUT_PROMPTS // len(datasets))
     held = {}
     for name in datasets:
-        spare = load_dataset(name, data_dir=data_dir)[skip:]
-        ids = [prompt_token_ids(tokenizer, p, system_prompt=system_prompt) for p in spare[-per:]]
+        prompts = load_dataset(name, data_dir=data_dir)
+        ids = [prompt_token_ids(tokenizer, prompts[i], system_prompt=system_prompt)
+               for i in spread_indices(len(prompts), skip, per)]
         if ids:
             held[name] = [p if room is None else middle_cut(p, room) for p in ids]
     return held
 
+
+def spread_indices(size: int, skip: int, count: int) -> list[int]:
+    """`count` indices of a dataset of `size`, none below `skip`: the last of each of `count`
+    equal strata of the whole dataset where those all lie past `skip` (so a sweep of its first
+    few prompts and `generate`, which skips none, price on the same prompts and share the
+    replay), else of the strata of what lies past `skip`. Strata, not the dataset's tail:
+    MT-bench is ordered by category, ten each, and its last 8 prompts are all humanities."""
+    def strata_ends(start: int) -> list[int]:
+        spare = size - start
+        strata = min(count, spare)
+        return [start + (i + 1) * spare // strata - 1 for i in range(strata)]
+
+    whole = strata_ends(0)
+    return whole if whole and whole[0] >= skip else strata_ends(skip)
 
 def _replay_room(target) -> int | None:
     """Prompt tokens a replay can take: the context less its new tokens and the deepest tree."""
@@ -335,7 +345,7 @@ def generate_tree(target, draft, name: str, batch_size: int, max_new_tokens: int
     echo("auto tree: timing the target's verify forward, the draft's levels and the step overheads here")
     prefix = _fit_prefix(target, cached_tokens)
     curve = measured_verify_curve(target, [batch_size], prefix, _most_tokens(target, prefix))
-    costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix, widths=tree_costs.LEVEL_WIDTHS)
+    costs = tree_costs.measure(target, draft, [batch_size], prefix_tokens=prefix)
     row_tokens, trees = table.decodes(max_new_tokens)
     options = ranked(batch_size, trees, _step_costs(curve, costs), row_tokens, table.lookup_tokens, keep=KEEP_RANKED)
     ar = next(o for o in options if not o.speculative)

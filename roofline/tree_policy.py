@@ -2,16 +2,18 @@
 
 For batch size b, a tree (top_k k, depth D, total_tokens N; a chain is k = 1) runs steps of
 
-    step(l) = V(l, N) + L(l, 1 + a) + (D - 1) * L(l, k) + o_spec(l)
+    step(l) = V(l, N) + P(l, D + 1) + (D - 1) * L(l, k) + o_spec(l, D)
 
 seconds while l rows are still decoding, and plain autoregressive decoding steps of
-V(l, 1) + o_ar(l), where, all measured:
-- a = E[accepted draft tokens per step | k, D, N] from the draft's replay
-  (scylla_impl/calibration.py; the 1 is the target's bonus token);
+V(l, 1) + o_ar(l), where, all measured (roofline/tree_costs.py):
 - V(l, n): one target forward over n tokens per row, the profile's verify latency curve;
-- L(l, w): one draft forward over w tokens per row. A step runs D - 1 tree levels of k
-  frontier nodes, and one `extend` over the 1 + a tokens the step accepted;
-- o_spec, o_ar: the rest of a step (tree bookkeeping, acceptance, cache commit).
+- L(l, w): one draft forward over a tree level of w tokens per row. A step runs D - 1 levels
+  of k frontier nodes;
+- P(l, w): the draft reading the accepted path, D + 1 tokens per row (the decode pads every
+  row's path to the tree's depth; its first 1 + a are kept);
+- o_spec, o_ar: the rest of a step (tree bookkeeping, acceptance, cache commit, the loop);
+and a = E[accepted draft tokens per step | k, D, N] from the draft's replay
+(scylla_impl/calibration.py; the 1 is the target's bonus token).
 
 A batch decodes until its slowest row is done, and a finished row leaves it (decode._leave).
 Rows accept different amounts, so with speculation they finish apart and the last steps run
@@ -26,8 +28,9 @@ and `occupancy` says how much of b (1 + a) / step(b), the rate with every row bu
 AR rows finish together (one token a step), unless EOS ends some early, which prices the same way.
 
 With an M-token prompt-lookup chain grafted under each tree, a is the replay's count for the
-tree and chain together, and the verify is priced at V(l, N + M): the chain's nodes that run
-along the tree's own are not added twice, so that is the most it costs.
+tree and chain together, the verify is priced at V(l, N + M) (the chain's nodes that run
+along the tree's own are not added twice, so that is the most it costs) and the path at
+P(l, max(D, M) + 1).
 
 How sure a choice is: `spread` prices runs of the sweep's own number of prompts, each drawn
 with replacement from the replayed ones, and gives the 10/50/90% quantiles of their spec/AR
@@ -91,8 +94,9 @@ class TreeChoice:
 class StepCosts:
     verify_s: Seconds  # V(b, n)
     draft_level_s: Seconds  # L(b, w)
+    draft_path_s: Seconds  # P(b, w)
     overhead_ar_s: Callable[[int], float]  # o_ar(b)
-    overhead_spec_s: Callable[[int], float]  # o_spec(b)
+    overhead_spec_s: Callable[[int, int], float]  # o_spec(b, D)
 
 
 def row_steps(tokens: np.ndarray, moves: np.ndarray) -> np.ndarray:
@@ -169,9 +173,9 @@ def _ar_step(costs: StepCosts, b: int) -> np.ndarray:
 def _tree_step(costs: StepCosts, b: int, top_k: int, depth: int, total_tokens: int, accepted: float,
                lookup_tokens: int) -> np.ndarray:
     """[b] one step's seconds with 1..b rows decoding."""
-    return _costs(lambda rows: (costs.verify_s(rows, total_tokens + lookup_tokens)
-                                + costs.draft_level_s(rows, 1 + accepted) + (depth - 1) * costs.draft_level_s(rows, top_k)
-                                + costs.overhead_spec_s(rows)), b)
+    path = max(depth, lookup_tokens) + 1
+    return _costs(lambda rows: (costs.verify_s(rows, total_tokens + lookup_tokens) + costs.draft_path_s(rows, path)
+                                + (depth - 1) * costs.draft_level_s(rows, top_k) + costs.overhead_spec_s(rows, depth)), b)
 
 
 def _costs(step: Callable[[int], float], b: int) -> np.ndarray:

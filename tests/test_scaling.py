@@ -231,6 +231,7 @@ def test_the_batch_series_profiles_the_device_and_fits_the_fastest_tree_per_batc
     monkeypatch.setattr(calibration, "TOP_KS", (1, 2))
     monkeypatch.setattr(calibration, "MAX_DEPTH", 2)
     monkeypatch.setattr(tree_costs, "LEVEL_WIDTHS", (1, 2))
+    monkeypatch.setattr(tree_costs, "PATH_WIDTHS", (2, 3))
     tiny = make_tiny(tmp_path / "tiny-llama", default_model_dir, seed=4)
     plan = law.ScalingPlan(
         target=str(tiny), series=("batch",), budgets=(128,), sft_tokens=128, batch_sizes=(1, 2),

@@ -28,6 +28,7 @@ def small_replay(monkeypatch):
     monkeypatch.setattr(calibration, "TOP_KS", (1, 3))
     monkeypatch.setattr(calibration, "MAX_DEPTH", 3)
     monkeypatch.setattr(tree_costs, "LEVEL_WIDTHS", (1, 3))
+    monkeypatch.setattr(tree_costs, "PATH_WIDTHS", (2, 4))
 
 
 def profile(folder, seconds, dtype="float32", prefix_tokens=200):
@@ -227,6 +228,21 @@ def test_a_batch_is_priced_at_its_longest_row_expected():
     assert auto_trees.expected_longest([100, 300], 2) == pytest.approx(0.25 * 100 + 0.75 * 300)
     assert auto_trees.expected_longest([730, 1974, 770, 2104], 4) > 1900  # CNN/DM's first four articles
 
+
+
+def test_held_out_prompts_sample_every_part_of_a_dataset_the_sweep_does_not_measure():
+    # MT-bench is ordered by category, ten each: one held-out prompt per category, the same
+    # ones whether the sweep measures its first 4 prompts or `generate` skips none.
+    assert auto_trees.spread_indices(80, 4, 8) == auto_trees.spread_indices(80, 0, 8) == list(range(9, 80, 10))
+    # A sweep measuring past the first stratum's end: strata of what it leaves.
+    assert auto_trees.spread_indices(80, 12, 8) == [19, 28, 36, 45, 53, 62, 70, 79]
+    assert auto_trees.spread_indices(80, 76, 8) == [76, 77, 78, 79]
+    assert auto_trees.spread_indices(80, 80, 8) == auto_trees.spread_indices(0, 0, 8) == []
+    assert auto_trees.spread_indices(5, 0, 8) == [0, 1, 2, 3, 4]
+    for size, skip, count in [(80, 4, 8), (1319, 100, 8), (7, 3, 8), (164, 0, 3)]:
+        picked = auto_trees.spread_indices(size, skip, count)
+        assert len(set(picked)) == len(picked) == min(count, size - skip) and min(picked) >= skip
+        assert max(picked) == size - 1
 
 
 def test_kept_tables_of_an_older_format_are_dropped_when_new_ones_are_written(tmp_path, monkeypatch, target_fp32):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from roofline.latency_curve import LatencyCurve, non_decreasing
+from roofline.tree_costs import DraftCosts
 from roofline.tree_policy import (
     Spread,
     StepCosts,
@@ -46,7 +47,7 @@ def roofline_curve(t0: float, knee: float, per_token: float):
 
 
 def costs(verify, level_s: float = 0.0, overhead_s: float = 0.0) -> StepCosts:
-    return StepCosts(verify, lambda b, w: level_s, lambda b: overhead_s, lambda b: overhead_s)
+    return StepCosts(verify, lambda b, w: level_s, lambda b, w: level_s, lambda b: overhead_s, lambda b, d: overhead_s)
 
 
 def geometric_trees(alpha_of_k=lambda k: 1 - 0.5 / math.sqrt(k), top_ks=(1, 2, 4, 8), depths=range(1, 7),
@@ -77,6 +78,33 @@ def test_draft_levels_and_overheads_are_paid_per_step():
     assert cheap.depth == 6 and dear.depth == 2
     step = price(1, *rows([(1, 6, 7, 1.5)])[0], TOKENS, costs(lambda b, n: 0.01, level_s=0.004, overhead_s=0.001)).step_s
     assert step == pytest.approx(0.01 + 0.004 + 5 * 0.004 + 0.001)  # verify + extend + (D-1) levels + overhead
+
+
+def test_the_draft_reads_the_padded_path_and_the_overhead_follows_the_depth():
+    # The decode feeds the draft every row's path padded to the tree's depth + 1 (the chain's
+    # when that is deeper), whatever it accepted; the per-step rest grows with the levels.
+    seen = []
+
+    def path(b, w):
+        seen.append(w)
+        return 0.001 * w
+
+    step_costs = StepCosts(lambda b, n: 0.01, lambda b, w: 0.002, path, lambda b: 0.0, lambda b, d: 0.0005 * d)
+    step = price(1, *rows([(2, 3, 7, 2.0)])[0], TOKENS, step_costs).step_s
+    assert seen[-1] == 4 and step == pytest.approx(0.01 + 0.004 + 2 * 0.002 + 0.0015)
+    price(1, *rows([(2, 3, 7, 2.5)])[0], TOKENS, step_costs, lookup_tokens=5)
+    assert seen[-1] == 6
+
+
+def test_draft_costs_interpolate_the_overhead_over_depth_and_keep_their_json():
+    level = LatencyCurve.from_points([(1, 1, 0.002), (1, 4, 0.003), (4, 1, 0.003)])
+    path = LatencyCurve.from_points([(1, 2, 0.0025), (1, 9, 0.0035), (4, 2, 0.003)])
+    costs = DraftCosts(level, path, {1: 0.0007, 4: 0.0008}, {1: {1: 0.0016, 3: 0.0020}, 4: {1: 0.0024, 3: 0.0030}})
+    assert costs.spec_overhead(1, 1) == pytest.approx(0.0016) and costs.spec_overhead(1, 2) == pytest.approx(0.0018)
+    assert costs.spec_overhead(1, 8) == pytest.approx(0.0016 + 7 * 0.0002)  # past the probes, the same slope
+    assert costs.spec_overhead(3, 3) == pytest.approx(0.0030) and costs.ar_overhead(2) == pytest.approx(0.0007)
+    assert DraftCosts(level, path, {1: 0.0}, {1: {1: 0.002, 3: 0.0001}}).spec_overhead(1, 8) == 0.0  # never negative
+    assert DraftCosts.from_json(json.loads(json.dumps(costs.to_json()))) == costs
 
 
 def test_a_grafted_chain_is_verified_with_the_tree():
