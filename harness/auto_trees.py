@@ -1,9 +1,9 @@
 """`top_k auto` in a sweep: price every tree for each draft and dataset, then plan the best one per batch size.
 
 For each draft the sweep runs with top_k auto, once per results folder:
-1. acceptance, replayed (scylla_impl/calibration.py) on held-out prompts spread over each of
-   the sweep's datasets (`spread_indices`), never among the first `prompts` the sweep measures,
-   one table per dataset (a chat question and a code completion reward different trees).
+1. acceptance, replayed (scylla_impl/calibration.py) on held-out prompts of each of the
+   sweep's datasets, never among the first `prompts` the sweep measures but of their
+   categories (`held_out_indices`), one table per dataset (a chat question and a code completion reward different trees).
    A checkpoint folder keeps the tables in its calibration.json, keyed by the draft's
    weights, the target, dtype and each dataset's prompts, so the next sweep with the same
    draft skips them; prompt lookup's tables live under SCYLLA_HOME/calibration
@@ -21,8 +21,9 @@ For each draft the sweep runs with top_k auto, once per results folder:
 Everything lands in OUT/auto_trees.json; a resume plans from it, so it runs the same cells.
 
 `scylla generate --top-k auto` prices the same way with no sweep and no profile
-(`generate_tree`): the held-out prompts of all six datasets pooled (those `nox -s bench`
-replays, so a draft it priced is not replayed again), and the verify curve timed now.
+(`generate_tree`): held-out prompts of all six datasets pooled, in the proportions of each one's
+categories (where a dataset has one category, those `nox -s bench` replays), and the verify
+curve timed now.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,9 +276,9 @@ def _step_costs(curve: LatencyCurve, costs: tree_costs.DraftCosts) -> StepCosts:
 
 def held_out_prompts(datasets, skip: int, tokenizer, data_dir=None, system_prompt: str | None = None,
                      room: int | None = None) -> dict[str, list[list[int]]]:
-    """Per dataset, token ids of prompts spread over it, none among its first `skip`; a prompt
-    longer than `room` tokens (a target's context less what a replay adds) is cut in its middle,
-    as a `--long-prompts truncate` sweep cuts it."""
+    """Per dataset, token ids of the prompts `held_out_indices` picks past its first `skip`; a
+    prompt longer than `room` tokens (a target's context less what a replay adds) is cut in its
+    middle, as a `--long-prompts truncate` sweep cuts it."""
     from workloads.chat import prompt_token_ids
     from workloads.datasets import load_dataset
 
@@ -285,25 +287,46 @@ def held_out_prompts(datasets, skip: int, tokenizer, data_dir=None, system_promp
     for name in datasets:
         prompts = load_dataset(name, data_dir=data_dir)
         ids = [prompt_token_ids(tokenizer, prompts[i], system_prompt=system_prompt)
-               for i in spread_indices(len(prompts), skip, per)]
+               for i in held_out_indices([p.category for p in prompts], skip, per)]
         if ids:
             held[name] = [p if room is None else middle_cut(p, room) for p in ids]
     return held
 
 
-def spread_indices(size: int, skip: int, count: int) -> list[int]:
-    """`count` indices of a dataset of `size`, none below `skip`: the last of each of `count`
-    equal strata of the whole dataset where those all lie past `skip` (so a sweep of its first
-    few prompts and `generate`, which skips none, price on the same prompts and share the
-    replay), else of the strata of what lies past `skip`. Strata, not the dataset's tail:
-    MT-bench is ordered by category, ten each, and its last 8 prompts are all humanities."""
-    def strata_ends(start: int) -> list[int]:
-        spare = size - start
-        strata = min(count, spare)
-        return [start + (i + 1) * spare // strata - 1 for i in range(strata)]
+def held_out_indices(categories: list[str], skip: int, count: int) -> list[int]:
+    """Which `count` prompts past the first `skip` price a sweep that measures those first ones:
+    drawn from the measured prompts' categories in their proportions (the whole dataset's where
+    none are measured, as for `generate`), the last prompts of each; where a category runs short,
+    the last of the measured categories' others, then of the rest. A dataset of one category
+    gives its last prompts. Measured: MT-bench is ordered by category, ten each; priced on its
+    last eight (all humanities) or on one of each category, the chain's tau on its first four
+    (writing) came out 1.73 or 2.27 against 1.43 and 1.46 measured."""
+    spare = range(skip, len(categories))
+    total = min(count, len(spare))
+    measured = Counter(categories[:skip] or categories)
+    picked: list[int] = []
+    for category, slots in _apportion(measured, total).items():
+        own = [i for i in spare if categories[i] == category]
+        picked += own[len(own) - min(slots, len(own)):]
+    # Short: first the measured categories' other prompts, then any.
+    for pool in ([i for i in spare if categories[i] in measured], list(spare)):
+        taken = set(picked)
+        pool = [i for i in pool if i not in taken]
+        short = total - len(picked)
+        picked += pool[len(pool) - short:] if short > 0 else []
+    return sorted(picked)
 
-    whole = strata_ends(0)
-    return whole if whole and whole[0] >= skip else strata_ends(skip)
+
+def _apportion(counts: Counter, seats: int) -> dict[str, int]:
+    """`seats` split over the categories in proportion to `counts`, by largest remainder
+    (ties to the category seen first)."""
+    whole = sum(counts.values())
+    quotas = {c: seats * n / whole for c, n in counts.items()}
+    given = {c: int(q) for c, q in quotas.items()}
+    for c in sorted(quotas, key=lambda c: given[c] - quotas[c])[:seats - sum(given.values())]:
+        given[c] += 1
+    return given
+
 
 def _replay_room(target) -> int | None:
     """Prompt tokens a replay can take: the context less its new tokens and the deepest tree."""

@@ -230,19 +230,21 @@ def test_a_batch_is_priced_at_its_longest_row_expected():
 
 
 
-def test_held_out_prompts_sample_every_part_of_a_dataset_the_sweep_does_not_measure():
-    # MT-bench is ordered by category, ten each: one held-out prompt per category, the same
-    # ones whether the sweep measures its first 4 prompts or `generate` skips none.
-    assert auto_trees.spread_indices(80, 4, 8) == auto_trees.spread_indices(80, 0, 8) == list(range(9, 80, 10))
-    # A sweep measuring past the first stratum's end: strata of what it leaves.
-    assert auto_trees.spread_indices(80, 12, 8) == [19, 28, 36, 45, 53, 62, 70, 79]
-    assert auto_trees.spread_indices(80, 76, 8) == [76, 77, 78, 79]
-    assert auto_trees.spread_indices(80, 80, 8) == auto_trees.spread_indices(0, 0, 8) == []
-    assert auto_trees.spread_indices(5, 0, 8) == [0, 1, 2, 3, 4]
-    for size, skip, count in [(80, 4, 8), (1319, 100, 8), (7, 3, 8), (164, 0, 3)]:
-        picked = auto_trees.spread_indices(size, skip, count)
-        assert len(set(picked)) == len(picked) == min(count, size - skip) and min(picked) >= skip
-        assert max(picked) == size - 1
+def test_held_out_prompts_are_of_the_categories_the_sweep_measures():
+    mt_bench = [c for c in ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+                for _ in range(10)]  # MT-bench's order: ten of each category
+    pick = auto_trees.held_out_indices
+    assert pick(mt_bench, 4, 8) == [4, 5, 6, 7, 8, 9, 78, 79]  # the six writing prompts left, then the last
+    assert pick(mt_bench, 12, 8) == list(range(12, 20))  # 10:2 writing to roleplay; writing is spent
+    assert pick(mt_bench, 0, 8) == list(range(9, 80, 10))  # none measured (`generate`): the last of each
+    assert pick(["qa"] * 80, 4, 8) == pick(["qa"] * 80, 0, 8) == list(range(72, 80))  # one category: the last
+    assert pick(mt_bench, 76, 8) == [76, 77, 78, 79] and pick(mt_bench, 80, 8) == pick([], 0, 8) == []
+    # Proportions by largest remainder, ties to the category seen first.
+    mixed = ["a"] * 6 + ["b"] * 3 + ["c"] * 1 + ["a", "b", "c"] * 10
+    assert pick(mixed, 10, 5) == [31, 34, 35, 37, 38]  # 6:3:1 of 5 seats is 3, 1.5, 0.5 -> a 3, b 2, c 0
+    for categories, skip, count in [(mt_bench, 4, 8), (mixed, 3, 12), (["x", "y"] * 7, 5, 8)]:
+        picked = pick(categories, skip, count)
+        assert len(set(picked)) == len(picked) == min(count, len(categories) - skip) and min(picked) >= skip
 
 
 def test_kept_tables_of_an_older_format_are_dropped_when_new_ones_are_written(tmp_path, monkeypatch, target_fp32):
