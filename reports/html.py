@@ -296,6 +296,7 @@ def _auto_predictions(res: Results) -> str:
     pred = tables.auto_prediction_table(res.ok, res.predictions)
     if pred.empty:
         return ""
+    pred = pred.assign(predicted_step_ms=pred["predicted_step_s"] * 1e3, step_ms=pred["step_s"] * 1e3)
     per_batch = tables.auto_prediction_summary(pred)
     summary = ", ".join(f"batch {s.batch_size}: {s.ratio:.2f}" for s in per_batch.itertuples()) or "no cell ran a tree"
     ranged = int(per_batch["ranged"].sum())
@@ -306,11 +307,14 @@ def _auto_predictions(res: Results) -> str:
         Col("tree", "auto's tree"), Col("predicted_speedup", "spec/AR predicted", fnum(2), True),
         Col("predicted_speedup_low", "10%", fnum(2), True), Col("predicted_speedup_high", "90%", fnum(2), True),
         Col("speedup", "measured", fnum(2), True), Col("predicted_tau", "tau predicted", fnum(2), True),
-        Col("tau", "measured", fnum(2), True), Col("predicted_occupancy", "occupancy predicted", fnum(2), True),
+        Col("tau", "measured", fnum(2), True), Col("predicted_step_ms", "step ms predicted", fnum(1), True),
+        Col("step_ms", "measured", fnum(1), True), Col("predicted_occupancy", "occupancy predicted", fnum(2), True),
         Col("occupancy", "measured", fnum(2), True),
     ], "auto-predictions", "What top_k auto's pricing predicted for each cell it planned (auto_trees.json), beside "
        "the measurement. 10% / 90%: spec/AR that runs of the sweep's prompts, drawn from the held-out ones "
-       "the pricing replayed, measure at those quantiles. Occupancy: the share of a batch's row slots its "
+       "the pricing replayed, measure at those quantiles. Step: one verify step with every row decoding, "
+       "priced (the verify, the draft's forwards and the rest) against the cell's median step; a missed "
+       "spec/AR is either its tau or its step time. Occupancy: the share of a batch's row slots its "
        "steps filled; rows that accept more finish first and leave the batch. Median measured / predicted "
        f"spec/AR over the cells that ran a tree: {summary}.{coverage}")
 

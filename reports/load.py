@@ -345,7 +345,7 @@ def _auto_predictions(path: Path, notes: list[str]) -> list[dict]:
                          "predicted_tau": 1 + r.choice.accepted,
                          "predicted_speedup": r.choice.tokens_per_s / r.ar.tokens_per_s,
                          "predicted_speedup_low": low, "predicted_speedup_high": high,
-                         "predicted_occupancy": r.choice.occupancy})
+                         "predicted_occupancy": r.choice.occupancy, "predicted_step_s": r.choice.step_s})
         return rows
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, ZeroDivisionError) as err:
         notes.append(f"{file}: not read ({type(err).__name__}: {err}); the report leaves out auto's predictions")

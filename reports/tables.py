@@ -339,8 +339,10 @@ def tree_policy_table(ok: pd.DataFrame, temperature: float) -> pd.DataFrame:
 def auto_prediction_table(ok: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     """Each top_k auto cell beside what its pricing predicted (Results.predictions): spec/AR
     (and the 10-90% range a run of the sweep's prompts would measure, prompt sampling only), tau,
-    and occupancy, the share of the batch's row slots its steps filled (verify steps over
-    batch steps x batch size; a last batch with fewer prompts than the batch size counts short)."""
+    the step (seconds with every row decoding, against the cell's median step), and occupancy,
+    the share of the batch's row slots its steps filled (verify steps over batch steps x batch
+    size; a last batch with fewer prompts than the batch size counts short). A missed spec/AR
+    is then either the tau or the step time."""
     auto = ok[ok["top_k_setting"] == "auto"]
     if auto.empty or predictions.empty:
         return pd.DataFrame()
@@ -358,6 +360,7 @@ def auto_prediction_table(ok: pd.DataFrame, predictions: pd.DataFrame) -> pd.Dat
         "predicted_speedup_low": joined["predicted_speedup_low"], "predicted_speedup_high": joined["predicted_speedup_high"],
         "speedup": joined["speedup_vs_ar"],
         "predicted_tau": joined["predicted_tau"], "tau": joined["tau"],
+        "predicted_step_s": joined["predicted_step_s"], "step_s": joined["step_time_median_s"],
         "predicted_occupancy": joined["predicted_occupancy"],
         "occupancy": pd.to_numeric(joined["verify_steps"], errors="coerce") / steps.where(steps > 0),
     }).sort_values(["batch_size", "method", "dataset"]).reset_index(drop=True)

@@ -92,6 +92,10 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
     assert pred.loc["natural_questions", "predicted_speedup"] == pytest.approx(
         choice["tokens_per_s"] / priced["natural_questions"]["batch_sizes"]["1"]["ar"]["tokens_per_s"])
     assert (pred["occupancy"] == 1.0).all() and (pred["predicted_occupancy"] == 1.0).all()  # one row: every slot
+    # The step beside its price: the profile's planted 5 s verify, and GSM8K's timed now.
+    assert pred.loc["natural_questions", "predicted_step_s"] == choice["step_s"] > 5
+    assert 0 < pred.loc["gsm8k", "predicted_step_s"] < 5
+    assert (pred["step_s"] == [auto[d]["step_time_median_s"] for d in pred.index]).all()
     # The spread of runs of the sweep's 2 prompts: the oracle accepts alike on every prompt.
     spread = priced["natural_questions"]["batch_sizes"]["1"]["spread"]
     assert spread["rows"] == 2 and spread["quantiles"] == [0.1, 0.5, 0.9]
@@ -103,6 +107,7 @@ def test_auto_runs_the_priced_tree_and_resumes_from_the_record(tmp_path, default
     assert low == pytest.approx(pred.loc["natural_questions", "predicted_speedup"], rel=0.05) == high
     page = build_report(res, [])
     assert 'data-table="auto-predictions"' in page and "occupancy predicted" in page and "10-90% range" in page
+    assert "step ms predicted" in page
     # A damaged record costs the report that table, said so, not the report.
     (tmp_path / "damaged").mkdir()
     shutil.copy(tmp_path / "out" / "results.parquet", tmp_path / "damaged")
