@@ -3,7 +3,8 @@
 For each draft the sweep runs with top_k auto, once per results folder:
 1. acceptance, replayed (scylla_impl/calibration.py) on held-out prompts of each of the
    sweep's datasets, never among the first `prompts` the sweep measures but of their
-   categories (`held_out_indices`), one table per dataset (a chat question and a code completion reward different trees).
+   categories (`held_out_indices`), one table per dataset (a chat question and a code
+   completion reward different trees).
    A checkpoint folder keeps the tables in its calibration.json, keyed by the draft's
    weights, the target, dtype and each dataset's prompts, so the next sweep with the same
    draft skips them; prompt lookup's tables live under SCYLLA_HOME/calibration

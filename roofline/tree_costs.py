@@ -41,7 +41,8 @@ class DraftCosts:
     def spec_overhead(self, batch_size: int, depth: int) -> float:
         """o_spec at the nearest batch size measured, linear in depth between (and past) the probes'."""
         per_depth = self.overhead_spec_s[_nearest(self.overhead_spec_s, batch_size)]
-        (d0, o0), (d1, o1) = sorted(per_depth.items())[:1] + sorted(per_depth.items())[-1:]
+        ordered = sorted(per_depth.items())
+        (d0, o0), (d1, o1) = ordered[0], ordered[-1]
         slope = (o1 - o0) / (d1 - d0) if d1 != d0 else 0.0
         return max(0.0, o0 + slope * (depth - d0))
 
