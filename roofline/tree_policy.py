@@ -170,9 +170,9 @@ def _ar_step(costs: StepCosts, b: int) -> np.ndarray:
     return _costs(lambda rows: costs.verify_s(rows, 1) + costs.overhead_ar_s(rows), b)
 
 
-def _tree_step(costs: StepCosts, b: int, top_k: int, depth: int, total_tokens: int, accepted: float,
-               lookup_tokens: int) -> np.ndarray:
-    """[b] one step's seconds with 1..b rows decoding."""
+def _tree_step(costs: StepCosts, b: int, top_k: int, depth: int, total_tokens: int, lookup_tokens: int) -> np.ndarray:
+    """[b] one step's seconds with 1..b rows decoding; the same whatever a step accepts (the
+    draft reads the path padded to the tree's depth)."""
     path = max(depth, lookup_tokens) + 1
     return _costs(lambda rows: (costs.verify_s(rows, total_tokens + lookup_tokens) + costs.draft_path_s(rows, path)
                                 + (depth - 1) * costs.draft_level_s(rows, top_k) + costs.overhead_spec_s(rows, depth)), b)
@@ -187,7 +187,7 @@ def price(batch_size: int, top_k: int, depth: int, total_tokens: int, moves: np.
     """Predicted step time and tokens/s of one tree (and the chain grafted under it) at one batch
     size, for rows decoding `row_tokens` [m] tokens each with the tree's `moves` [m, G] per row."""
     accepted = float(row_tokens.mean() / mean_steps(row_tokens, moves[None])[0]) - 1
-    step = _tree_step(costs, batch_size, top_k, depth, total_tokens, accepted, lookup_tokens)
+    step = _tree_step(costs, batch_size, top_k, depth, total_tokens, lookup_tokens)
     return _exact(batch_size, top_k, depth, total_tokens, accepted, step, moves, row_tokens, lookup_tokens)
 
 
@@ -215,19 +215,20 @@ def spread(choice: TreeChoice, moves: np.ndarray, row_tokens: np.ndarray, costs:
            draws: int = 200, seed: int = 0) -> Spread:
     """`choice`'s spec/AR and tau over `draws` runs of `rows` prompts drawn with replacement from
     the replayed ones (`moves` [m, G], `row_tokens` [m] as in `price`), each run priced as `price`
-    prices it: E[steps] and survival are means over a run's rows, so each row's are found once."""
+    prices it: E[steps] and survival are means over a run's rows, so each row's are found once,
+    and a step's price does not depend on what it accepts, so the tree's and AR's are found once."""
     b = choice.batch_size
     steps = row_steps(row_tokens, moves[None])[0]  # [m]
     alive = row_survival(row_tokens, moves)  # [m, S]
     ar_alive = row_survival(row_tokens, _ar_moves(row_tokens.size))  # [m, T]
-    ar_step = _ar_step(costs, b)
+    step = _tree_step(costs, b, choice.top_k, choice.depth, choice.total_tokens, choice.lookup_tokens)  # [b]
+    ar_step = _ar_step(costs, b)  # [b]
     picks = np.random.default_rng(seed).integers(row_tokens.size, size=(draws, rows))  # [draws, rows] prompt indices
     # A run of prompts that all end at EOS on their first token measures no step.
     runs = [run for run in picks if row_tokens[run].sum() > 0] or [np.arange(row_tokens.size)]
     speedup, tau = [], []
     for run in runs:
         accepted = float(row_tokens[run].mean() / steps[run].mean()) - 1
-        step = _tree_step(costs, b, choice.top_k, choice.depth, choice.total_tokens, accepted, choice.lookup_tokens)
         # the run's tokens are the same both ways: spec/AR is AR's seconds over the tree's
         speedup.append(batch_seconds(ar_step, ar_alive[run].mean(0)) / batch_seconds(step, alive[run].mean(0)))
         tau.append(1 + accepted)
@@ -262,7 +263,7 @@ def ranked(batch_size: int, trees: list[tuple[int, int, int, np.ndarray]], costs
     per_row = np.arange(1, b + 1)
     bounds = []
     for (k, d, n, moves), a, s in zip(trees, accepted, steps):
-        step = _tree_step(costs, b, k, d, n, float(a), lookup_tokens)
+        step = _tree_step(costs, b, k, d, n, lookup_tokens)
         bounds.append((row_tokens.mean() / (s * (step / per_row).min()), (k, d, n, moves, float(a), step)))
     bounds.sort(key=lambda bound: (-bound[0], bound[1][2], bound[1][1], bound[1][0]))
     options = [autoregressive(b, costs, row_tokens)]
