@@ -234,7 +234,6 @@ def test_a_batch_is_priced_at_its_longest_row_expected():
     assert auto_trees.expected_longest([730, 1974, 770, 2104], 4) > 1900  # CNN/DM's first four articles
 
 
-
 def test_held_out_prompts_are_of_the_categories_the_sweep_measures():
     mt_bench = [c for c in ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
                 for _ in range(10)]  # MT-bench's order: ten of each category
