@@ -109,6 +109,11 @@ class RecordedChoice:
     ar: TreeChoice | None  # AR's price; None in records from before it was kept
     spread: Spread | None  # what a run of the sweep's prompts would measure; None for AR, and in older records
 
+    @property
+    def speedup(self) -> float | None:
+        """Predicted spec/AR: the two priced tokens/s of the same rows (None where AR's price was not kept)."""
+        return None if self.ar is None else self.choice.tokens_per_s / self.ar.tokens_per_s
+
 
 def recorded_choices(record: dict[str, Any]) -> Iterator[RecordedChoice]:
     """Each choice in a record. Records written before trees were priced per dataset hold one
@@ -200,8 +205,8 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                 tables = _acceptance(target, draft, name, dtype, prompts, echo, chain)
                 drafts[unit] = {"lookup_tokens": chain, "costs": {str(c): costs[c].to_json() for c in costs},
                                 "datasets": {ds: _price(spec, tables[ds], curves, costs, contexts[ds]) for ds in prompts}}
-                best = "; ".join(f"{ds} " + ", ".join(f"b={b}: {_said(e)}" for b, e in priced["batch_sizes"].items())
-                                 for ds, priced in drafts[unit]["datasets"].items())
+                best = "; ".join(f"{r.dataset} b={r.batch_size}: {_said(r)}"
+                                 for r in recorded_choices({"drafts": {unit: drafts[unit]}}))
                 echo(f"auto trees for {unit}: {best}")
     finally:
         worker.close()
@@ -216,14 +221,13 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                       "(0 with none); V, L and o at the dataset's context; see roofline/tree_policy.py"})
 
 
-def _said(entry: dict[str, Any]) -> str:
-    """A priced batch size's choice as the sweep says it: the tree, and for a tree its predicted
-    spec/AR with the 10-90% range of runs of the sweep's prompts."""
-    choice = TreeChoice(**entry["choice"])
-    if "spread" not in entry:
-        return choice.label()
-    low, *_, high = entry["spread"]["speedup"]
-    return f"{choice.label()} ({choice.tokens_per_s / entry['ar']['tokens_per_s']:.2f}x, {low:.2f}-{high:.2f})"
+def _said(r: RecordedChoice) -> str:
+    """A priced choice as the sweep says it: the tree, and for a tree its predicted spec/AR with
+    the 10-90% range of runs of the sweep's prompts."""
+    if r.spread is None:
+        return r.choice.label()
+    low, *_, high = r.spread.speedup
+    return f"{r.choice.label()} ({r.speedup:.2f}x, {low:.2f}-{high:.2f})"
 
 
 def _context(target, prompts: list[list[int]], max_new_tokens: int, profiled: int, batch_size: int) -> int:

@@ -343,7 +343,7 @@ def _auto_predictions(path: Path, notes: list[str]) -> list[dict]:
                          "dataset": r.dataset, "batch_size": r.batch_size, "top_k": r.choice.top_k,
                          "depth": r.choice.depth, "total_tokens": r.choice.total_tokens,
                          "predicted_tau": 1 + r.choice.accepted,
-                         "predicted_speedup": r.choice.tokens_per_s / r.ar.tokens_per_s,
+                         "predicted_speedup": r.speedup,
                          "predicted_speedup_low": low, "predicted_speedup_high": high,
                          "predicted_occupancy": r.choice.occupancy, "predicted_step_s": r.choice.step_s})
         return rows
