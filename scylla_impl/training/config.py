@@ -110,8 +110,9 @@ class TrainConfig:
     device: str = _opt("cpu", devices.HELP)
     checkpoint_every: int = _opt(50, "optimizer steps between checkpoints")
     keep_checkpoints: int = 2
-    # An evaluation (5 unrolled steps over the held-out sequences) costs 1.5-2.5 training steps:
-    # every 10 steps it was 13-27% of the default drafts' training on a 2-core EPYC.
+    # An evaluation (5 unrolled steps over the held-out sequences) cost 1.5-3.8 training steps in
+    # fp32 on a 2-core AVX512-BF16 EPYC, 13-27% of the default drafts' training at every 10 steps;
+    # under the training's bf16 autocast (loop.py) it costs 1.4-1.7.
     log_every: int = _opt(50, "optimizer steps between held-out accuracy evaluations")
     name: str | None = _opt(None, "save as drafts_dir(target)/NAME (default: eagle2, eagle3, scylla-<layers>)")
 
