@@ -18,8 +18,10 @@ Steps, each a subprocess of the public CLI so the job exercises exactly what use
 5. the sweep's figures (tau at T=0, spec/AR throughput ratios) against the preset's
    reports/bench_baseline*.json, and top_k auto's predicted spec/AR against the measured
    (reports/regression.py says how).
-A regression exits 1 with one line per failing figure. `--update-baseline` rewrites both
-baselines from this run instead of comparing.
+A regression exits 1 with one line per failing figure. The first run on a machine that passes
+records the machine's own baselines in SCYLLA_HOME, and later runs there check against those
+(reports/machine_baseline.py). `--update-baseline` rewrites the committed baselines (and the
+machine's) from this run instead of comparing; `--update-machine-baseline` the machine's alone.
 
 `--plant shrink-tree` (or SCYLLA_BENCH_PLANT=shrink-tree) runs the sweep with a smaller
 tree than the one it records in its configuration: a deliberate regression, to show the
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports import regression, tables
+from reports import machine_baseline, regression, tables
 from reports.load import load_results
 from reports.micro_check import compare_micro, read_micro
 from roofline.profile_doc import PROFILE_FILE, read_profile_doc
@@ -196,8 +198,10 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
     return cmd
 
 
-def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: str) -> regression.Verdict:
-    """Run tests/benchmarks, then check them against MICRO_BASELINE (reports/micro_check.py)."""
+def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: str,
+                     baseline: Path = MICRO_BASELINE) -> regression.Verdict:
+    """Run tests/benchmarks, then check them against `baseline` (reports/micro_check.py);
+    `update` rewrites the committed MICRO_BASELINE instead."""
     v = regression.Verdict()
     if skip:
         _say("micro-benchmarks skipped (--skip-micro)")
@@ -213,11 +217,33 @@ def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: s
     elif update:
         shutil.copyfile(result, MICRO_BASELINE)
         _say(f"wrote {MICRO_BASELINE.relative_to(REPO)}")
-    elif not MICRO_BASELINE.is_file():
-        _say(f"no {MICRO_BASELINE.name} yet: micro-benchmarks run without a comparison")
+    elif not baseline.is_file():
+        _say(f"no {baseline.name} yet: micro-benchmarks run without a comparison")
     else:
-        v = compare_micro(read_micro(result), read_micro(MICRO_BASELINE))
+        v = compare_micro(read_micro(result), read_micro(baseline))
     return v
+
+
+def record_own_baselines(sweep: machine_baseline.Choice, micro: machine_baseline.Choice, figures: dict,
+                         micro_result: Path, args) -> None:
+    """Write this machine's baselines from a run that passed the committed ones (where it has
+    none yet, or a superseded one), or that was asked to (--update-baseline, --update-machine-baseline)."""
+    asked = args.update_baseline or args.update_machine_baseline
+    written = []
+    if sweep.own is not None and (asked or sweep.records):
+        machine_baseline.record(figures, sweep.own, args.baseline)
+        written.append(f"{sweep.own} (tau, trees and spec/AR ratios)")
+    if micro.own is not None and micro_result.is_file() and (asked or micro.records):
+        machine_baseline.record(json.loads(micro_result.read_text()), micro.own, MICRO_BASELINE)
+        written.append(f"{micro.own} (micro-benchmarks)")
+    if written:
+        _say("recorded this machine's baselines: " + ", ".join(written) + ". Later runs here check against them: "
+             "tau exactly with these drafts, ratios and times on this kind of machine (`--baseline FILE` checks "
+             "against FILE alone)")
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def choose_threads(requested: str) -> int:
@@ -256,8 +282,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="regression",
                     help="regression (default, minutes) or full (the 60-token tree, about 13 minutes on 2 CPU cores once the drafts exist)")
     ap.add_argument("--full", dest="preset", action="store_const", const="full", help="same as --preset full")
-    ap.add_argument("--update-baseline", action="store_true", help="rewrite the committed baselines from this run")
-    ap.add_argument("--baseline", type=Path, default=None, help="default: the preset's reports/bench_baseline*.json")
+    ap.add_argument("--update-baseline", action="store_true",
+                    help="rewrite the committed baselines (and this machine's) from this run")
+    ap.add_argument("--update-machine-baseline", action="store_true",
+                    help="rewrite this machine's own baselines from this run, checked against the committed ones "
+                         "(reports/machine_baseline.py)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="check against this file alone (default: this machine's own baseline once a run "
+                         "recorded it, else the preset's reports/bench_baseline*.json)")
     ap.add_argument("--draft", action="append", default=[], metavar="METHOD=SPEC",
                     help="draft per method (checkpoint folder); default $SCYLLA_BENCH_DRAFTS, else the trained defaults")
     ap.add_argument("--untrained", action="store_true",
@@ -278,8 +310,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in preset.items():
         if key != "baseline" and getattr(args, key) is None:
             setattr(args, key, value)
+    args.own_baselines = args.baseline is None  # a named baseline is checked alone
     if args.baseline is None:
         args.baseline = Path(__file__).resolve().parent / preset["baseline"]
+    if args.update_machine_baseline and not args.own_baselines:
+        ap.error("--update-machine-baseline writes this machine's baselines, which --baseline sets aside")
     return args
 
 
@@ -315,8 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype = choose_dtype(args.dtype, profile)
         _say(f"target dtype: {args.dtype}")
         cfg = sweep_config(args, drafts)
-        if not args.update_baseline and args.baseline.is_file():
-            regression.check_same_sweep(cfg, regression.read_baseline(args.baseline))
+        own = args.own_baselines and not args.plant  # a planted run neither reads nor writes this machine's
+        read_own = not args.update_machine_baseline
+        sweep_base = machine_baseline.choose(machine_baseline.sweep_path(args.preset, args.dtype) if own else None,
+                                             args.baseline, cfg, read_own)
+        micro_base = machine_baseline.choose(machine_baseline.micro_path(args.dtype) if own else None, MICRO_BASELINE,
+                                             read_own=read_own)
+        for choice in (sweep_base, micro_base):
+            if choice.why_not_own:
+                _say(f"note: {choice.why_not_own}; checking against {_shown(choice.path)} (a passing run records it anew)")
+        if not args.update_baseline and sweep_base.path.is_file():
+            _say(f"baseline: {_shown(sweep_base.path)}" + (" (this machine's own)" if sweep_base.is_own else ""))
+            regression.check_same_sweep(cfg, regression.read_baseline(sweep_base.path))
         sweep_dir = out / "sweep"
         cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant, threads)
         if args.resume and sweep_dir.exists():
@@ -337,28 +382,39 @@ def main(argv: list[str] | None = None) -> int:
             _say("note: " + n)
         if not args.update_baseline:
             failures += priced.failures
-        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads, args.dtype)
+        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads, args.dtype, micro_base.path)
         for n in micro.notes:
             _say("note: " + n)
         failures += micro.failures
 
         figs = regression.figures(cells)
         (out / "figures.json").write_text(json.dumps(figs, indent=1, sort_keys=True) + "\n")
+        tol = args.tolerance if args.tolerance is not None else regression.DEFAULT_RATIO_TOLERANCE
+        base = regression.make_baseline(figs, cfg, tol, _git_commit())
         if args.update_baseline:
-            tol = args.tolerance if args.tolerance is not None else regression.DEFAULT_RATIO_TOLERANCE
-            base = regression.make_baseline(figs, cfg, tol, _git_commit())
             args.baseline.write_text(json.dumps(base, indent=1) + "\n")
             _say(f"wrote {args.baseline} ({len(base['tau'])} tau figures, {len(base['ratio'])} ratios)")
-        elif not args.baseline.is_file() and args.preset != "regression":
+        elif not sweep_base.path.is_file() and args.preset != "regression":
             _say(f"NOT CHECKED: no baseline for the {args.preset} preset at {args.baseline}; the figures are in "
                  f"{out / 'figures.json'} (make one with `nox -s bench -- --preset {args.preset} --update-baseline`)")
         else:
-            verdict = regression.compare(figs, regression.read_baseline(args.baseline), cfg, args.tolerance)
+            try:
+                verdict = regression.compare(figs, regression.read_baseline(sweep_base.path), cfg, args.tolerance)
+            except ScyllaError as err:
+                if not sweep_base.is_own:
+                    raise
+                # Another dataset file measured here since: this machine's figures no longer apply.
+                _say(f"note: this machine's baseline {sweep_base.path} does not apply ({err}); checking against "
+                     f"{_shown(args.baseline)} (a passing run records it anew)")
+                sweep_base = machine_baseline.Choice(args.baseline, sweep_base.own, False)
+                verdict = regression.compare(figs, regression.read_baseline(args.baseline), cfg, args.tolerance)
             for n in verdict.notes:
                 _say("note: " + n)
             failures += verdict.failures
             if verdict.ok:
                 _say(f"sweep figures: {len(figs['tau'])} tau and {len(figs['ratio'])} ratios within the baseline")
+        if own and (args.update_baseline or args.update_machine_baseline or (trained and not failures)):
+            record_own_baselines(sweep_base, micro_base, base, out / "micro.json", args)
     except ScyllaError as err:
         print(f"error: {err}", file=sys.stderr)
         _say(f"took {time.perf_counter() - t_start:.0f} s")
