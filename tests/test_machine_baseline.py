@@ -14,7 +14,6 @@ import pytest
 from reports import machine_baseline, regression
 from reports.bench import MICRO_BASELINE, parse_args, record_own_baselines
 
-FIXTURES = Path(__file__).parent / "fixtures"
 CONFIG = {"sweep": "fixture", "dtype": "bfloat16"}
 
 
@@ -25,10 +24,8 @@ def home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cells() -> pd.DataFrame:
-    cells = pd.read_parquet(FIXTURES / "report_results" / "results.parquet")
-    cells["draft_hash"] = cells["method"].map(lambda m: None if m == "ar" else f"{m}-weights-0")
-    return cells
+def cells(bench_cells) -> pd.DataFrame:
+    return bench_cells
 
 
 def slower_speculation(cells: pd.DataFrame, factor: float) -> pd.DataFrame:

@@ -25,11 +25,8 @@ CONFIG = {"sweep": "fixture"}
 
 
 @pytest.fixture(scope="module")
-def cells() -> pd.DataFrame:
-    cells = pd.read_parquet(FIXTURES / "report_results" / "results.parquet")
-    # The weights each draft was measured with (the fixture predates the column).
-    cells["draft_hash"] = cells["method"].map(lambda m: None if m == "ar" else f"{m}-weights-0")
-    return cells
+def cells(bench_cells) -> pd.DataFrame:
+    return bench_cells
 
 
 def spread(cells: pd.DataFrame, size: float) -> pd.DataFrame:
