@@ -20,7 +20,6 @@ from reports import regression
 from roofline.tree_policy import NO_TREE
 from workloads.errors import ScyllaError
 
-FIXTURES = Path(__file__).parent / "fixtures"
 CONFIG = {"sweep": "fixture"}
 
 
