@@ -24,7 +24,7 @@ from pathlib import Path
 
 from reports.regression import check_same_sweep, machine, machine_kind
 from workloads.cache import scylla_home
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, os_error
 from workloads.files import atomic_write_bytes
 
 FOLDER = "bench-baselines"
@@ -92,5 +92,8 @@ def choose(own: Path | None, committed: Path, sweep: dict | None = None, read_ow
 def record(doc: dict, own: Path, committed: Path) -> None:
     """Write `doc` (a sweep baseline, or pytest-benchmark's JSON) as this machine's, naming the
     committed baseline it passed."""
-    own.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        own.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, "write", own.parent) from None
     atomic_write_bytes((json.dumps(dict(doc, reference=reference(committed)), indent=1) + "\n").encode(), own)

@@ -123,3 +123,21 @@ def test_a_run_that_rewrites_the_machines_baseline_checks_against_the_committed(
                             committed_elsewhere)
     choice = machine_baseline.choose(own, committed_elsewhere, CONFIG, read_own=False)
     assert choice.path == committed_elsewhere and choice.own == own and choice.why_not_own is None
+
+
+def test_a_home_that_takes_no_writes_leaves_the_run_standing(cells, tmp_path, monkeypatch, capsys):
+    """SCYLLA_HOME/bench-baselines is a file here, so nothing can be recorded below it: the job
+    says so in a note, and nothing is raised."""
+    home = tmp_path / "home"
+    (home / machine_baseline.FOLDER).parent.mkdir(parents=True)
+    (home / machine_baseline.FOLDER).write_text("not a folder")
+    monkeypatch.setenv("SCYLLA_HOME", str(home))
+    committed = tmp_path / "bench_baseline.json"
+    committed.write_text(json.dumps(regression.make_baseline(regression.figures(cells), CONFIG, 0.25, "abc")))
+    sweep = machine_baseline.choose(machine_baseline.sweep_path("regression", "bfloat16"), committed, CONFIG)
+    micro = machine_baseline.choose(machine_baseline.micro_path("bfloat16"), MICRO_BASELINE)
+    args = Namespace(update_baseline=False, update_machine_baseline=False, baseline=committed)
+    record_own_baselines(sweep, micro, json.loads(committed.read_text()), MICRO_BASELINE, args)
+    out = capsys.readouterr().out
+    assert "note: this machine's baselines were not recorded: cannot write" in out, out
+    assert "recorded this machine's baselines" not in out
