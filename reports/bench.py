@@ -199,7 +199,7 @@ def sweep_command(cfg: dict, drafts: list[str], out: Path, profile: Path | None,
 
 
 def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: str,
-                     baseline: Path = MICRO_BASELINE) -> regression.Verdict:
+                     baseline: Path) -> regression.Verdict:
     """Run tests/benchmarks, then check them against `baseline` (reports/micro_check.py);
     `update` rewrites the committed MICRO_BASELINE instead."""
     v = regression.Verdict()
@@ -225,14 +225,14 @@ def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: s
 
 
 def record_own_baselines(sweep: machine_baseline.Choice, micro: machine_baseline.Choice, figures: dict,
-                         micro_result: Path, args) -> None:
-    """Write this machine's baselines from a run that passed the committed ones (where it has
-    none yet, or a superseded one), or that was asked to (--update-baseline, --update-machine-baseline)."""
-    asked = args.update_baseline or args.update_machine_baseline
+                         micro_result: Path, committed: Path, asked: bool) -> None:
+    """Write this machine's baselines (where a choice has one: not under --baseline or a plant)
+    from a run that passed the `committed` ones, where it has none yet or a superseded one; or
+    wherever `asked` (--update-baseline, --update-machine-baseline)."""
     written = []
     try:
         if sweep.own is not None and (asked or sweep.records):
-            machine_baseline.record(figures, sweep.own, args.baseline)
+            machine_baseline.record(figures, sweep.own, committed)
             written.append(f"{sweep.own} (tau, trees and spec/AR ratios)")
         if micro.own is not None and micro_result.is_file() and (asked or micro.records):
             machine_baseline.record(json.loads(micro_result.read_text()), micro.own, MICRO_BASELINE)
@@ -416,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
             failures += verdict.failures
             if verdict.ok:
                 _say(f"sweep figures: {len(figs['tau'])} tau and {len(figs['ratio'])} ratios within the baseline")
-        if own and (args.update_baseline or args.update_machine_baseline or (trained and not failures)):
-            record_own_baselines(sweep_base, micro_base, base, out / "micro.json", args)
+        asked = args.update_baseline or args.update_machine_baseline
+        if asked or (trained and not failures):
+            record_own_baselines(sweep_base, micro_base, base, out / "micro.json", args.baseline, asked)
     except ScyllaError as err:
         print(f"error: {err}", file=sys.stderr)
         _say(f"took {time.perf_counter() - t_start:.0f} s")

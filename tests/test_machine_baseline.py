@@ -5,7 +5,6 @@ machine, and a refreshed committed baseline supersedes them."""
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import pandas as pd
@@ -101,8 +100,7 @@ def test_the_job_records_both_baselines_naming_what_they_passed(cells, home, tmp
     sweep = machine_baseline.choose(machine_baseline.sweep_path("regression", "bfloat16"), committed, CONFIG)
     micro = machine_baseline.choose(machine_baseline.micro_path("bfloat16"), MICRO_BASELINE)
     figures = regression.make_baseline(regression.figures(cells), CONFIG, 0.25, "abc")
-    args = Namespace(update_baseline=False, update_machine_baseline=False, baseline=committed)
-    record_own_baselines(sweep, micro, figures, MICRO_BASELINE, args)  # the committed micro file as this run's
+    record_own_baselines(sweep, micro, figures, MICRO_BASELINE, committed, asked=False)  # the committed micro file as this run's
     assert "recorded this machine's baselines" in capsys.readouterr().out
     assert json.loads(sweep.own.read_text())["reference"] == machine_baseline.reference(committed)
     assert json.loads(micro.own.read_text())["reference"] == machine_baseline.reference(MICRO_BASELINE)
@@ -136,8 +134,7 @@ def test_a_home_that_takes_no_writes_leaves_the_run_standing(cells, tmp_path, mo
     committed.write_text(json.dumps(regression.make_baseline(regression.figures(cells), CONFIG, 0.25, "abc")))
     sweep = machine_baseline.choose(machine_baseline.sweep_path("regression", "bfloat16"), committed, CONFIG)
     micro = machine_baseline.choose(machine_baseline.micro_path("bfloat16"), MICRO_BASELINE)
-    args = Namespace(update_baseline=False, update_machine_baseline=False, baseline=committed)
-    record_own_baselines(sweep, micro, json.loads(committed.read_text()), MICRO_BASELINE, args)
+    record_own_baselines(sweep, micro, json.loads(committed.read_text()), MICRO_BASELINE, committed, asked=False)
     out = capsys.readouterr().out
     assert "note: this machine's baselines were not recorded: cannot write" in out, out
     assert "recorded this machine's baselines" not in out
