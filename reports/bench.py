@@ -225,7 +225,7 @@ def micro_benchmarks(out: Path, update: bool, skip: bool, threads: int, dtype: s
 
 
 def record_own_baselines(sweep: machine_baseline.Choice, micro: machine_baseline.Choice, figures: dict,
-                         micro_result: Path, committed: Path, asked: bool) -> None:
+                         micro_result: Path | None, committed: Path, asked: bool) -> None:
     """Write this machine's baselines (where a choice has one: not under --baseline or a plant)
     from a run that passed the `committed` ones, where it has none yet or a superseded one; or
     wherever `asked` (--update-baseline, --update-machine-baseline)."""
@@ -234,7 +234,7 @@ def record_own_baselines(sweep: machine_baseline.Choice, micro: machine_baseline
         if sweep.own is not None and (asked or sweep.records):
             machine_baseline.record(figures, sweep.own, committed)
             written.append(f"{sweep.own} (tau, trees and spec/AR ratios)")
-        if micro.own is not None and micro_result.is_file() and (asked or micro.records):
+        if micro.own is not None and micro_result is not None and micro_result.is_file() and (asked or micro.records):
             machine_baseline.record(json.loads(micro_result.read_text()), micro.own, MICRO_BASELINE)
             written.append(f"{micro.own} (micro-benchmarks)")
     except ScyllaError as err:  # the run's results and its check stand; only the next run's baseline is missing
@@ -418,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"sweep figures: {len(figs['tau'])} tau and {len(figs['ratio'])} ratios within the baseline")
         asked = args.update_baseline or args.update_machine_baseline
         if asked or (trained and not failures):
-            record_own_baselines(sweep_base, micro_base, base, out / "micro.json", args.baseline, asked)
+            # --skip-micro under --resume would leave an earlier run's micro.json in OUT.
+            micro_result = None if args.skip_micro else out / "micro.json"
+            record_own_baselines(sweep_base, micro_base, base, micro_result, args.baseline, asked)
     except ScyllaError as err:
         print(f"error: {err}", file=sys.stderr)
         _say(f"took {time.perf_counter() - t_start:.0f} s")

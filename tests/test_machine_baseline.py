@@ -138,3 +138,14 @@ def test_a_home_that_takes_no_writes_leaves_the_run_standing(cells, tmp_path, mo
     out = capsys.readouterr().out
     assert "note: this machine's baselines were not recorded: cannot write" in out, out
     assert "recorded this machine's baselines" not in out
+
+
+def test_a_run_without_micro_benchmarks_records_the_sweep_alone(cells, home, tmp_path, capsys):
+    """--skip-micro: whatever micro.json an earlier run left in OUT is not this run's to record."""
+    committed = tmp_path / "bench_baseline.json"
+    committed.write_text(json.dumps(regression.make_baseline(regression.figures(cells), CONFIG, 0.25, "abc")))
+    sweep = machine_baseline.choose(machine_baseline.sweep_path("regression", "bfloat16"), committed, CONFIG)
+    micro = machine_baseline.choose(machine_baseline.micro_path("bfloat16"), MICRO_BASELINE)
+    record_own_baselines(sweep, micro, json.loads(committed.read_text()), None, committed, asked=True)
+    assert sweep.own.is_file() and not micro.own.is_file()
+    assert "(micro-benchmarks)" not in capsys.readouterr().out
