@@ -1,6 +1,7 @@
 """Figures (matplotlib + seaborn) rendered to SVG text, one function per figure.
 
-Each function takes the frames tables.py / profiles.py computed and returns SVG markup
+Each function takes the frames tables.py / profiles.py computed (and, where it names methods,
+the run's `tables.method_labeller`) and returns SVG markup
 or None when there is nothing to draw (the report then says why). SVG keeps text sharp
 at any zoom and needs no network; the ids matplotlib writes are salted with a constant
 so that the same data gives byte-identical figures (reports diff cleanly).
@@ -9,6 +10,7 @@ so that the same data gives byte-identical figures (reports diff cleanly).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import matplotlib
 
@@ -20,7 +22,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from reports.profiles import KneeFit  # noqa: E402
-from reports.tables import dataset_label, method_label, ordered  # noqa: E402
+from reports.tables import dataset_label, ordered  # noqa: E402
 from scylla_impl.methods import COLORS  # noqa: E402
 
 METHOD_COLORS = COLORS  # in report order
@@ -135,7 +137,7 @@ def knee(profiles: list, points: list[pd.DataFrame], fits: list[KneeFit | None])
 # --------------------------------------------------------------------------- acceptance
 
 
-def tau_bars(tau: pd.DataFrame) -> str | None:
+def tau_bars(tau: pd.DataFrame, method_label: Callable[[str], str]) -> str | None:
     """tau per dataset, one bar per speculative method; AR (tau = 1) as a reference line."""
     spec = [m for m in tau.columns if m != "ar"]
     if not spec:
@@ -162,7 +164,7 @@ def tau_bars(tau: pd.DataFrame) -> str | None:
 MIN_REACHED = 10  # below this many steps a conditional rate is mostly noise (1 of 1 = 100%)
 
 
-def position_curves(pos: pd.DataFrame) -> str | None:
+def position_curves(pos: pd.DataFrame, method_label: Callable[[str], str]) -> str | None:
     if pos.empty:
         return None
     pos = pos.copy()
@@ -197,7 +199,7 @@ def _setting_palette(settings: list[str]) -> dict[str, str]:
     return pal
 
 
-def throughput_vs_batch(tt: pd.DataFrame) -> str | None:
+def throughput_vs_batch(tt: pd.DataFrame, method_label: Callable[[str], str]) -> str | None:
     """Speedup over AR vs batch size, a line per top_k setting, one panel per method."""
     spec = tt[tt["method"] != "ar"]
     if spec.empty or spec["batch_size"].nunique() < 1:
@@ -253,7 +255,7 @@ def throughput_surface(surface: pd.DataFrame, policy: pd.DataFrame, title: str) 
     return to_svg(fig)
 
 
-def tree_heatmap(method: str | None, grid: pd.DataFrame) -> str | None:
+def tree_heatmap(method: str | None, grid: pd.DataFrame, method_label: Callable[[str], str]) -> str | None:
     if method is None or grid.empty:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 3.0))
@@ -273,7 +275,7 @@ def tree_heatmap(method: str | None, grid: pd.DataFrame) -> str | None:
 # --------------------------------------------------------------------------- scaling
 
 
-def scaling(series: list) -> str | None:
+def scaling(series: list, method_label: Callable[[str], str]) -> str | None:
     if not series:
         return None
     n = len(series)

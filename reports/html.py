@@ -25,8 +25,10 @@ from harness.scaling_fit import claim_verdict, fit_loglog
 from reports import figures, profiles, tables
 from reports.load import Profile, Results
 from reports.published import SCYLLA_CITATION
-from reports.tables import dataset_label, method_label
+from reports.tables import dataset_label
 from scylla_impl.methods import BASELINES
+
+Label = Callable[[str], str]  # a method's name -> how the report prints it (tables.method_labeller)
 
 CSS = """
 *{box-sizing:border-box}
@@ -128,7 +130,7 @@ def _section(sid: str, title: str, body: str) -> str:
 
 
 def _glance(res: Results, h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame,
-            tt: pd.DataFrame, loss: pd.DataFrame) -> str:
+            tt: pd.DataFrame, loss: pd.DataFrame, method_label: Label) -> str:
     items = [f"Compared at the headline configuration: {html.escape(h.describe())}."]
     if "all" in tau.index:
         parts = [f"{html.escape(method_label(m))} {tau.loc['all', m]:.2f}" for m in tau.columns
@@ -225,11 +227,12 @@ def _roofline(profs: list[Profile]) -> str:
     return "".join(out)
 
 
-def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos: pd.DataFrame) -> str:
+def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos: pd.DataFrame,
+                method_label: Label) -> str:
     cap = f"tau = emitted tokens / verify steps, pooled over the cells of each dataset at {h.describe()}."
     # Folder names only: the full paths are in the cells table and the results file.
     drafts = "; ".join(f"{method_label(m)}: {d.rstrip('/').rsplit('/', 1)[-1] if d else 'none'}" for m, d in h.drafts.items())
-    out = [figure(figures.tau_bars(tau), "tau", "tau per dataset and method", cap + (f" Drafts: {drafts}." if drafts else ""),
+    out = [figure(figures.tau_bars(tau, method_label), "tau", "tau per dataset and method", cap + (f" Drafts: {drafts}." if drafts else ""),
                   "No speculative cells at the headline configuration.")]
     df = tau.reset_index()
     cols = [Col("dataset", "dataset", lambda d: "all datasets" if d == "all" else dataset_label(d))]
@@ -256,15 +259,15 @@ def _acceptance(h: tables.Headline, tau: pd.DataFrame, claims: pd.DataFrame, pos
         out.append(render_table(rows.loc[order], cols, "claims",
                                 f"{SCYLLA_CITATION}. A check, not a gate: the paper's targets, drafts and hardware differ from these."))
     out.append("<h3>Per-position acceptance</h3>")
-    out.append(figure(figures.position_curves(pos), "positions", "Acceptance rate per draft position",
+    out.append(figure(figures.position_curves(pos, method_label), "positions", "Acceptance rate per draft position",
                       "Acceptance at each draft position k, pooled over datasets at the headline configuration: conditional (EAGLE's n-alpha) and unconditional (vLLM's). "
                       f"A conditional rate is drawn only where at least {figures.MIN_REACHED} steps reached position k-1.",
                       "No per-position acceptance recorded."))
     return "".join(out)
 
 
-def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame) -> str:
-    out = [figure(figures.throughput_vs_batch(tt), "throughput", "Speedup over AR against batch size per top_k",
+def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame, method_label: Label) -> str:
+    out = [figure(figures.throughput_vs_batch(tt, method_label), "throughput", "Speedup over AR against batch size per top_k",
                   f"Speedup over AR (same dataset, batch and temperature, same run) against batch size, mean over datasets; T={h.temperature:g}, depth {h.depth}, "
                   f"fixed top_k at total_tokens {h.total_tokens}, auto with the tree it priced (any depth and size, or AR). Below the dashed line speculation is slower than AR.",
                   "No throughput measurements.")]
@@ -286,7 +289,7 @@ def _throughput(res: Results, h: tables.Headline, tt: pd.DataFrame) -> str:
             ], "auto_vs_fixed", "Is top_k auto at least as fast as the best fixed top_k of the headline shape at each batch size?"))
     m, grid = tables.tree_grid(res.ok, h)
     out.append("<h3>Tree shape: top_k x depth</h3>")
-    out.append(figure(figures.tree_heatmap(m, grid), "heatmap", "Heatmap of tau and speedup over top_k and depth",
+    out.append(figure(figures.tree_heatmap(m, grid, method_label), "heatmap", "Heatmap of tau and speedup over top_k and depth",
                       f"{method_label(m) if m else ''} at T={h.temperature:g}, batch {h.batch_size}: pooled tau and mean speedup for each tree shape.",
                       "No method was run over at least two top_k values and two depths, so there is no tree-shape grid."))
     return "".join(out)
@@ -326,7 +329,7 @@ def _slope_text(fit) -> str:
     return f"{fit.alpha:+.2f}{ci} over {fit.n} batch sizes"
 
 
-def _tree_policy(res: Results, h: tables.Headline) -> str:
+def _tree_policy(res: Results, h: tables.Headline, method_label: Label) -> str:
     pol = tables.tree_policy_table(res.ok, h.temperature)
     if pol.empty:
         return ('<p class="note">No sweep here ran top_k auto beside fixed trees, so the tree policy is not '
@@ -355,9 +358,9 @@ def _tree_policy(res: Results, h: tables.Headline) -> str:
     return "".join(out)
 
 
-def _scaling(res: Results, h: tables.Headline) -> str:
+def _scaling(res: Results, h: tables.Headline, method_label: Label) -> str:
     series = tables.scaling_series(res.ok, h)
-    out = [figure(figures.scaling(series), "scaling", "Scaling-law fits of tau",
+    out = [figure(figures.scaling(series, method_label), "scaling", "Scaling-law fits of tau",
                   "tau against pretraining tokens or draft layers with the fit tau = alpha log10(x) + beta; each point pools the datasets every draft in the series has.",
                   "The results do not span pretraining tokens or draft layers (a series needs at least two drafts that differ only in one of them).")]
     if series:
@@ -399,7 +402,7 @@ def _scaling(res: Results, h: tables.Headline) -> str:
     return "".join(out)
 
 
-def _published(tau: pd.DataFrame, speed: pd.DataFrame, h: tables.Headline) -> str:
+def _published(tau: pd.DataFrame, speed: pd.DataFrame, h: tables.Headline, method_label: Label) -> str:
     pub = tables.published_table(tau, speed, h.temperature)
     if pub.empty:
         return '<p class="note">No published numbers at this temperature.</p>'
@@ -426,7 +429,7 @@ def _published(tau: pd.DataFrame, speed: pd.DataFrame, h: tables.Headline) -> st
                                row_class=lambda r: "" if r["source"] == "measured here" else "published")
 
 
-def _checks(res: Results, loss: pd.DataFrame) -> str:
+def _checks(res: Results, loss: pd.DataFrame, method_label: Label) -> str:
     out = []
     if len(loss):
         out.append(render_table(loss, [
@@ -439,7 +442,7 @@ def _checks(res: Results, loss: pd.DataFrame) -> str:
     bad = tables.lossless_failures(res.ok)
     if len(bad):
         out.append('<p class="bad">Cells whose output differed from AR:</p>')
-        out.append(render_table(bad, _cell_cols(short=True), "lossless_failures", row_attrs=lambda r: {"data-cell-id": r["cell_id"]}))
+        out.append(render_table(bad, _cell_cols(method_label, short=True), "lossless_failures", row_attrs=lambda r: {"data-cell-id": r["cell_id"]}))
     out.append("<h3>Failed cells</h3>")
     if len(res.failed):
         out.append(render_table(tables.sort_cells(res.failed), [
@@ -458,7 +461,7 @@ def _checks(res: Results, loss: pd.DataFrame) -> str:
     return "".join(out)
 
 
-def _cell_cols(short: bool = False) -> list[Col]:
+def _cell_cols(method_label: Label, short: bool = False) -> list[Col]:
     cols = [
         Col("method", "method", method_label), Col("dataset", "dataset", dataset_label),
         Col("batch_size", "b", fint, True), Col("top_k", "top_k", fint, True), Col("top_k_setting", "setting", ftext),
@@ -473,10 +476,10 @@ def _cell_cols(short: bool = False) -> list[Col]:
     return cols
 
 
-def _cells(res: Results) -> str:
+def _cells(res: Results, method_label: Label) -> str:
     ok = tables.sort_cells(res.ok)
     return (f"<details><summary>All measured cells ({len(ok)} rows)</summary>"
-            + render_table(ok, _cell_cols(), "cells", "One row per cell of results.parquet (status ok).",
+            + render_table(ok, _cell_cols(method_label), "cells", "One row per cell of results.parquet (status ok).",
                            row_attrs=lambda r: {"data-cell-id": r["cell_id"]})
             + "</details>")
 
@@ -490,6 +493,7 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
     pos = tables.position_acceptance(hc) if len(hc) else pd.DataFrame(columns=["method", "position", "cond", "uncond", "reached"])
     tt = tables.throughput_table(tables.throughput_cells(ok, h)) if len(ok) else pd.DataFrame()
     loss = tables.lossless_table(ok)
+    label = tables.method_labeller(res.cells)
 
     title = title or "scylla-bench report"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -501,19 +505,19 @@ def build_report(res: Results, profs: list[Profile], title: str | None = None) -
         f'<p class="sub">Speculative decoding: Scylla, EAGLE-2 and EAGLE-3 against autoregressive decoding. '
         f"Generated {stamp} from {len(res.cells)} cells.</p>",
         f"<nav>{nav}</nav>",
-        _glance(res, h, tau if len(tau) else pd.DataFrame(), claims, tt, loss) if len(ok) else
+        _glance(res, h, tau if len(tau) else pd.DataFrame(), claims, tt, loss, label) if len(ok) else
         '<p class="warn">No cell finished (status ok): only the failures can be shown.</p>',
         # Results first (what readers come for), then the device, then how it was measured.
-        _section("acceptance", "Acceptance", _acceptance(h, tau, claims, pos) if len(tau) else '<p class="note">No finished cells.</p>'),
-        _section("throughput", "Throughput against batch size", _throughput(res, h, tt) if len(ok) else ""),
+        _section("acceptance", "Acceptance", _acceptance(h, tau, claims, pos, label) if len(tau) else '<p class="note">No finished cells.</p>'),
+        _section("throughput", "Throughput against batch size", _throughput(res, h, tt, label) if len(ok) else ""),
         _section("tree-policy", "Tree policy: top_k auto against every fixed tree",
-                 _tree_policy(res, h) + _auto_predictions(res) if len(ok) else ""),
+                 _tree_policy(res, h, label) + _auto_predictions(res) if len(ok) else ""),
         _section("roofline", "Roofline and verify knee", _roofline(profs)),
-        _section("scaling", "Scaling laws", _scaling(res, h) if len(ok) else ""),
-        _section("published", "Published reference numbers", _published(tau, tables.speedup_table(hc), h) if len(tau) else ""),
-        _section("checks", "Lossless check and failures", _checks(res, loss)),
+        _section("scaling", "Scaling laws", _scaling(res, h, label) if len(ok) else ""),
+        _section("published", "Published reference numbers", _published(tau, tables.speedup_table(hc), h, label) if len(tau) else ""),
+        _section("checks", "Lossless check and failures", _checks(res, loss, label)),
         _section("meta", "Run: environment, datasets, versions", _metadata(res, profs)),
-        _section("cells", "Cells", _cells(res)),
+        _section("cells", "Cells", _cells(res, label)),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from harness.spec import RANDOM_DRAFTS, TRAINING_FREE_DRAFTS
-from reports.tables import METHOD_ORDER, auto_prediction_summary
+from reports.tables import METHOD_ORDER, auto_prediction_summary, method_labeller
 from workloads.errors import ScyllaError
 
 BASELINE_VERSION = 1
@@ -410,9 +410,11 @@ def summary_table(cells: pd.DataFrame) -> str:
                      float(np.exp(np.log(sp[sp > 0]).mean())) if (sp > 0).any() else (1.0 if m == "ar" else float("nan"))))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (order.get(r[0], 9), r[0], r[1], (r[2] == "auto", r[2])))
-    head = f"{'method':<8} {'batch':>5} {'top_k':>5} {'cells':>5} {'tau':>6} {'tok/s':>8} {'spec/AR':>8}"
+    label = method_labeller(ok)
+    w = max(len("method"), *(len(label(r[0])) for r in rows))
+    head = f"{'method':<{w}} {'batch':>5} {'top_k':>5} {'cells':>5} {'tau':>6} {'tok/s':>8} {'spec/AR':>8}"
     lines = [head, "-" * len(head)]
     for m, b, s, n, tau, tps, sp in rows:
         sp_txt = "" if math.isnan(sp) else f"{sp:.2f}x"
-        lines.append(f"{m:<8} {b:>5} {s:>5} {n:>5} {tau:>6.2f} {tps:>8.1f} {sp_txt:>8}")
+        lines.append(f"{label(m):<{w}} {b:>5} {s:>5} {n:>5} {tau:>6.2f} {tps:>8.1f} {sp_txt:>8}")
     return "\n".join(lines)

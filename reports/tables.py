@@ -9,6 +9,7 @@ which keeps the figures and the tables in agreement.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +18,10 @@ import pandas as pd
 from harness.pooled import fastest_fixed_trees, input_ablation, pooled_tau, tau_series
 from harness.scaling_fit import LogFit, fit_log10
 from reports.published import SCYLLA_CLAIMS, published_baselines
-from roofline.tree_policy import NO_TREE, tree_label
-from scylla_impl.methods import CONCAT, LABELS, PROJECTION, REPORT_ORDER, TRAINED
+from roofline.tree_policy import NO_TREE, chain_label, tree_label
+from scylla_impl.methods import BY_NAME, CONCAT, LABELS, PROJECTION, REPORT_ORDER, TRAINED
 
 METHOD_ORDER = list(REPORT_ORDER)
-METHOD_LABELS = LABELS
 DATASET_ORDER = ["mt_bench", "humaneval", "gsm8k", "alpaca", "cnn_dm", "natural_questions"]
 DATASET_LABELS = {
     "mt_bench": "MT-bench", "humaneval": "HumanEval", "gsm8k": "GSM8K", "alpaca": "Alpaca",
@@ -29,8 +29,34 @@ DATASET_LABELS = {
 }
 
 
-def method_label(m: str) -> str:
-    return METHOD_LABELS.get(m, m)
+def method_labeller(cells: pd.DataFrame) -> Callable[[str], str]:
+    """How the report names each method of these cells.
+
+    A registry method is its label (EAGLE-2). A method the sweep named itself (`--methods mine
+    --draft mine=DIR`, the bench's `scylla_lookup`) is named after the draft it ran (Scylla,
+    Scylla-1), and a prompt-lookup chain grafted under a method's trees is named beside it
+    (Scylla +lookup 4): the method's name alone says neither. Two methods that would read the same
+    keep their own names in brackets. A name without cells reads as the registry says, or as it is.
+    """
+    labels: dict[str, str] = {}
+    for m, g in cells.groupby("method", sort=False, dropna=True) if len(cells) else ():
+        kinds = g["draft_method"].dropna().unique() if "draft_method" in g else ()
+        kind = BY_NAME.get(kinds[0]) if len(kinds) == 1 else None
+        if m in LABELS:
+            label = LABELS[m]
+        elif kind is not None:
+            layers = g["draft_layers"].dropna().unique() if "draft_layers" in g else ()
+            # Scylla stands for its deepest default draft (Method.layers), as in draft_name.
+            other = kind.layers and len(layers) == 1 and int(layers[0]) != kind.layers[-1]
+            label = kind.label + (f"-{int(layers[0])}" if other else "")
+        else:
+            label = m
+        chains = g["lookup_tokens"].dropna() if "lookup_tokens" in g else ()
+        labels[m] = label + chain_label(int(chains.max()) if len(chains) else 0)
+    for label in {v for v in labels.values() if list(labels.values()).count(v) > 1}:
+        for m in [m for m, v in labels.items() if v == label and m not in LABELS]:
+            labels[m] = f"{label} ({m})"
+    return lambda m: labels.get(m, LABELS.get(m, m))
 
 
 def dataset_label(d: str) -> str:

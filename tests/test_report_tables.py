@@ -115,3 +115,15 @@ def test_tree_policy_table_compares_auto_with_every_fixed_tree():
     surface = tables.throughput_surface(pd.DataFrame(rows), "eagle2", "d", 0.0)
     assert set(zip(surface["batch_size"], surface["top_k"], surface["depth"])) == {
         (1, 4, 3), (1, 4, 5), (1, 8, 3), (8, 4, 3), (8, 1, 3)}
+
+
+def test_a_method_the_sweep_named_itself_reads_as_the_draft_it_ran():
+    cells = load_results([FIXTURES / "report_results"]).cells
+    eagle3 = cells[cells["method"] == "eagle3"]
+    cells = pd.concat([cells, eagle3.assign(method="mine"), eagle3.assign(method="chained", lookup_tokens=4),
+                       cells[(cells["method"] == "scylla") & (cells["draft_layers"] == 2)].assign(method="deep")])
+    label = tables.method_labeller(cells)
+    assert {m: label(m) for m in ("ar", "eagle3", "scylla", "mine", "chained", "deep", "not_run")} == {
+        "ar": "AR", "eagle3": "EAGLE-3", "scylla": "Scylla",  # the registry's, whatever the layers
+        "mine": "EAGLE-3 (mine)",  # would read as the registry's eagle3: keeps its name
+        "chained": "EAGLE-3 +lookup 4", "deep": "Scylla-2", "not_run": "not_run"}

@@ -14,6 +14,7 @@ from harness.spec import build_spec
 from reports import tables
 from reports.html import build_report
 from reports.load import load_results
+from reports.regression import summary_table
 from roofline import tree_costs
 from scylla_impl import calibration
 from scylla_impl.drafts import load_draft
@@ -177,6 +178,13 @@ def test_auto_prices_a_lookup_chain_with_the_tree_it_is_grafted_under(tmp_path, 
     assert nodes * steps < chained_row["drafted_nodes"] <= (nodes + 4) * steps
     assert chained_row["tau"] > plain_row["tau"]
     assert run_sweep(spec, tmp_path / "out", resume=True, progress=Notes()).ran == 0
+    # The report names the second name by the draft it ran and the chain under its trees.
+    res = load_results([tmp_path / "out"])
+    label = tables.method_labeller(res.cells)
+    named = f"Scylla-{plain_row['draft_layers']}" if plain_row["draft_layers"] != 3 else "Scylla"
+    assert (label("scylla"), label("scylla_copy")) == ("Scylla", f"{named} +lookup 4")
+    assert f">{named} +lookup 4</td>" in build_report(res, []).split('data-table="cells"')[1]
+    assert any(line.startswith(f"{named} +lookup 4 ") for line in summary_table(res.cells).splitlines())
 
 
 def test_auto_runs_ar_when_no_tree_pays(tmp_path, default_model_dir):
