@@ -74,10 +74,15 @@ class ProgressBar:
     def line(self, now: float | None = None, note: str | None = None) -> str:
         now = time.perf_counter() if now is None else now
         what = f"{self.desc}: " if self.desc else ""
-        count = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
+        if self.total is None:
+            count = f"{self.done} {self.unit}"
+        elif self.done > self.total:  # work that comes in lumps (a batch of answers) ends past its total
+            count = f"{self.done} {self.unit} ({self.total} wanted)"
+        else:
+            count = f"{self.done}/{self.total} {self.unit}"
         eta = self.eta_s(now)
         tail = f", ETA {eta:.0f}s" if eta is not None and (self.done < self.total or note) else ""
-        return (f"[{self.tag}] {what}{count} {self.unit}, {self.rate(now):.1f} {self.rate_unit}/s, "
+        return (f"[{self.tag}] {what}{count}, {self.rate(now):.1f} {self.rate_unit}/s, "
                 f"{self.elapsed_s(now):.0f}s{tail}" + (f": {note}" if note else ""))
 
     # -- what callers do -------------------------------------------------------------
@@ -87,12 +92,10 @@ class ProgressBar:
         bar; `note` ends the line off a terminal (what was just done, e.g. the cell and its tau)."""
         if desc is not None:
             self.describe(desc)
-        self.done += n
-        if self._bar is not None:
-            if postfix:
-                self._bar.set_postfix(postfix, refresh=False)
-            self._bar.update(n)
-        elif self.mode == "lines":
+        if self._bar is not None and postfix:
+            self._bar.set_postfix(postfix, refresh=False)
+        self._advance(n)
+        if self.mode == "lines":
             now = time.perf_counter()
             finished = self.total is not None and self.done >= self.total
             if now - self._last_line >= self.every_s or finished:
@@ -101,9 +104,14 @@ class ProgressBar:
 
     def skip(self, n: int) -> None:
         """Count `n` found already done (a cache, a resumed run): shown, but not in the rate."""
-        self.done += n
+        self._advance(n)
         self.before += n
+
+    def _advance(self, n: int) -> None:
+        self.done += n
         if self._bar is not None:
+            if self.total is not None and self.done > self.total:  # a bar past 100% reads as a bug
+                self._bar.total = self.done
             self._bar.update(n)
 
     def describe(self, desc: str) -> None:
