@@ -180,8 +180,7 @@ class ScalingPlan:
 
     def train_config(self, point: Point, dtype: str):
         """The recipe of one draft: the default recipe with this plan's budgets and options."""
-        from scylla_impl.training import recipe
-        from scylla_impl.training.config import TrainConfig
+        from scylla_impl.training.config import TrainConfig, recipe
 
         unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:

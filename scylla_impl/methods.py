@@ -2,14 +2,14 @@
 
 Every list of methods elsewhere derives from it: the sweep's known methods and random
 drafts, the trainable methods and their default drafts, the report's order, labels and
-baselines. What a draft does differently in training (its own LM head, no feature
-regression, the recipe fields it trains with, ...) is an attribute of its draft class
-(drafts/base.py), never a comparison of method names. Adding a draft method is its module
-under scylla_impl/drafts/ and its `Method` here.
+baselines, the recipe fields its drafts train with apart from every method's. What a draft
+does differently as a model (its own LM head, no feature regression, ...) is an attribute of
+its draft class (drafts/base.py), never a comparison of method names. Adding a draft method is
+its module under scylla_impl/drafts/ and its `Method` here.
 
-This module imports no torch: the sweep spec and the report read it without loading the
-engine, so a draft class is named "module:Class", as harness/cli.py names its commands,
-and imported on first use.
+This module imports no torch: the sweep spec, the report and `scylla train --help` read it
+without loading the engine, so a draft class is named "module:Class", as harness/cli.py names
+its commands, and imported on first use.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class Method:
     # named "<name>-<layers>" and the method's own name standing for the last one; (): one
     # draft, named after the method.
     layers: tuple[int, ...] = ()
+    # (TrainConfig field, value) its training recipe sets apart from every method's
+    # (training/config.py `recipe`).
+    recipe: tuple[tuple[str, object], ...] = ()
 
     @property
     def draft_class(self) -> type[Draft]:
@@ -59,8 +62,10 @@ METHODS: tuple[Method, ...] = (
     Method("ar", "AR", report_order=0, color="#7f7f7f"),
     Method("eagle2", "EAGLE-2", report_order=2, color="#4c72b0", draft="scylla_impl.drafts.eagle2:Eagle2Draft", trained=True,
            baseline=True),
+    # No feature regression to anchor its hidden state, so it learns from the soft CE alone across
+    # unrolled steps; no input noise (the unrolled steps play that role).
     Method("eagle3", "EAGLE-3", report_order=3, color="#dd8452", draft="scylla_impl.drafts.eagle3:Eagle3Draft", trained=True,
-           baseline=True),
+           baseline=True, recipe=(("noise", 0.0), ("feature_weight", 0.0), ("ce_weight", 1.0))),
     Method("scylla", "Scylla", report_order=4, color="#55a868", draft="scylla_impl.drafts.scylla:ScyllaDraft", trained=True,
            layers=(1, 3)),
     Method("lookup", "Prompt lookup", report_order=1, color="#937860", draft="scylla_impl.drafts.lookup:PromptLookupDraft"),

@@ -64,3 +64,17 @@ def test_no_getattr_fallback_on_a_project_module(layer):
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
              and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in MAY_IMPORT]
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["sweep", "--help"], ["report", "--help"]])
+def test_help_loads_no_engine(argv):
+    """`scylla --help` lists every command with its help, which imports each command's module:
+    none of them may load torch or transformers for it (3-4 s on two cores, before a word shows)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom harness.cli import main\nsys.argv = ['scylla', *sys.argv[1:]]\n"
+             "try:\n    main()\nfinally:\n    print(sorted({'torch', 'transformers'} & set(sys.modules)), file=sys.stderr)\n")
+    run = subprocess.run([sys.executable, "-c", probe, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Usage: scylla" in run.stdout, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == "[]", run.stderr[-2000:]

@@ -15,8 +15,10 @@ import torch
 from scylla_impl.decode import DecodeConfig, generate
 from scylla_impl.drafts import load_draft, new_draft
 from scylla_impl.target import Target
-from scylla_impl.training import TrainConfig, checkpoints, train
+from scylla_impl.training.config import TrainConfig
+from scylla_impl.training.loop import train
 from scylla_impl.training.losses import unroll
+from scylla_impl.training.run_folder import checkpoints
 from workloads.errors import ScyllaError
 
 SEQ = 32

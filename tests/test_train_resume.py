@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from test_train import make_tiny
 
 from scylla_impl.target import Target
-from scylla_impl.training import TrainConfig, checkpoints, train
-from scylla_impl.training.loop import KILL_AT_STEP_VAR
-from scylla_impl.training.run_folder import CONFIG_FILE
+from scylla_impl.training.config import TrainConfig
+from scylla_impl.training.loop import KILL_AT_STEP_VAR, train
+from scylla_impl.training.run_folder import CONFIG_FILE, checkpoints
 
 SEQ = 32
 

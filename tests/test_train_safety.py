@@ -10,8 +10,7 @@ import pytest
 import torch
 from test_train import SEQ, make_tiny
 
-from scylla_impl.training import checkpoints
-from scylla_impl.training.run_folder import STATE_FILE
+from scylla_impl.training.run_folder import STATE_FILE, checkpoints
 
 
 def scylla_train(*args, home):

@@ -60,8 +60,8 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
     import torch
 
     from harness.quiet import quiet_libraries
-    from scylla_impl.training import recipe
-    from scylla_impl.training import train as run
+    from scylla_impl.training.config import recipe
+    from scylla_impl.training.loop import train as run
     from workloads.errors import ScyllaError
     from workloads.files import check_writable_folder
 

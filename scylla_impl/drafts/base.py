@@ -117,8 +117,6 @@ class Draft(nn.Module):
     max_layers = 1  # decoder layers it may have; EAGLE's drafts have one
     untrained_vocab = 0  # reduced vocabulary of a random-init draft; 0: the target's
     inputs: tuple[str, ...] = (PROJECTION,)  # the DraftConfig.draft_input values it is built for
-    # TrainConfig fields its training recipe sets apart from every method's (training/config.py).
-    recipe: dict = {}
 
     @classmethod
     def input_path(cls, method: str, draft_input: str | None) -> str:

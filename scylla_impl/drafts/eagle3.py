@@ -19,9 +19,6 @@ class Eagle3Draft(Draft):
     # An untrained draft gets a reduced vocabulary of this size, so decoding with random:eagle3
     # exercises the draft-to-target id map; trained drafts take theirs from the recipe.
     untrained_vocab = 8192
-    # No feature regression to anchor its hidden state, so it learns from the soft CE alone
-    # across unrolled steps; no input noise (the unrolled steps play that role).
-    recipe = dict(noise=0.0, feature_weight=0.0, ce_weight=1.0)
 
     def __init__(self, config: DraftConfig, target):
         super().__init__(config, target)

@@ -1,7 +1,11 @@
 """Draft training: EAGLE-2, EAGLE-3 and Scylla drafts for any target, pretraining then SFT.
 
-    from scylla_impl.training import recipe, train
+    from scylla_impl.training.config import recipe
+    from scylla_impl.training.loop import train
     result = train(recipe("scylla", layers=3, pretrain_tokens=65536), out="drafts/scylla-3")
+
+The package itself imports nothing: the recipes and their checks (config.py) read without
+torch, so `scylla train --help` lists its options at once.
 
 config.py     TrainConfig and the default recipe per method
 data.py       each stage's packed sequences and its held-out ones
@@ -15,15 +19,3 @@ display.py    progress bars, or a line at each evaluation off a terminal
 loop.py       the Trainer: AdamW step over micro-batches, checkpoints, exact resume
 distributed.py  torchrun / torch.distributed (gloo on CPU)
 """
-
-from scylla_impl.training.config import (
-    METHOD_NAMES,
-    TrainConfig,
-    parse_shares,
-    parse_tokens,
-    recipe,
-)
-from scylla_impl.training.loop import TrainResult, train
-from scylla_impl.training.run_folder import checkpoints
-
-__all__ = ["METHOD_NAMES", "TrainConfig", "TrainResult", "checkpoints", "parse_shares", "parse_tokens", "recipe", "train"]

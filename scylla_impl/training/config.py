@@ -276,7 +276,7 @@ def recipe_fields() -> set[str]:
     """The fields a method's recipe sets (its defaults are the recipe's, not the dataclass's)."""
     fields = {*dataclasses.asdict(BUDGETS["default"]), *_COMMON}
     for method in METHOD_NAMES:
-        fields |= set(BY_NAME[method].draft_class.recipe)
+        fields |= set(dict(BY_NAME[method].recipe))
     return fields
 
 
@@ -295,7 +295,7 @@ def recipe(method: str, layers: int | None = None, budget: str = "default", **ov
     size = BUDGETS[budget]
     values = dict(method=method, layers=layers, pretrain_tokens=size.pretrain_tokens, sft_tokens=size.sft_tokens,
                   epochs=size.epochs, **_COMMON)
-    values.update(BY_NAME[method].draft_class.recipe)  # what the architecture trains differently
+    values.update(BY_NAME[method].recipe)  # what the method trains differently
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values["sft_answers"] != "target" and overrides.get("sft_mix") is None:
         values["sft_mix"] = None  # only ShareGPT's prompts come with answers of their own
