@@ -66,7 +66,13 @@ def test_no_getattr_fallback_on_a_project_module(layer):
     assert not wrong, wrong
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["sweep", "--help"], ["report", "--help"]])
+def _commands():
+    from harness.cli import COMMANDS
+
+    return sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in _commands())], ids=" ".join)
 def test_help_loads_no_engine(argv):
     """`scylla --help` lists every command with its help, which imports each command's module:
     none of them may load torch or transformers for it (3-4 s on two cores, before a word shows)."""
