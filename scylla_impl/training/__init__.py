@@ -4,8 +4,8 @@
     from scylla_impl.training.loop import train
     result = train(recipe("scylla", layers=3, pretrain_tokens=65536), out="drafts/scylla-3")
 
-The package itself imports nothing: the recipes and their checks (config.py) read without
-torch, so `scylla train --help` lists its options at once.
+The package itself imports nothing: the recipes (config.py) read without torch, so
+`scylla train --help` lists its options at once.
 
 config.py     TrainConfig and the default recipe per method
 data.py       each stage's packed sequences and its held-out ones
