@@ -72,15 +72,35 @@ def _commands():
     return sorted(COMMANDS)
 
 
-@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in _commands())], ids=" ".join)
-def test_help_loads_no_engine(argv):
-    """`scylla --help` lists every command with its help, which imports each command's module:
-    none of them may load torch or transformers for it (3-4 s on two cores, before a word shows)."""
+def run_cli(argv: list[str]):
+    """`scylla ARGV` in a fresh interpreter: (exit status, stdout, stderr, which of torch and
+    transformers it imported)."""
     import subprocess
     import sys
 
     probe = ("import sys\nfrom harness.cli import main\nsys.argv = ['scylla', *sys.argv[1:]]\n"
              "try:\n    main()\nfinally:\n    print(sorted({'torch', 'transformers'} & set(sys.modules)), file=sys.stderr)\n")
     run = subprocess.run([sys.executable, "-c", probe, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "Usage: scylla" in run.stdout, run.stderr[-2000:]
-    assert run.stderr.strip().splitlines()[-1] == "[]", run.stderr[-2000:]
+    *said, loaded = run.stderr.strip().splitlines() or [""]
+    return run.returncode, run.stdout, "\n".join(said), loaded
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in _commands())], ids=" ".join)
+def test_help_loads_no_engine(argv):
+    """`scylla --help` lists every command with its help, which imports each command's module:
+    none of them may load torch or transformers for it (3-4 s on two cores, before a word shows)."""
+    code, out, err, loaded = run_cli(argv)
+    assert code == 0 and "Usage: scylla" in out, err[-2000:]
+    assert loaded == "[]", err[-2000:]
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--method", "eagle2", "--lr", "-1"], "lr must be a positive number, got -1.0"),
+    (["--method", "scylla", "--seq-len", "2"], "seq-len must be at least 4, got 2"),
+    (["--method", "eagle3", "--sft-answers", "sharegpt", "--sft-mix", "code=1"], "only ShareGPT prompts come with answers"),
+    (["--method", "eagle2", "--pretrain-tokens", "0", "--sft-tokens", "0"], "nothing to train"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
+    code, _, err, loaded = run_cli(["train", *argv])
+    assert code == 1 and err.startswith(f"error: {says}") and len(err.splitlines()) == 1, err[-2000:]
+    assert loaded == "[]", err[-2000:]

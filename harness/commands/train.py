@@ -57,19 +57,18 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
     """Train a draft for --target: pretraining on the general corpus, then SFT on chat."""
     from pathlib import Path
 
-    import torch
-
     from harness.quiet import quiet_libraries
     from scylla_impl.training.config import recipe
-    from scylla_impl.training.loop import train as run
     from workloads.errors import ScyllaError
     from workloads.files import check_writable_folder
 
     if out is not None:  # before any model loads
         check_writable_folder(out, "--out")
-    quiet_libraries()
-    if threads:
+    if threads:  # before the config measures which precision `auto` is
+        import torch
+
         torch.set_num_threads(threads)
+    # A wrong value fails in the config, before the engine loads (TrainConfig.check_values).
     parsers = {f.name: f.metadata["option"].parse for f in options()}
     given = {k: parsers[k](v) if parsers[k] is not None else v for k, v in config.items() if v is not None}
     if no_decontaminate:
@@ -92,12 +91,18 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
             values["method"] = method or stored.method
             values["target"] = target if explicit_target else stored.target
             config = TrainConfig.from_dict(values)
+        from scylla_impl.training.loop import train as run
+
+        quiet_libraries()
         tgt = Target.load(target if explicit_target else stored.target, dtype=stored.dtype, device=stored.device)
         result = run(config, out, resume=True, target=tgt, progress=progress)
     else:
         if method is None:
             raise ScyllaError(f"--method is required ({', '.join(METHOD_NAMES)})")
         config = recipe(method, budget=budget, target=target, **given)
+        from scylla_impl.training.loop import train as run
+
+        quiet_libraries()
         result = run(config, out, force=force, progress=progress)
     final = result.final
     accs = " ".join(f"{final[k]:.2f}" for k in sorted(final) if k.startswith("eval_acc_"))

@@ -118,6 +118,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        # A wrong value fails before anything loads torch (resolving `auto`, a draft class): at once.
+        self.check_values()
         if self.device == devices.AUTO:  # what a saved config (and a resume) records is what ran
             self.device = devices.resolve(self.device)
         devices.check_name(self.device)
@@ -125,18 +127,24 @@ class TrainConfig:
             from scylla_impl.precision import fast_dtype
 
             self.dtype = fast_dtype(self.device)
-        self.validate()
+        self.check_draft()
 
     # -- checks -------------------------------------------------------------------------
-    def validate(self) -> None:
-        if self.method not in METHOD_NAMES:
-            raise ScyllaError(f"unknown draft method '{self.method}'; known: {', '.join(METHOD_NAMES)}")
+    def check_draft(self) -> None:
+        """The checks that load the draft class, and the precision `auto` resolved to."""
         deepest = BY_NAME[self.method].draft_class.max_layers
         if self.layers is not None and deepest == 1 and self.layers != 1:
             raise ScyllaError(f"--layers applies to scylla drafts; {self.method} has one decoder layer")
         if self.layers is not None and not 1 <= self.layers <= deepest:
             raise ScyllaError(f"--layers must be 1..{deepest} (Scylla's deepest draft), got {self.layers}")
         BY_NAME[self.method].draft_class.input_path(self.method, self.draft_input)  # the check the draft makes, up front
+        if self.dtype not in dtypes.NAMES:
+            raise ScyllaError(f"dtype must be one of {', '.join(dtypes.CHOICES)}, got '{self.dtype}'")
+
+    def check_values(self) -> None:
+        """The checks that need neither the draft class nor the device: no torch."""
+        if self.method not in METHOD_NAMES:
+            raise ScyllaError(f"unknown draft method '{self.method}'; known: {', '.join(METHOD_NAMES)}")
         for name in ("pretrain_tokens", "sft_tokens"):
             if getattr(self, name) < 0:
                 raise ScyllaError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -151,7 +159,7 @@ class TrainConfig:
             if 0 < tokens < self.seq_len * self.batch_size:
                 raise ScyllaError(f"--{stage}-tokens {tokens} is less than one batch "
                                   f"({self.batch_size} sequences of {self.seq_len} tokens)")
-        if self.dtype not in dtypes.NAMES:
+        if self.dtype != dtypes.AUTO and self.dtype not in dtypes.NAMES:
             raise ScyllaError(f"dtype must be one of {', '.join(dtypes.CHOICES)}, got '{self.dtype}'")
         if self.features not in ("online", "cache"):
             raise ScyllaError(f"features must be 'online' or 'cache', got '{self.features}'")
