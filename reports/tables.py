@@ -9,6 +9,7 @@ which keeps the figures and the tables in agreement.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,8 +54,9 @@ def method_labeller(cells: pd.DataFrame) -> Callable[[str], str]:
             label = m
         chains = g["lookup_tokens"].dropna() if "lookup_tokens" in g else ()
         labels[m] = label + chain_label(int(chains.max()) if len(chains) else 0)
-    for label in {v for v in labels.values() if list(labels.values()).count(v) > 1}:
-        for m in [m for m, v in labels.items() if v == label and m not in LABELS]:
+    shared = {label for label, n in Counter(labels.values()).items() if n > 1}
+    for m, label in list(labels.items()):
+        if label in shared and m not in LABELS:
             labels[m] = f"{label} ({m})"
     return lambda m: labels.get(m, LABELS.get(m, m))
 

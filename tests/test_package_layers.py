@@ -2,6 +2,8 @@
 no module hides a missing or renamed project module behind a fallback."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,9 +77,6 @@ def _commands():
 def run_cli(argv: list[str]):
     """`scylla ARGV` in a fresh interpreter: (exit status, stdout, stderr, which of torch and
     transformers it imported)."""
-    import subprocess
-    import sys
-
     probe = ("import sys\nfrom harness.cli import main\nsys.argv = ['scylla', *sys.argv[1:]]\n"
              "try:\n    main()\nfinally:\n    print(sorted({'torch', 'transformers'} & set(sys.modules)), file=sys.stderr)\n")
     run = subprocess.run([sys.executable, "-c", probe, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
