@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from harness.spec import AUTO, TIED, SweepSpec
 from roofline.policy import total_tokens_for
 from roofline.tree_policy import NO_TREE, TreeChoice, chain_label
-from scylla_impl.tree import pool_size
+from scylla_impl.tree_shape import pool_size
 from workloads.errors import ScyllaError
 from workloads.long_prompts import REFUSE
 

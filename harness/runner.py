@@ -234,7 +234,7 @@ class CellWorker:
 
     @staticmethod
     def _config(cell: Cell, max_new_tokens: int, seed: int):
-        from scylla_impl.decode import DecodeConfig
+        from scylla_impl.decode_config import DecodeConfig
 
         kw: dict[str, Any] = dict(temperature=cell.temperature, top_p=cell.top_p,
                                   max_new_tokens=max_new_tokens, seed=seed)

@@ -23,7 +23,8 @@ import torch
 
 from roofline.knee import chain_inputs, chat_prefix
 from scylla_impl import dtypes
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import new_draft
 from scylla_impl.methods import BY_NAME
 from scylla_impl.target import Target

@@ -35,7 +35,8 @@ from roofline.knee import ModelStats, chat_prefix, measure_knee
 from roofline.timing import Timer
 from roofline.tree_costs import level_samples
 from scylla_impl import compiled, dtypes
-from scylla_impl.decode import PHASES, DecodeConfig, generate
+from scylla_impl.decode import PHASES, generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import new_draft
 from scylla_impl.methods import BY_NAME, METHODS
 from scylla_impl.target import Target

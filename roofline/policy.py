@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from roofline.profile_doc import ProfileDoc, read_profile_doc
-from scylla_impl.tree import pool_size  # the pool is the engine's: k + (D-1)k^2
+from scylla_impl.tree_shape import pool_size  # the pool is the engine's: k + (D-1)k^2
 from workloads.errors import ScyllaError
 
 # EAGLE-2's defaults: top_k=10 keeps total_tokens=60 -> 60 / 10^2.

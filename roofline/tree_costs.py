@@ -21,7 +21,8 @@ import torch
 from roofline.knee import PREFIX_TOKENS, chat_prefix
 from roofline.latency_curve import LatencyCurve
 from roofline.timing import Timer
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 
 LEVEL_WIDTHS = (1, 2, 3, 4, 6, 8, 10)
 PATH_WIDTHS = (2, 3, 4, 6, 9)  # depth + 1 for trees of depth 1-8

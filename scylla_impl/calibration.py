@@ -43,9 +43,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.ngrams import MAX_NGRAM, lookup
-from scylla_impl.tree import Pool, grow_pool, keep_order, pool_size
+from scylla_impl.tree import Pool, grow_pool, keep_order
+from scylla_impl.tree_shape import pool_size
 from workloads.errors import ScyllaError
 
 TOP_KS = (1, 2, 3, 4, 6, 8, 10)  # EAGLE-2's default top_k (10) is the widest priced

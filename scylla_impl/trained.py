@@ -85,8 +85,8 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
             return str(found)
         raise ScyllaError(f"no default recipe for a draft named '{name}'; known: {', '.join(DEFAULT_DRAFTS)}")
 
-    from scylla_impl.training.config import recipe
-    from scylla_impl.training.run_folder import CONFIG_FILE, same_run
+    from scylla_impl.training.config import CONFIG_FILE, recipe
+    from scylla_impl.training.run_folder import same_run
 
     method, layers = DEFAULT_DRAFTS[name]
     stored = ALIASES.get(name, name)
@@ -113,8 +113,9 @@ def train_or_resume(config, folder: Path, target, *, progress: str = "auto", ret
     scratch with `retrain_other`. The target's features come in the config's precision: a target
     loaded in another is reloaded in it for the training."""
     from scylla_impl.target import Target, resolve_dtype
+    from scylla_impl.training.config import CONFIG_FILE
     from scylla_impl.training.loop import train
-    from scylla_impl.training.run_folder import CONFIG_FILE, same_run
+    from scylla_impl.training.run_folder import same_run
 
     started = (folder / CONFIG_FILE).is_file()
     current = not started or same_run(folder, config)

@@ -12,7 +12,8 @@ window would fail, which a window longer than the text could never show."""
 import pytest
 import torch
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft
 from scylla_impl.target import Target
 from scylla_impl.tree import ancestor_mask

@@ -9,7 +9,8 @@ clear error. tests/test_architectures.py covers the windowed and chunked ones in
 import pytest
 import torch
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft
 from scylla_impl.target import Target
 from workloads.errors import ScyllaError

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from scylla_impl.calibration import AcceptanceTable, ReplayedRow, replay, replay_groups, tokens_cap
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft
 from workloads.errors import ScyllaError
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.target import Target

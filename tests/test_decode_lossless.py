@@ -4,7 +4,8 @@ own generate, on real MT-bench prompts, in float32, across drafts, tree shapes a
 import pytest
 import torch
 
-from scylla_impl.decode import DecodeConfig, generate, rivals
+from scylla_impl.decode import generate, rivals
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import OracleDraft, load_draft
 
 N_PROMPTS = 20

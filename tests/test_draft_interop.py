@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft, new_draft
 from scylla_impl.drafts.interop import export_draft
 from scylla_impl.target import Target, default_layer_choice

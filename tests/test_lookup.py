@@ -1,7 +1,8 @@
 """Prompt lookup, the training-free draft: the n-gram match itself, and decoding with it on the
 embedded default target, where copying text from the prompt is accepted in long runs."""
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft
 from scylla_impl.ngrams import lookup
 

@@ -98,8 +98,30 @@ def test_help_loads_no_engine(argv):
     (["--method", "scylla", "--seq-len", "2"], "seq-len must be at least 4, got 2"),
     (["--method", "eagle3", "--sft-answers", "sharegpt", "--sft-mix", "code=1"], "only ShareGPT prompts come with answers"),
     (["--method", "eagle2", "--pretrain-tokens", "0", "--sft-tokens", "0"], "nothing to train"),
+    (["--resume"], "--resume needs --out: the run folder to continue"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
     code, _, err, loaded = run_cli(["train", *argv])
+    assert code == 1 and err.startswith(f"error: {says}") and len(err.splitlines()) == 1, err[-2000:]
+    assert loaded == "[]", err[-2000:]
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--top-k", "0"], "top_k must be >= 1, got 0"),
+    (["--temperature", "inf"], "temperature must be a finite number >= 0, got inf"),
+    (["--temperature", "nan"], "temperature must be a finite number >= 0, got nan"),
+    (["--device", "gpu0"], "--device gpu0: not a device name"),
+    (["--top-k", "2", "--depth", "2", "--total-tokens", "40"], "total_tokens 40 is larger than the tree's pool"),
+    (["--prompt", "   "], "empty prompt"),
+    (["--depth", "3"], "--depth and --total-tokens shape a fixed tree: give --top-k as a number too (EAGLE-2's "
+                       "default tree is --top-k 10 --depth 5 --total-tokens 60)"),
+    (["--top-k", "auto", "--total-tokens", "9"], "--depth and --total-tokens shape a fixed tree"),
+    # bytes from a latin-1 terminal, kept by Python as a lone surrogate
+    (["--prompt", "caf\udce9"], "the user message is not UTF-8 text (character 3)"),
+    (["--system-prompt", "\udce9t\udce9"], "the system message is not UTF-8 text (character 0)"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_a_wrong_decode_value_fails_before_the_engine_loads(argv, says):
+    base = ["generate", "--method", "spec", "--draft", "random:eagle2", "--max-new-tokens", "4"]
+    code, _, err, loaded = run_cli([*base, *(["--prompt", "hi"] if "--prompt" not in argv else []), *argv])
     assert code == 1 and err.startswith(f"error: {says}") and len(err.splitlines()) == 1, err[-2000:]
     assert loaded == "[]", err[-2000:]

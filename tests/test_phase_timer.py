@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from scylla_impl.decode import PHASES, DecodeConfig, generate
+from scylla_impl.decode import PHASES, generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft
 from scylla_impl.phase_timer import PhaseTimer
 

@@ -6,7 +6,7 @@ import torch
 from scipy.stats import chisquare
 
 import scylla_impl.verify as verify_mod
-from scylla_impl.decode import DecodeConfig
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import OracleDraft, load_draft
 from scylla_impl.tree import build_tree, graft_chain
 from scylla_impl.verify import target_probs, verify_sampling

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from harness.cells import PLANNED, PRUNED, cell_id, plan
 from harness.spec import KEYS, SweepSpec, build_spec, spec_from_dict
-from scylla_impl.tree import pool_size
+from scylla_impl.tree_shape import pool_size
 from workloads.errors import ScyllaError
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from scylla_impl.decode import DecodeConfig, generate
+from scylla_impl.decode import generate
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.drafts import load_draft, new_draft
 from scylla_impl.target import Target
 from scylla_impl.training.config import TrainConfig
@@ -286,7 +287,7 @@ def test_default_drafts_are_trained_on_first_use_and_kept(tiny, monkeypatch, cap
     assert (drafts_dir(tiny) / "scylla-3" / "train_log.parquet").is_file()
     # Its features come from the target in the precision decoding runs it in by default.
     from scylla_impl.precision import fast_dtype
-    from scylla_impl.training.run_folder import CONFIG_FILE
+    from scylla_impl.training.config import CONFIG_FILE
 
     assert TrainConfig.load(drafts_dir(tiny) / "scylla-3" / CONFIG_FILE).dtype == fast_dtype("cpu")
     assert ensure_trained_draft(tiny, "scylla") == path  # kept: no second training

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from test_train import make_tiny
 
 from scylla_impl.target import Target
-from scylla_impl.training.config import TrainConfig
+from scylla_impl.training.config import CONFIG_FILE, TrainConfig
 from scylla_impl.training.loop import KILL_AT_STEP_VAR, train
-from scylla_impl.training.run_folder import CONFIG_FILE, checkpoints
+from scylla_impl.training.run_folder import checkpoints
 
 SEQ = 32
 

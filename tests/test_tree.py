@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from scylla_impl.tree import Tree, ancestor_mask, build_tree, graft_chain, pool_size, retrieve_paths
+from scylla_impl.tree import Tree, ancestor_mask, build_tree, graft_chain, retrieve_paths
+from scylla_impl.tree_shape import pool_size
 from scylla_impl.verify import top_token, verify_greedy
 
 V = 12

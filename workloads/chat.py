@@ -58,7 +58,7 @@ def render_chat(tokenizer, messages: list[dict], system_prompt: str | None = Non
     """The text the target sees for `messages` ({"role", "content"} dicts)."""
     for m in with_system(messages, system_prompt):
         if isinstance(m.get("content"), str):
-            _check_text(m["content"], f"the {m.get('role', 'chat')} message")
+            check_text(m["content"], f"the {m.get('role', 'chat')} message")
     try:
         return tokenizer.apply_chat_template(
             with_system(messages, system_prompt),
@@ -72,7 +72,7 @@ def render_chat(tokenizer, messages: list[dict], system_prompt: str | None = Non
         raise ScyllaError(f"the chat template could not format these messages: {err}") from None
 
 
-def _check_text(text: str, what: str) -> None:
+def check_text(text: str, what: str) -> None:
     """Text a tokenizer can take: a terminal or file in another encoding hands Python bytes it keeps
     as lone surrogates, which the tokenizer rejects with a TypeError deep inside."""
     try:

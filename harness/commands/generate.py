@@ -6,14 +6,16 @@ import click
 
 from harness.spec import AUTO
 from scylla_impl import compiled, devices, dtypes
+from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.methods import TRAINED, TRAINING_FREE
+from workloads.chat import check_text
+from workloads.errors import ScyllaError
 
 DRAFT_HELP = ("checkpoint folder, " + ", ".join(f"{m} (training-free)" for m in TRAINING_FREE)
               + ", oracle (the target itself, for tests), or " + "|".join(f"random:{m}" for m in TRAINED))
 # EAGLE-2's default tree (top_k, depth, total_tokens), DecodeConfig's: what a number --top-k
-# grows unless --depth and --total-tokens say otherwise. This module stays free of torch, so
-# `scylla generate --help` answers at once.
-EAGLE2_TREE = (10, 5, 60)
+# grows unless --depth and --total-tokens say otherwise.
+EAGLE2_TREE = (DecodeConfig.top_k, DecodeConfig.depth, DecodeConfig.total_tokens)
 
 
 def _top_k(ctx, param, value: str) -> str | int:
@@ -57,29 +59,20 @@ def _top_k(ctx, param, value: str) -> str | int:
 def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens, lookup_tokens, temperature, top_p,
              max_new_tokens, dtype, device, compile_steps, seed, system_prompt, vs_ar, as_json) -> None:
     """Generate replies to --prompt with the target, speculatively or not."""
+    # Every plain value is checked before torch and the target load (4-5 s on two cores).
+    config = _decode_config(method, prompts, system_prompt, top_k, depth, total_tokens, temperature, top_p,
+                            max_new_tokens, seed, lookup_tokens)
+    devices.check_name(device)
+    auto = top_k == AUTO
     import torch
 
     from harness.quiet import quiet_libraries
-    from scylla_impl.decode import DecodeConfig
     from scylla_impl.decode import generate as run
     from scylla_impl.drafts import load_draft
     from scylla_impl.target import Target
     from workloads.chat import render_chat
-    from workloads.errors import ScyllaError
 
     quiet_libraries()
-    if any(not p.strip() for p in prompts):
-        raise ScyllaError("empty prompt: give each --prompt some text")
-    auto = top_k == AUTO
-    if auto and method == "spec" and (depth is not None or total_tokens is not None):
-        raise ScyllaError("--depth and --total-tokens shape a fixed tree: give --top-k as a number too (EAGLE-2's "
-                          "default tree is --top-k {} --depth {} --total-tokens {})".format(*EAGLE2_TREE))
-    fixed_k, fixed_depth, fixed_tokens = EAGLE2_TREE
-    config = DecodeConfig(top_k=fixed_k if auto else top_k, depth=fixed_depth if depth is None else depth,
-                          total_tokens=fixed_tokens if total_tokens is None else total_tokens,
-                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                          lookup_tokens=lookup_tokens)
-    config.validate(speculative=method == "spec")
     torch.manual_seed(seed)
     tgt = Target.load(target, dtype=dtype, device=device, compile=compile_steps)
     # The sweep's own formatting: the tokenizer's chat template, or the plain fallback for a
@@ -112,6 +105,29 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
         same = {True: "  outputs = AR's", False: "  OUTPUTS DIFFER FROM AR'S", None: ""}[against["same_as_ar"]]
         line += f"  AR tokens/s {against['ar_tokens_per_s']:.1f}  speedup {against['speedup']:.2f}x{same}"
     click.echo(line, err=True)
+
+
+def _decode_config(method, prompts, system_prompt, top_k, depth, total_tokens, temperature, top_p, max_new_tokens,
+                   seed, lookup_tokens):
+    """The decode's config from the options, or the one-line error a bad value gets. A number --top-k
+    grows EAGLE-2's default tree; auto starts from it and prices the tree later."""
+    if any(not p.strip() for p in prompts):
+        raise ScyllaError("empty prompt: give each --prompt some text")
+    for p in prompts:
+        check_text(p, "the user message")
+    if system_prompt is not None:
+        check_text(system_prompt, "the system message")
+    auto = top_k == AUTO
+    if auto and method == "spec" and (depth is not None or total_tokens is not None):
+        raise ScyllaError("--depth and --total-tokens shape a fixed tree: give --top-k as a number too (EAGLE-2's "
+                          "default tree is --top-k {} --depth {} --total-tokens {})".format(*EAGLE2_TREE))
+    fixed_k, fixed_depth, fixed_tokens = EAGLE2_TREE
+    config = DecodeConfig(top_k=fixed_k if auto else top_k, depth=fixed_depth if depth is None else depth,
+                          total_tokens=fixed_tokens if total_tokens is None else total_tokens,
+                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                          lookup_tokens=lookup_tokens)
+    config.validate(speculative=method == "spec")
+    return config
 
 
 def _against_ar(target, ids, result, config, run) -> dict:

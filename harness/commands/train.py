@@ -74,9 +74,7 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
     if no_decontaminate:
         given["decontaminate"] = False
     if resume:
-        from scylla_impl.target import Target
-        from scylla_impl.training.config import TrainConfig
-        from scylla_impl.training.run_folder import CONFIG_FILE
+        from scylla_impl.training.config import CONFIG_FILE, TrainConfig
 
         if out is None:
             raise ScyllaError("--resume needs --out: the run folder to continue")
@@ -91,6 +89,7 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
             values["method"] = method or stored.method
             values["target"] = target if explicit_target else stored.target
             config = TrainConfig.from_dict(values)
+        from scylla_impl.target import Target
         from scylla_impl.training.loop import train as run
 
         quiet_libraries()

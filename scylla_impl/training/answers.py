@@ -58,7 +58,8 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
     """Conversations [user prompt, the target's answer] holding at least `tokens` tokens in all,
     over the SFT prompts of `seed` and `mix` in their order (workloads.corpora.sft_prompts).
     They are generated in the faster precision of the device (scylla_impl/precision.py)."""
-    from scylla_impl.decode import DecodeConfig, generate
+    from scylla_impl.decode import generate
+    from scylla_impl.decode_config import DecodeConfig
     from scylla_impl.precision import fast_dtype
     from workloads.chat import render_chat, tokenize_conversation
     from workloads.corpora import sft_prompts

@@ -24,6 +24,7 @@ METHOD_NAMES = TRAINED
 STAGES = ("pretrain", "sft")
 SFT_ANSWERS = ("sharegpt", "target")
 AUTOCAST = ("auto", "bf16", "off")
+CONFIG_FILE = "train_config.json"  # a run folder's TrainConfig, what --resume reads
 
 
 @dataclass(frozen=True)

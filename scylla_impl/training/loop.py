@@ -23,7 +23,7 @@ import torch
 
 from scylla_impl.precision import fast_dtype
 from scylla_impl.training import distributed, run_folder
-from scylla_impl.training.config import STAGES, TrainConfig
+from scylla_impl.training.config import CONFIG_FILE, STAGES, TrainConfig
 from scylla_impl.training.data import StageData, build_stage, token_counts
 from scylla_impl.training.display import TrainDisplay
 from scylla_impl.training.draft_init import fp32_view, init_head_from_target, init_scylla_norm
@@ -36,7 +36,7 @@ from scylla_impl.training.losses import (
     sequence_seed,
 )
 from scylla_impl.training.metrics import heldout_accuracy, step_row
-from scylla_impl.training.run_folder import CONFIG_FILE, clear_run, prepare_out
+from scylla_impl.training.run_folder import clear_run, prepare_out
 from scylla_impl.training.schedule import Schedule, Step, lr_at
 from workloads.errors import ScyllaError
 from workloads.files import check_writable_folder

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scylla_impl.training.config import TrainConfig
+from scylla_impl.training.config import CONFIG_FILE, TrainConfig
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write
 
-CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.parquet"
 STATE_FILE = "trainer.pt"
 # Options a resumed run may change: where the target lives (its fingerprint is checked

@@ -60,7 +60,7 @@ def _run(target, prompts, draft, config):
 
 @pytest.mark.parametrize("case", ["ar", "oracle:default", "oracle:small", "random:default", "random:small"])
 def test_decode_speed(benchmark, setup, case):
-    from scylla_impl.decode import DecodeConfig
+    from scylla_impl.decode_config import DecodeConfig
     from scylla_impl.drafts import load_draft
 
     target, prompts = setup
