@@ -466,10 +466,11 @@ def validate(spec: SweepSpec) -> None:
     methods = spec.methods or ("ar",)
     for m in methods:
         if m != "ar" and m not in spec.draft:
-            hint = f"random:{m}" if m in KNOWN_METHODS else "random:scylla"
-            raise ScyllaError(
-                f"method {m!r} has no draft checkpoint: add --draft {m}=PATH (or {m}={hint} / {m}=oracle for an untrained draft)"
-            )
+            if m not in KNOWN_METHODS:  # a typo, or a name of the user's own that needs its draft
+                raise ScyllaError(f"method {m!r} is not one of {', '.join(KNOWN_METHODS)}{_close(m, KNOWN_METHODS)}; "
+                                  f"a method named by you runs the draft given as --draft {m}=PATH")
+            raise ScyllaError(f"method {m!r} has no draft checkpoint: add --draft {m}=PATH "
+                              f"(or {m}=random:{m} / {m}=oracle for an untrained draft)")
     for m in spec.draft:
         if m not in methods:
             raise ScyllaError(f"draft given for method {m!r}, which is not in methods ({', '.join(methods)}){_close(m, methods)}")

@@ -87,6 +87,9 @@ def test_every_key_is_a_flag_and_round_trips():
     [
         ("datasets: [mt_bench, mmlu]\n", None, "unknown dataset 'mmlu'"),
         ("methods: [ar, scylla]\n", None, "method 'scylla' has no draft checkpoint: add --draft scylla="),
+        ("methods: [ar, prompt_lookup]\n", None, "method 'prompt_lookup' is not one of ar, eagle2, eagle3, scylla, "
+                                                "lookup (did you mean 'lookup'?); a method named by you runs the draft "
+                                                "given as --draft prompt_lookup=PATH"),
         ("batch_sizes: [1, -4]\n", None, "batch_sizes: -4 is not a positive integer"),
         ("batch_size: [1]\n", None, "unknown key 'batch_size' (did you mean 'batch_sizes'?)"),
         ("colour: blue\n", None, "unknown key 'colour'"),
