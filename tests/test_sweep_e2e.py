@@ -299,3 +299,17 @@ def test_paired_ar_decodes_each_batch_alongside_and_divides_by_it(shared_eval_di
     rows = {r["method"]: r for r in pq.read_table(plain.results_path).to_pylist()}
     assert rows["scylla"]["paired_ar_tokens_per_s"] is None
     assert rows["scylla"]["ar_tokens_per_s"] == rows["ar"]["tokens_per_s"]
+
+
+def test_cli_says_why_cells_were_pruned_and_fails_when_none_ran(shared_eval_dir, default_model_dir, tmp_path):
+    # Two prompts fill a batch of 2 but not of 3: the b3 cells are pruned, with their reason.
+    some = scylla("sweep", *tiny_flags(shared_eval_dir, **{"--batch-sizes": "1,3", "--top-k": "2",
+                                                          "--datasets": "alpaca"}), "--out", str(tmp_path / "some"))
+    assert some.returncode == 0, some.stderr
+    assert "2 ok, 0 failed, 2 pruned" in some.stdout
+    assert "pruned 2 cells: batch_size 3 is larger than prompts (2): no full batch to run" in some.stdout
+    none = scylla("sweep", *tiny_flags(shared_eval_dir, **{"--batch-sizes": "3", "--top-k": "2",
+                                                          "--datasets": "alpaca"}), "--out", str(tmp_path / "none"))
+    assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1, none.stderr
+    assert none.stderr.startswith("error: nothing ran: every cell was pruned (batch_size 3 is larger than prompts (2)")
+    assert pq.read_table(tmp_path / "none" / "results.parquet").column("status").to_pylist() == ["pruned"] * 2

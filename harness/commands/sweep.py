@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+from collections import Counter
 from typing import Any
 
 import click
@@ -74,15 +75,20 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
         raise
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(report.results_path).to_pylist()
-    rows = [r for r in rows if r["status"] != PRUNED]
+    every = pq.read_table(report.results_path).to_pylist()
+    rows = [r for r in every if r["status"] != PRUNED]
     _print_results(rows)
-    n = {s: sum(1 for r in pq.read_table(report.results_path, columns=["status"]).column("status").to_pylist() if r == s)
-         for s in ("ok", "failed", "pruned")}
+    n = Counter(r["status"] for r in every)
     click.echo(
-        f"wrote {report.results_path} ({n['ok']} ok, {n['failed']} failed, {n['pruned']} pruned; "
+        f"wrote {report.results_path} ({n['ok']} ok, {n['failed']} failed, {n[PRUNED]} pruned; "
         f"{report.ran} run now, {report.skipped} kept from before)"
     )
+    reasons = Counter(r["error"] for r in every if r["status"] == PRUNED)
+    for reason, count in reasons.items():
+        click.echo(f"pruned {count} cell{'s' if count > 1 else ''}: {reason}")
+    if not rows:
+        raise ScyllaError(f"nothing ran: every cell was pruned ({'; '.join(reasons)}); `scylla sweep --dry-run` "
+                          "lists the cells a spec makes")
     if n["failed"]:  # the results are written; the exit status still says not everything ran
         first = next(r for r in rows if r["status"] == "failed")
         raise ScyllaError(f"{n['failed']} cell(s) failed (first: {first['method']} on {first['dataset']}: "
