@@ -53,6 +53,7 @@ from workloads.cache import scylla_home
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 from workloads.long_prompts import middle_cut
+from workloads.progress import ProgressBar
 
 RECORD = "auto_trees.json"
 CALIBRATION = "calibration.json"
@@ -442,8 +443,11 @@ def _acceptance(target, draft, name: str, dtype: str, prompts: dict[str, list[li
     chain = f" with a {lookup_tokens}-token lookup chain" if lookup_tokens else ""
     echo(f"auto trees: replaying draft {name}{chain} on {count} held-out prompts of {', '.join(todo)} "
          f"({REPLAY_NEW_TOKENS} tokens each)")
-    tables.update(replay_groups(target, draft, todo, new_tokens=REPLAY_NEW_TOKENS, top_ks=top_ks, max_depth=depth,
-                                lookup_tokens=lookup_tokens, on_batch=lambda done, total: echo(f"  replayed {done}/{total} prompts")))
+    # A batch of long prompts (CNN/DM's) replays for minutes: a bar on a terminal, a line at least
+    # every 30 s of batches off one.
+    with ProgressBar("auto trees", "replay", count, unit="prompts", rate_unit="prompt", every_s=30) as bar:
+        tables.update(replay_groups(target, draft, todo, new_tokens=REPLAY_NEW_TOKENS, top_ks=top_ks, max_depth=depth,
+                                    lookup_tokens=lookup_tokens, on_batch=lambda done, _: bar.update(done - bar.done)))
     if cache is not None:
         # Tables of an older format are never read again (TABLE_FORMAT): not kept.
         stored = {k: v for k, v in stored.items() if TABLE_FORMAT in k.split("/")}

@@ -152,6 +152,8 @@ def test_auto_prices_the_tree_once_then_reads_the_checkpoints_acceptance(tmp_pat
         said = next(line for line in done.stderr.splitlines() if line.startswith("auto tree: k="))
         assert said.startswith(f"auto tree: k={choice['top_k']} d={choice['depth']} n={choice['total_tokens']},")
     assert "replaying draft" in runs[0].stderr and "replaying draft" not in runs[1].stderr
+    # Off a terminal the replay's progress is the project's periodic line, ending at its total.
+    assert "[auto trees] replay: 6/6 prompts, " in runs[0].stderr
     stored = json.loads((tmp_path / "draft" / "calibration.json").read_text())
     assert len(stored) == 6  # one table per dataset, one held-out prompt each
     assert 0 < sum(t["positions"] for t in stored.values()) <= 6 * 8  # positions with a full tree after them
