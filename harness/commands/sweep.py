@@ -87,8 +87,9 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
     for reason, count in reasons.items():
         click.echo(f"pruned {count} cell{'s' if count > 1 else ''}: {reason}")
     if not rows:
-        raise ScyllaError(f"nothing ran: every cell was pruned ({'; '.join(reasons)}); `scylla sweep --dry-run` "
-                          "lists the cells a spec makes")
+        shown = "; ".join(list(reasons)[:3]) + (f"; and {len(reasons) - 3} other reasons" if len(reasons) > 3 else "")
+        raise ScyllaError(f"nothing ran: every cell was pruned ({shown}); `scylla sweep --dry-run` lists the cells "
+                          "a spec makes")
     if n["failed"]:  # the results are written; the exit status still says not everything ran
         first = next(r for r in rows if r["status"] == "failed")
         raise ScyllaError(f"{n['failed']} cell(s) failed (first: {first['method']} on {first['dataset']}: "
