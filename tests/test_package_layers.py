@@ -99,6 +99,7 @@ def test_help_loads_no_engine(argv):
     (["--method", "eagle3", "--sft-answers", "sharegpt", "--sft-mix", "code=1"], "only ShareGPT prompts come with answers"),
     (["--method", "eagle2", "--pretrain-tokens", "0", "--sft-tokens", "0"], "nothing to train"),
     (["--resume"], "--resume needs --out: the run folder to continue"),
+    (["--method", "scylla", "--layers", "0"], "--layers must be >= 1, got 0"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
     code, _, err, loaded = run_cli(["train", *argv])

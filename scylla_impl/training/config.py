@@ -177,6 +177,8 @@ class TrainConfig:
             if self.sft_answers != "target" and set(self.sft_mix) - {"sharegpt"}:
                 raise ScyllaError("only ShareGPT prompts come with answers: an sft-mix with code or math "
                                   "needs --sft-answers target")
+        if self.layers is not None and self.layers < 1:  # the upper bound is the draft class's (check_draft)
+            raise ScyllaError(f"--layers must be >= 1, got {self.layers}")
         if self.draft_vocab < 0:
             raise ScyllaError(f"draft-vocab must be >= 0 (0 = the target's vocabulary), got {self.draft_vocab}")
         if self.ttt_steps < 1 or self.eval_steps < 1 or self.epochs < 1:
