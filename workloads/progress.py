@@ -15,6 +15,7 @@ Off a terminal every caller's line reads the same:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -54,7 +55,7 @@ class ProgressBar:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=self.rate_unit, file=sys.stderr,
-                             unit_scale=self.rate_unit == "tok", dynamic_ncols=True)
+                             unit_scale=self.rate_unit == "tok", **_bar_size())
 
     # -- what the counters say (`now`: one clock reading for a whole line) ---------
 
@@ -141,6 +142,17 @@ class ProgressBar:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _bar_size() -> dict[str, Any]:
+    """tqdm follows the terminal's width as it changes; a terminal that reports 0 columns or rows (a
+    pty nobody sized: `docker run -t` under some runners, `script`) would hide the bar entirely, so
+    it gets a fixed 80 x 24."""
+    try:
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        columns = lines = 0
+    return {"dynamic_ncols": True} if columns and lines else {"ncols": 80, "nrows": 24}
 
 
 def no_progress(tag: str = "", desc: str = "") -> ProgressBar:
