@@ -150,8 +150,8 @@ def _bar_size() -> dict[str, Any]:
     it gets a fixed 80 x 24."""
     try:
         columns, lines = os.get_terminal_size(sys.stderr.fileno())
-    except (OSError, ValueError):
-        columns = lines = 0
+    except (OSError, ValueError):  # not a terminal (a bar asked for in a log): no width to keep to
+        return {"dynamic_ncols": True}
     return {"dynamic_ncols": True} if columns and lines else {"ncols": 80, "nrows": 24}
 
 
