@@ -132,11 +132,12 @@ class TrainConfig:
 
     # -- checks -------------------------------------------------------------------------
     def check_draft(self) -> None:
-        """The checks that load the draft class (the precision, `auto` resolved or given, was checked first)."""
+        """The checks that load the draft class (the precision, `auto` resolved or given, and --layers >= 1
+        were checked first, in check_values)."""
         deepest = BY_NAME[self.method].draft_class.max_layers
         if self.layers is not None and deepest == 1 and self.layers != 1:
             raise ScyllaError(f"--layers applies to scylla drafts; {self.method} has one decoder layer")
-        if self.layers is not None and not 1 <= self.layers <= deepest:
+        if self.layers is not None and self.layers > deepest:
             raise ScyllaError(f"--layers must be 1..{deepest} (Scylla's deepest draft), got {self.layers}")
         BY_NAME[self.method].draft_class.input_path(self.method, self.draft_input)  # the check the draft makes, up front
 
