@@ -120,6 +120,10 @@ def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
     # bytes from a latin-1 terminal, kept by Python as a lone surrogate
     (["--prompt", "caf\udce9"], "the user message is not UTF-8 text (character 3)"),
     (["--system-prompt", "\udce9t\udce9"], "the system message is not UTF-8 text (character 0)"),
+    (["--method", "ar"], "--draft applies to --method spec; --method ar decodes without a draft"),
+    (["--method", "ar", "--top-k", "4", "--vs-ar"], "--draft, --top-k, --vs-ar apply to --method spec"),
+    (["--draft", "lookup", "--layers", "3"], "--layers sizes a random draft (--draft random:scylla --layers N); "
+                                             "it does not apply to lookup"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_wrong_decode_value_fails_before_the_engine_loads(argv, says):
     base = ["generate", "--method", "spec", "--draft", "random:eagle2", "--max-new-tokens", "4"]

@@ -60,6 +60,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
              max_new_tokens, dtype, device, compile_steps, seed, system_prompt, vs_ar, as_json) -> None:
     """Generate replies to --prompt with the target, speculatively or not."""
     # Every plain value is checked before torch and the target load (4-5 s on two cores).
+    _check_draft_options(method, draft, layers, top_k, depth, total_tokens, lookup_tokens, vs_ar)
     config = _decode_config(method, prompts, system_prompt, top_k, depth, total_tokens, temperature, top_p,
                             max_new_tokens, seed, lookup_tokens)
     devices.check_name(device)
@@ -105,6 +106,22 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
         same = {True: "  outputs = AR's", False: "  OUTPUTS DIFFER FROM AR'S", None: ""}[against["same_as_ar"]]
         line += f"  AR tokens/s {against['ar_tokens_per_s']:.1f}  speedup {against['speedup']:.2f}x{same}"
     click.echo(line, err=True)
+
+
+def _check_draft_options(method, draft, layers, top_k, depth, total_tokens, lookup_tokens, vs_ar) -> None:
+    """An option that only a draft reads is an error where it would do nothing: a user who gives
+    --draft with --method ar, or --layers with a trained draft, meant something else."""
+    if method == "ar":
+        given = [name for name, value in [("--draft", draft), ("--layers", layers),
+                                           ("--top-k", None if top_k == AUTO else top_k), ("--depth", depth),
+                                           ("--total-tokens", total_tokens), ("--lookup-tokens", lookup_tokens or None),
+                                           ("--vs-ar", vs_ar or None)] if value is not None]
+        if given:
+            raise ScyllaError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --method spec; "
+                              "--method ar decodes without a draft")
+    elif layers is not None and not (draft or "").startswith("random:"):
+        raise ScyllaError("--layers sizes a random draft (--draft random:scylla --layers N); it does not apply to "
+                          f"{draft or 'the default trained draft'}")
 
 
 def _decode_config(method, prompts, system_prompt, top_k, depth, total_tokens, temperature, top_p, max_new_tokens,
