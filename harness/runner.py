@@ -54,7 +54,7 @@ from harness.schema import (
     STEP_SCHEMA,
     empty_row,
 )
-from harness.spec import AUTO, SweepSpec
+from harness.spec import AUTO, SweepSpec, check_draft_kind
 from harness.storage import ResultStore
 from roofline.nvml_sampler import NvmlSampler
 from scylla_impl import devices
@@ -294,6 +294,7 @@ class CellWorker:
             if draft is None:
                 raise ScyllaError(f"draft {cell.draft!r} loaded as no draft")
             info = draft.info
+            check_draft_kind(cell.method, cell.draft, info.method)
             row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens,
                        draft_hash=info.weights_hash, draft_input=info.draft_input, draft_dtype=info.dtype)
             if cell.total_tokens == 1:

@@ -20,7 +20,7 @@ import yaml
 
 from harness.executors import EXECUTORS
 from scylla_impl import compiled, devices, dtypes
-from scylla_impl.methods import NAMES, TRAINED, TRAINING_FREE
+from scylla_impl.methods import LABELS, NAMES, TRAINED, TRAINING_FREE
 from workloads.errors import ScyllaError, os_error
 from workloads.long_prompts import LONG_PROMPTS, REFUSE
 
@@ -474,6 +474,10 @@ def validate(spec: SweepSpec) -> None:
     for m in spec.draft:
         if m not in methods:
             raise ScyllaError(f"draft given for method {m!r}, which is not in methods ({', '.join(methods)}){_close(m, methods)}")
+    for m, drafts in spec.draft.items():
+        for d in drafts:  # a checkpoint folder's kind is known once it loads (the runner checks it then)
+            kind = d.removeprefix("random:") if d.startswith("random:") else d if d in TRAINING_FREE else None
+            check_draft_kind(m, d, kind)
     for m in spec.lookup_tokens:
         if m not in methods:
             raise ScyllaError(f"lookup_tokens given for method {m!r}, which is not in methods "
@@ -490,6 +494,16 @@ def validate(spec: SweepSpec) -> None:
         for key in ("ray_address", "workers"):
             if getattr(spec, key) is not None:
                 raise ScyllaError(f"{key}: only with executor ray (the executor is {spec.executor})")
+
+
+def check_draft_kind(method: str, draft: str, kind: str | None) -> None:
+    """A method of the registry runs drafts of its own kind (`kind`: the draft's method, None where
+    not known yet), so that what a report calls EAGLE-2 is an EAGLE-2 draft. The oracle stands in
+    for any (tests), and a method named by the user runs whatever draft it is given."""
+    if method not in KNOWN_METHODS or kind in (None, method, "oracle"):
+        return
+    raise ScyllaError(f"draft for {method}: {draft} is a draft of {LABELS.get(kind, kind)}, not of {LABELS[method]}: "
+                      f"run it as method {kind}, or under a name of your own (--methods ar,mine --draft mine={draft})")
 
 
 def _close(word: str, options: tuple[str, ...] | list[str]) -> str:

@@ -313,3 +313,23 @@ def test_cli_says_why_cells_were_pruned_and_fails_when_none_ran(shared_eval_dir,
     assert none.returncode == 1 and len(none.stderr.strip().splitlines()) == 1, none.stderr
     assert none.stderr.startswith("error: nothing ran: every cell was pruned (batch_size 3 is larger than prompts (2)")
     assert pq.read_table(tmp_path / "none" / "results.parquet").column("status").to_pylist() == ["pruned"] * 2
+
+
+def test_a_checkpoint_of_another_method_fails_its_cells_under_a_registry_name(shared_eval_dir, target_fp32, tmp_path):
+    """A report's EAGLE-2 is an EAGLE-2 draft: a Scylla checkpoint given as --draft eagle2=PATH
+    fails those cells saying so, and runs under a name of the user's own."""
+    from scylla_impl.drafts import new_draft
+
+    folder = tmp_path / "scylla-draft"
+    new_draft("scylla", target_fp32, layers=1).save(folder)
+    spec = build_spec(None, {"methods": "ar,eagle2,mine", "draft": (f"eagle2={folder}", f"mine={folder}"),
+                             "datasets": "gsm8k", "batch_sizes": "1", "top_k": "2", "depths": "2",
+                             "total_tokens": "3", "prompts": "1", "max_new_tokens": "3", "warmup": "0",
+                             "dtype": "float32", "threads": "1", "data_dir": str(shared_eval_dir)})
+    report = run_sweep(spec, tmp_path / "out")
+    rows = {r["method"]: r for r in pq.read_table(report.results_path).to_pylist()}
+    assert rows["eagle2"]["status"] == "failed"
+    assert rows["eagle2"]["error"].startswith(f"ScyllaError: draft for eagle2: {folder} is a draft of Scylla, not of "
+                                              f"EAGLE-2: run it as method scylla, or under a name of your own "
+                                              f"(--methods ar,mine --draft mine={folder})")
+    assert rows["mine"]["status"] == "ok" and rows["mine"]["draft_method"] == "scylla"

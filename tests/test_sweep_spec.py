@@ -101,6 +101,12 @@ def test_every_key_is_a_flag_and_round_trips():
         ("draft: {scylla: /nonexistent/ckpt}\n", None, "draft for scylla: no checkpoint folder at /nonexistent/ckpt"),
         ("draft: {scylla: random:medusa}\n", None, "unknown 'random:medusa'"),
         ("draft: {ar: oracle}\n", None, "the ar baseline takes no draft"),
+        # a registry method's name says what runs: a report's EAGLE-2 is an EAGLE-2 draft
+        ("draft: {eagle2: random:scylla}\n", None, "draft for eagle2: random:scylla is a draft of Scylla, not of "
+                                                   "EAGLE-2: run it as method scylla, or under a name of your own "
+                                                   "(--methods ar,mine --draft mine=random:scylla)"),
+        ("methods: [ar, lookup]\ndraft: {lookup: random:eagle3}\n", None, "random:eagle3 is a draft of EAGLE-3"),
+        ("draft: {scylla: lookup}\n", None, "draft for scylla: lookup is a draft of Prompt lookup"),
         ("methods: [ar]\ndraft: {scylla: oracle}\n", None, "draft given for method 'scylla', which is not in methods"),
         ("executor: slurm\n", None, "executor: 'slurm' is not one of local, ray"),
         ("workers: 2\n", None, "workers: only with executor ray"),
