@@ -236,6 +236,7 @@ def _draft_value(method: str, value: str, base: Path | None) -> str:
     if value in ("oracle", *TRAINING_FREE_DRAFTS.values()) or value.startswith("random:"):
         if value.startswith("random:") and value not in RANDOM_DRAFTS:
             raise ScyllaError(f"draft for {method}: unknown {value!r} (known: {', '.join(RANDOM_DRAFTS)}, oracle, or a checkpoint folder)")
+        check_draft_kind(method, value, value.removeprefix("random:"))  # a folder's kind: once it loads (runner)
         return value
     p = Path(value).expanduser()
     if not p.is_absolute() and base is not None:
@@ -474,10 +475,6 @@ def validate(spec: SweepSpec) -> None:
     for m in spec.draft:
         if m not in methods:
             raise ScyllaError(f"draft given for method {m!r}, which is not in methods ({', '.join(methods)}){_close(m, methods)}")
-    for m, drafts in spec.draft.items():
-        for d in drafts:  # a checkpoint folder's kind is known once it loads (the runner checks it then)
-            kind = d.removeprefix("random:") if d.startswith("random:") else d if d in TRAINING_FREE else None
-            check_draft_kind(m, d, kind)
     for m in spec.lookup_tokens:
         if m not in methods:
             raise ScyllaError(f"lookup_tokens given for method {m!r}, which is not in methods "
@@ -496,11 +493,11 @@ def validate(spec: SweepSpec) -> None:
                 raise ScyllaError(f"{key}: only with executor ray (the executor is {spec.executor})")
 
 
-def check_draft_kind(method: str, draft: str, kind: str | None) -> None:
-    """A method of the registry runs drafts of its own kind (`kind`: the draft's method, None where
-    not known yet), so that what a report calls EAGLE-2 is an EAGLE-2 draft. The oracle stands in
-    for any (tests), and a method named by the user runs whatever draft it is given."""
-    if method not in KNOWN_METHODS or kind in (None, method, "oracle"):
+def check_draft_kind(method: str, draft: str, kind: str) -> None:
+    """A method of the registry runs drafts of its own kind (`kind`: the draft's method), so that
+    what a report calls EAGLE-2 is an EAGLE-2 draft. The oracle stands in for any (tests), and a
+    method named by the user runs whatever draft it is given."""
+    if method not in KNOWN_METHODS or kind in (method, "oracle"):
         return
     raise ScyllaError(f"draft for {method}: {draft} is a draft of {LABELS.get(kind, kind)}, not of {LABELS[method]}: "
                       f"run it as method {kind}, or under a name of your own (--methods ar,mine --draft mine={draft})")

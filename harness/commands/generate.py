@@ -112,10 +112,10 @@ def _check_draft_options(method, draft, layers, top_k, depth, total_tokens, look
     """An option that only a draft reads is an error where it would do nothing: a user who gives
     --draft with --method ar, or --layers with a trained draft, meant something else."""
     if method == "ar":
-        given = [name for name, value in [("--draft", draft), ("--layers", layers),
-                                           ("--top-k", None if top_k == AUTO else top_k), ("--depth", depth),
-                                           ("--total-tokens", total_tokens), ("--lookup-tokens", lookup_tokens or None),
-                                           ("--vs-ar", vs_ar or None)] if value is not None]
+        given = [name for name, is_given in [("--draft", draft is not None), ("--layers", layers is not None),
+                                              ("--top-k", top_k != AUTO), ("--depth", depth is not None),
+                                              ("--total-tokens", total_tokens is not None),
+                                              ("--lookup-tokens", lookup_tokens > 0), ("--vs-ar", vs_ar)] if is_given]
         if given:
             raise ScyllaError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --method spec; "
                               "--method ar decodes without a draft")
