@@ -92,7 +92,7 @@ def _split(stats) -> tuple[float, dict[str, float], float]:
     return step, phases, books
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as decode.generate runs
 def measure(target: Target, *, reps: int = 7, steps: int = 32) -> SpeedReport:
     timer = Timer(target.device)
     nbytes = ModelStats.of(target).weight_bytes  # a tied embedding counted once

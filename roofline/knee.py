@@ -125,6 +125,7 @@ def chain_inputs(batch_size: int, n: int, vocab: int, device, seed: int = 0):
     return tokens, depths, mask
 
 
+@torch.inference_mode()  # as decode.generate runs
 def measure_knee(
     target,
     grid: list[tuple[int, int]],

@@ -66,7 +66,7 @@ def _nearest(measured: dict[int, object], b: int) -> int:
     return min(measured, key=lambda m: abs(m - b))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as decode.generate runs
 def measure(target, draft, batch_sizes: Sequence[int], *, prefix_tokens: int = PREFIX_TOKENS,
             reps: int = 5, on_batch: Callable[[int], None] | None = None) -> DraftCosts:
     """L, P and o of `draft` beside `target` at `batch_sizes`, over a cache of `prefix_tokens`."""

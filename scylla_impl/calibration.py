@@ -298,7 +298,7 @@ def replay_groups(target, draft, groups: Mapping[Hashable, Sequence[list[int]]],
     return tables
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as decode.generate runs
 def _replay_batch(target, draft, prompts, continuations, layers, tables, max_depth, first, on_position,
                   lookup_tokens: int = 0) -> None:
     steps = max(max(len(c) for c in continuations) - max_depth, 0)  # root c_i needs c_{i+1..i+D}

@@ -74,6 +74,12 @@ def _synchronizer(device: torch.device):
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
+# Decoding never needs autograd: inference mode also skips the version counters and view
+# tracking that no_grad keeps, about a microsecond per small operator, 5-6% of a step for the
+# embedded target (an AR step 20.96 -> 19.67 ms, fp32, 2-core EPYC) and of a draft level for
+# Scylla-3 (1.85 -> 1.76 ms at 10 rows), with the same bits. What prices a step's parts
+# (roofline/tree_costs.py, roofline/knee.py, calibration's replay) times them the same way.
+@torch.inference_mode()
 def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | None = None,
              config: DecodeConfig = DecodeConfig()) -> GenerationResult:
     """Decode a batch of token-id prompts; `draft=None` is the autoregressive baseline. The two
