@@ -2,7 +2,7 @@
 
 Attention reads and writes a RowKVCache (the same class the target uses) when decoding,
 or runs over whole sequences with a given mask when training. A decode step on the CPU runs
-each norm and rotation as one operator (norm_rope.py) instead of the six to eight eager ones.
+each rotation as one operator (row_rotary.py) instead of seven eager ones.
 """
 
 import math
@@ -17,7 +17,7 @@ from scylla_impl.kv_cache import RowKVCache
 
 
 def _kernel_takes(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """A decode step's tensors norm_rope.py's operators take: on the CPU, in one dtype the
+    """A decode step's tensors row_rotary.py's operator takes: on the CPU, in one dtype the
     extension was built for, no autograd, not traced by torch.compile (which fuses the eager
     operators below itself)."""
     return (x.device.type == "cpu" and x.dtype in skinny_linear.built_dtypes()
@@ -32,8 +32,6 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _kernel_takes(x, self.weight):
-            return torch.ops.scylla.rms_norm(x, self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
