@@ -6,10 +6,6 @@ x * cos + rotate_half(x) * sin, is seven of them (11 us on a 10-token level's qu
 2-core EPYC), and Scylla-3 runs six a level. This kernel rounds each product and the sum to x's
 dtype as eager rounds them, so its bits are eager's and a draft proposes what it proposed.
 
-(A fused RMSNorm was tried beside it and dropped: its fp32 sum of squares, in another order
-than ATen's, moved Scylla-3's bf16 outputs by a bit often enough to change its tree on CNN/DM
-(the bench's tau 1.304 -> 1.277 there), and same weights must give the same tau.)
-
 Decode steps only (layers.py calls it without autograd, and not while torch.compile traces:
 inductor fuses the eager operators itself); built into the same extension as the few-row matmul
 (skinny_linear.py), after row_attention.py's source, whose to_float it uses.

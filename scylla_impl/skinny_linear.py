@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scylla_impl import row_attention, row_rotary
+from scylla_impl import row_attention, row_norm, row_rotary
 
 # Beyond 32 rows BLAS's blocking catches up (60 rows: 0.8-1.0x the kernel's time over repeated
 # runs of the table), and a verify that wide is no longer a few-row step.
@@ -431,8 +431,9 @@ TORCH_LIBRARY_IMPL(scylla, CPU, m) { m.impl("skinny_linear", &skinny_linear); }
 """
 
 # One extension: the matmul, then the attention (row_attention.py), which uses transpose16 above,
-# then a draft's rotary embedding (row_rotary.py), which uses the attention's to_float.
-SOURCES = (SOURCE, row_attention.SOURCE, row_rotary.SOURCE)
+# then a draft's rotary embedding (row_rotary.py), which uses the attention's to_float, and its
+# RMSNorm (row_norm.py), which uses v8 and load8 above.
+SOURCES = (SOURCE, row_attention.SOURCE, row_rotary.SOURCE, row_norm.SOURCE)
 FUNCTIONS = ("skinny_linear", "bf16_supported", "amx_supported")
 
 

@@ -2,9 +2,11 @@
 
 Attention reads and writes a RowKVCache (the same class the target uses) when decoding,
 or runs over whole sequences with a given mask when training. A decode step on the CPU runs
-each rotation as one operator (row_rotary.py) instead of seven eager ones.
+each norm and each rotation as one operator (row_norm.py, row_rotary.py) with eager's bits,
+instead of eight and seven eager ones.
 """
 
+import functools
 import math
 
 import torch
@@ -17,12 +19,30 @@ from scylla_impl.kv_cache import RowKVCache
 
 
 def _kernel_takes(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """A decode step's tensors row_rotary.py's operator takes: on the CPU, in one dtype the
-    extension was built for, no autograd, not traced by torch.compile (which fuses the eager
-    operators below itself)."""
+    """A decode step's tensors row_norm.py's and row_rotary.py's operators take: on the CPU, in
+    one dtype the extension was built for, no autograd, not traced by torch.compile (which fuses
+    the eager operators below itself)."""
     return (x.device.type == "cpu" and x.dtype in skinny_linear.built_dtypes()
             and all(o.dtype == x.dtype for o in others) and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or any(o.requires_grad for o in others))))
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+@functools.cache
+def _fused_norm_is_eager(width: int) -> bool:
+    """Whether row_norm.py's operator gives `_rms_norm`'s bits at this width: it follows ATen's
+    summation order, which another torch build could change. Checked once per width."""
+    gen = torch.Generator().manual_seed(width)
+    x, weight = torch.randn(32, width, generator=gen) * 3, torch.rand(width, generator=gen)
+    return all(torch.equal(torch.ops.scylla.rms_norm(x.to(dtype), weight.to(dtype), 1e-6),
+                           _rms_norm(x.to(dtype), weight.to(dtype), 1e-6))
+               for dtype in (torch.float32, torch.bfloat16))
 
 
 class RMSNorm(nn.Module):
@@ -32,10 +52,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        if _kernel_takes(x, self.weight) and _fused_norm_is_eager(x.shape[-1]):
+            return torch.ops.scylla.rms_norm(x, self.weight, self.eps)
+        return _rms_norm(x, self.weight, self.eps)
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None, device=None) -> torch.Tensor:
