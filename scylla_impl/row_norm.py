@@ -12,14 +12,15 @@ eight lanes, in order), then mean = sum / H, 1 / sqrt(mean + eps), the row scale
 x's dtype, times the weight in x's dtype. Where a torch build sums otherwise, layers.py finds
 out on the first norm of each width (its result against eager's) and stays eager.
 
-Built into the same extension as the few-row matmul (skinny_linear.py), after its v8 and load8.
+Built into the same extension as the few-row matmul (skinny_linear.py), after its v8 and load8 and
+row_attention.py's to_float.
 """
 
 SOURCE = r"""
 static inline v8 squares8(const float* p) { const v8 v = load8(p); return v * v; }
 static inline v8 squares8(const at::BFloat16* p) {
   v8 v;
-  for (int l = 0; l < 8; ++l) v[l] = static_cast<float>(p[l]);
+  for (int l = 0; l < 8; ++l) v[l] = to_float(p[l]);
   return v * v;
 }
 
@@ -45,7 +46,7 @@ static float aten_sum_of_squares(const T* x, int64_t H) {
   for (int64_t v = groups * ILP; v < vectors; ++v) acc[0][0] += squares8(x + v * 8);
   for (int k = 1; k < ILP; ++k) acc[0][0] += acc[0][k];
   float total = 0.0f;
-  for (int64_t s = vectors * 8; s < H; ++s) { const float v = static_cast<float>(x[s]); total += v * v; }
+  for (int64_t s = vectors * 8; s < H; ++s) { const float v = to_float(x[s]); total += v * v; }
   for (int l = 0; l < 8; ++l) total += acc[0][0][l];
   return total;
 }
@@ -58,7 +59,7 @@ static void rms_rows(const T* x, const T* w, T* out, int64_t rows, int64_t H, fl
     const float scale = 1.0f / std::sqrt(mean + eps);
     T* o = out + r * H;
     for (int64_t s = 0; s < H; ++s)
-      o[s] = T(static_cast<float>(w[s]) * static_cast<float>(T(static_cast<float>(xr[s]) * scale)));
+      o[s] = T(to_float(w[s]) * to_float(T(to_float(xr[s]) * scale)));
   }
 }
 

@@ -432,7 +432,7 @@ TORCH_LIBRARY_IMPL(scylla, CPU, m) { m.impl("skinny_linear", &skinny_linear); }
 
 # One extension: the matmul, then the attention (row_attention.py), which uses transpose16 above,
 # then a draft's rotary embedding (row_rotary.py), which uses the attention's to_float, and its
-# RMSNorm (row_norm.py), which uses v8 and load8 above.
+# RMSNorm (row_norm.py), which uses v8 and load8 above and to_float.
 SOURCES = (SOURCE, row_attention.SOURCE, row_rotary.SOURCE, row_norm.SOURCE)
 FUNCTIONS = ("skinny_linear", "bf16_supported", "amx_supported")
 

@@ -17,6 +17,15 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
+def cpu_kernels():
+    """The compiled CPU decode kernels (scylla_impl/skinny_linear.py), which must build where the
+    tests run: a test of one of them uses this."""
+    from scylla_impl import skinny_linear
+
+    assert skinny_linear.kernel() is not None, "the kernels must build where the tests run"
+
+
+@pytest.fixture(scope="session")
 def bench_cells():
     """The report fixture's sweep results (tests/fixtures/report_results), with the weights each
     draft was measured with (the fixture predates the column): what the bench's check reads."""

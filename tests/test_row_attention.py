@@ -6,14 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scylla_impl import skinny_linear
-
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    assert skinny_linear.kernel() is not None, "the kernels must build where the tests run"
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 
 def attention(q, k, v, mask):

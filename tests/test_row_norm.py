@@ -9,10 +9,7 @@ from scylla_impl import skinny_linear
 from scylla_impl.drafts import layers
 from scylla_impl.drafts.layers import DraftLayer, RMSNorm, _fused_norm_is_eager, _rms_norm, rotary
 
-
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    assert skinny_linear.kernel() is not None, "the kernels must build where the tests run"
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -3,13 +3,9 @@
 import pytest
 import torch
 
-from scylla_impl import skinny_linear
 from scylla_impl.drafts.layers import _rotate_half, rotary
 
-
-@pytest.fixture(scope="module", autouse=True)
-def built():
-    assert skinny_linear.kernel() is not None, "the kernels must build where the tests run"
+pytestmark = pytest.mark.usefixtures("cpu_kernels")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

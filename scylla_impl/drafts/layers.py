@@ -40,9 +40,8 @@ def _fused_norm_is_eager(width: int) -> bool:
     summation order, which another torch build could change. Checked once per width."""
     gen = torch.Generator().manual_seed(width)
     x, weight = torch.randn(32, width, generator=gen) * 3, torch.rand(width, generator=gen)
-    return all(torch.equal(torch.ops.scylla.rms_norm(x.to(dtype), weight.to(dtype), 1e-6),
-                           _rms_norm(x.to(dtype), weight.to(dtype), 1e-6))
-               for dtype in (torch.float32, torch.bfloat16))
+    pairs = [(x.to(dtype), weight.to(dtype)) for dtype in (torch.float32, torch.bfloat16)]
+    return all(torch.equal(torch.ops.scylla.rms_norm(xs, ws, 1e-6), _rms_norm(xs, ws, 1e-6)) for xs, ws in pairs)
 
 
 class RMSNorm(nn.Module):
