@@ -80,10 +80,18 @@ def _model_path(name: str) -> str:
         if not local.is_dir():
             raise ScyllaError(f"cannot load target '{name}': it is a file; give a model folder (config.json and weights), "
                               "'default' or a hub id")
+        if not (local / "config.json").is_file():
+            raise ScyllaError(f"cannot load target '{name}': the folder has no config.json; give a model folder "
+                              "(config.json, weights and tokenizer files), 'default' or a hub id")
         return str(local)
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
         raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
     return path
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip().rstrip(":") if text else type(err).__name__
 
 
 def _load_model(path: str, dtype: torch.dtype):
@@ -172,10 +180,15 @@ class Target:
         torch_dtype = resolve_dtype(dtype, device, path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            # transformers' text here is a list of four ways a tokenizer can be built, cut at its first line
+            raise ScyllaError(f"cannot load target '{name}': no tokenizer it can load: it needs tokenizer.json, or a "
+                              f"slow tokenizer's files with sentencepiece installed (transformers: {_first_line(err)})"
+                              ) from None
+        try:
             model = _load_model(path, torch_dtype)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ScyllaError(f"cannot load target '{name}': {first}") from None
+            raise ScyllaError(f"cannot load target '{name}': {_first_line(err)}") from None
         model.to(device)
         display = DEFAULT_NAME if name == "default" else name
         cfg = model.config.get_text_config()

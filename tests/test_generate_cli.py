@@ -56,6 +56,7 @@ def test_generate_ar_tau_is_one(default_model_dir):
 @pytest.mark.parametrize("args,words", [
     (["--target", "/no/such/model"], ["/no/such/model", "no such folder"]),
     (["--target", "no/such/model/here"], ["no such folder"]),
+    (["--target", "tests"], ["'tests'", "no config.json"]),
     (["--top-k", "60000", "--depth", "1", "--total-tokens", "2"], ["larger than the draft's vocabulary"]),
     (["--device", "cuda"], ["no CUDA device"]),
     (["--device", "cuda:7"], ["no CUDA device"]),
@@ -87,6 +88,12 @@ def test_draft_for_another_target_is_refused(tmp_path, default_model_dir):
     new_draft("eagle2", Target.load(str(tiny), dtype="float32")).save(tmp_path / "draft")
     done = scylla("generate", "--prompt", "hi", "--draft", str(tmp_path / "draft"), "--max-new-tokens", "4")
     assert_one_line_error(done, "was trained for target", str(tiny))
+
+
+def test_a_model_folder_without_a_tokenizer_is_one_line(tmp_path, default_model_dir):
+    (tmp_path / "config.json").write_bytes((default_model_dir / "config.json").read_bytes())
+    done = scylla("generate", "--target", str(tmp_path), "--prompt", "hi", "--method", "ar", "--max-new-tokens", "4")
+    assert_one_line_error(done, str(tmp_path), "no tokenizer it can load", "tokenizer.json")
 
 
 def test_generate_on_a_tokenizer_without_a_chat_template(tmp_path, default_model_dir):
