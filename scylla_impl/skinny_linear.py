@@ -521,6 +521,15 @@ def built_dtypes() -> tuple[torch.dtype, ...]:
     return _DTYPES
 
 
+def kernel_takes(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """A decode step's tensors the extension's row operators (row_norm.py, row_rotary.py) take:
+    on the CPU, in one dtype the extension was built for, no autograd, not traced by
+    torch.compile (which fuses the eager operators they stand for itself)."""
+    return (x.device.type == "cpu" and x.dtype in built_dtypes()
+            and all(o.dtype == x.dtype for o in others) and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or any(o.requires_grad for o in others))))
+
+
 def _fake(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The operator's output shape, for tracing (the binary defines the operator itself)."""
     return x.new_empty(x.shape[0], weight.shape[0])
@@ -585,4 +594,5 @@ def install(model: nn.Module) -> int:
     return len(linears)
 
 
-__all__ = ["MAX_ROWS", "MAX_ROWS_AMX", "max_rows", "SkinnyLinear", "built_dtypes", "dtypes", "install", "kernel", "linear", "off"]
+__all__ = ["MAX_ROWS", "MAX_ROWS_AMX", "max_rows", "SkinnyLinear", "built_dtypes", "dtypes", "install", "kernel",
+           "kernel_takes", "linear", "off"]

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
-from scylla_impl import devices, dtypes, gqa_attention, skinny_linear
+from scylla_impl import devices, dtypes, gqa_attention, skinny_linear, target_norms
 from scylla_impl.compiled import compile_step
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
@@ -167,6 +167,7 @@ class Target:
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
         # Few-row fp32 CPU matmuls at weight-read speed (skinny_linear.py); "torch" elsewhere.
         self.matmul = "skinny" if skinny_linear.install(model) else "torch"
+        self.fused_norms = target_norms.install(model)  # RMSNorms as one operator each in decode steps
         # --compile: steps (not prefills) through one compiled forward over static caches.
         self.compiled = compile
         self.static_cache = compile  # compiled steps need fixed shapes; tests run static caches eagerly too

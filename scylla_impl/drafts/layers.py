@@ -18,15 +18,6 @@ from scylla_impl.gqa_attention import draft_attention
 from scylla_impl.kv_cache import RowKVCache
 
 
-def _kernel_takes(x: torch.Tensor, *others: torch.Tensor) -> bool:
-    """A decode step's tensors row_norm.py's and row_rotary.py's operators take: on the CPU, in
-    one dtype the extension was built for, no autograd, not traced by torch.compile (which fuses
-    the eager operators below itself)."""
-    return (x.device.type == "cpu" and x.dtype in skinny_linear.built_dtypes()
-            and all(o.dtype == x.dtype for o in others) and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and (x.requires_grad or any(o.requires_grad for o in others))))
-
-
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
     x = x.float()
@@ -51,7 +42,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _kernel_takes(x, self.weight) and _fused_norm_is_eager(x.shape[-1]):
+        if skinny_linear.kernel_takes(x, self.weight) and _fused_norm_is_eager(x.shape[-1]):
             return torch.ops.scylla.rms_norm(x, self.weight, self.eps)
         return _rms_norm(x, self.weight, self.eps)
 
@@ -100,7 +91,7 @@ class DraftAttention(nn.Module):
         qs = self.q_proj(x).view(b, q, self.heads, self.head_dim).transpose(1, 2)
         ks = self.k_proj(x).view(b, q, self.kv_heads, self.head_dim).transpose(1, 2)
         vs = self.v_proj(x).view(b, q, self.kv_heads, self.head_dim).transpose(1, 2)
-        if _kernel_takes(qs, cos, sin):
+        if skinny_linear.kernel_takes(qs, cos, sin):
             qs, ks = torch.ops.scylla.rotary(qs, cos, sin), torch.ops.scylla.rotary(ks, cos, sin)
         else:
             qs = qs * cos + _rotate_half(qs) * sin
