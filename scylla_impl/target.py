@@ -182,10 +182,11 @@ class Target:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
-            # transformers' text here is a list of four ways a tokenizer can be built, cut at its first line
-            raise ScyllaError(f"cannot load target '{name}': no tokenizer it can load: it needs tokenizer.json, or a "
-                              f"slow tokenizer's files with sentencepiece installed (transformers: {_first_line(err)})"
-                              ) from None
+            what = _first_line(err)
+            if Path(path).is_dir():  # transformers' text lists four ways a tokenizer can be built, cut at its first line
+                what = (f"no tokenizer it can load: it needs tokenizer.json, or a slow tokenizer's files with "
+                        f"sentencepiece installed (transformers: {what})")
+            raise ScyllaError(f"cannot load target '{name}': {what}") from None
         try:
             model = _load_model(path, torch_dtype)
         except (OSError, ValueError) as err:
