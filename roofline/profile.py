@@ -53,7 +53,7 @@ from roofline.timing import CacheFlusher, Timer
 from roofline.triton_kernels import LaunchConfig
 from roofline.unmeasured import Unmeasured
 from scylla_impl import devices, dtypes, precision
-from workloads.errors import ScyllaError, os_error
+from workloads.errors import ScyllaError, first_line, os_error
 from workloads.files import check_writable_folder
 from workloads.progress import ProgressBar
 
@@ -528,7 +528,7 @@ def check_target(name: str) -> None:
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise ScyllaError(f"--target {name}: its config.json does not load ({_first_line(err)}); "
+        raise ScyllaError(f"--target {name}: its config.json does not load ({first_line(err)}); "
                           f"{_TARGET_HINT}") from None
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ScyllaError(f"--target {name}: a '{config.model_type}' model is not a decoder-only causal LM; "
@@ -549,7 +549,7 @@ def check_target(name: str) -> None:
     try:
         AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ScyllaError(f"--target {name}: its tokenizer does not load ({_first_line(err)})") from None
+        raise ScyllaError(f"--target {name}: its tokenizer does not load ({first_line(err)})") from None
 
 
 def _safetensors_shards(path: Path, weights: str) -> list[Path]:
@@ -562,11 +562,6 @@ def _safetensors_shards(path: Path, weights: str) -> list[Path]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise ScyllaError(f"--target {path}: {weights} is unreadable; copy the model folder again") from None
     return []  # pickled weights: no header to check without unpickling them
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def run_profile(options: ProfileOptions, *, device: torch.device | None = None) -> dict[str, Any]:

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scylla_impl import row_attention, row_norm, row_rotary
+from workloads.errors import first_line
 
 # Beyond 32 rows BLAS's blocking catches up (60 rows: 0.8-1.0x the kernel's time over repeated
 # runs of the table), and a verify that wide is no longer a few-row step.
@@ -486,8 +487,7 @@ def kernel():
                   file=sys.stderr, flush=True)
         module = build(name, folder)
     except (OSError, RuntimeError, ImportError) as err:  # no compiler or ninja here, or the build failed
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"note: CPU matmul kernel unavailable ({first}); decode steps use torch's matmul and attention",
+        print(f"note: CPU matmul kernel unavailable ({first_line(err)}); decode steps use torch's matmul and attention",
               file=sys.stderr, flush=True)
         return None
     torch.library.register_fake("scylla::skinny_linear")(_fake)

@@ -23,7 +23,7 @@ from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
 from scylla_impl.precision import choose, fast_dtype
 from workloads.cache import scylla_home
-from workloads.errors import ScyllaError
+from workloads.errors import ScyllaError, first_line
 from workloads.files import atomic_write_bytes
 
 DTYPES = {name: getattr(torch, name) for name in dtypes.NAMES}
@@ -87,11 +87,6 @@ def _model_path(name: str) -> str:
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
         raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
     return path
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].strip().rstrip(":") if text else type(err).__name__
 
 
 def _load_model(path: str, dtype: torch.dtype):
@@ -182,7 +177,7 @@ class Target:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
-            what = _first_line(err)
+            what = first_line(err)
             if Path(path).is_dir():  # transformers' text lists four ways a tokenizer can be built, cut at its first line
                 what = (f"no tokenizer it can load: it needs tokenizer.json, or a slow tokenizer's files with "
                         f"sentencepiece installed (transformers: {what})")
@@ -190,7 +185,7 @@ class Target:
         try:
             model = _load_model(path, torch_dtype)
         except (OSError, ValueError) as err:
-            raise ScyllaError(f"cannot load target '{name}': {_first_line(err)}") from None
+            raise ScyllaError(f"cannot load target '{name}': {first_line(err)}") from None
         model.to(device)
         display = DEFAULT_NAME if name == "default" else name
         cfg = model.config.get_text_config()
@@ -356,8 +351,8 @@ def check_tree_scoring(target: "Target") -> None:
     except ScyllaError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever the model's own code raises on the adapter's inputs
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ScyllaError(f"{name} cannot score a draft tree through the adapter ({type(err).__name__}: {first_line}); "
+        raise ScyllaError(f"{name} cannot score a draft tree through the adapter ({type(err).__name__}: "
+                          f"{first_line(err)[:200]}); "
                           "this architecture is not supported") from None
     want = torch.stack([plain[0][-2], plain[0][-1], plain[1][-1]])  # [3, V] root, first child, second child
     spread = (want - want.mean(-1, keepdim=True)).pow(2).mean(-1).sqrt().clamp_min(1e-12)  # [3]

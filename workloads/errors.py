@@ -9,6 +9,13 @@ class ScyllaError(Exception):
     """Bad input or a missing resource. The CLI prints the message on one line and exits 1."""
 
 
+def first_line(err: BaseException) -> str:
+    """A library's error cut to its first line, for a one-line message; a colon that introduced
+    the lines cut goes too (transformers' tokenizer error ends its first line "from one of:")."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip().rstrip(":").rstrip() if text else type(err).__name__
+
+
 
 # errno -> what the user can do about it: failures of the machine rather than of the input
 _FIXES = {
