@@ -9,12 +9,20 @@ as ATen's `sum` does over a contiguous row (aten/src/ATen/native/cpu/SumKernel.c
 `vectorized_inner_sum` over 8-float vectors, four accumulators, `multi_row_sum`'s cascade of
 16-row levels, the leftover vectors into the first accumulator, the leftover floats, then the
 eight lanes, in order), then mean = sum / H, 1 / sqrt(mean + eps), the row scaled and rounded to
-x's dtype, times the weight in x's dtype. Where a torch build sums otherwise, layers.py finds
-out on the first norm of each width (its result against eager's) and stays eager.
+x's dtype, times the weight in x's dtype. Where a torch build sums otherwise, or a model writes
+its norm another way, `repeats` tells: drafts/layers.py asks it once per width, and
+target_norms.py once per norm module of a target.
 
 Built into the same extension as the few-row matmul (skinny_linear.py), after its v8 and load8 and
 row_attention.py's to_float.
 """
+
+from collections.abc import Callable
+
+import torch
+
+# Probe rows: magnitudes 1e-3 to 1e3, so a norm that rounds otherwise anywhere shows it.
+PROBE_ROWS = 32
 
 SOURCE = r"""
 static inline v8 squares8(const float* p) { const v8 v = load8(p); return v * v; }
@@ -85,4 +93,21 @@ TORCH_LIBRARY_FRAGMENT(scylla, m) { m.def("rms_norm(Tensor x, Tensor weight, flo
 TORCH_LIBRARY_IMPL(scylla, CPU, m) { m.impl("rms_norm", &rms_norm); }
 """
 
-__all__ = ["SOURCE"]
+
+@torch.no_grad()
+def repeats(norm: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor, eps: float) -> bool:
+    """Whether the operator with `weight` and `eps` gives `norm`'s bits (rows [n, width] -> [n, width])
+    on random rows in weight's dtype. A norm that fails on plain rows is not one it stands for."""
+    width = weight.shape[0]
+    gen = torch.Generator().manual_seed(width)
+    scales = torch.logspace(-3, 3, PROBE_ROWS)[:, None]  # [rows, 1]
+    x = (torch.randn(PROBE_ROWS, width, generator=gen) * scales).to(weight.dtype)  # [rows, width]
+    try:
+        own = norm(x)
+    except Exception:  # noqa: BLE001 - a model's own module may raise anything on inputs it was not built for
+        return False
+    return isinstance(own, torch.Tensor) and own.dtype == x.dtype and torch.equal(
+        own, torch.ops.scylla.rms_norm(x, weight, eps))
+
+
+__all__ = ["PROBE_ROWS", "SOURCE", "repeats"]

@@ -13,13 +13,11 @@ another dtype, extra arguments, many rows).
 import torch
 from torch import nn
 
-from scylla_impl import skinny_linear
+from scylla_impl import row_norm, skinny_linear
 
 # The operator runs on one thread: beyond a decode step's rows the module's own (threaded)
 # operators are faster.
 MAX_ROWS = 256
-# Probe rows per dtype: large and small magnitudes, so a module that differs anywhere shows it.
-_PROBE_ROWS = 16
 
 
 class _RowNorm:
@@ -53,21 +51,6 @@ def _candidate(module: nn.Module) -> bool:
             and next(module.children(), None) is None and not isinstance(module, _RowNorm))
 
 
-@torch.no_grad()
-def _same_bits(module: nn.Module) -> bool:
-    """The module's own forward and the operator agree bit for bit on random rows in its dtype."""
-    width, eps = module.weight.shape[0], _eps(module)
-    gen = torch.Generator().manual_seed(width)
-    scales = torch.logspace(-3, 3, _PROBE_ROWS)[:, None]  # [rows, 1]
-    x = (torch.randn(_PROBE_ROWS, width, generator=gen) * scales).to(module.weight.dtype)  # [rows, width]
-    try:
-        own = module(x)
-    except Exception:  # noqa: BLE001 - a module that cannot take plain rows is not a norm the operator stands for
-        return False
-    return isinstance(own, torch.Tensor) and own.dtype == x.dtype and torch.equal(
-        own, torch.ops.scylla.rms_norm(x, module.weight, eps))
-
-
 def install(model: nn.Module) -> int:
     """Route `model`'s RMSNorm modules whose bits the operator repeats through it in decode
     steps; returns how many. Needs the extension built (skinny_linear.install builds it)."""
@@ -75,13 +58,14 @@ def install(model: nn.Module) -> int:
     for module in model.modules():
         if not _candidate(module) or module.weight.dtype not in skinny_linear.built_dtypes():
             continue
-        if not _same_bits(module):
+        eps = _eps(module)
+        if not row_norm.repeats(module, module.weight, eps):
             continue
         cls = type(module)
         if cls not in _SUBCLASSES:
             _SUBCLASSES[cls] = type(cls.__name__, (_RowNorm, cls), {"__module__": cls.__module__})
         module.__class__ = _SUBCLASSES[cls]
-        module.row_norm_eps = _eps(module)
+        module.row_norm_eps = eps
         swapped += 1
     return swapped
 
