@@ -488,10 +488,9 @@ def _loadavg() -> list[float] | None:
 
 # -- checks before measuring ------------------------------------------------------------------
 
-_TARGET_HINT = "give 'default' or a Hugging Face model folder (config.json, weights, tokenizer files)"
+_TARGET_HINT = "give 'default', a Hugging Face model folder (config.json, weights, tokenizer files) or a hub id"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def check_options(options: ProfileOptions) -> torch.device:
@@ -509,47 +508,36 @@ def check_options(options: ProfileOptions) -> torch.device:
 
 def check_target(name: str) -> None:
     """A target that cannot load would only show after the bandwidth and compute phases; a
-    folder that is not a model is a mistake to report, not a knee to leave unmeasured."""
-    if name == "default":
-        from scylla_impl.embedded import ensure_default_model
-
-        ensure_default_model()  # fetched, converted or repaired now, not after the measuring
-        return
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise ScyllaError(f"--target {name}: no such model folder; {_TARGET_HINT}")
-    if not path.is_dir():
-        raise ScyllaError(f"--target {name}: is a file, not a model folder; {_TARGET_HINT}")
-    if not (path / "config.json").is_file():
-        raise ScyllaError(f"--target {name}: not a model folder (it has no config.json); {_TARGET_HINT}")
-    from transformers import AutoConfig, AutoTokenizer
+    folder that is not a model is a mistake to report, not a knee to leave unmeasured. The
+    loader's own checks first (the default model fetched or repaired now), then what it would
+    only find while loading: the architecture, the weights and the tokenizer."""
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    from scylla_impl.target import load_tokenizer, model_path
+
+    path = model_path(name)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
-        raise ScyllaError(f"--target {name}: its config.json does not load ({first_line(err)}); "
+        raise ScyllaError(f"--target {name}: its config does not load ({first_line(err)}); "
                           f"{_TARGET_HINT}") from None
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ScyllaError(f"--target {name}: a '{config.model_type}' model is not a decoder-only causal LM; "
                           "the verify knee needs one (Llama, Qwen2, Gemma, GPT-2 style)")
-    weights = [f for f in _WEIGHT_FILES if (path / f).is_file()]
-    if not weights:
-        raise ScyllaError(f"--target {name}: no weights in it (model.safetensors or pytorch_model.bin); "
-                          f"{_TARGET_HINT}")
-    for shard in _safetensors_shards(path, weights[0]):
-        from scylla_impl.embedded import safetensors_problem
+    folder = Path(path)
+    if folder.is_dir():  # a hub id's files are checked by transformers as they arrive
+        weights = [f for f in _WEIGHT_FILES if (folder / f).is_file()]
+        if not weights:
+            raise ScyllaError(f"--target {name}: no weights in it (model.safetensors or pytorch_model.bin); "
+                              f"{_TARGET_HINT}")
+        for shard in _safetensors_shards(folder, weights[0]):
+            from scylla_impl.embedded import safetensors_problem
 
-        problem = safetensors_problem(shard) if shard.is_file() else f"{shard.name} is missing"
-        if problem:
-            raise ScyllaError(f"--target {name}: {problem}; copy the model folder again")
-    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
-        raise ScyllaError(f"--target {name}: no tokenizer in it (tokenizer.json or tokenizer_config.json); "
-                          "save the tokenizer beside the model")
-    try:
-        AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ScyllaError(f"--target {name}: its tokenizer does not load ({first_line(err)})") from None
+            problem = safetensors_problem(shard) if shard.is_file() else f"{shard.name} is missing"
+            if problem:
+                raise ScyllaError(f"--target {name}: {problem}; copy the model folder again")
+    load_tokenizer(path, name)
 
 
 def _safetensors_shards(path: Path, weights: str) -> list[Path]:

@@ -53,7 +53,7 @@ def auto_dtype(target: str = "default", device: str = "cpu") -> str:
     device = devices.resolve(device)
     if torch.device(device).type != "cpu" or fast_dtype(device) == "float32":
         return fast_dtype(device)
-    path = _model_path(target)
+    path = model_path(target)
     key = f"{Path(path).resolve()}|{skinny_linear.cpu_signature()}|threads={torch.get_num_threads()}"
     record = scylla_home() / AUTO_DTYPE_FILE
     try:
@@ -72,8 +72,9 @@ def auto_dtype(target: str = "default", device: str = "cpu") -> str:
     return choice
 
 
-def _model_path(name: str) -> str:
-    """The folder (or hub id) `name` loads from, checked as far as it can be without loading."""
+def model_path(name: str) -> str:
+    """The folder (or hub id) `name` loads from, checked as far as it can be without loading.
+    The profile's pre-flight (roofline/profile.check_target) starts with the same checks."""
     path = str(ensure_default_model()) if name == "default" else name
     local = Path(path).expanduser()
     if local.exists():
@@ -87,6 +88,19 @@ def _model_path(name: str) -> str:
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
         raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
     return path
+
+
+def load_tokenizer(path: str, name: str):
+    """The tokenizer of the model at `path` (what model_path returned for `name`), or one line
+    that says what is missing."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        what = first_line(err)
+        if Path(path).is_dir():  # transformers' text lists four ways a tokenizer can be built, cut at its first line
+            what = (f"no tokenizer it can load: it needs tokenizer.json, or a slow tokenizer's files with "
+                    f"sentencepiece installed (transformers: {what})")
+        raise ScyllaError(f"cannot load target '{name}': {what}") from None
 
 
 def _load_model(path: str, dtype: torch.dtype):
@@ -172,16 +186,9 @@ class Target:
     def load(cls, name: str = "default", dtype: str | torch.dtype = dtypes.AUTO, device: str = "cpu",
              compile: bool = False) -> "Target":
         device = devices.resolve(str(device))
-        path = _model_path(name)
+        path = model_path(name)
         torch_dtype = resolve_dtype(dtype, device, path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            what = first_line(err)
-            if Path(path).is_dir():  # transformers' text lists four ways a tokenizer can be built, cut at its first line
-                what = (f"no tokenizer it can load: it needs tokenizer.json, or a slow tokenizer's files with "
-                        f"sentencepiece installed (transformers: {what})")
-            raise ScyllaError(f"cannot load target '{name}': {what}") from None
+        tokenizer = load_tokenizer(path, name)
         try:
             model = _load_model(path, torch_dtype)
         except (OSError, ValueError) as err:

@@ -51,13 +51,13 @@ def test_profile_target_that_is_not_a_model(kind, tmp_path, default_model_dir):
 
     error = _error_line(run_profile("--target", str(target), "--out", str(out)))
 
-    expected = {
-        "empty folder": "not a model folder (it has no config.json); give 'default' or a Hugging Face model folder",
-        "random files": "not a model folder (it has no config.json)",
-        "a file": "is a file, not a model folder",
-        "truncated weights": "model.safetensors is 1048576 bytes, its header says",
+    expected = {  # the loader's own words (scylla_impl/target.py) where it checks the same thing
+        "empty folder": f"cannot load target '{target}': the folder has no config.json; give a model folder",
+        "random files": f"cannot load target '{target}': the folder has no config.json",
+        "a file": f"cannot load target '{target}': it is a file",
+        "truncated weights": f"--target {target}: model.safetensors is 1048576 bytes, its header says",
     }[kind]
-    assert error.startswith(f"error: --target {target}: {expected}")
+    assert error.startswith(f"error: {expected}")
     assert not out.exists()
 
 
@@ -97,10 +97,10 @@ def _other_bad_target(kind: str, tmp_path: Path, model_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind, expected", [
-    ("broken config", "its config.json does not load"),
-    ("a seq2seq model", "a 't5' model is not a decoder-only causal LM"),
-    ("no weights", "no weights in it (model.safetensors or pytorch_model.bin)"),
-    ("no tokenizer", "no tokenizer in it"),
+    ("broken config", "--target {}: its config does not load"),
+    ("a seq2seq model", "--target {}: a 't5' model is not a decoder-only causal LM"),
+    ("no weights", "--target {}: no weights in it (model.safetensors or pytorch_model.bin)"),
+    ("no tokenizer", "cannot load target '{}': no tokenizer it can load"),
 ])
 def test_profile_checks_the_target_before_measuring(kind, expected, tmp_path, monkeypatch, default_model_dir):
     from roofline import profile as prof
@@ -112,6 +112,6 @@ def test_profile_checks_the_target_before_measuring(kind, expected, tmp_path, mo
     target = _other_bad_target(kind, tmp_path, default_model_dir)
     with pytest.raises(ScyllaError) as caught:
         prof.run_profile(prof.ProfileOptions(out=tmp_path / "prof", device="cpu", target=str(target)))
-    assert str(caught.value).startswith(f"--target {target}: {expected}")
+    assert str(caught.value).startswith(expected.format(target))
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "prof").exists()

@@ -444,7 +444,7 @@ def test_profile_dtype_auto_measures_the_knee_in_a_sweeps_default_dtype(tmp_path
 def test_profile_rejects_bad_arguments(tmp_path):
     from roofline import profile as prof
 
-    with pytest.raises(ScyllaError, match="no such model folder"):
+    with pytest.raises(ScyllaError, match="no such folder"):
         prof.run_profile(prof.ProfileOptions(out=tmp_path, device="cpu", target=str(tmp_path / "nope")))
     if not torch.cuda.is_available():
         with pytest.raises(ScyllaError, match="no CUDA device"):
