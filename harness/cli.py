@@ -1,42 +1,35 @@
 """The `scylla` command. Subcommands live in their own modules and load lazily, so
 `scylla --help` does not import torch, and each layer keeps its own command."""
 
-import importlib
 import os
 import sys
+from importlib.metadata import EntryPoint, entry_points
 
 import click
 
 from workloads.errors import ScyllaError, os_error
 
-# name -> "module:attribute" of a click command. One registry, no if-chains.
-COMMANDS = {
-    "generate": "harness.commands.generate:generate",
-    "models": "harness.commands.models:models",
-    "datasets": "harness.commands.datasets:datasets",
-    "profile": "harness.commands.profile:profile",
-    "train": "harness.commands.train:train",
-    "sweep": "harness.commands.sweep:sweep",
-    "scaling": "harness.commands.scaling:scaling",
-    "report": "reports.cli:report",
-}
+# pyproject.toml's [project.entry-points."scylla.commands"]: name -> "module:command". The
+# registry lives in the package's metadata so that reports/ (above this layer) adds `report`
+# without the harness importing upwards.
+COMMAND_GROUP = "scylla.commands"
+
+
+def commands() -> dict[str, EntryPoint]:
+    found = {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+    if not found:  # run from a source tree that was never installed
+        raise click.ClickException("scylla-bench is not installed, so it has no commands: "
+                                   "pip install -e . (or run it through nox)")
+    return found
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(commands())
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
-        if target is None:
-            return None
-        module, attr = target.split(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as err:
-            if not err.name or not err.name.startswith(module.split(".")[0]):
-                raise
-            raise click.ClickException(f"'scylla {name}' is not available in this build") from None
+        entry = commands().get(name)
+        return entry.load() if entry is not None else None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
