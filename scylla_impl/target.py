@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
-from scylla_impl import devices, dtypes, gqa_attention, skinny_linear, target_norms
+from scylla_impl import devices, dtypes, gqa_attention, hub, skinny_linear, target_norms
 from scylla_impl.compiled import compile_step
 from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
 from scylla_impl.kv_cache import RowKVCache
@@ -87,7 +87,7 @@ def model_path(name: str) -> str:
         return str(local)
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
         raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
-    return path
+    return hub.loadable(name)
 
 
 def load_tokenizer(path: str, name: str):

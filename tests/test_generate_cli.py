@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -182,3 +184,38 @@ def test_auto_refuses_a_prompt_past_the_context_before_pricing(tmp_path, default
                   "--prompt", " ".join(["word"] * 400), "--max-new-tokens", "4")
     assert_one_line_error(done, "new tokens needs", "takes 300")
     assert not (tmp_path / "draft" / "calibration.json").exists()
+
+
+def _unreachable_hub(tmp_path, monkeypatch) -> Path:
+    """A Hugging Face cache of its own, and an endpoint that refuses at once (nothing listens on
+    port 9): what a machine without hub access sees, without waiting on DNS."""
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return cache
+
+
+def test_a_hub_id_without_the_hub_is_one_line_at_once(tmp_path, monkeypatch):
+    _unreachable_hub(tmp_path, monkeypatch)
+    started = time.perf_counter()
+    done = scylla("generate", "--target", "someorg/notcached", "--prompt", "hi", "--method", "ar")
+    assert_one_line_error(done, "cannot load target 'someorg/notcached': it is not in the Hugging Face cache",
+                          "http://127.0.0.1:9 cannot be reached")
+    assert time.perf_counter() - started < 60  # transformers alone retries for about a minute
+
+
+def test_a_cached_hub_id_loads_without_the_hub(tmp_path, monkeypatch, default_model_dir):
+    cache = _unreachable_hub(tmp_path, monkeypatch)
+    repo = cache / "models--someorg--smol"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for file in default_model_dir.iterdir():
+        (snapshot / file.name).symlink_to(file)  # as the hub's cache links its blobs
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+
+    done = scylla("generate", "--target", "someorg/smol", "--prompt", "What is 2+2?", "--method", "ar",
+                  "--max-new-tokens", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["outputs"]) == 1
