@@ -474,13 +474,8 @@ def run_sweep(
     store = ResultStore(out)
     run_id = new_run_id()
     # Every input check before anything is written: a failing sweep leaves no skeleton behind.
-    def refuse_to_overwrite() -> None:
-        if store.has_results() and not resume:
-            raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, "
-                              "or choose another --out")
-
     store.check_out()
-    refuse_to_overwrite()
+    _refuse_to_overwrite(store, out, resume)
     auto_trees = None
     if AUTO in spec.top_k:
         from harness.auto_trees import sweep_policy
@@ -488,84 +483,37 @@ def run_sweep(
         auto_trees = sweep_policy(spec, out, echo=progress.note)
     cells = plan(spec, auto_trees)
     report = SweepReport(Path(out), run_id, cells)
-    order = [c.cell_id for c in cells]
     env = _driver_environment(spec)
     if spec.executor == "local":  # the devices are this machine's
         devices.resolve(spec.device)
     checksums = preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
     # A cluster that is not there is refused before anything is written.
     with executor.connect() as where, store.locked():
-        refuse_to_overwrite()  # again under the lock: another sweep may have written since
-        recorded = read_inputs(store.out)
+        _refuse_to_overwrite(store, out, resume)  # again under the lock: another sweep may have written since
+        inputs = _Inputs(store.out)
         for name, checksum in checksums.items():
-            check_input(recorded, "datasets", name, checksum, out)
+            check_input(inputs.recorded, "datasets", name, checksum, out)
         store.prepare()
         if auto_trees is not None:
             auto_trees.write(store.out)
         done = store.done()
-
-        def record(kind: str, name: str | None, value: str | None) -> None:
-            if name is not None and record_input(recorded, kind, name, value):
-                atomic_write_bytes(inputs_bytes(recorded), store.out / INPUTS_FILE)
-
         for name, checksum in checksums.items():
-            record("datasets", name, checksum)
-        store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),
-                                 "environment": env, "executor": where, "cells": len(cells)})
-        import yaml
-
-        atomic_write_bytes(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode(), store.out / "spec.yaml")
+            inputs.record("datasets", name, checksum)
+        _write_run(store, spec, run_id, env, where, len(cells))
         common = {k: env[k] for k in ("git_commit", "package_versions", "profile_id")}
-
         for c in cells:
             if c.status == PRUNED and c.cell_id not in done:
-                row = base_row(c)
-                row.update(common, run_id=run_id, status=STATUS_PRUNED)
-                store.write_cell(row)
-        todo = [
-            c for c in cells
-            if c.status == PLANNED and (c.cell_id not in done or (retry_failed and done[c.cell_id] == STATUS_FAILED))
-        ]
+                store.write_cell({**base_row(c), **common, "run_id": run_id, "status": STATUS_PRUNED})
+        todo = [c for c in cells if c.status == PLANNED
+                and (c.cell_id not in done or (retry_failed and done[c.cell_id] == STATUS_FAILED))]
         report.skipped = sum(1 for c in cells if c.status == PLANNED) - len(todo)
-        by_id = {c.cell_id: c for c in cells}
-        dependents: dict[str, list[Cell]] = {}
-        for c in cells:
-            if c.ar_partner:
-                dependents.setdefault(c.ar_partner, []).append(c)
-        last_consolidated = time.monotonic()
-
-        def on_result(cell: Cell, outcome: CellOutcome | WorkerLost) -> None:
-            try:
-                store_result(cell, outcome)
-            except ScyllaError as err:  # a full disk: what is written stays, and a resume continues
-                raise ScyllaError(f"{err}; the cells finished before are kept, and `scylla sweep --resume` "
-                                  "continues") from None
-
-        def store_result(cell: Cell, outcome: CellOutcome | WorkerLost) -> None:
-            nonlocal last_consolidated
-            if isinstance(outcome, WorkerLost):
-                outcome = CellOutcome({**base_row(cell), "status": STATUS_FAILED, "error": outcome.error})
-            row = {k: v for k, v in outcome.row.items() if k in RESULT_COLUMNS}
-            row.update(common, run_id=run_id)
-            store.write_cell(row, outcome.outputs, outcome.steps)
-            record("targets", spec.target, row.get("target_fingerprint"))
-            record("drafts", cell.draft, row.get("draft_hash"))
-            record("dtypes", spec.dtype, row.get("dtype"))
-            report.ran += 1
-            for c in [cell] if not cell.is_ar else [cell, *dependents.get(cell.cell_id, [])]:
-                row_now = derive(store, c, by_id)
-                if c is cell and row_now is not None:
-                    row = row_now
-            progress.cell_done(cell, row)
-            if time.monotonic() - last_consolidated > consolidate_every_s:
-                store.consolidate(order)
-                last_consolidated = time.monotonic()
-
+        sink = _ResultSink(store, spec, cells, {**common, "run_id": run_id}, inputs, report, progress,
+                           consolidate_every_s)
         progress.start(len(todo), report.skipped)
         failure: BaseException | None = None
         try:
-            settings = WorkerSettings.from_spec(spec, out, recorded)
-            executor.run(todo, functools.partial(worker_factory, settings), progress.cell_started, on_result)
+            settings = WorkerSettings.from_spec(spec, out, inputs.recorded)
+            executor.run(todo, functools.partial(worker_factory, settings), progress.cell_started, sink)
         except BaseException as err:
             failure = err
             raise
@@ -574,13 +522,85 @@ def run_sweep(
             with contextlib.suppress(Exception):
                 for c in sorted(cells, key=lambda c: not c.is_ar):  # AR rows first, then their dependents
                     if c.status == PLANNED:
-                        derive(store, c, by_id, only_missing=True)
+                        derive(store, c, sink.by_id, only_missing=True)
             try:
-                report.results_path = store.consolidate(order)
+                report.results_path = store.consolidate(sink.order)
             except ScyllaError:
                 if failure is None:  # else the first failure is the one to report
                     raise
     return report
+
+
+def _refuse_to_overwrite(store: ResultStore, out: str | Path, resume: bool) -> None:
+    if store.has_results() and not resume:
+        raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, "
+                          "or choose another --out")
+
+
+class _Inputs:
+    """The sweep's inputs.json: what each target, draft, dataset and dtype name resolved to,
+    rewritten whenever a name is first seen, so a resume can refuse changed inputs."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.recorded = read_inputs(out)
+
+    def record(self, kind: str, name: str | None, value: str | None) -> None:
+        if name is not None and record_input(self.recorded, kind, name, value):
+            atomic_write_bytes(inputs_bytes(self.recorded), self.out / INPUTS_FILE)
+
+
+def _write_run(store: ResultStore, spec: SweepSpec, run_id: str, env: dict[str, Any], where: Any,
+               cells: int) -> None:
+    import yaml
+
+    store.write_run(run_id, {"run_id": run_id, "started_at": datetime.now(UTC).isoformat(), "spec": spec.to_dict(),
+                             "environment": env, "executor": where, "cells": cells})
+    atomic_write_bytes(yaml.safe_dump(spec.to_dict(), sort_keys=False).encode(), store.out / "spec.yaml")
+
+
+class _ResultSink:
+    """What the executor calls with each finished cell: the row written, the inputs it resolved
+    recorded, the columns that need its AR partner derived (for the cell, or for the cells that
+    waited on it when it is the AR one), and results.parquet rebuilt every few seconds."""
+
+    def __init__(self, store: ResultStore, spec: SweepSpec, cells: list[Cell], common: dict[str, Any],
+                 inputs: _Inputs, report: SweepReport, progress: Progress, consolidate_every_s: float):
+        self.store, self.spec, self.common, self.inputs = store, spec, common, inputs
+        self.report, self.progress, self.consolidate_every_s = report, progress, consolidate_every_s
+        self.order = [c.cell_id for c in cells]
+        self.by_id = {c.cell_id: c for c in cells}
+        self.dependents: dict[str, list[Cell]] = {}
+        for c in cells:
+            if c.ar_partner:
+                self.dependents.setdefault(c.ar_partner, []).append(c)
+        self.last_consolidated = time.monotonic()
+
+    def __call__(self, cell: Cell, outcome: CellOutcome | WorkerLost) -> None:
+        try:
+            self._store(cell, outcome)
+        except ScyllaError as err:  # a full disk: what is written stays, and a resume continues
+            raise ScyllaError(f"{err}; the cells finished before are kept, and `scylla sweep --resume` "
+                              "continues") from None
+
+    def _store(self, cell: Cell, outcome: CellOutcome | WorkerLost) -> None:
+        if isinstance(outcome, WorkerLost):
+            outcome = CellOutcome({**base_row(cell), "status": STATUS_FAILED, "error": outcome.error})
+        row = {k: v for k, v in outcome.row.items() if k in RESULT_COLUMNS}
+        row.update(self.common)
+        self.store.write_cell(row, outcome.outputs, outcome.steps)
+        self.inputs.record("targets", self.spec.target, row.get("target_fingerprint"))
+        self.inputs.record("drafts", cell.draft, row.get("draft_hash"))
+        self.inputs.record("dtypes", self.spec.dtype, row.get("dtype"))
+        self.report.ran += 1
+        for c in [cell] if not cell.is_ar else [cell, *self.dependents.get(cell.cell_id, [])]:
+            derived = derive(self.store, c, self.by_id)
+            if c is cell and derived is not None:
+                row = derived
+        self.progress.cell_done(cell, row)
+        if time.monotonic() - self.last_consolidated > self.consolidate_every_s:
+            self.store.consolidate(self.order)
+            self.last_consolidated = time.monotonic()
 
 
 def preflight_datasets(spec: SweepSpec, cells: Sequence[Cell]) -> dict[str, str]:
