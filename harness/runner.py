@@ -282,23 +282,37 @@ class CellWorker:
         with contextlib.suppress(Exception):
             self._sync()
 
-    def _run(self, cell: Cell, row: dict[str, Any]) -> CellOutcome:
+    def _models(self, cell: Cell, row: dict[str, Any]):
+        """The cell's target and draft (None: AR, or a top_k auto cell that chose no tree, whose
+        draft is still loaded and recorded), with what identifies them written into `row`."""
         row["threads"] = torch.get_num_threads()
         row["device_name"] = environment.device_name(self.device)
         target = self.target()
         row["target"] = target.info.name
         row["target_fingerprint"] = target.info.fingerprint
-        draft = None
-        if not cell.is_ar:  # a top_k auto cell whose choice is no tree (total_tokens 1) still loads its draft
-            draft = self.draft(cell.draft)
-            if draft is None:
-                raise ScyllaError(f"draft {cell.draft!r} loaded as no draft")
-            info = draft.info
-            check_draft_kind(cell.method, cell.draft, info.method)
-            row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens,
-                       draft_hash=info.weights_hash, draft_input=info.draft_input, draft_dtype=info.dtype)
-            if cell.total_tokens == 1:
-                draft = None
+        if cell.is_ar:
+            return target, None
+        draft = self.draft(cell.draft)
+        if draft is None:
+            raise ScyllaError(f"draft {cell.draft!r} loaded as no draft")
+        info = draft.info
+        check_draft_kind(cell.method, cell.draft, info.method)
+        row.update(draft_method=info.method, draft_layers=info.layers, pretrain_tokens=info.pretrain_tokens,
+                   draft_hash=info.weights_hash, draft_input=info.draft_input, draft_dtype=info.dtype)
+        return target, None if cell.total_tokens == 1 else draft
+
+    def _warm_up(self, cell: Cell, target, draft, first: list[list[int]], paired: bool) -> None:
+        # Compiled steps: batch 1 is a shape of its own (torch specializes sizes 1), and a
+        # batch shrinks to it as rows finish, so it compiles here too, not in the timed run.
+        batches = [first, first[:1]] if target.compiled and cell.batch_size > 1 else [first]
+        with _phase("warmup"):
+            for batch in batches:
+                for model in (draft, None) if paired else (draft,):
+                    self._generate(target, batch, model, self._config(cell, self.settings.warmup, cell.seed))
+        self._sync()
+
+    def _run(self, cell: Cell, row: dict[str, Any]) -> CellOutcome:
+        target, draft = self._models(cell, row)
         prompts, info = self.dataset(cell.dataset, cell.prompts)
         if len(prompts) < cell.batch_size:
             raise ScyllaError(f"dataset {cell.dataset} has {len(prompts)} prompts, fewer than batch_size {cell.batch_size}")
@@ -337,15 +351,7 @@ class CellWorker:
         paired = self.settings.paired_ar and not cell.is_ar
         paired_stats = []
         if self.settings.warmup > 0:
-            first = [ids_for(i, 0, answers) for i in range(cell.batch_size)]
-            # Compiled steps: batch 1 is a shape of its own (torch specializes sizes 1), and a
-            # batch shrinks to it as rows finish, so it compiles here too, not in the timed run.
-            batches = [first, first[:1]] if target.compiled and cell.batch_size > 1 else [first]
-            with _phase("warmup"):
-                for batch in batches:
-                    for model in (draft, None) if paired else (draft,):
-                        self._generate(target, batch, model, self._config(cell, self.settings.warmup, cell.seed))
-            self._sync()
+            self._warm_up(cell, target, draft, [ids_for(i, 0, answers) for i in range(cell.batch_size)], paired)
 
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(self.device)
