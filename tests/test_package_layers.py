@@ -160,3 +160,13 @@ def test_a_wrong_decode_value_fails_before_the_engine_loads(argv, says):
     code, _, err, loaded = run_cli([*base, *(["--prompt", "hi"] if "--prompt" not in argv else []), *argv])
     assert code == 1 and err.startswith(f"error: {says}") and len(err.splitlines()) == 1, err[-2000:]
     assert loaded == "[]", err[-2000:]
+
+
+def test_a_source_tree_never_installed_says_so(monkeypatch):
+    import click
+
+    from harness import cli
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])  # no metadata: what an uninstalled tree has
+    with pytest.raises(click.ClickException, match="scylla-bench is not installed, so it has no commands: pip install -e ."):
+        cli.commands()
