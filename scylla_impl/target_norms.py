@@ -44,11 +44,15 @@ def _eps(module: nn.Module) -> float | None:
     return None
 
 
-def _candidate(module: nn.Module) -> bool:
+def _candidate_eps(module: nn.Module) -> float | None:
+    """The eps of a module shaped like an RMSNorm the operator could stand for (a leaf with a 1-D
+    CPU weight in a dtype the extension was built for, no bias), else None."""
     weight = getattr(module, "weight", None)
-    return (isinstance(weight, nn.Parameter) and weight.dim() == 1 and weight.device.type == "cpu"
-            and getattr(module, "bias", None) is None and _eps(module) is not None
-            and next(module.children(), None) is None and not isinstance(module, _RowNorm))
+    if not (isinstance(weight, nn.Parameter) and weight.dim() == 1 and weight.device.type == "cpu"
+            and weight.dtype in skinny_linear.built_dtypes() and getattr(module, "bias", None) is None
+            and next(module.children(), None) is None and not isinstance(module, _RowNorm)):
+        return None
+    return _eps(module)
 
 
 def install(model: nn.Module) -> int:
@@ -56,10 +60,8 @@ def install(model: nn.Module) -> int:
     steps; returns how many. Needs the extension built (skinny_linear.install builds it)."""
     swapped = 0
     for module in model.modules():
-        if not _candidate(module) or module.weight.dtype not in skinny_linear.built_dtypes():
-            continue
-        eps = _eps(module)
-        if not row_norm.repeats(module, module.weight, eps):
+        eps = _candidate_eps(module)
+        if eps is None or not row_norm.repeats(module, module.weight, eps):
             continue
         cls = type(module)
         if cls not in _SUBCLASSES:

@@ -16,7 +16,6 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0].strip().rstrip(":").rstrip() if text else type(err).__name__
 
 
-
 # errno -> what the user can do about it: failures of the machine rather than of the input
 _FIXES = {
     errno.ENOSPC: "the disk is full: free space or write somewhere else",
