@@ -1,6 +1,7 @@
 """The `scylla` command. Subcommands live in their own modules and load lazily, so
 `scylla --help` does not import torch, and each layer keeps its own command."""
 
+import functools
 import os
 import sys
 from importlib.metadata import EntryPoint, entry_points
@@ -15,6 +16,7 @@ from workloads.errors import ScyllaError, os_error
 COMMAND_GROUP = "scylla.commands"
 
 
+@functools.cache  # `scylla --help` asks once for the list and once per command
 def commands() -> dict[str, EntryPoint]:
     found = {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
     if not found:  # run from a source tree that was never installed

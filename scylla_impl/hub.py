@@ -7,6 +7,7 @@ short timeout: if it answers (or HF_HUB_OFFLINE says not to ask), the id goes to
 as it is; if not, a cached copy loads from its snapshot folder, and anything else is one line.
 """
 
+import functools
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,8 +30,10 @@ def unreachable(url: str, timeout: float = TIMEOUT_S) -> str | None:
     return None
 
 
+@functools.cache  # a profile checks the target and then loads it; auto dtype loads it twice more
 def loadable(hub_id: str) -> str:
-    """`hub_id`, or the folder of its cached snapshot where the hub cannot be reached."""
+    """`hub_id`, or the folder of its cached snapshot where the hub cannot be reached. Asked once
+    per process: where the hub does not answer, every further ask would wait out the timeout."""
     from huggingface_hub import constants, try_to_load_from_cache
 
     if constants.HF_HUB_OFFLINE:  # transformers reads the cache itself, without retries

@@ -168,5 +168,6 @@ def test_a_source_tree_never_installed_says_so(monkeypatch):
     from harness import cli
 
     monkeypatch.setattr(cli, "entry_points", lambda group: [])  # no metadata: what an uninstalled tree has
+    cli.commands.cache_clear()  # read once per process; an earlier test may have read the installed ones
     with pytest.raises(click.ClickException, match="scylla-bench is not installed, so it has no commands: pip install -e ."):
         cli.commands()
