@@ -324,108 +324,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    out: Path = args.out
     try:
-        if args.update_baseline and args.plant:
-            raise ScyllaError("refusing to write a baseline from a run with a planted regression")
-        if out.exists() and not args.resume:
-            # A fresh run: stale cells must not mix into the figures. Only a folder this job
-            # wrote is removed, never whatever else --out happens to point at.
-            if any(out.iterdir()) and not (out / "sweep").exists() and not (out / "profile").exists():
-                raise ScyllaError(f"{out} exists and is not a bench-results folder; choose another --out")
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        drafts, trained = resolve_drafts(args.draft, args.methods, args.untrained)
-        if not trained:
-            _say("=" * 72)
-            _say("UNTRAINED DRAFTS: " + ", ".join(d for d in drafts if "random:" in d or "oracle" in d) + ".")
-            _say("tau says nothing about real acceptance; drop --untrained (and --draft) to use the trained")
-            _say("default drafts. The baseline records which drafts it was made with.")
-            _say("=" * 72)
-        if args.plant:
-            _say(f"PLANTED REGRESSION '{args.plant}': the sweep runs with {PLANTS[args.plant]}")
-        threads = choose_threads(args.threads)
-        _say(f"torch threads: {threads} on {os.cpu_count()} CPUs")
-
-        profile = None if args.no_profile else out / "profile"
-        if profile is not None and not (args.resume and (profile / PROFILE_FILE).is_file()):
-            run_step(scylla_cli("profile", "--quick", "--dtype", "auto", "--out", str(profile)), "profile")
-        args.dtype = choose_dtype(args.dtype, profile)
-        _say(f"target dtype: {args.dtype}")
-        cfg = sweep_config(args, drafts)
-        own = args.own_baselines and not args.plant  # a planted run neither reads nor writes this machine's
-        read_own = not args.update_machine_baseline
-        sweep_base = machine_baseline.choose(machine_baseline.sweep_path(args.preset, args.dtype) if own else None,
-                                             args.baseline, cfg, read_own)
-        micro_base = machine_baseline.choose(machine_baseline.micro_path(args.dtype) if own else None, MICRO_BASELINE,
-                                             read_own=read_own)
-        for choice in (sweep_base, micro_base):
-            if choice.why_not_own:
-                _say(f"note: {choice.why_not_own}; checking against {_shown(choice.path)} (a passing run records it anew)")
-        if not args.update_baseline and sweep_base.path.is_file():
-            _say(f"baseline: {_shown(sweep_base.path)}" + (" (this machine's own)" if sweep_base.is_own else ""))
-            regression.check_same_sweep(cfg, regression.read_baseline(sweep_base.path))
-        sweep_dir = out / "sweep"
-        cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant, threads)
-        if args.resume and sweep_dir.exists():
-            cmd.append("--resume")
-        run_step(cmd, "sweep", written=sweep_dir / "results.parquet")
-        report_cmd = scylla_cli("report", str(sweep_dir), "-o", str(out / "report.html"), "--title", "scylla-bench: nox -s bench")
-        if profile is not None:
-            report_cmd += ["--profile", str(profile)]
-        run_step(report_cmd, "report")
-
-        cells = pd.read_parquet(sweep_dir / "results.parquet")
-        print("\n" + regression.summary_table(cells) + "\n", flush=True)
-
-        failures: list[str] = []
-        results = load_results([sweep_dir])
-        priced = regression.pricing(tables.auto_prediction_table(results.ok, results.predictions))
-        for n in priced.notes + (priced.failures if args.update_baseline else []):
-            _say("note: " + n)
-        if not args.update_baseline:
-            failures += priced.failures
-        micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads, args.dtype, micro_base.path)
-        for n in micro.notes:
-            _say("note: " + n)
-        failures += micro.failures
-
-        figs = regression.figures(cells)
-        (out / "figures.json").write_text(json.dumps(figs, indent=1, sort_keys=True) + "\n")
-        tol = args.tolerance if args.tolerance is not None else regression.DEFAULT_RATIO_TOLERANCE
-        base = regression.make_baseline(figs, cfg, tol, _git_commit())
-        if args.update_baseline:
-            args.baseline.write_text(json.dumps(base, indent=1) + "\n")
-            _say(f"wrote {args.baseline} ({len(base['tau'])} tau figures, {len(base['ratio'])} ratios)")
-        elif not sweep_base.path.is_file() and args.preset != "regression":
-            _say(f"NOT CHECKED: no baseline for the {args.preset} preset at {args.baseline}; the figures are in "
-                 f"{out / 'figures.json'} (make one with `nox -s bench -- --preset {args.preset} --update-baseline`)")
-        else:
-            try:
-                verdict = regression.compare(figs, regression.read_baseline(sweep_base.path), cfg, args.tolerance)
-            except ScyllaError as err:
-                if not sweep_base.is_own:
-                    raise
-                # Another dataset file measured here since: this machine's figures no longer apply.
-                _say(f"note: this machine's baseline {sweep_base.path} does not apply ({err}); checking against "
-                     f"{_shown(args.baseline)} (a passing run records it anew)")
-                sweep_base = machine_baseline.Choice(args.baseline, sweep_base.own, False)
-                verdict = regression.compare(figs, regression.read_baseline(args.baseline), cfg, args.tolerance)
-            for n in verdict.notes:
-                _say("note: " + n)
-            failures += verdict.failures
-            if verdict.ok:
-                _say(f"sweep figures: {len(figs['tau'])} tau and {len(figs['ratio'])} ratios within the baseline")
-        asked = args.update_baseline or args.update_machine_baseline
-        if asked or (trained and not failures):
-            # --skip-micro under --resume would leave an earlier run's micro.json in OUT.
-            micro_result = None if args.skip_micro else out / "micro.json"
-            record_own_baselines(sweep_base, micro_base, base, micro_result, args.baseline, asked)
+        failures = run_job(args)
     except ScyllaError as err:
         print(f"error: {err}", file=sys.stderr)
         _say(f"took {time.perf_counter() - t_start:.0f} s")
         return 1
-    _say(f"report: {out / 'report.html'}")
+    _say(f"report: {args.out / 'report.html'}")
     _say(f"took {time.perf_counter() - t_start:.0f} s")
     if failures:
         print(f"REGRESSION ({len(failures)}):", file=sys.stderr)
@@ -433,6 +338,134 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + f, file=sys.stderr)
         return 1
     return 0
+
+
+def run_job(args: argparse.Namespace) -> list[str]:
+    """The job's steps in order; returns the regression check's failures (an error raises)."""
+    if args.update_baseline and args.plant:
+        raise ScyllaError("refusing to write a baseline from a run with a planted regression")
+    out = _fresh_out(args.out, args.resume)
+    drafts, trained = resolve_drafts(args.draft, args.methods, args.untrained)
+    _announce(drafts, trained, args.plant)
+    threads = choose_threads(args.threads)
+    _say(f"torch threads: {threads} on {os.cpu_count()} CPUs")
+
+    profile = None if args.no_profile else out / "profile"
+    if profile is not None and not (args.resume and (profile / PROFILE_FILE).is_file()):
+        run_step(scylla_cli("profile", "--quick", "--dtype", "auto", "--out", str(profile)), "profile")
+    args.dtype = choose_dtype(args.dtype, profile)
+    _say(f"target dtype: {args.dtype}")
+    cfg = sweep_config(args, drafts)
+    sweep_base, micro_base = _choose_baselines(args, cfg)
+
+    sweep_dir = out / "sweep"
+    cmd = sweep_command(cfg, drafts, sweep_dir, profile, args.plant, threads)
+    if args.resume and sweep_dir.exists():
+        cmd.append("--resume")
+    run_step(cmd, "sweep", written=sweep_dir / "results.parquet")
+    report_cmd = scylla_cli("report", str(sweep_dir), "-o", str(out / "report.html"), "--title", "scylla-bench: nox -s bench")
+    if profile is not None:
+        report_cmd += ["--profile", str(profile)]
+    run_step(report_cmd, "report")
+    cells = pd.read_parquet(sweep_dir / "results.parquet")
+    print("\n" + regression.summary_table(cells) + "\n", flush=True)
+
+    failures = _pricing_failures(sweep_dir, args.update_baseline)
+    micro = micro_benchmarks(out, args.update_baseline, args.skip_micro, threads, args.dtype, micro_base.path)
+    for n in micro.notes:
+        _say("note: " + n)
+    failures += micro.failures
+
+    figs = regression.figures(cells)
+    (out / "figures.json").write_text(json.dumps(figs, indent=1, sort_keys=True) + "\n")
+    tol = args.tolerance if args.tolerance is not None else regression.DEFAULT_RATIO_TOLERANCE
+    base = regression.make_baseline(figs, cfg, tol, _git_commit())
+    sweep_base, sweep_failures = _check_figures(args, figs, base, cfg, sweep_base)
+    failures += sweep_failures
+    asked = args.update_baseline or args.update_machine_baseline
+    if asked or (trained and not failures):
+        # --skip-micro under --resume would leave an earlier run's micro.json in OUT.
+        micro_result = None if args.skip_micro else out / "micro.json"
+        record_own_baselines(sweep_base, micro_base, base, micro_result, args.baseline, asked)
+    return failures
+
+
+def _fresh_out(out: Path, resume: bool) -> Path:
+    """OUT, emptied for a fresh run: stale cells must not mix into the figures. Only a folder this
+    job wrote is removed, never whatever else --out happens to point at."""
+    if out.exists() and not resume:
+        if any(out.iterdir()) and not (out / "sweep").exists() and not (out / "profile").exists():
+            raise ScyllaError(f"{out} exists and is not a bench-results folder; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _announce(drafts: list[str], trained: bool, plant: str | None) -> None:
+    if not trained:
+        _say("=" * 72)
+        _say("UNTRAINED DRAFTS: " + ", ".join(d for d in drafts if "random:" in d or "oracle" in d) + ".")
+        _say("tau says nothing about real acceptance; drop --untrained (and --draft) to use the trained")
+        _say("default drafts. The baseline records which drafts it was made with.")
+        _say("=" * 72)
+    if plant:
+        _say(f"PLANTED REGRESSION '{plant}': the sweep runs with {PLANTS[plant]}")
+
+
+def _choose_baselines(args: argparse.Namespace, cfg: dict) -> tuple[machine_baseline.Choice, machine_baseline.Choice]:
+    """The sweep's and the micro-benchmarks' baselines (this machine's own where it has them), the
+    sweep's refused before the sweep runs if it records another sweep."""
+    own = args.own_baselines and not args.plant  # a planted run neither reads nor writes this machine's
+    read_own = not args.update_machine_baseline
+    sweep_base = machine_baseline.choose(machine_baseline.sweep_path(args.preset, args.dtype) if own else None,
+                                         args.baseline, cfg, read_own)
+    micro_base = machine_baseline.choose(machine_baseline.micro_path(args.dtype) if own else None, MICRO_BASELINE,
+                                         read_own=read_own)
+    for choice in (sweep_base, micro_base):
+        if choice.why_not_own:
+            _say(f"note: {choice.why_not_own}; checking against {_shown(choice.path)} (a passing run records it anew)")
+    if not args.update_baseline and sweep_base.path.is_file():
+        _say(f"baseline: {_shown(sweep_base.path)}" + (" (this machine's own)" if sweep_base.is_own else ""))
+        regression.check_same_sweep(cfg, regression.read_baseline(sweep_base.path))
+    return sweep_base, micro_base
+
+
+def _pricing_failures(sweep_dir: Path, update_baseline: bool) -> list[str]:
+    """top_k auto's predicted spec/AR against the measured; only notes when rewriting the baseline."""
+    results = load_results([sweep_dir])
+    priced = regression.pricing(tables.auto_prediction_table(results.ok, results.predictions))
+    for n in priced.notes + (priced.failures if update_baseline else []):
+        _say("note: " + n)
+    return [] if update_baseline else priced.failures
+
+
+def _check_figures(args: argparse.Namespace, figs: dict, base: dict, cfg: dict,
+                   sweep_base: machine_baseline.Choice) -> tuple[machine_baseline.Choice, list[str]]:
+    """Write the baseline (--update-baseline), or compare the figures with it. Returns the baseline
+    compared with (the committed one where this machine's no longer applies) and the failures."""
+    if args.update_baseline:
+        args.baseline.write_text(json.dumps(base, indent=1) + "\n")
+        _say(f"wrote {args.baseline} ({len(base['tau'])} tau figures, {len(base['ratio'])} ratios)")
+        return sweep_base, []
+    if not sweep_base.path.is_file() and args.preset != "regression":
+        _say(f"NOT CHECKED: no baseline for the {args.preset} preset at {args.baseline}; the figures are in "
+             f"{args.out / 'figures.json'} (make one with `nox -s bench -- --preset {args.preset} --update-baseline`)")
+        return sweep_base, []
+    try:
+        verdict = regression.compare(figs, regression.read_baseline(sweep_base.path), cfg, args.tolerance)
+    except ScyllaError as err:
+        if not sweep_base.is_own:
+            raise
+        # Another dataset file measured here since: this machine's figures no longer apply.
+        _say(f"note: this machine's baseline {sweep_base.path} does not apply ({err}); checking against "
+             f"{_shown(args.baseline)} (a passing run records it anew)")
+        sweep_base = machine_baseline.Choice(args.baseline, sweep_base.own, False)
+        verdict = regression.compare(figs, regression.read_baseline(args.baseline), cfg, args.tolerance)
+    for n in verdict.notes:
+        _say("note: " + n)
+    if verdict.ok:
+        _say(f"sweep figures: {len(figs['tau'])} tau and {len(figs['ratio'])} ratios within the baseline")
+    return sweep_base, verdict.failures
 
 
 if __name__ == "__main__":
