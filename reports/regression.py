@@ -265,7 +265,6 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     if other_prompts:
         raise ScyllaError(f"the baseline measured other prompts for {', '.join(other_prompts)} (another dataset file "
                           "or package version); refresh it with --update-baseline")
-    tol = baseline.get("ratio_tolerance", DEFAULT_RATIO_TOLERANCE) if tolerance is None else tolerance
     here, there = machine(), baseline.get("machine", {})
     same_numerics = numerics(here, config) == numerics(there, baseline.get("config", {}))
     if not same_numerics:
@@ -275,6 +274,24 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     if there.get("isa") is not None and there.get("isa") != here["isa"]:
         v.notes.append(f"baseline machine: {', '.join(there['isa']) or 'no listed ISA'}, {there.get('cores')} cores; "
                        f"this one: {', '.join(here['isa']) or 'no listed ISA'}, {here['cores']} cores")
+    _compare_tau(v, figs, baseline, same_numerics)
+    _compare_trees(v, figs, baseline, same_numerics)
+    tol = baseline.get("ratio_tolerance", DEFAULT_RATIO_TOLERANCE) if tolerance is None else tolerance
+    _compare_ratios(v, figs, baseline, config, tol, here, there)
+    for key, err in sorted(figs["failed"].items()):
+        if key in baseline.get("failed", {}):
+            v.notes.append(f"cell {key} failed, as it did in the baseline: {err}")
+        elif key not in baseline.get("tau", {}):  # (a failed baseline figure is reported with tau)
+            v.failures.append(f"cell {key} failed: {err}")
+    new = sorted(set(figs["tau"]) - set(baseline.get("tau", {})))
+    if new:
+        v.notes.append(f"{len(new)} figures not in the baseline (ignored until --update-baseline): {', '.join(new[:5])}")
+    return v
+
+
+def _compare_tau(v: Verdict, figs: dict, baseline: dict, same_numerics: bool) -> None:
+    """tau per cell: exact with the baseline's draft weights and kernels, else within TAU_TOLERANCE
+    and pooled over datasets within TAU_POOLED_TOLERANCE; a cell whose auto tree moved is skipped."""
     moved: dict[str, str] = {}  # figure -> how its auto tree changed
     exact = loose = 0
     for key, base in sorted(baseline.get("tau", {}).items()):
@@ -295,20 +312,6 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
             if now < base * (1 - TAU_TOLERANCE):
                 v.failures.append(f"tau {key} at T=0: {now:.3f} < baseline {base:.3f} by {(1 - now / base) * 100:.0f}% "
                                   f"(other draft weights or kernels: tolerance {TAU_TOLERANCE:.0%})")
-    follows_text, unrepeated = set(figs.get("tree_follows_text", ())), []
-    for key, base in sorted(baseline.get("tree", {}).items()):
-        now = figs.get("tree", {}).get(key)
-        if now is None or _auto_tree_change(key, figs, baseline):
-            continue
-        if key in follows_text and not (same_numerics and _same_weights(key, figs, baseline)):
-            unrepeated.append(key)
-        elif abs(now - base) > TAU_EPSILON:
-            v.failures.append(f"tree {key}: {now:.2f} draft nodes per step, baseline {base:.2f} (the engine built "
-                              "another tree than the sweep asked for)")
-    if unrepeated:
-        v.notes.append(f"tree: {len(unrepeated)} figures of prompt lookup not compared (the tokens a lookup adds "
-                       "follow the text matched where each step starts, which other weights or kernels move): "
-                       + ", ".join(unrepeated[:4]) + (f" and {len(unrepeated) - 4} more" if len(unrepeated) > 4 else ""))
     if loose:
         v.notes.append(f"tau: {exact} figures compared exactly (same draft weights and kernels), {loose} within "
                        f"{TAU_TOLERANCE:.0%}, and pooled over datasets within {TAU_POOLED_TOLERANCE:.0%} "
@@ -323,6 +326,28 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
         shown = [f"{key} ({change})" for key, change in list(moved.items())[:4]]
         v.notes.append(f"top_k auto chose another tree than in the baseline (its measured costs moved), so "
                        f"tau is not compared for: {', '.join(shown)}" + (f" and {len(moved) - 4} more" if len(moved) > 4 else ""))
+
+
+def _compare_trees(v: Verdict, figs: dict, baseline: dict, same_numerics: bool) -> None:
+    """Draft nodes per verify step: exact, except prompt lookup's under other weights or kernels."""
+    follows_text, unrepeated = set(figs.get("tree_follows_text", ())), []
+    for key, base in sorted(baseline.get("tree", {}).items()):
+        now = figs.get("tree", {}).get(key)
+        if now is None or _auto_tree_change(key, figs, baseline):
+            continue
+        if key in follows_text and not (same_numerics and _same_weights(key, figs, baseline)):
+            unrepeated.append(key)
+        elif abs(now - base) > TAU_EPSILON:
+            v.failures.append(f"tree {key}: {now:.2f} draft nodes per step, baseline {base:.2f} (the engine built "
+                              "another tree than the sweep asked for)")
+    if unrepeated:
+        v.notes.append(f"tree: {len(unrepeated)} figures of prompt lookup not compared (the tokens a lookup adds "
+                       "follow the text matched where each step starts, which other weights or kernels move): "
+                       + ", ".join(unrepeated[:4]) + (f" and {len(unrepeated) - 4} more" if len(unrepeated) > 4 else ""))
+
+
+def _compare_ratios(v: Verdict, figs: dict, baseline: dict, config: dict, tol: float, here: dict, there: dict) -> None:
+    """spec/AR per cell at most `tol` below the baseline's, in the same precision on the same kind of machine."""
     # spec/AR depends on the precision as much as on the engine (a bf16 AR step is slow on a CPU
     # whose few-row fp32 kernel streams the weights at memory speed, so bf16 ratios run higher):
     # across precisions the ratios are not the same figure.
@@ -332,14 +357,14 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
     if base_dtype != dtype:
         v.notes.append(f"the baseline decoded in {base_dtype}, this run in {dtype}: spec/AR ratios are not compared "
                        "(refresh the baseline with --update-baseline)")
-        ratios = {}
-    elif other_kind:
+        return
+    if other_kind:
         side_by_side = ", ".join(f"{key} {figs['ratio'][key]:.2f}x ({base:.2f}x)" for key, base in sorted(ratios.items())
                                  if key in figs["ratio"])
         v.notes.append("spec/AR ratios are not compared: the baseline ran on another kind of machine ("
                        + "; ".join(_kind_change(k, a, b) for k, a, b in other_kind) + "); here (baseline): "
                        + side_by_side + " (refresh the baseline here with --update-baseline to check them)")
-        ratios = {}
+        return
     for key, base in sorted(ratios.items()):
         now = figs["ratio"].get(key)
         if now is None:
@@ -347,15 +372,6 @@ def compare(figs: dict, baseline: dict, config: dict, tolerance: float | None = 
         elif now < base * (1 - tol):
             v.failures.append(f"throughput ratio {key} (spec/AR): {now:.3f}x < baseline {base:.3f}x "
                               f"by {(1 - now / base) * 100:.0f}% (tolerance {tol * 100:.0f}%)")
-    for key, err in sorted(figs["failed"].items()):
-        if key in baseline.get("failed", {}):
-            v.notes.append(f"cell {key} failed, as it did in the baseline: {err}")
-        elif key not in baseline.get("tau", {}):  # (a failed baseline figure is reported above)
-            v.failures.append(f"cell {key} failed: {err}")
-    new = sorted(set(figs["tau"]) - set(baseline.get("tau", {})))
-    if new:
-        v.notes.append(f"{len(new)} figures not in the baseline (ignored until --update-baseline): {', '.join(new[:5])}")
-    return v
 
 
 def _kind_change(key: str, was, now) -> str:
