@@ -61,63 +61,33 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
     from scylla_impl.decode import generate
     from scylla_impl.decode_config import DecodeConfig
     from scylla_impl.precision import fast_dtype
-    from workloads.chat import render_chat, tokenize_conversation
     from workloads.corpora import sft_prompts
 
     dtype = fast_dtype(str(target.device))
-    path = answers_path(target, dtype, system_prompt)
-    cached = _read(path)
+    answers = _AnswerFile(answers_path(target, dtype, system_prompt), system_prompt)
     want = int(tokens * MARGIN) + 2 * ANSWER_TOKENS
     order: list[str] = []  # the prompt ids this run walked, in order
     have = 0
     prompts = sft_prompts(seed, decontaminate=decontaminate, data_dir=data_dir, mix=mix)
     config = DecodeConfig(temperature=0.0, max_new_tokens=ANSWER_TOKENS)
-    out = None
     empty_batches = empty_prompts = 0  # in a row
     bar = ProgressBar("train", "target answers", want, unit="tokens", rate_unit="tok", mode=progress, every_s=0)
     try:
         while have < want:
-            # The next prompts in order, up to one batch of answers still to make.
-            pending: list[tuple[str, list[dict], list[int]]] = []
-            for pid, msgs in prompts:
-                record = cached.get(pid)
-                if record is not None:
-                    order.append(pid)
-                    have += record["tokens"]
-                    bar.skip(record["tokens"])
-                    if have >= want:
-                        break
-                    continue
-                if str(target.dtype).removeprefix("torch.") != dtype:
-                    from scylla_impl.target import Target
-
-                    target = Target.load(target.info.path, dtype=dtype, device=str(target.device))
-                ids = list(target.tokenizer(render_chat(target.tokenizer, msgs, system_prompt),
-                                            add_special_tokens=False)["input_ids"])
-                if len(ids) > MAX_PROMPT_TOKENS:  # no room for the answer in a training sequence
-                    out = out or _open_for_append(path, cached)
-                    cached[pid] = {"id": pid, "messages": None, "tokens": 0}
-                    out.write(json.dumps(cached[pid]) + "\n")
-                    continue
-                order.append(pid)
-                pending.append((pid, msgs, ids))
-                if len(pending) == BATCH:
-                    break
+            pending, reused = _next_batch(prompts, answers, target.tokenizer, order, want - have)
+            have += reused
+            bar.skip(reused)
             if not pending:
                 if have >= want:
                     break
                 raise ScyllaError(f"the SFT prompts ran out after {have} of {want} tokens of target answers; "
                                   "lower --sft-tokens")
-            result = generate(target, [ids for _, _, ids in pending], None, config)
-            out = out or _open_for_append(path, cached)
-            for (pid, msgs, _ids), text in zip(pending, result.texts):
-                messages = [*msgs, {"role": "assistant", "content": text.strip()}] if text.strip() else None
-                # Counted as training will tokenize it: a decoded answer need not re-encode to its own ids.
-                # An empty answer teaches nothing: kept out, and not asked again.
-                tokens = len(tokenize_conversation(target.tokenizer, messages, system_prompt)[0]) if messages else 0
-                cached[pid] = {"id": pid, "messages": messages, "tokens": tokens}
-                out.write(json.dumps(cached[pid]) + "\n")
-            made = sum(cached[pid]["tokens"] for pid, _, _ in pending)
+            if str(target.dtype).removeprefix("torch.") != dtype:
+                from scylla_impl.target import Target
+
+                target = Target.load(target.info.path, dtype=dtype, device=str(target.device))
+            texts = generate(target, [ids for _, _, ids in pending], None, config).texts
+            made = sum(answers.add(pid, msgs, text, target.tokenizer) for (pid, msgs, _), text in zip(pending, texts))
             empty_batches, empty_prompts = (0, 0) if made else (empty_batches + 1, empty_prompts + len(pending))
             if empty_batches == EMPTY_BATCHES:
                 raise ScyllaError(f"{target.info.name} answered none of the last {empty_prompts} SFT "
@@ -126,26 +96,82 @@ def target_answers(target, tokens: int, *, seed: int = 0, data_dir=None, deconta
                                   "(--sft-answers sharegpt)")
             have += made
             bar.update(made)  # once per batch: its answers all arrive together
-            out.flush()
+            answers.flush()
     finally:
         bar.close()
-        if out is not None:
-            out.close()
+        answers.close()
     # The shortest prefix of the prompt order that holds `want` tokens, whatever the cache held
     # beyond it: a run's data does not depend on what earlier runs of other budgets generated.
     conversations, total = [], 0
     for pid in order:
         if total >= want:
             break
-        record = cached[pid]
+        record = answers.records[pid]
         if record["messages"] is not None:
             conversations.append(record["messages"])
             total += record["tokens"]
     return conversations
 
 
-def _open_for_append(path: Path, records: dict[str, dict]):
-    """The cache opened for appending, rewritten first without any torn last line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records.values()), encoding="utf-8")
-    return path.open("a", encoding="utf-8")
+def _next_batch(prompts, answers: "_AnswerFile", tokenizer, order: list[str],
+                need: int) -> tuple[list[tuple[str, list[dict], list[int]]], int]:
+    """The next prompts in order, up to one batch of (id, messages, prompt ids) still to answer,
+    and the tokens of the answers found made already on the way (it stops once those reach
+    `need`). Both kinds join `order`; a prompt too long to answer is recorded, not batched."""
+    from workloads.chat import render_chat
+
+    pending, reused = [], 0
+    for pid, msgs in prompts:
+        record = answers.records.get(pid)
+        if record is not None:
+            order.append(pid)
+            reused += record["tokens"]
+            if reused >= need:
+                break
+            continue
+        ids = list(tokenizer(render_chat(tokenizer, msgs, answers.system_prompt), add_special_tokens=False)["input_ids"])
+        if len(ids) > MAX_PROMPT_TOKENS:  # no room for the answer in a training sequence
+            answers.write({"id": pid, "messages": None, "tokens": 0})
+            continue
+        order.append(pid)
+        pending.append((pid, msgs, ids))
+        if len(pending) == BATCH:
+            break
+    return pending, reused
+
+
+class _AnswerFile:
+    """The cache of one target's answers: records by prompt id, read once, appended to as
+    answers are made (rewritten first without any torn last line)."""
+
+    def __init__(self, path: Path, system_prompt: str | None):
+        self.path, self.system_prompt = path, system_prompt
+        self.records = _read(path)
+        self._out = None
+
+    def add(self, pid: str, msgs: list[dict], text: str, tokenizer) -> int:
+        """Record the target's answer to a prompt; returns its conversation's tokens, counted as
+        training will tokenize it (a decoded answer need not re-encode to its own ids). An empty
+        answer teaches nothing: kept out (0 tokens), and not asked again."""
+        from workloads.chat import tokenize_conversation
+
+        messages = [*msgs, {"role": "assistant", "content": text.strip()}] if text.strip() else None
+        tokens = len(tokenize_conversation(tokenizer, messages, self.system_prompt)[0]) if messages else 0
+        self.write({"id": pid, "messages": messages, "tokens": tokens})
+        return tokens
+
+    def write(self, record: dict) -> None:
+        if self._out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records.values()), encoding="utf-8")
+            self._out = self.path.open("a", encoding="utf-8")
+        self.records[record["id"]] = record
+        self._out.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
