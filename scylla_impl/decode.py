@@ -40,6 +40,20 @@ class DecodeStats:
     decode_s: float  # wall time of the decode loop
     first_tokens: np.ndarray  # [b] 1 if prefill emitted a token that counts (not part of tau)
 
+    @classmethod
+    def from_steps(cls, counts: list["StepCounts"], b: int, step_s: list[float], phase_s: dict[str, np.ndarray],
+                   prefill_s: float, decode_s: float) -> "DecodeStats":
+        """The counters of a decode's steps over its `b` request rows (StepCounts: one entry per row)."""
+        shape = (len(counts), b)
+
+        def stacked(name: str, dtype) -> np.ndarray:
+            return np.array([getattr(c, name) for c in counts], dtype=dtype).reshape(shape)
+
+        return cls(drafted=stacked("drafted", np.int64), accepted=stacked("accepted", np.int64),
+                   emitted=stacked("emitted", np.int64), active=stacked("active", bool), phase_s=phase_s,
+                   step_s=np.array(step_s), prefill_s=prefill_s, decode_s=decode_s,
+                   first_tokens=np.ones(b, dtype=np.int64))
+
     @property
     def steps(self) -> int:
         return int(self.step_s.shape[0])
@@ -105,22 +119,9 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
     sync()
     t0 = time.perf_counter()
     out = target.prefill(cache, prompts, layers)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
     roots = next_token(out.logits[:, 0], config.temperature, config.top_p, gen)  # logits at each row's last token
     ngrams = Ngrams(max_tokens=config.lookup_tokens) if config.lookup_tokens and draft is not None else None
-    if draft is not None:
-        draft.start(prompts, capacity)
-        features = out.layer_inputs if layers else out.hidden
-        # Pair t is (token t+1, feature t): the prompt shifted by one, then the first new token.
-        longest = int(lengths.max())
-        pair_tokens = torch.tensor([p[1:] + [int(roots[r])] + [0] * (longest - len(p))
-                                    for r, p in enumerate(prompts)], device=device)
-        front = Frontier(roots, *draft.extend(pair_tokens, features, lengths))
-        if ngrams is not None:
-            ngrams.start(prompts)
-            ngrams.extend(pair_tokens, lengths)
-    else:
-        front = Frontier(roots)
+    front = _first_frontier(draft, ngrams, prompts, out.layer_inputs if layers else out.hidden, roots, capacity)
     sync()
     prefill_s = time.perf_counter() - t0
 
@@ -140,22 +141,28 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
         counts.append(counted)
         step_s.append(time.perf_counter() - step_start)
     sync()
-    decode_s = time.perf_counter() - t_loop
-
-    shape = (len(step_s), b)
-    stats = DecodeStats(
-        drafted=np.array([c.drafted for c in counts], dtype=np.int64).reshape(shape),
-        accepted=np.array([c.accepted for c in counts], dtype=np.int64).reshape(shape),
-        emitted=np.array([c.emitted for c in counts], dtype=np.int64).reshape(shape),
-        active=np.array([c.active for c in counts], dtype=bool).reshape(shape),
-        phase_s=timer.resolve(),
-        step_s=np.array(step_s),
-        prefill_s=prefill_s,
-        decode_s=decode_s,
-        first_tokens=np.ones(b, dtype=np.int64),
-    )
+    stats = DecodeStats.from_steps(counts, b, step_s, timer.resolve(), prefill_s, time.perf_counter() - t_loop)
     texts = [target.tokenizer.decode(ids, skip_special_tokens=True) for ids in rows.outputs]
     return GenerationResult(rows.outputs, texts, stats, config, rows.rivals)
+
+
+def _first_frontier(draft: DraftModel | None, ngrams: Ngrams | None, prompts: list[list[int]],
+                    features: torch.Tensor | None, roots: torch.Tensor, capacity: int) -> "Frontier":
+    """After the prefill: the draft reads each prompt beside the target's features and gives
+    the first tree's root scores; so does prompt lookup. Without a draft the roots alone."""
+    if draft is None:
+        return Frontier(roots)
+    draft.start(prompts, capacity)
+    lengths = torch.tensor([len(p) for p in prompts], device=roots.device)  # [b]
+    # Pair t is (token t+1, feature t): the prompt shifted by one, then the first new token.
+    longest = int(lengths.max())
+    pair_tokens = torch.tensor([p[1:] + [int(roots[r])] + [0] * (longest - len(p))
+                                for r, p in enumerate(prompts)], device=roots.device)  # [b, longest]
+    front = Frontier(roots, *draft.extend(pair_tokens, features, lengths))
+    if ngrams is not None:
+        ngrams.start(prompts)
+        ngrams.extend(pair_tokens, lengths)
+    return front
 
 
 def check_context(target: TargetModel, longest_prompt: int, config: DecodeConfig, speculative: bool) -> None:
