@@ -100,6 +100,41 @@ class CellOutcome:
     steps: pa.Table | None = None
 
 
+class _PromptIds:
+    """A cell's prompt token ids for (prompt, turn): the chat template over the earlier turns'
+    answers. Under --long-prompts truncate a prompt too long for the context is cut in the
+    middle (and counted once); otherwise it is refused by the decoder's own rule, named."""
+
+    def __init__(self, target, prompts, cell: Cell, system_prompt: str | None, config, speculative: bool):
+        context = target.info.context
+        self.target, self.prompts, self.system_prompt = target, prompts, system_prompt
+        self.config, self.speculative = config, speculative
+        self.room = prompt_room(context, cell.max_new_tokens) if cell.long_prompts == TRUNCATE and context else None
+        self.cut: set[tuple[int, int]] = set()  # (prompt, turn) pairs truncated
+
+    def __call__(self, i: int, turn: int, answers: list[list[str]]) -> list[int]:
+        from scylla_impl.decode import check_context
+        from workloads.chat import prompt_token_ids
+
+        ids = prompt_token_ids(self.target.tokenizer, self.prompts[i], system_prompt=self.system_prompt,
+                               turn=turn, previous_answers=tuple(answers[i][:turn]))
+        if self.room is None:
+            try:  # the decoder's own rule, checked here to name the prompt and the option
+                check_context(self.target, len(ids), self.config, self.speculative)
+            except ScyllaError as err:
+                raise ScyllaError(f"prompt {self.prompts[i].id} outgrows the context: {err}; --long-prompts truncate "
+                                  "cuts such prompts in the middle") from None
+            return ids
+        if len(ids) > self.room:
+            self.cut.add((i, turn))
+        return middle_cut(ids, self.room)
+
+    @property
+    def truncated(self) -> int | None:
+        """Prompts (turns) cut to fit; None where truncation is off."""
+        return len(self.cut) if self.room is not None else None
+
+
 @dataclass
 class _Collected:
     stats: list[Any] = field(default_factory=list)
@@ -319,29 +354,8 @@ class CellWorker:
         row.update(dataset_source=info.source, dataset_checksum=info.checksum, n_prompts=len(prompts),
                    chat_template_hash=self.template_hash())
 
-        tokenizer = target.tokenizer
-        from scylla_impl.decode import check_context
-        from workloads.chat import prompt_token_ids
-
-        context = target.info.context
-        room = prompt_room(context, cell.max_new_tokens) if cell.long_prompts == TRUNCATE and context else None
-        cut: set[tuple[int, int]] = set()  # (prompt, turn) pairs truncated, counted once
-
-        def ids_for(i: int, turn: int, answers: list[list[str]]) -> list[int]:
-            ids = prompt_token_ids(tokenizer, prompts[i], system_prompt=self.settings.system_prompt,
-                                   turn=turn, previous_answers=tuple(answers[i][:turn]))
-            if room is None:
-                try:  # the decoder's own rule, checked here to name the prompt and the option
-                    check_context(target, len(ids), self._config(cell, cell.max_new_tokens, cell.seed), draft is not None)
-                except ScyllaError as err:
-                    raise ScyllaError(f"prompt {prompts[i].id} outgrows the context: {err}; --long-prompts truncate "
-                                      "cuts such prompts in the middle") from None
-                return ids
-            if len(ids) > room:
-                cut.add((i, turn))
-            return middle_cut(ids, room)
-
-        answers: list[list[str]] = [[] for _ in prompts]
+        ids_for = _PromptIds(target, prompts, cell, self.settings.system_prompt,
+                             self._config(cell, cell.max_new_tokens, cell.seed), draft is not None)
         # With --paired-ar, each batch is also decoded without the draft, right before or after
         # (alternating, so neither order is favoured): the speedup then divides by throughput
         # measured alongside, not by the AR cell's, which ran minutes earlier on a machine
@@ -349,44 +363,50 @@ class CellWorker:
         # ratio is then about 1, as it is to its user, not the drift since the AR cell (a
         # bench run measured 133 tokens/s there against 175 for the AR cell minutes before).
         paired = self.settings.paired_ar and not cell.is_ar
-        paired_stats = []
         if self.settings.warmup > 0:
-            self._warm_up(cell, target, draft, [ids_for(i, 0, answers) for i in range(cell.batch_size)], paired)
-
+            no_answers: list[list[str]] = [[] for _ in prompts]
+            self._warm_up(cell, target, draft, [ids_for(i, 0, no_answers) for i in range(cell.batch_size)], paired)
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(self.device)
-        n_turns = max(len(p.turns) for p in prompts) if cell.turns == "all" else 1
-        got = _Collected()
-        call = 0
         with _DeviceSampler(self.device) as sampler, _phase(f"cell {cell.cell_id}"):
-            for turn in range(n_turns):
-                todo = [i for i, p in enumerate(prompts) if len(p.turns) > turn]
-                for start in range(0, len(todo), cell.batch_size):
-                    chunk = todo[start:start + cell.batch_size]
-                    batch_ids = [ids_for(i, turn, answers) for i in chunk]
-                    cfg = self._config(cell, cell.max_new_tokens, cell.seed + call)
-                    with _phase(f"batch {call}"):
-                        if paired and call % 2 == 0:
-                            paired_stats.append(self._generate(target, batch_ids, None, cfg).stats)
-                        result = self._generate(target, batch_ids, draft, cfg)
-                        if paired and call % 2 == 1:
-                            paired_stats.append(self._generate(target, batch_ids, None, cfg).stats)
-                    self._collect(cell, got, result, chunk, prompts, turn, call)
-                    for r, i in enumerate(chunk):
-                        answers[i].append(result.texts[r])
-                    call += 1
+            got, paired_stats = self._decode_prompts(cell, target, draft, prompts, ids_for, paired)
             self._sync()
         row.update(metrics.summarize(got.stats, None if draft is None else cell.depth))
         if paired:
             row["paired_ar_tokens_per_s"] = metrics.summarize(paired_stats, None)["tokens_per_s"]
         row.update(sampler.medians())
         row["n_requests"] = len(got.outputs)
-        row["prompts_truncated"] = len(cut) if room is not None else None
+        row["prompts_truncated"] = ids_for.truncated
         row.update(_peak_memory(self.device))
         row["status"] = STATUS_OK
         outputs = pa.Table.from_pylist(got.outputs, schema=OUTPUT_SCHEMA)
         steps = pa.Table.from_pylist(got.steps, schema=STEP_SCHEMA) if self.settings.step_table else None
         return CellOutcome(row, outputs, steps)
+
+    def _decode_prompts(self, cell: Cell, target, draft, prompts, ids_for: _PromptIds,
+                        paired: bool) -> tuple[_Collected, list]:
+        """The timed run: every prompt (every turn of it with --turns all, each turn after the
+        previous one's answer) in batches of the cell's size; with `paired`, each batch also by AR."""
+        n_turns = max(len(p.turns) for p in prompts) if cell.turns == "all" else 1
+        answers: list[list[str]] = [[] for _ in prompts]
+        got, paired_stats, call = _Collected(), [], 0
+        for turn in range(n_turns):
+            todo = [i for i, p in enumerate(prompts) if len(p.turns) > turn]
+            for start in range(0, len(todo), cell.batch_size):
+                chunk = todo[start:start + cell.batch_size]
+                batch_ids = [ids_for(i, turn, answers) for i in chunk]
+                cfg = self._config(cell, cell.max_new_tokens, cell.seed + call)
+                with _phase(f"batch {call}"):
+                    if paired and call % 2 == 0:
+                        paired_stats.append(self._generate(target, batch_ids, None, cfg).stats)
+                    result = self._generate(target, batch_ids, draft, cfg)
+                    if paired and call % 2 == 1:
+                        paired_stats.append(self._generate(target, batch_ids, None, cfg).stats)
+                self._collect(cell, got, result, chunk, prompts, turn, call)
+                for r, i in enumerate(chunk):
+                    answers[i].append(result.texts[r])
+                call += 1
+        return got, paired_stats
 
     def _collect(self, cell: Cell, got: _Collected, result, chunk: list[int], prompts, turn: int, call: int) -> None:
         stats = result.stats
