@@ -173,47 +173,14 @@ class RayExecutor:
         host = ray.remote(num_cpus=self._resources["CPU"], num_gpus=self._resources.get("GPU", 0))(WorkerHost)
         lost_types = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                       ray.exceptions.OutOfMemoryError, ray.exceptions.ObjectLostError)
-        slots = [_Slot(host.remote(make_worker, self.threads), queue) for queue in assign(cells, self._n_workers)]
-        in_flight: dict[Any, tuple[int, Cell]] = {}
+        pool = _Pool(lambda: host.remote(make_worker, self.threads), assign(cells, self._n_workers), on_start)
         lost = collections.Counter()
-
-        def replace(i: int) -> int | None:
-            """A new actor for a dead one, while the cluster still has room for every live slot
-            (a node may have left); else the slot retires and its queue goes to the least loaded
-            live slot. -> the slot that should take the next cell."""
-            with contextlib.suppress(Exception):
-                ray.kill(slots[i].actor)
-            live = [j for j, s in enumerate(slots) if s.actor is not None]
-            if self._fits(ray.cluster_resources()) >= len(live):
-                slots[i].actor = host.remote(make_worker, self.threads)
-                return i
-            slots[i].actor = None
-            others = [j for j in live if j != i]
-            if not others:
-                raise ScyllaError("executor ray: every worker died and the cluster has no room for a new one "
-                                  f"({self._describe_resources()} each); `scylla sweep --resume` continues")
-            heir = min(others, key=lambda j: len(slots[j].queue))
-            slots[heir].queue.extend(slots[i].queue)
-            slots[i].queue.clear()
-            return heir if not any(cell_slot == heir for cell_slot, _ in in_flight.values()) else None
-
-        def dispatch(i: int) -> None:
-            slot = slots[i]
-            if not slot.queue:  # this actor's groups are done: take from the end of the longest queue
-                longest = max(slots, key=lambda s: len(s.queue))
-                if not longest.queue:
-                    return
-                slot.queue.append(longest.queue.pop())
-            cell = slot.queue.popleft()
-            on_start(cell)
-            in_flight[slot.actor.run.remote(cell)] = (i, cell)
-
         try:
-            for i in range(len(slots)):
-                dispatch(i)
-            while in_flight:
-                [ref], _ = ray.wait(list(in_flight), num_returns=1)
-                i, cell = in_flight.pop(ref)
+            for i in range(len(pool.slots)):
+                pool.dispatch(i)
+            while pool.in_flight:
+                [ref], _ = ray.wait(list(pool.in_flight), num_returns=1)
+                i, cell = pool.in_flight.pop(ref)
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayTaskError as err:  # raised out of the worker: ends the sweep, as locally
@@ -224,22 +191,74 @@ class RayExecutor:
                                           "node needs the same scylla-bench installed and the same paths") from None
                     lost[cell.cell_id] += 1
                     if lost[cell.cell_id] <= self.retries:
-                        slots[i].queue.appendleft(cell)
+                        pool.slots[i].queue.appendleft(cell)
                     else:
                         on_result(cell, WorkerLost(f"worker process died {lost[cell.cell_id]} times running this cell "
                                                    f"(retries {self.retries}); last: {type(err).__name__}: "
                                                    f"{_last_error_line(err)}"))
-                    i = replace(i)
+                    i = self._replace(ray, pool, i)
                     if i is not None:
-                        dispatch(i)
+                        pool.dispatch(i)
                     continue
                 on_result(cell, outcome)
-                dispatch(i)
+                pool.dispatch(i)
         finally:
-            for slot in slots:
+            for slot in pool.slots:
                 with contextlib.suppress(Exception):
                     ray.kill(slot.actor)
 
+    def _replace(self, ray, pool: _Pool, i: int) -> int | None:
+        """A new actor for slot i's dead one, while the cluster still has room for every live slot
+        (a node may have left); else the slot retires and its queue goes to the least loaded
+        live slot. -> the slot that should take the next cell."""
+        with contextlib.suppress(Exception):
+            ray.kill(pool.slots[i].actor)
+        live = [j for j, s in enumerate(pool.slots) if s.actor is not None]
+        if self._fits(ray.cluster_resources()) >= len(live):
+            pool.slots[i].actor = pool.new_actor()
+            return i
+        heir = pool.retire(i)
+        if heir is None:
+            raise ScyllaError("executor ray: every worker died and the cluster has no room for a new one "
+                              f"({self._describe_resources()} each); `scylla sweep --resume` continues")
+        return heir if not pool.busy(heir) else None
+
+
+class _Pool:
+    """The actors, each with its queue of cells, and the cells in flight (object ref -> slot, cell)."""
+
+    def __init__(self, new_actor: Callable[[], Any], queues: list[collections.deque], on_start: OnStart):
+        self.new_actor, self.on_start = new_actor, on_start
+        self.slots = [_Slot(new_actor(), queue) for queue in queues]
+        self.in_flight: dict[Any, tuple[int, Cell]] = {}
+
+    def dispatch(self, i: int) -> None:
+        """Slot i's next cell to its actor; a slot whose groups are done takes from the end of
+        the longest queue."""
+        slot = self.slots[i]
+        if not slot.queue:
+            longest = max(self.slots, key=lambda s: len(s.queue))
+            if not longest.queue:
+                return
+            slot.queue.append(longest.queue.pop())
+        cell = slot.queue.popleft()
+        self.on_start(cell)
+        self.in_flight[slot.actor.run.remote(cell)] = (i, cell)
+
+    def retire(self, i: int) -> int | None:
+        """Slot i leaves; its queue goes to the least loaded live slot, which is returned (None:
+        no live slot is left)."""
+        self.slots[i].actor = None
+        others = [j for j, s in enumerate(self.slots) if s.actor is not None]
+        if not others:
+            return None
+        heir = min(others, key=lambda j: len(self.slots[j].queue))
+        self.slots[heir].queue.extend(self.slots[i].queue)
+        self.slots[i].queue.clear()
+        return heir
+
+    def busy(self, i: int) -> bool:
+        return any(slot == i for slot, _ in self.in_flight.values())
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """Ray waits minutes on an address where nothing listens; a TCP connect says so in seconds."""
