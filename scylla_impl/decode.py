@@ -148,8 +148,8 @@ def generate(target: TargetModel, prompts: list[list[int]], draft: DraftModel | 
 
 def _first_frontier(draft: DraftModel | None, ngrams: Ngrams | None, prompts: list[list[int]],
                     features: torch.Tensor | None, roots: torch.Tensor, capacity: int) -> "Frontier":
-    """After the prefill: the draft reads each prompt beside the target's features and gives
-    the first tree's root scores; so does prompt lookup. Without a draft the roots alone."""
+    """After the prefill: the draft reads each prompt beside the target's features and scores
+    the first tree's roots, and prompt lookup indexes the prompts. Without a draft: the roots alone."""
     if draft is None:
         return Frontier(roots)
     draft.start(prompts, capacity)
