@@ -162,18 +162,8 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
         curve = verify_curve(profile.doc, str(profile.path))
     except ValueError as err:
         raise ScyllaError(str(err)) from None
-    file = None if out is None else Path(out) / RECORD
-    if file is not None and file.is_file():
-        try:
-            record = json.loads(file.read_text())
-            planned = AutoTrees(record) if _made_for(record.get("key") or {}, spec) else None
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # a damaged or foreign file
-            raise ScyllaError(f"{file}: unreadable ({type(err).__name__}: {err}); delete it to price the trees "
-                              "again") from None
-        if planned is not None:
-            return planned
-        raise ScyllaError(f"{file} was made for another sweep (profile, batch sizes, drafts, datasets, "
-                          "prompts or max new tokens differ); write to another --out")
+    if out is not None and (Path(out) / RECORD).is_file():
+        return _recorded(Path(out) / RECORD, spec)
     worker = CellWorker(WorkerSettings.from_spec(spec))
     try:
         target = worker.target()
@@ -186,14 +176,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
         profiled = int(profile.doc["knee"].get("prefix_tokens") or PREFIX_TOKENS)
         contexts = {name: {b: _context(target, ids, spec.max_new_tokens, profiled, b) for b in sorted(spec.batch_sizes)}
                     for name, ids in prompts.items()}
-        lengths = {c for per in contexts.values() for c in per.values()}
-        # Only the lengths some dataset is priced at: a sweep of CNN/DM alone never reads the profile's.
-        curves = {profiled: curve} if profiled in lengths else {}
-        for cached in sorted(lengths - {profiled}):
-            where = ", ".join(f"{n} at batch {b}" for n, per in contexts.items() for b, c in per.items() if c == cached)
-            echo(f"auto trees: {where} runs over about {cached} cached tokens, past {RETIME_PAST:g}x the profile's "
-                 f"{profiled}: timing the verify curve there")
-            curves[cached] = measured_verify_curve(target, spec.batch_sizes, cached, _most_tokens(target, cached))
+        curves = _verify_curves(target, spec, contexts, profiled, curve, echo)
         drafts = {}
         units = _auto_units(spec)
         for name in sorted({d for d, _ in units}):
@@ -220,6 +203,35 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                       "until the batch's slowest row is done], rows drawn from the replayed prompts' step counts "
                       "at max_new_tokens; occupancy = tokens/s / (b (1+a) / step(b)); M the lookup chain's tokens "
                       "(0 with none); V, L and o at the dataset's context; see roofline/tree_policy.py"})
+
+
+def _recorded(file: Path, spec: SweepSpec) -> AutoTrees:
+    """The auto trees OUT/auto_trees.json holds, refused where they were made for another sweep."""
+    try:
+        record = json.loads(file.read_text())
+        planned = AutoTrees(record) if _made_for(record.get("key") or {}, spec) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # a damaged or foreign file
+        raise ScyllaError(f"{file}: unreadable ({type(err).__name__}: {err}); delete it to price the trees "
+                          "again") from None
+    if planned is None:
+        raise ScyllaError(f"{file} was made for another sweep (profile, batch sizes, drafts, datasets, "
+                          "prompts or max new tokens differ); write to another --out")
+    return planned
+
+
+def _verify_curves(target, spec: SweepSpec, contexts: dict[str, dict[int, int]], profiled: int, curve,
+                   echo: Callable[[str], None]) -> dict:
+    """Verify latency curves by cached tokens, for the context lengths some dataset is priced at:
+    the profile's own, and one timed here for each length past RETIME_PAST x it (a sweep of
+    CNN/DM alone never reads the profile's)."""
+    lengths = {c for per in contexts.values() for c in per.values()}
+    curves = {profiled: curve} if profiled in lengths else {}
+    for cached in sorted(lengths - {profiled}):
+        where = ", ".join(f"{n} at batch {b}" for n, per in contexts.items() for b, c in per.items() if c == cached)
+        echo(f"auto trees: {where} runs over about {cached} cached tokens, past {RETIME_PAST:g}x the profile's "
+             f"{profiled}: timing the verify curve there")
+        curves[cached] = measured_verify_curve(target, spec.batch_sizes, cached, _most_tokens(target, cached))
+    return curves
 
 
 def _said(r: RecordedChoice) -> str:
