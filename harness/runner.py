@@ -101,8 +101,8 @@ class CellOutcome:
 
 
 class _PromptIds:
-    """A cell's prompt token ids for (prompt, turn): the chat template over the earlier turns'
-    answers. Under --long-prompts truncate a prompt too long for the context is cut in the
+    """A cell's prompt token ids for (prompt, turn): the chat template over the prompt's answers
+    to its earlier turns. Under --long-prompts truncate a prompt too long for the context is cut in the
     middle (and counted once); otherwise it is refused by the decoder's own rule, named."""
 
     def __init__(self, target, prompts, cell: Cell, system_prompt: str | None, config, speculative: bool):
@@ -112,12 +112,12 @@ class _PromptIds:
         self.room = prompt_room(context, cell.max_new_tokens) if cell.long_prompts == TRUNCATE and context else None
         self.cut: set[tuple[int, int]] = set()  # (prompt, turn) pairs truncated
 
-    def __call__(self, i: int, turn: int, answers: list[list[str]]) -> list[int]:
+    def __call__(self, i: int, turn: int, earlier: Sequence[str]) -> list[int]:
         from scylla_impl.decode import check_context
         from workloads.chat import prompt_token_ids
 
         ids = prompt_token_ids(self.target.tokenizer, self.prompts[i], system_prompt=self.system_prompt,
-                               turn=turn, previous_answers=tuple(answers[i][:turn]))
+                               turn=turn, previous_answers=tuple(earlier[:turn]))
         if self.room is None:
             try:  # the decoder's own rule, checked here to name the prompt and the option
                 check_context(self.target, len(ids), self.config, self.speculative)
@@ -364,8 +364,7 @@ class CellWorker:
         # bench run measured 133 tokens/s there against 175 for the AR cell minutes before).
         paired = self.settings.paired_ar and not cell.is_ar
         if self.settings.warmup > 0:
-            no_answers: list[list[str]] = [[] for _ in prompts]
-            self._warm_up(cell, target, draft, [ids_for(i, 0, no_answers) for i in range(cell.batch_size)], paired)
+            self._warm_up(cell, target, draft, [ids_for(i, 0, ()) for i in range(cell.batch_size)], paired)
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(self.device)
         with _DeviceSampler(self.device) as sampler, _phase(f"cell {cell.cell_id}"):
@@ -394,7 +393,7 @@ class CellWorker:
             todo = [i for i, p in enumerate(prompts) if len(p.turns) > turn]
             for start in range(0, len(todo), cell.batch_size):
                 chunk = todo[start:start + cell.batch_size]
-                batch_ids = [ids_for(i, turn, answers) for i in chunk]
+                batch_ids = [ids_for(i, turn, answers[i]) for i in chunk]
                 cfg = self._config(cell, cell.max_new_tokens, cell.seed + call)
                 with _phase(f"batch {call}"):
                     if paired and call % 2 == 0:
