@@ -374,10 +374,11 @@ def test_profile_completes_without_a_target(tmp_path, monkeypatch, default_model
     assert on_disk["knee_tokens"] is None and on_disk["topk_policy"] == []
     whats = {u["what"] for u in on_disk["unmeasured"]}
     assert {"knee", "topk_policy", "bandwidth.triton", "flops_per_s.float32_tf32", "spec"} <= whats
-    # `--dtype auto` times the target; one that cannot load leaves the bulk matmul rule, and says so
+    # `--dtype auto` times the target where bulk bf16 is faster than fp32; one that cannot load then
+    # leaves the bulk matmul rule, and says so. Where bf16 is not faster, fp32 needs no timing.
     quoted = on_disk["i_crit"]["dtype"]
     assert quoted == precision.fast_dtype("cpu") == on_disk["options"]["dtype"]
-    assert "dtype" in whats
+    assert ("dtype" in whats) == (quoted == "bfloat16")
     assert on_disk["i_crit"]["measured"] == pytest.approx(
         on_disk["flops_per_s"][quoted] / on_disk["bandwidth_peak_bytes_per_s"])
     import pandas as pd
