@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import torch
@@ -61,6 +61,9 @@ from scylla_impl import devices
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 from workloads.long_prompts import TRUNCATE, middle_cut, prompt_room
+
+if TYPE_CHECKING:  # auto_trees imports this module; the sweep imports it only when asked
+    from harness.auto_trees import AutoTrees
 
 MAX_ERROR_CHARS = 2000
 
@@ -515,15 +518,7 @@ def run_sweep(
     # A cluster that is not there is refused before anything is written.
     with executor.connect() as where, store.locked():
         _refuse_to_overwrite(store, out, resume)  # again under the lock: another sweep may have written since
-        inputs = _Inputs(store.out)
-        for name, checksum in checksums.items():
-            check_input(inputs.recorded, "datasets", name, checksum, out)
-        store.prepare()
-        if auto_trees is not None:
-            auto_trees.write(store.out)
-        done = store.done()
-        for name, checksum in checksums.items():
-            inputs.record("datasets", name, checksum)
+        inputs, done = _open_out(store, out, checksums, auto_trees)
         _write_run(store, spec, run_id, env, where, len(cells))
         common = {k: env[k] for k in ("git_commit", "package_versions", "profile_id")}
         for c in cells:
@@ -535,24 +530,13 @@ def run_sweep(
         sink = _ResultSink(store, spec, cells, {**common, "run_id": run_id}, inputs, report, progress,
                            consolidate_every_s)
         progress.start(len(todo), report.skipped)
-        failure: BaseException | None = None
         try:
             settings = WorkerSettings.from_spec(spec, out, inputs.recorded)
             executor.run(todo, functools.partial(worker_factory, settings), progress.cell_started, sink)
-        except BaseException as err:
-            failure = err
+        except BaseException:
+            _close_out(store, cells, sink, report, progress, failed=True)
             raise
-        finally:
-            progress.close()
-            with contextlib.suppress(Exception):
-                for c in sorted(cells, key=lambda c: not c.is_ar):  # AR rows first, then their dependents
-                    if c.status == PLANNED:
-                        derive(store, c, sink.by_id, only_missing=True)
-            try:
-                report.results_path = store.consolidate(sink.order)
-            except ScyllaError:
-                if failure is None:  # else the first failure is the one to report
-                    raise
+        _close_out(store, cells, sink, report, progress, failed=False)
     return report
 
 
@@ -560,6 +544,38 @@ def _refuse_to_overwrite(store: ResultStore, out: str | Path, resume: bool) -> N
     if store.has_results() and not resume:
         raise ScyllaError(f"{out} already holds sweep results; pass --resume to continue that sweep, "
                           "or choose another --out")
+
+
+def _open_out(store: ResultStore, out: str | Path, checksums: dict[str, str],
+              auto_trees: AutoTrees | None) -> tuple[_Inputs, dict[str, str]]:
+    """The folder made ready under the sweep's lock: the datasets checked against what an earlier
+    run of it read (then recorded), the auto trees written. -> its inputs, the cells already done."""
+    inputs = _Inputs(store.out)
+    for name, checksum in checksums.items():
+        check_input(inputs.recorded, "datasets", name, checksum, out)
+    store.prepare()
+    if auto_trees is not None:
+        auto_trees.write(store.out)
+    done = store.done()
+    for name, checksum in checksums.items():
+        inputs.record("datasets", name, checksum)
+    return inputs, done
+
+
+def _close_out(store: ResultStore, cells: list[Cell], sink: _ResultSink, report: SweepReport,
+               progress: Progress, *, failed: bool) -> None:
+    """After the cells, finished or not: the AR-derived columns any row still lacks, then
+    results.parquet. When the cells failed, that failure is the one to report, not this."""
+    progress.close()
+    with contextlib.suppress(Exception):
+        for c in sorted(cells, key=lambda c: not c.is_ar):  # AR rows first, then their dependents
+            if c.status == PLANNED:
+                derive(store, c, sink.by_id, only_missing=True)
+    try:
+        report.results_path = store.consolidate(sink.order)
+    except ScyllaError:
+        if not failed:
+            raise
 
 
 class _Inputs:
