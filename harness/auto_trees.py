@@ -33,11 +33,11 @@ import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.auto_trees_record import RECORD, RecordedChoice, recorded_choices, unit_name
 from harness.runner import CellWorker, WorkerSettings
 from harness.spec import SweepSpec
 from roofline import tree_costs
@@ -45,7 +45,7 @@ from roofline.knee import PREFIX_TOKENS, measure_knee
 from roofline.latency_curve import LatencyCurve, verify_curve
 from roofline.policy import load_profile
 from roofline.timing import Timer
-from roofline.tree_policy import Spread, StepCosts, TreeChoice, chain_label, ranked, spread
+from roofline.tree_policy import StepCosts, TreeChoice, ranked, spread
 from scylla_impl import calibration
 from scylla_impl.calibration import AcceptanceTable, replay_groups
 from scylla_impl.methods import TRAINING_FREE
@@ -55,7 +55,6 @@ from workloads.files import atomic_write_bytes
 from workloads.long_prompts import middle_cut
 from workloads.progress import ProgressBar
 
-RECORD = "auto_trees.json"
 CALIBRATION = "calibration.json"
 # Over all the sweep's datasets: 8 each of six. With 4 each, what was left of the prediction
 # error was which prompts were held out (the chain's tau on MT-bench priced 1.94, measured
@@ -80,11 +79,11 @@ class AutoTrees:
 
     def __init__(self, record: dict[str, Any]):
         self.record = record
-        self._choices = {(_unit(r.draft, r.lookup_tokens), r.batch_size, r.dataset): r.choice
+        self._choices = {(unit_name(r.draft, r.lookup_tokens), r.batch_size, r.dataset): r.choice
                          for r in recorded_choices(record)}
 
     def __call__(self, batch_size: int, draft: str, dataset: str, lookup_tokens: int = 0) -> TreeChoice:
-        unit = _unit(draft, lookup_tokens)
+        unit = unit_name(draft, lookup_tokens)
         for key in ((unit, batch_size, dataset), (unit, batch_size, None)):
             if key in self._choices:
                 return self._choices[key]
@@ -95,44 +94,10 @@ class AutoTrees:
         atomic_write_bytes(json.dumps(self.record, indent=1).encode(), out / RECORD)
 
 
-def _unit(draft: str, lookup_tokens: int) -> str:
-    """What a record prices: a draft, or a draft with a lookup chain grafted under its trees."""
-    return draft + chain_label(lookup_tokens)
-
-
-@dataclass(frozen=True)
-class RecordedChoice:
-    draft: str
-    lookup_tokens: int  # the unit's chain (0: none)
-    dataset: str | None  # None in records from before trees were priced per dataset
-    batch_size: int
-    choice: TreeChoice
-    ar: TreeChoice | None  # AR's price; None in records from before it was kept
-    spread: Spread | None  # what a run of the sweep's prompts would measure; None for AR, and in older records
-
-    @property
-    def speedup(self) -> float | None:
-        """Predicted spec/AR: the two priced tokens/s of the same rows (None where AR's price was not kept)."""
-        return None if self.ar is None else self.choice.tokens_per_s / self.ar.tokens_per_s
-
-
-def recorded_choices(record: dict[str, Any]) -> Iterator[RecordedChoice]:
-    """Each choice in a record. Records written before trees were priced per dataset hold one
-    choice for all of them; records from before chains were priced hold none."""
-    for unit, per in record["drafts"].items():
-        chain = int(per.get("lookup_tokens", 0))
-        draft = unit.removesuffix(chain_label(chain))
-        for dataset, priced in per.get("datasets", {None: per}).items():
-            for b, entry in priced["batch_sizes"].items():
-                yield RecordedChoice(draft, chain, dataset, int(b), TreeChoice(**entry["choice"]),
-                                     TreeChoice(**entry["ar"]) if "ar" in entry else None,
-                                     Spread.from_json(entry["spread"]) if "spread" in entry else None)
-
-
 def _key(spec: SweepSpec) -> dict[str, Any]:
     # max_new_tokens sets each dataset's context (_context), so the costs trees were priced at.
     return {"profile": str(spec.profile), "batch_sizes": sorted(spec.batch_sizes),
-            "drafts": sorted(_unit(d, m) for d, m in _auto_units(spec)),
+            "drafts": sorted(unit_name(d, m) for d, m in _auto_units(spec)),
             "target": spec.target, "dtype": spec.dtype, "device": spec.device, "datasets": list(spec.datasets),
             "prompts": spec.prompts, "max_new_tokens": spec.max_new_tokens}
 
@@ -185,7 +150,7 @@ def sweep_policy(spec: SweepSpec, out: str | Path | None, echo: Callable[[str], 
                  f"{', '.join(map(str, sorted(spec.batch_sizes)))}")
             costs = {cached: tree_costs.measure(target, draft, spec.batch_sizes, prefix_tokens=cached) for cached in curves}
             for chain in sorted(m for d, m in units if d == name):
-                unit = _unit(name, chain)
+                unit = unit_name(name, chain)
                 tables = _acceptance(target, draft, name, dtype, prompts, echo, chain)
                 drafts[unit] = {"lookup_tokens": chain, "costs": {str(c): costs[c].to_json() for c in costs},
                                 "datasets": {ds: _price(spec, tables[ds], curves, costs, contexts[ds]) for ds in prompts}}

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.auto_trees import RECORD, recorded_choices
+from harness.auto_trees_record import RECORD, recorded_choices
 from harness.schema import STATUSES
 from harness.storage import ResultStore
 from roofline.profile_doc import ProfileDoc, read_profile_doc

@@ -171,3 +171,13 @@ def test_a_source_tree_never_installed_says_so(monkeypatch):
     cli.commands.cache_clear()  # read once per process; an earlier test may have read the installed ones
     with pytest.raises(click.ClickException, match="scylla-bench is not installed, so it has no commands: pip install -e ."):
         cli.commands()
+
+
+def test_a_report_loads_no_engine(tmp_path):
+    """`scylla report` reads Parquet and JSON and draws: it may not load torch or transformers,
+    which cost 1.5 s on two cores before the report's first check (a bad folder waited on them)."""
+    fixtures = REPO / "tests" / "fixtures"
+    code, _, err, loaded = run_cli(["report", str(fixtures / "report_results"), "--profile",
+                                    str(fixtures / "report_profile_cpu"), "-o", str(tmp_path / "report.html")])
+    assert code == 0 and (tmp_path / "report.html").is_file(), err[-2000:]
+    assert loaded == "[]", err[-2000:]
