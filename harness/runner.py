@@ -58,6 +58,7 @@ from harness.spec import AUTO, SweepSpec, check_draft_kind
 from harness.storage import ResultStore
 from roofline.nvml_sampler import NvmlSampler
 from scylla_impl import devices
+from scylla_impl.target_path import model_path
 from workloads.errors import ScyllaError
 from workloads.files import atomic_write_bytes
 from workloads.long_prompts import TRUNCATE, middle_cut, prompt_room
@@ -504,6 +505,9 @@ def run_sweep(
     # Every input check before anything is written: a failing sweep leaves no skeleton behind.
     store.check_out()
     _refuse_to_overwrite(store, out, resume)
+    if spec.executor == "local":  # the devices and the target's folder are this machine's
+        devices.resolve(spec.device)
+        model_path(spec.target)
     auto_trees = None
     if AUTO in spec.top_k:
         from harness.auto_trees import sweep_policy
@@ -512,8 +516,6 @@ def run_sweep(
     cells = plan(spec, auto_trees)
     report = SweepReport(Path(out), run_id, cells)
     env = _driver_environment(spec)
-    if spec.executor == "local":  # the devices are this machine's
-        devices.resolve(spec.device)
     checksums = preflight_datasets(spec, [c for c in cells if c.status == PLANNED])
     # A cluster that is not there is refused before anything is written.
     with executor.connect() as where, store.locked():

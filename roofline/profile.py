@@ -514,7 +514,8 @@ def check_target(name: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    from scylla_impl.target import load_tokenizer, model_path
+    from scylla_impl.target import load_tokenizer
+    from scylla_impl.target_path import model_path
 
     path = model_path(name)
     try:

@@ -16,12 +16,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import Cache, DynamicLayer
 
-from scylla_impl import devices, dtypes, gqa_attention, hub, skinny_linear, target_norms
+from scylla_impl import devices, dtypes, gqa_attention, skinny_linear, target_norms
 from scylla_impl.compiled import compile_step
-from scylla_impl.embedded import DEFAULT_NAME, ensure_default_model
+from scylla_impl.embedded import DEFAULT_NAME
 from scylla_impl.kv_cache import RowKVCache
 from scylla_impl.layer_masks import FULL, layer_masks, layer_rules
 from scylla_impl.precision import choose, fast_dtype
+from scylla_impl.target_path import model_path
 from workloads.cache import scylla_home
 from workloads.errors import ScyllaError, first_line
 from workloads.files import atomic_write_bytes
@@ -70,24 +71,6 @@ def auto_dtype(target: str = "default", device: str = "cpu") -> str:
     known[key] = {"dtype": choice, **{f"{name}_step_s": s for name, s in seconds.items()}}
     atomic_write_bytes(json.dumps(known, indent=2).encode(), record)
     return choice
-
-
-def model_path(name: str) -> str:
-    """The folder (or hub id) `name` loads from, checked as far as it can be without loading.
-    The profile's pre-flight (roofline/profile.check_target) starts with the same checks."""
-    path = str(ensure_default_model()) if name == "default" else name
-    local = Path(path).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise ScyllaError(f"cannot load target '{name}': it is a file; give a model folder (config.json and weights), "
-                              "'default' or a hub id")
-        if not (local / "config.json").is_file():
-            raise ScyllaError(f"cannot load target '{name}': the folder has no config.json; give a model folder "
-                              "(config.json, weights and tokenizer files), 'default' or a hub id")
-        return str(local)
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is org/name
-        raise ScyllaError(f"cannot load target '{name}': no such folder (give a model folder, 'default' or a hub id org/name)")
-    return hub.loadable(name)
 
 
 def load_tokenizer(path: str, name: str):

@@ -8,6 +8,7 @@ from harness.spec import AUTO
 from scylla_impl import compiled, devices, dtypes
 from scylla_impl.decode_config import DecodeConfig
 from scylla_impl.methods import TRAINED, TRAINING_FREE
+from scylla_impl.target_path import model_path
 from workloads.chat import check_text
 from workloads.errors import ScyllaError
 
@@ -64,6 +65,7 @@ def generate(prompts, target, method, draft, layers, top_k, depth, total_tokens,
     config = _decode_config(method, prompts, system_prompt, top_k, depth, total_tokens, temperature, top_p,
                             max_new_tokens, seed, lookup_tokens)
     devices.check_name(device)
+    model_path(target)  # a mistyped --target is one line before the engine loads
     auto = top_k == AUTO
     import torch
 

@@ -58,6 +58,7 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
     from pathlib import Path
 
     from harness.quiet import quiet_libraries
+    from scylla_impl.target_path import model_path
     from scylla_impl.training.config import recipe
     from workloads.errors import ScyllaError
     from workloads.files import check_writable_folder
@@ -98,6 +99,7 @@ def train(ctx, target, method, budget, no_decontaminate, out, resume, force, pro
     else:
         if method is None:
             raise ScyllaError(f"--method is required ({', '.join(METHOD_NAMES)})")
+        model_path(target)  # a mistyped --target is one line before `auto` times the precisions
         config = recipe(method, budget=budget, target=target, **given)
         from scylla_impl.training.loop import train as run
 
