@@ -130,6 +130,7 @@ def test_help_loads_no_engine(argv):
     (["--method", "eagle2", "--pretrain-tokens", "0", "--sft-tokens", "0"], "nothing to train"),
     (["--resume"], "--resume needs --out: the run folder to continue"),
     (["--method", "scylla", "--layers", "0"], "--layers must be >= 1, got 0"),
+    (["--method", "eagle2", "--target", "/no/such/model"], "cannot load target '/no/such/model': no such folder"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
     code, _, err, loaded = run_cli(["train", *argv])
@@ -154,6 +155,8 @@ def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
     (["--method", "ar", "--top-k", "4", "--vs-ar"], "--draft, --top-k, --vs-ar apply to --method spec"),
     (["--draft", "lookup", "--layers", "3"], "--layers sizes a random draft (--draft random:scylla --layers N); "
                                              "it does not apply to lookup"),
+    (["--target", "/no/such/model"], "cannot load target '/no/such/model': no such folder"),
+    (["--target", "tests"], "cannot load target 'tests': the folder has no config.json"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_wrong_decode_value_fails_before_the_engine_loads(argv, says):
     base = ["generate", "--method", "spec", "--draft", "random:eagle2", "--max-new-tokens", "4"]
