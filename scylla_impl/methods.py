@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workloads.errors import ScyllaError
@@ -80,5 +81,17 @@ REPORT_ORDER = tuple(m.name for m in sorted(METHODS, key=lambda m: m.report_orde
 LABELS = {n: BY_NAME[n].label for n in REPORT_ORDER}
 COLORS = {n: BY_NAME[n].color for n in REPORT_ORDER}
 
+
+def check_draft_spec(spec: str) -> None:
+    """A draft as `load_draft` takes it: 'oracle', a training-free method, random:<method>, or a
+    checkpoint folder that exists (what is in it, load_draft reads). Anything else is one line,
+    said before the engine loads."""
+    if spec in ("oracle", *TRAINING_FREE) or spec.startswith("random:") or Path(spec).exists():
+        return
+    free = ", ".join(f"'{s}'" for s in ("oracle", *TRAINING_FREE))
+    raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, {free} or random:{{{','.join(TRAINED)}}}")
+
+
 __all__ = ["BASELINES", "BY_NAME", "COLORS", "CONCAT", "DRAFT_INPUTS", "PROJECTION", "LABELS", "METHODS", "NAMES", "REPORT_ORDER", "TRAINED", "TRAINING_FREE",
-           "Method"]
+           "Method", "check_draft_spec"]
+

@@ -130,7 +130,6 @@ def test_help_loads_no_engine(argv):
     (["--method", "eagle2", "--pretrain-tokens", "0", "--sft-tokens", "0"], "nothing to train"),
     (["--resume"], "--resume needs --out: the run folder to continue"),
     (["--method", "scylla", "--layers", "0"], "--layers must be >= 1, got 0"),
-    (["--method", "eagle2", "--target", "/no/such/model"], "cannot load target '/no/such/model': no such folder"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
     code, _, err, loaded = run_cli(["train", *argv])
@@ -155,14 +154,25 @@ def test_a_wrong_training_value_fails_before_the_engine_loads(argv, says):
     (["--method", "ar", "--top-k", "4", "--vs-ar"], "--draft, --top-k, --vs-ar apply to --method spec"),
     (["--draft", "lookup", "--layers", "3"], "--layers sizes a random draft (--draft random:scylla --layers N); "
                                              "it does not apply to lookup"),
-    (["--target", "/no/such/model"], "cannot load target '/no/such/model': no such folder"),
-    (["--target", "tests"], "cannot load target 'tests': the folder has no config.json"),
+    (["--draft", "/no/such/ckpt"], "draft '/no/such/ckpt' not found: give a checkpoint folder"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_wrong_decode_value_fails_before_the_engine_loads(argv, says):
     base = ["generate", "--method", "spec", "--draft", "random:eagle2", "--max-new-tokens", "4"]
     code, _, err, loaded = run_cli([*base, *(["--prompt", "hi"] if "--prompt" not in argv else []), *argv])
     assert code == 1 and err.startswith(f"error: {says}") and len(err.splitlines()) == 1, err[-2000:]
     assert loaded == "[]", err[-2000:]
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "hi"], ["train", "--method", "eagle2"],
+                                     ["profile", "--quick"]], ids=lambda c: c[0])
+@pytest.mark.parametrize(("target", "says"), [("/no/such/model", "no such folder"),
+                                              ("tests", "the folder has no config.json")])
+def test_a_target_that_is_no_model_is_one_line_before_the_engine_loads(command, target, says, tmp_path):
+    code, _, err, loaded = run_cli([*command, "--target", target, "--out", str(tmp_path / "out")]
+                                   if command[0] != "generate" else [*command, "--target", target])
+    assert code == 1 and err.startswith(f"error: cannot load target '{target}': {says}"), err[-2000:]
+    assert len(err.splitlines()) == 1 and loaded == "[]", err[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_source_tree_never_installed_says_so(monkeypatch):

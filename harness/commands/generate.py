@@ -7,7 +7,7 @@ import click
 from harness.spec import AUTO
 from scylla_impl import compiled, devices, dtypes
 from scylla_impl.decode_config import DecodeConfig
-from scylla_impl.methods import TRAINED, TRAINING_FREE
+from scylla_impl.methods import TRAINED, TRAINING_FREE, check_draft_spec
 from scylla_impl.target_path import model_path
 from workloads.chat import check_text
 from workloads.errors import ScyllaError
@@ -121,7 +121,10 @@ def _check_draft_options(method, draft, layers, top_k, depth, total_tokens, look
         if given:
             raise ScyllaError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --method spec; "
                               "--method ar decodes without a draft")
-    elif layers is not None and not (draft or "").startswith("random:"):
+        return
+    if draft is not None:
+        check_draft_spec(draft)
+    if layers is not None and not (draft or "").startswith("random:"):
         raise ScyllaError("--layers sizes a random draft (--draft random:scylla --layers N); it does not apply to "
                           f"{draft or 'the default trained draft'}")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from scylla_impl import devices, dtypes
+from scylla_impl.target_path import model_path
 
 
 def _fmt(value: float | None, unit: str, scale: float = 1.0) -> str:
@@ -43,6 +44,7 @@ def _auto_threads() -> int:
 def profile(device: str, target: str, dtype: str, quick: bool, depth: int, threads: int | None,
             out: Path) -> None:
     """Measure bandwidth and compute peaks, I_crit, the verify knee and the top-k policy."""
+    model_path(target)  # a mistyped --target is one line before the engine loads (check_options checks the rest)
     import torch
 
     from roofline.profile import ProfileOptions, check_options, run_profile

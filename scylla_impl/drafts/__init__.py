@@ -16,7 +16,7 @@ from scylla_impl.drafts.base import (
 )
 from scylla_impl.drafts.lookup import PromptLookupDraft
 from scylla_impl.drafts.oracle import OracleDraft
-from scylla_impl.methods import BY_NAME, TRAINED, TRAINING_FREE
+from scylla_impl.methods import BY_NAME, TRAINED, TRAINING_FREE, check_draft_spec
 from workloads.errors import ScyllaError
 
 
@@ -62,10 +62,8 @@ def load_draft(spec: str | None, target, layers: int | None = None, seed: int = 
         return BY_NAME[spec].draft_class(target)
     if spec.startswith("random:"):
         return new_draft(spec.split(":", 1)[1], target, layers=layers, seed=seed, dtype=dtype)
+    check_draft_spec(spec)
     folder = Path(spec)
-    if not folder.exists():
-        free = ", ".join(f"'{s}'" for s in ("oracle", *TRAINING_FREE))
-        raise ScyllaError(f"draft '{spec}' not found: give a checkpoint folder, {free} or random:{{{','.join(TRAINED)}}}")
     if interop.is_foreign(folder):  # an EAGLE-1/2 or EAGLE-3 / SpecForge checkpoint
         return place(interop.import_draft(folder, target), target, dtype)
     config = read_config(folder)
