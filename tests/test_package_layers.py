@@ -164,7 +164,8 @@ def test_a_wrong_decode_value_fails_before_the_engine_loads(argv, says):
 
 
 @pytest.mark.parametrize("command", [["generate", "--prompt", "hi"], ["train", "--method", "eagle2"],
-                                     ["profile", "--quick"]], ids=lambda c: c[0])
+                                     ["profile", "--quick"], ["sweep", "--methods", "ar", "--datasets", "gsm8k"]],
+                         ids=lambda c: c[0])
 @pytest.mark.parametrize(("target", "says"), [("/no/such/model", "no such folder"),
                                               ("tests", "the folder has no config.json")])
 def test_a_target_that_is_no_model_is_one_line_before_the_engine_loads(command, target, says, tmp_path):

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from harness.spec import AUTO, KEYS, build_spec
+from scylla_impl.target_path import model_path
 from workloads.errors import ScyllaError
 
 
@@ -57,6 +58,8 @@ def sweep(spec_file: str | None, resume: bool, retry_failed: bool, dry_run: bool
         raise ScyllaError("no results folder: pass --out DIR (or set out: in the spec)")
     if retry_failed and not resume:
         raise ScyllaError("--retry-failed goes with --resume")
+    if spec.executor == "local":  # run_sweep checks it too; here it is one line before torch loads
+        model_path(spec.target)
 
     from harness.progress import BarProgress
     from harness.quiet import quiet_libraries
