@@ -94,4 +94,3 @@ def check_draft_spec(spec: str) -> None:
 
 __all__ = ["BASELINES", "BY_NAME", "COLORS", "CONCAT", "DRAFT_INPUTS", "PROJECTION", "LABELS", "METHODS", "NAMES", "REPORT_ORDER", "TRAINED", "TRAINING_FREE",
            "Method", "check_draft_spec"]
-

@@ -10,8 +10,8 @@ from workloads.errors import ScyllaError
 
 def model_path(name: str) -> str:
     """The folder (or hub id) `name` loads from, checked as far as it can be without loading.
-    The profile's pre-flight (roofline/profile.check_target) starts with the same checks,
-    and `scylla generate` makes them before it loads torch."""
+    `scylla generate`, `train`, `profile` and `sweep` make these checks before they load torch;
+    the profile's pre-flight (roofline/profile.check_target) then checks what only loading shows."""
     path = str(ensure_default_model()) if name == "default" else name
     local = Path(path).expanduser()
     if local.exists():
