@@ -26,8 +26,10 @@ import torch
 MAX_QUERIES = 64
 
 SOURCE = r"""
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 #include <c10/util/BFloat16.h>
 #include <cmath>
 #ifdef __AVX512F__
@@ -264,8 +266,8 @@ static void attend_rows(const T* queries, int64_t qh, int64_t qs, int64_t r0, in
 }
 
 template <typename T>
-static void attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask,
-                   double scale, torch::Tensor& out) {
+static void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                   double scale, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), Q = q.size(2), D = q.size(3);
   const int64_t G = H / k.size(1), S = k.size(2);
   const int64_t KV = k.size(1), R4 = (G * Q + 3) / 4 * 4;
@@ -293,7 +295,7 @@ static void attend(const torch::Tensor& q, const torch::Tensor& k, const torch::
 
 // q [B, H, Q, D]; k, v [B, Hkv, S, D] (last dim contiguous, H a multiple of Hkv); mask [B, 1, Q, S]
 // additive, in q's dtype -> [B, Q, H, D].
-torch::Tensor row_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor mask, double scale) {
+at::Tensor row_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor mask, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && mask.dim() == 4, "row_attention: 4-D inputs");
   TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0 && k.sizes() == v.sizes() && k.size(3) == q.size(3),
               "row_attention: shapes");
@@ -303,7 +305,7 @@ torch::Tensor row_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, t
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
               mask.scalar_type() == q.scalar_type(), "row_attention: one dtype");
   if (q.stride(3) != 1) q = q.contiguous();
-  auto out = torch::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
+  auto out = at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options());
   if (q.scalar_type() == at::kBFloat16) attend<at::BFloat16>(q, k, v, mask, scale, out);
   else if (q.scalar_type() == at::kFloat) attend<float>(q, k, v, mask, scale, out);
   else TORCH_CHECK(false, "row_attention: fp32 or bf16");

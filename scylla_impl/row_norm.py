@@ -72,12 +72,12 @@ static void rms_rows(const T* x, const T* w, T* out, int64_t rows, int64_t H, fl
 }
 
 // x [..., H], weight [H], one dtype -> x's shape, contiguous.
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
   TORCH_CHECK(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1), "rms_norm: shapes");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "rms_norm: one dtype");
   x = x.contiguous();
   weight = weight.contiguous();
-  auto out = torch::empty_like(x);
+  auto out = at::empty_like(x);
   const int64_t H = x.size(-1), rows = H ? x.numel() / H : 0;
   const float e = static_cast<float>(eps);
   if (x.scalar_type() == at::kBFloat16)

@@ -13,7 +13,7 @@ inductor fuses the eager operators itself); built into the same extension as the
 
 SOURCE = r"""
 template <typename T>
-static void rotate_rows(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& out) {
+static void rotate_rows(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& out) {
   const int64_t B = x.size(0), N = x.size(1), Q = x.size(2), D = x.size(3), half = D / 2;
   const T* xp = x.data_ptr<T>();
   const T* cp = cos.data_ptr<T>();
@@ -34,7 +34,7 @@ static void rotate_rows(const torch::Tensor& x, const torch::Tensor& cos, const 
 }
 
 // x [B, N, Q, D]; cos, sin [B or 1, 1, Q, D]; last dims contiguous, one dtype -> [B, N, Q, D], contiguous.
-torch::Tensor rotary(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
+at::Tensor rotary(at::Tensor x, at::Tensor cos, at::Tensor sin) {
   TORCH_CHECK(x.dim() == 4 && cos.dim() == 4 && cos.sizes() == sin.sizes() && cos.size(1) == 1 &&
               cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && x.size(3) % 2 == 0 &&
               (cos.size(0) == x.size(0) || cos.size(0) == 1), "rotary: shapes");
@@ -43,7 +43,7 @@ torch::Tensor rotary(torch::Tensor x, torch::Tensor cos, torch::Tensor sin) {
   if (cos.stride(3) != 1) cos = cos.contiguous();
   if (sin.stride(3) != 1) sin = sin.contiguous();
   if (cos.size(0) != x.size(0)) { cos = cos.expand({x.size(0), 1, x.size(2), x.size(3)}); sin = sin.expand(cos.sizes()); }
-  auto out = torch::empty(x.sizes(), x.options());
+  auto out = at::empty(x.sizes(), x.options());
   if (x.scalar_type() == at::kBFloat16) rotate_rows<at::BFloat16>(x, cos, sin, out);
   else if (x.scalar_type() == at::kFloat) rotate_rows<float>(x, cos, sin, out);
   else TORCH_CHECK(false, "rotary: fp32 or bf16");
