@@ -4,10 +4,12 @@ online and cached features train identically; bad input fails with one clear err
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -180,13 +182,34 @@ def test_a_draft_input_its_method_has_not_is_refused(tiny, tiny_dir, text_file, 
     assert "eagle2 drafts take draft input projection, not 'concat'" in done.stderr
 
 
-def test_online_and_cached_features_train_identically(tiny, tiny_dir, text_file, tmp_path):
+@pytest.mark.parametrize("draft_vocab", [0, 512])
+def test_online_and_cached_features_train_identically(tiny, tiny_dir, text_file, tmp_path, monkeypatch, draft_vocab):
+    """The target's next tokens, kept with the features, and the CE's distribution over the draft's
+    own vocabulary (512 of the target's ids here) are the ones computed online, step by step."""
+    from scylla_impl.training import features
+
     logs = {}
     for kind in ("online", "cache"):
-        train(small("eagle2", tiny_dir, text_file, features=kind), tmp_path / kind, target=tiny, progress="none")
+        train(small("eagle2", tiny_dir, text_file, features=kind, draft_vocab=draft_vocab), tmp_path / kind,
+              target=tiny, progress="none")
         logs[kind] = pd.read_parquet(tmp_path / kind / "train_log.parquet")
-    for column in ("loss", "loss_feature", "loss_ce", "train_acc_0", "grad_norm"):
-        assert logs["online"][column].tolist() == logs["cache"][column].tolist(), column
+    # A cache written before the next tokens were kept gets them from its hidden states alone.
+    kept = sorted((Path(os.environ["SCYLLA_HOME"]) / "features").rglob("*.top1.npy"))
+    assert kept
+    # Each is the argmax of transformers' own logits at its position (up to near-ties).
+    ids = np.load(str(kept[0]).replace(".top1.", ".ids."))  # [CHUNK, T]
+    with torch.no_grad():
+        want = tiny.model(torch.from_numpy(ids)).logits.argmax(-1).numpy()
+    assert np.load(kept[0]).shape == ids.shape and (np.load(kept[0]) == want).mean() > 0.99
+    for path in kept:
+        path.unlink()
+    monkeypatch.setattr(features, "target_forward", lambda *a: pytest.fail("the cached features were computed again"))
+    train(small("eagle2", tiny_dir, text_file, draft_vocab=draft_vocab), tmp_path / "older", target=tiny, progress="none")
+    logs["older cache"] = pd.read_parquet(tmp_path / "older" / "train_log.parquet")
+    assert all(path.is_file() for path in kept)
+    for column in ("loss", "loss_feature", "loss_ce", "train_acc_0", "grad_norm", "eval_acc_1"):
+        online, cache, older = (logs[k][column].fillna(-1).tolist() for k in ("online", "cache", "older cache"))
+        assert online == cache == older, column
 
 
 def test_pretrain_then_sft_on_the_real_corpora(tiny, tiny_dir, tmp_path, capsys):
@@ -257,12 +280,14 @@ def test_resume_refuses_a_run_of_another_target(tiny, tiny_dir, text_file, tmp_p
 def test_a_batch_with_nothing_to_learn_still_steps(tiny):
     """A chat chunk with no assistant token has no loss; backward still runs (zero gradients),
     so a DDP rank holding it stays in step with the others."""
+    from scylla_impl.training.features import target_top1
     from scylla_impl.training.losses import Batch, Denominators, UnrolledLoss, make_labels
 
     draft = new_draft("eagle2", tiny, dtype=torch.float32).train()  # as the training loop makes it
     tokens = torch.randint(0, 1000, (2, SEQ))
     out = tiny.features(tokens)
-    batch = Batch(tokens, torch.zeros(2, SEQ, dtype=torch.bool), out.hidden, out.hidden, [1, 2])
+    batch = Batch(tokens, torch.zeros(2, SEQ, dtype=torch.bool), out.hidden, out.hidden, target_top1(tiny, out.hidden),
+                  [1, 2])
     batch.labels = make_labels(tiny, draft, batch, 1, 1.0, True)
     loss, stats = UnrolledLoss(draft, TrainConfig(method="eagle2", pretrain_tokens=SEQ * 4, seq_len=SEQ))(
         batch, Denominators([0.0], [0.0]))

@@ -11,16 +11,20 @@ pays it on every epoch of every draft; the cache pays it once per (target, data)
 reads 9 KB a token back from disk, which is free at this speed. One epoch of one draft costs the
 same either way (the cache's write and read are noise), so the cache is the default: the
 four drafts of the comparison table share one extraction. Logits are not cached (V floats a
-token would be 200 KB); they are recomputed from the cached hidden state, and only at the
-positions the CE samples.
+token would be 200 KB); the target's greedy next token at each position is (4 bytes), and the
+CE's distribution is recomputed from the cached hidden state over the draft's vocabulary only.
+A draft's argmax over the full vocabulary was a third of an EAGLE-2 step in fp32 on a 2-core
+EPYC (33.5 of 124.7 s over 124 steps, cProfile), paid again on every pass.
 """
 
 import functools
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from scylla_impl import skinny_linear
 from scylla_impl.training.data import StageData
@@ -41,14 +45,32 @@ def target_forward(target, input_ids: torch.Tensor, layers: tuple[int, ...]):
     return hidden, feats
 
 
-def target_logits(target, hidden: torch.Tensor) -> torch.Tensor:
+def target_logits(target, hidden: torch.Tensor, vocab_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The target's logits from its last hidden state (what Target.features returns), fp32,
-    through torch's matmul as the features are."""
+    through torch's matmul as the features are; with `vocab_ids` [V'], only those columns."""
+    head = target.lm_head
     with skinny_linear.off():
-        logits = target.lm_head(hidden.to(target.dtype)).float()
+        if vocab_ids is None:
+            logits = head(hidden.to(target.dtype)).float()
+        elif isinstance(head, torch.nn.Linear):  # a sixth of the head's rows for the default draft vocabulary
+            bias = head.bias[vocab_ids] if head.bias is not None else None
+            logits = F.linear(hidden.to(target.dtype), head.weight[vocab_ids], bias).float()
+        else:
+            logits = head(hidden.to(target.dtype)).float()[..., vocab_ids]
     if target.softcap:
         logits = torch.tanh(logits / target.softcap) * target.softcap
     return logits
+
+
+TOP1_ROWS = 256  # positions per head matmul: bounds the [rows, V] logits of a long sequence
+
+
+def target_top1(target, hidden: torch.Tensor) -> torch.Tensor:
+    """The target's greedy next token at each position of `hidden` [b, T, h] -> [b, T] int64,
+    over its full vocabulary. One sequence at a time, in fixed slices: a position's answer
+    does not depend on the rows batched with it, so online and cached features agree."""
+    return torch.stack([torch.cat([target_logits(target, part).argmax(-1) for part in seq.split(TOP1_ROWS)])
+                        for seq in hidden])
 
 
 class OnlineFeatures:
@@ -64,17 +86,27 @@ class OnlineFeatures:
         pass
 
     def get(self, data: StageData, rows: torch.Tensor):
-        return target_forward(self.target, data.input_ids[rows], self.layers)
+        hidden, layers = target_forward(self.target, data.input_ids[rows], self.layers)
+        return hidden, layers, target_top1(self.target, hidden)
+
+
+class ChunkFiles(NamedTuple):
+    ids: Path
+    hidden: Path
+    layers: Path
+    top1: Path
 
 
 class CachedFeatures:
     """Runs the target once over a stage's sequences into chunk files, then reads rows back.
 
     A chunk holds CHUNK sequences: their ids (checked on every read of the cache, so a chunk
-    never serves other data), the last hidden state and the inputs of `store_layers` (EAGLE-3's
-    default choice, kept for every method so one extraction serves all four drafts). Chunks
-    are written atomically, so an extraction that is killed resumes where it stopped, and a
-    larger budget of the same corpus (same seed, same first sequences) only adds chunks."""
+    never serves other data), the last hidden state, the inputs of `store_layers` (EAGLE-3's
+    default choice, kept for every method so one extraction serves all four drafts) and the
+    target's greedy next token at each position. Chunks are written atomically, ids last, so an
+    extraction that is killed resumes where it stopped, and a larger budget of the same corpus
+    (same seed, same first sequences) only adds chunks. A chunk written before the next tokens
+    were kept gets them from its stored hidden state, without the target's forward."""
 
     kind = "cache"
     CHUNK = 16
@@ -86,7 +118,7 @@ class CachedFeatures:
         self.root = root or scylla_home() / "features" / target.info.fingerprint
         self.batch = batch
         self.folders: dict[str, Path] = {}
-        self._chunks: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._chunks: dict[tuple[str, int], tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
         self.build_s = 0.0
 
     def folder(self, data: StageData) -> Path:
@@ -94,16 +126,16 @@ class CachedFeatures:
         tag = "-".join(map(str, self.store_layers)) or "none"
         return self.root / f"{data.stage}-{data.key}-T{data.seq_len}-{dtype}-L{tag}"
 
-    def _files(self, folder: Path, start: int) -> tuple[Path, Path, Path]:
-        return (folder / f"c{start:07d}.ids.npy", folder / f"c{start:07d}.hidden.npy", folder / f"c{start:07d}.layers.npy")
+    def _files(self, folder: Path, start: int) -> ChunkFiles:
+        return ChunkFiles(*(folder / f"c{start:07d}.{part}.npy" for part in ChunkFiles._fields))
 
-    def _valid(self, data: StageData, folder: Path, start: int) -> bool:
-        ids_file, hidden_file, layers_file = self._files(folder, start)
-        if not hidden_file.is_file() or not ids_file.is_file() or (self.store_layers and not layers_file.is_file()):
+    def _has_features(self, data: StageData, folder: Path, start: int) -> bool:
+        files = self._files(folder, start)
+        if not files.hidden.is_file() or not files.ids.is_file() or (self.store_layers and not files.layers.is_file()):
             return False
         want = data.input_ids[start:start + self.CHUNK].numpy()
         try:
-            have = np.load(ids_file)
+            have = np.load(files.ids)
         except (OSError, ValueError):
             return False
         # A chunk written for a larger budget of the same stream serves a smaller one too.
@@ -112,8 +144,8 @@ class CachedFeatures:
     def prepare(self, data: StageData, dist: Dist, progress=None) -> None:
         folder = self.folder(data)
         self.folders[data.stage] = folder
-        starts = list(range(0, len(data), self.CHUNK))
-        missing = [s for s in starts if not self._valid(data, folder, s)]
+        starts = range(0, len(data), self.CHUNK)
+        missing = [s for s in starts if not (self._has_features(data, folder, s) and self._files(folder, s).top1.is_file())]
         dist.barrier()  # every process has looked before any writes: they agree on what is missing
         if missing:
             t0 = time.perf_counter()
@@ -122,7 +154,10 @@ class CachedFeatures:
             tokens = sum(min(self.CHUNK, len(data) - s) for s in mine) * data.seq_len
             bar = progress(f"target features ({data.stage})", tokens) if progress else None
             for start in mine:
-                self._build_chunk(data, folder, start, bar)
+                if self._has_features(data, folder, start):
+                    self._add_top1(folder, start, bar)
+                else:
+                    self._build_chunk(data, folder, start, bar)
             if bar:
                 bar.close()
             self.build_s += time.perf_counter() - t0
@@ -130,45 +165,55 @@ class CachedFeatures:
 
     def _build_chunk(self, data: StageData, folder: Path, start: int, bar) -> None:
         rows = torch.arange(start, min(start + self.CHUNK, len(data)))
-        hidden, layers = [], []
+        hidden, layers, top1 = [], [], []
         for i in range(0, len(rows), self.batch):
             hid, lay = target_forward(self.target, data.input_ids[rows[i:i + self.batch]], self.store_layers)
             hidden.append(hid.cpu().numpy())
+            top1.append(target_top1(self.target, hid).cpu().numpy().astype(np.int32))
             if lay is not None:
                 layers.append(lay.cpu().numpy())
             if bar:
                 bar.update(len(rows[i:i + self.batch]) * data.seq_len)
         files = self._files(folder, start)
-        arrays = [data.input_ids[rows].numpy(), np.concatenate(hidden), np.concatenate(layers) if layers else None]
         # ids last: a chunk counts as written only once its ids are there.
-        for path, array in [(files[1], arrays[1]), (files[2], arrays[2]), (files[0], arrays[0])]:
-            if array is None:
-                continue
-            atomic_write(path, functools.partial(_save_npy, array=array))
+        for path, array in [(files.hidden, np.concatenate(hidden)), (files.layers, np.concatenate(layers) if layers else None),
+                            (files.top1, np.concatenate(top1)), (files.ids, data.input_ids[rows].numpy())]:
+            if array is not None:
+                atomic_write(path, functools.partial(_save_npy, array=array))
+
+    def _add_top1(self, folder: Path, start: int, bar) -> None:
+        files = self._files(folder, start)
+        hidden = torch.from_numpy(np.load(files.hidden)).to(self.target.device)  # [CHUNK, T, h]
+        top1 = target_top1(self.target, hidden).cpu().numpy().astype(np.int32)
+        atomic_write(files.top1, functools.partial(_save_npy, array=top1))
+        if bar:
+            bar.update(top1.size)
 
     def _chunk(self, stage: str, start: int):
         key = (stage, start)
         if key not in self._chunks:
-            _, hidden_file, layers_file = self._files(self.folders[stage], start)
-            hidden = np.load(hidden_file, mmap_mode="r")
-            layers = np.load(layers_file, mmap_mode="r") if self.layers else None
-            self._chunks[key] = (hidden, layers)
+            files = self._files(self.folders[stage], start)
+            hidden = np.load(files.hidden, mmap_mode="r")
+            layers = np.load(files.layers, mmap_mode="r") if self.layers else None
+            self._chunks[key] = (hidden, layers, np.load(files.top1, mmap_mode="r"))
         return self._chunks[key]
 
     def get(self, data: StageData, rows: torch.Tensor):
         h = self.target.info.hidden_size
         cols = [self.store_layers.index(layer) for layer in self.layers]
-        hid, lay = [], []
+        hid, lay, top = [], [], []
         for r in rows.tolist():
             start = r - r % self.CHUNK
-            hidden, layers = self._chunk(data.stage, start)
+            hidden, layers, top1 = self._chunk(data.stage, start)
             hid.append(np.asarray(hidden[r - start]))
+            top.append(np.asarray(top1[r - start]))
             if self.layers:
                 row = layers[r - start]
                 lay.append(np.concatenate([row[:, c * h:(c + 1) * h] for c in cols], axis=-1))
         device = self.target.device
         hidden_t = torch.from_numpy(np.stack(hid)).to(device)
-        return hidden_t, (torch.from_numpy(np.stack(lay)).to(device) if self.layers else None)
+        top1_t = torch.from_numpy(np.stack(top)).to(device, torch.long)
+        return hidden_t, (torch.from_numpy(np.stack(lay)).to(device) if self.layers else None), top1_t
 
 
 def feature_source(kind: str, target, layers: tuple[int, ...], store_layers: tuple[int, ...] = (), batch: int = 4):

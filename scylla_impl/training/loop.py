@@ -116,10 +116,10 @@ class Trainer:
         dev = self.target.device
         for i in range(0, len(mine), cfg.micro_batch):
             part = mine[i:i + cfg.micro_batch]
-            hidden, layer_inputs = self.features.get(data, part)
+            hidden, layer_inputs, top1 = self.features.get(data, part)
             seeds = [sequence_seed(cfg.seed, data.stage, step.epoch, int(r)) for r in part]
             batches.append(Batch(data.input_ids[part].to(dev), data.loss_mask[part].to(dev), hidden,
-                                 layer_inputs if layer_inputs is not None else hidden, seeds))
+                                 layer_inputs if layer_inputs is not None else hidden, top1, seeds))
         return batches
 
     def step(self, step: Step) -> dict:

@@ -86,6 +86,7 @@ class Batch:
     loss_mask: torch.Tensor  # [b, T] bool
     hidden: torch.Tensor  # [b, T, h] target's last hidden state
     features: torch.Tensor  # [b, T, F] what step 0 reads (hidden, or EAGLE-3's layer inputs)
+    target_top1: torch.Tensor  # [b, T] the target's greedy next token at each position
     seeds: list[int]  # per sequence
     labels: list[StepLabels] | None = None
 
@@ -113,14 +114,11 @@ def make_labels(target, draft, batch: Batch, steps: int, ce_fraction: float, wit
     # so the target head (the costliest matmul of a step) runs once per distinct position.
     wanted = [c // length * t + c % length + k + 1 for k, (_v, c) in enumerate(chosen_by_step)]
     positions = torch.unique(torch.cat(wanted)) if wanted else torch.zeros(0, dtype=torch.long, device=device)
-    # Everything over the full vocabulary happens once per distinct position, before the steps
-    # pick their rows: per-step copies of [n, V] logits cost more than the head's matmul.
-    full_logits = target_logits(target, batch.hidden.reshape(b * t, -1)[positions])  # [P, V]
-    all_argmax = full_logits.argmax(-1)  # [P] target ids
+    all_argmax = batch.target_top1.reshape(-1)[positions]  # [P] target ids (the features' source computed them)
     all_probs = None
     if with_probs:  # the target's distribution restricted to the draft's vocabulary, renormalised
-        all_probs = torch.softmax(full_logits[:, vocab_ids] if vocab_ids is not None else full_logits, dim=-1)
-    del full_logits
+        logits = target_logits(target, batch.hidden.reshape(b * t, -1)[positions], vocab_ids)  # [P, V']
+        all_probs = torch.softmax(logits, dim=-1)
     out = []
     for (valid, chosen), flat in zip(chosen_by_step, wanted):
         rows = torch.searchsorted(positions, flat)  # [n] into the distinct positions

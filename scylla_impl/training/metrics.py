@@ -41,9 +41,9 @@ def heldout_accuracy(config: TrainConfig, draft, target, features, data: StageDa
     mine = torch.arange(data.heldout)[dist.rank::dist.world]
     for i in range(0, len(mine), config.micro_batch):
         rows = mine[i:i + config.micro_batch]
-        hidden, layer_inputs = features.get(data, rows)
+        hidden, layer_inputs, top1 = features.get(data, rows)
         batch = Batch(data.input_ids[rows].to(target.device), data.loss_mask[rows].to(target.device),
-                      hidden, layer_inputs if layer_inputs is not None else hidden, [0] * len(rows))
+                      hidden, layer_inputs if layer_inputs is not None else hidden, top1, [0] * len(rows))
         labels = make_labels(target, draft, batch, config.eval_steps, 1.0, False)
         stats += unrolled_accuracy(draft, batch, labels)
     draft.train()
