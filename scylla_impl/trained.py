@@ -23,12 +23,23 @@ DEFAULT_DRAFTS: dict[str, tuple[str, int | None]] = {
 # A method with several depths: its own name is its last draft (the default draft is the Scylla-3 one).
 ALIASES = {m.name: m.draft_name(m.layers[-1]) for m in METHODS if m.trained and m.layers}
 DEFAULT_DRAFTS.update({alias: DEFAULT_DRAFTS[name] for alias, name in ALIASES.items()})
-# Measured for the default recipe on a 2-core Xeon with AMX (bf16): 6.5 min of training for
-# EAGLE-2, 7.3 for EAGLE-3, 11.2 for Scylla-3, plus about 4 min once per target for its answers and
-# features; see scylla_impl/training/config.py. On a 2-core AVX512-BF16 EPYC without AMX: 5.3,
-# 6.0 and 9.8 min, answers and features 3.2. Without fast bf16 everything runs in fp32, several
-# times longer.
-RECIPE_MINUTES = "6-12"
+# Minutes of the default recipe per draft on 2 CPU cores, by the precision training runs in
+# (precision.fast_dtype), and minutes once per target for its answers and features.
+# bf16, a 2-core Xeon with AMX: 6.5 min of training for EAGLE-2, 7.3 for EAGLE-3, 11.2 for
+# Scylla-3, answers and features about 4; an AVX512-BF16 EPYC without AMX: 5.3, 6.0 and 9.8, and 3.2.
+# fp32, a 2-core AVX2 EPYC (bf16 emulated): EAGLE-2 13.9 min (measured first use: answers 9.4,
+# made in prompt order then, and features 6.1); EAGLE-3 and Scylla-3 train at 586 and 387
+# tokens/s there, about 17 and 25 min for the recipe's 590k token passes.
+RECIPE_MINUTES = {"bfloat16": ("6-12", "4"), "float32": ("14-25", "13-16")}
+
+
+def recipe_minutes(target) -> str:
+    """How long the default recipe takes here, for the messages that offer or start it."""
+    from scylla_impl.precision import fast_dtype
+
+    dtype = fast_dtype(str(target.device))
+    per_draft, once = RECIPE_MINUTES[dtype]
+    return f"about {per_draft} min a draft on 2 CPU cores in {dtype}, and {once} min once per target for its answers and features"
 
 
 def drafts_dir(target) -> Path:
@@ -65,7 +76,7 @@ def default_draft_spec(target, name: str = "scylla") -> str:
            if name in DEFAULT_DRAFTS else "train one with `scylla train`")
     raise ScyllaError(
         f"no trained '{name}' draft for target '{target.info.name}' in {drafts_dir(target)}; {how} "
-        f"(the default recipe takes about {RECIPE_MINUTES} min on 2 CPU cores) or pass --draft "
+        f"(the default recipe takes {recipe_minutes(target)}) or pass --draft "
         "(a checkpoint folder, or random:scylla for an untrained one)"
     )
 
@@ -100,8 +111,8 @@ def ensure_trained_draft(target, name: str = "scylla", progress: str = "auto") -
         print(f"The '{name}' draft in {folder} was trained by an earlier default recipe: retraining it.",
               file=sys.stderr, flush=True)
     print(f"No trained '{name}' draft for {target.info.name} yet: training the default {method} recipe "
-          f"({config.pretrain_tokens} pretraining + {config.sft_tokens} chat tokens, about {RECIPE_MINUTES} min "
-          f"on 2 CPU cores) into {folder}; it is kept for later runs, and an interrupted run "
+          f"({config.pretrain_tokens} pretraining + {config.sft_tokens} chat tokens, {recipe_minutes(target)}) "
+          f"into {folder}; it is kept for later runs, and an interrupted run "
           f"{'resumes now' if started and current else 'resumes where it stopped'}.", file=sys.stderr, flush=True)
     train_or_resume(config, folder, target, progress=progress, retrain_other=True)
     return str(trained_draft(target, name))

@@ -304,7 +304,14 @@ def test_default_drafts_are_trained_on_first_use_and_kept(tiny, monkeypatch, cap
         default_draft_spec(tiny, "scylla")
     monkeypatch.setitem(recipes.BUDGETS, "default", recipes.Budget(1024, 1024, 2))
     path = ensure_trained_draft(tiny, "scylla", progress="none")
-    assert "training the default scylla recipe" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "training the default scylla recipe" in said
+    # How long, for the precision training runs in here.
+    from scylla_impl.precision import fast_dtype
+    from scylla_impl.trained import RECIPE_MINUTES
+
+    per_draft, once = RECIPE_MINUTES[fast_dtype("cpu")]
+    assert f"about {per_draft} min a draft on 2 CPU cores in {fast_dtype('cpu')}, and {once} min once per target" in said
     assert path == str(drafts_dir(tiny) / "scylla-3") == default_draft_spec(tiny, "scylla")
     draft = load_draft(path, tiny)
     # The config stamps tokens trained on, every pass over the data counted.
