@@ -135,7 +135,7 @@ def _next_batch(prompts, answers: "_AnswerFile", tokenizer, order: list[str],
         if record is not None:
             order.append(pid)
             reused += record["tokens"]
-            if reused >= need:
+            if reused + most >= need:
                 break
             continue
         ids = list(tokenizer(render_chat(tokenizer, msgs, answers.system_prompt), add_special_tokens=False)["input_ids"])
