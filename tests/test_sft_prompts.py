@@ -138,6 +138,22 @@ def test_answers_are_made_once_and_reused_by_any_mix_and_budget(target_fp32, sma
     assert len({r["id"] for r in records}) == len(records)
 
 
+def test_a_window_of_prompts_is_answered_shortest_first(target_fp32, small_answers, monkeypatch, tmp_path):
+    """Batches of similar lengths pad little; the data is the same as batches in prompt order."""
+    from scylla_impl import decode
+
+    calls, counting = [], decode.generate
+    monkeypatch.setattr(decode, "generate", lambda t, prompts, *a: calls.append([len(p) for p in prompts]) or counting(t, prompts, *a))
+    by_length = answers.target_answers(target_fp32, 600)
+    lengths = [len(p) for p in small_answers]
+    # The first window (the prompts that can at most fill the budget) is more than two batches.
+    assert len(calls) > 2 and calls[0] == sorted(calls[0]) and max(calls[0]) <= min(calls[1])
+    monkeypatch.setattr(answers, "WINDOW", answers.BATCH)
+    monkeypatch.setattr(answers, "scylla_home", lambda: tmp_path / "in order")
+    assert answers.target_answers(target_fp32, 600) == by_length
+    assert [len(p) for p in small_answers[len(lengths):]] != lengths
+
+
 def test_a_torn_last_answer_is_made_again(target_fp32, small_answers, monkeypatch):
     monkeypatch.setattr(answers, "MARGIN", 1.0)
     monkeypatch.setattr(answers, "BATCH", 1)  # the last record made is the last one this budget needs
