@@ -144,8 +144,8 @@ class CachedFeatures:
     def prepare(self, data: StageData, dist: Dist, progress=None) -> None:
         folder = self.folder(data)
         self.folders[data.stage] = folder
-        starts = range(0, len(data), self.CHUNK)
-        missing = [s for s in starts if not (self._has_features(data, folder, s) and self._files(folder, s).top1.is_file())]
+        has_features = {s: self._has_features(data, folder, s) for s in range(0, len(data), self.CHUNK)}
+        missing = [s for s, has in has_features.items() if not (has and self._files(folder, s).top1.is_file())]
         dist.barrier()  # every process has looked before any writes: they agree on what is missing
         if missing:
             t0 = time.perf_counter()
@@ -154,7 +154,7 @@ class CachedFeatures:
             tokens = sum(min(self.CHUNK, len(data) - s) for s in mine) * data.seq_len
             bar = progress(f"target features ({data.stage})", tokens) if progress else None
             for start in mine:
-                if self._has_features(data, folder, start):
+                if has_features[start]:  # an older cache: only the next tokens are new
                     self._add_top1(data, folder, start, bar)
                 else:
                     self._build_chunk(data, folder, start, bar)
